@@ -1,0 +1,621 @@
+//! Packets to bytes.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::packet::{
+    AckProperties, Auth, ConnAckProperties, Connect, ConnectProperties, DisconnectProperties,
+    Packet, Protocol, Publish, PublishProperties, QoS, Subscribe, UserProperty, Will,
+};
+use crate::reason::ReasonCode;
+
+/// Why a packet could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The packet is larger than the 268,435,455 bytes the remaining length can express.
+    #[error("packet too large to encode: {0} bytes")]
+    TooLarge(usize),
+    /// A string or binary field longer than 65,535 bytes.
+    #[error("string or binary field too long: expected at most 65535 bytes, got {0}")]
+    StringTooLong(usize),
+    /// The packet does not exist in the protocol version (AUTH in 3.1.1).
+    #[error("{0} does not exist in MQTT 3.1.1")]
+    NotInProtocol(&'static str),
+    /// A field holds a value the wire format cannot carry (a QoS 1 PUBLISH without a packet
+    /// identifier, a subscription identifier above 268,435,455).
+    #[error("cannot encode {packet}: {reason}")]
+    Invalid {
+        /// Packet type name.
+        packet: &'static str,
+        /// What was expected and what came.
+        reason: String,
+    },
+}
+
+/// Appends the encoding of `packet` for `protocol` to `buf`.
+///
+/// The size is computed first and `buf` grows once; on error nothing is appended. CONNECT is
+/// encoded for its own `protocol` field, which is what decoding it yields. Fields that 3.1.1
+/// cannot carry (properties, most reason codes) are left out for 3.1.1.
+///
+/// # Errors
+/// [`EncodeError`] when a field cannot be represented.
+pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    let mut counter = Counter(0);
+    body(packet, protocol, &mut counter)?;
+    let remaining = counter.0;
+    let length_len = varint_len(remaining).ok_or(EncodeError::TooLarge(remaining))?;
+    buf.reserve(1 + length_len + remaining);
+    buf.write_u8(first_byte(packet));
+    put_varint(buf, remaining);
+    // The counting pass met every error the writing pass could meet.
+    body(packet, protocol, buf)
+}
+
+/// A PUBLISH encoded once for many receivers: the bytes before the packet identifier and the
+/// bytes after it. QoS 0 receivers get `head` + `tail`; QoS 1/2 receivers get `head`, their own
+/// two-byte packet identifier, then `tail`. The fixed header's remaining length already counts
+/// the identifier when `publish.qos` > 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishParts {
+    /// Fixed header (with the dup, qos and retain bits of the publish) and topic name.
+    pub head: Bytes,
+    /// Properties (MQTT 5) and payload.
+    pub tail: Bytes,
+}
+
+impl PublishParts {
+    /// Total encoded size for one receiver.
+    pub fn len(&self, qos_positive: bool) -> usize {
+        self.head.len() + self.tail.len() + if qos_positive { 2 } else { 0 }
+    }
+}
+
+/// Encodes `publish` (its `packet_id` is ignored) into shareable parts; see [`PublishParts`].
+///
+/// One buffer is allocated and split in two, so fan-out to N receivers costs one copy of the
+/// payload in total, not one per receiver.
+///
+/// # Errors
+/// [`EncodeError`] when a field cannot be represented.
+pub fn encode_publish_split(
+    publish: &Publish,
+    protocol: Protocol,
+) -> Result<PublishParts, EncodeError> {
+    let topic_len = string_len(&publish.topic)?;
+    let id_len = if publish.qos == QoS::AtMostOnce { 0 } else { 2 };
+    let props_len = if protocol == Protocol::V5 {
+        props_block_len(&publish.properties)?
+    } else {
+        0
+    };
+    let remaining = topic_len + id_len + props_len + publish.payload.len();
+    let length_len = varint_len(remaining).ok_or(EncodeError::TooLarge(remaining))?;
+    let head_len = 1 + length_len + topic_len;
+    let mut buf = BytesMut::with_capacity(head_len + props_len + publish.payload.len());
+    buf.write_u8(publish_first_byte(publish));
+    put_varint(&mut buf, remaining);
+    put_string(&mut buf, &publish.topic)?;
+    if protocol == Protocol::V5 {
+        props_block(&mut buf, &publish.properties)?;
+    }
+    buf.write_bytes(publish.payload.as_ref());
+    let head = buf.split_to(head_len).freeze();
+    Ok(PublishParts {
+        head,
+        tail: buf.freeze(),
+    })
+}
+
+/// The largest remaining length (and variable byte integer) MQTT can express.
+const MAX_VARINT: usize = 268_435_455;
+
+/// Where an encoding goes: the real buffer, or a counter that only measures it. Every packet is
+/// written by one generic function run twice, so size and bytes cannot disagree.
+trait Sink {
+    fn write_bytes(&mut self, bytes: &[u8]);
+
+    fn write_u8(&mut self, value: u8) {
+        self.write_bytes(&[value]);
+    }
+
+    fn write_u16(&mut self, value: u16) {
+        self.write_bytes(&value.to_be_bytes());
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_bytes(&value.to_be_bytes());
+    }
+}
+
+/// Measures an encoding without writing it.
+struct Counter(usize);
+
+impl Sink for Counter {
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+
+    fn write_u8(&mut self, _: u8) {
+        self.0 += 1;
+    }
+
+    fn write_u16(&mut self, _: u16) {
+        self.0 += 2;
+    }
+
+    fn write_u32(&mut self, _: u32) {
+        self.0 += 4;
+    }
+}
+
+impl Sink for BytesMut {
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// How many bytes a variable byte integer takes, `None` above [`MAX_VARINT`].
+fn varint_len(value: usize) -> Option<usize> {
+    match value {
+        0..=127 => Some(1),
+        128..=16_383 => Some(2),
+        16_384..=2_097_151 => Some(3),
+        2_097_152..=MAX_VARINT => Some(4),
+        _ => None,
+    }
+}
+
+/// Writes a variable byte integer; callers have checked `value <= MAX_VARINT`.
+fn put_varint<S: Sink>(s: &mut S, mut value: usize) {
+    loop {
+        // Masked to seven bits, so the cast cannot truncate.
+        let mut byte = (value & 0x7F) as u8;
+        value >>= 7;
+        if value > 0 {
+            byte |= 0x80;
+        }
+        s.write_u8(byte);
+        if value == 0 {
+            break;
+        }
+    }
+}
+
+fn string_len(value: &str) -> Result<usize, EncodeError> {
+    if value.len() > usize::from(u16::MAX) {
+        return Err(EncodeError::StringTooLong(value.len()));
+    }
+    Ok(2 + value.len())
+}
+
+fn put_binary<S: Sink>(s: &mut S, value: &[u8]) -> Result<(), EncodeError> {
+    let len = u16::try_from(value.len()).map_err(|_| EncodeError::StringTooLong(value.len()))?;
+    s.write_u16(len);
+    s.write_bytes(value);
+    Ok(())
+}
+
+fn put_string<S: Sink>(s: &mut S, value: &str) -> Result<(), EncodeError> {
+    put_binary(s, value.as_bytes())
+}
+
+fn first_byte(packet: &Packet) -> u8 {
+    match packet {
+        Packet::Connect(_) => 0x10,
+        Packet::ConnAck(_) => 0x20,
+        Packet::Publish(publish) => publish_first_byte(publish),
+        Packet::PubAck(_) => 0x40,
+        Packet::PubRec(_) => 0x50,
+        Packet::PubRel(_) => 0x62,
+        Packet::PubComp(_) => 0x70,
+        Packet::Subscribe(_) => 0x82,
+        Packet::SubAck(_) => 0x90,
+        Packet::Unsubscribe(_) => 0xA2,
+        Packet::UnsubAck(_) => 0xB0,
+        Packet::PingReq => 0xC0,
+        Packet::PingResp => 0xD0,
+        Packet::Disconnect(_) => 0xE0,
+        Packet::Auth(_) => 0xF0,
+    }
+}
+
+fn publish_first_byte(publish: &Publish) -> u8 {
+    0x30 | (u8::from(publish.dup) << 3) | ((publish.qos as u8) << 1) | u8::from(publish.retain)
+}
+
+/// Writes everything after the fixed header.
+fn body<S: Sink>(packet: &Packet, protocol: Protocol, s: &mut S) -> Result<(), EncodeError> {
+    let v5 = protocol == Protocol::V5;
+    match packet {
+        Packet::Connect(connect) => connect_body(s, connect),
+        Packet::ConnAck(connack) => {
+            s.write_u8(u8::from(connack.session_present));
+            if v5 {
+                s.write_u8(connack.reason.as_u8());
+                props_block(s, &connack.properties)
+            } else {
+                s.write_u8(connack.reason.to_v311_connack());
+                Ok(())
+            }
+        }
+        Packet::Publish(publish) => {
+            put_string(s, &publish.topic)?;
+            if publish.qos != QoS::AtMostOnce {
+                let id = publish.packet_id.ok_or(EncodeError::Invalid {
+                    packet: "PUBLISH",
+                    reason: format!("QoS {} needs a packet identifier, got none", publish.qos as u8),
+                })?;
+                s.write_u16(id);
+            }
+            if v5 {
+                props_block(s, &publish.properties)?;
+            }
+            s.write_bytes(&publish.payload);
+            Ok(())
+        }
+        Packet::PubAck(response)
+        | Packet::PubRec(response)
+        | Packet::PubRel(response)
+        | Packet::PubComp(response) => {
+            s.write_u16(response.packet_id);
+            // v5 short forms: nothing after the identifier means Success without properties.
+            if v5 && !(response.reason == ReasonCode::Success && response.properties.is_empty()) {
+                s.write_u8(response.reason.as_u8());
+                if !response.properties.is_empty() {
+                    props_block(s, &response.properties)?;
+                }
+            }
+            Ok(())
+        }
+        Packet::Subscribe(subscribe) => {
+            s.write_u16(subscribe.packet_id);
+            if v5 {
+                props_block(s, &SubscribeProps(subscribe))?;
+            }
+            for subscription in &subscribe.subscriptions {
+                put_string(s, &subscription.filter)?;
+                let o = subscription.options;
+                let mut bits = o.qos as u8;
+                if v5 {
+                    bits |= u8::from(o.no_local) << 2
+                        | u8::from(o.retain_as_published) << 3
+                        | (o.retain_handling as u8) << 4;
+                }
+                s.write_u8(bits);
+            }
+            Ok(())
+        }
+        Packet::SubAck(suback) => {
+            s.write_u16(suback.packet_id);
+            if v5 {
+                props_block(s, &suback.properties)?;
+                for reason in &suback.reasons {
+                    s.write_u8(reason.as_u8());
+                }
+            } else {
+                for reason in &suback.reasons {
+                    s.write_u8(reason.to_v311_suback());
+                }
+            }
+            Ok(())
+        }
+        Packet::Unsubscribe(unsubscribe) => {
+            s.write_u16(unsubscribe.packet_id);
+            if v5 {
+                props_block(s, &UserProps(&unsubscribe.user_properties))?;
+            }
+            for filter in &unsubscribe.filters {
+                put_string(s, filter)?;
+            }
+            Ok(())
+        }
+        Packet::UnsubAck(unsuback) => {
+            s.write_u16(unsuback.packet_id);
+            if v5 {
+                props_block(s, &unsuback.properties)?;
+                for reason in &unsuback.reasons {
+                    s.write_u8(reason.as_u8());
+                }
+            }
+            Ok(())
+        }
+        Packet::PingReq | Packet::PingResp => Ok(()),
+        Packet::Disconnect(disconnect) => {
+            let props_empty = disconnect.properties == DisconnectProperties::default();
+            // v5 short forms: no body for a normal disconnection, one byte for a bare reason.
+            if v5 && !(disconnect.reason == ReasonCode::Success && props_empty) {
+                s.write_u8(disconnect.reason.as_u8());
+                if !props_empty {
+                    props_block(s, &disconnect.properties)?;
+                }
+            }
+            Ok(())
+        }
+        Packet::Auth(auth) => {
+            if !v5 {
+                return Err(EncodeError::NotInProtocol("AUTH"));
+            }
+            let props_empty = auth.authentication_method.is_none()
+                && auth.authentication_data.is_none()
+                && auth.reason_string.is_none()
+                && auth.user_properties.is_empty();
+            if !(auth.reason == ReasonCode::Success && props_empty) {
+                s.write_u8(auth.reason.as_u8());
+                props_block(s, &AuthProps(auth))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn connect_body<S: Sink>(s: &mut S, connect: &Connect) -> Result<(), EncodeError> {
+    let v5 = connect.protocol == Protocol::V5;
+    put_string(s, "MQTT")?;
+    s.write_u8(connect.protocol.level());
+    let mut flags = u8::from(connect.clean_start) << 1;
+    if let Some(will) = &connect.will {
+        flags |= 0x04 | (will.qos as u8) << 3 | u8::from(will.retain) << 5;
+    }
+    if connect.password.is_some() {
+        flags |= 0x40;
+    }
+    if connect.username.is_some() {
+        flags |= 0x80;
+    }
+    s.write_u8(flags);
+    s.write_u16(connect.keep_alive);
+    if v5 {
+        props_block(s, &connect.properties)?;
+    }
+    put_string(s, &connect.client_id)?;
+    if let Some(will) = &connect.will {
+        if v5 {
+            props_block(s, &WillProps(will))?;
+        }
+        put_string(s, &will.topic)?;
+        put_binary(s, &will.payload)?;
+    }
+    if let Some(username) = &connect.username {
+        put_string(s, username)?;
+    }
+    if let Some(password) = &connect.password {
+        put_binary(s, password)?;
+    }
+    Ok(())
+}
+
+// Property identifiers (MQTT 5 section 2.2.2.2).
+const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
+const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
+const CONTENT_TYPE: u8 = 0x03;
+const RESPONSE_TOPIC: u8 = 0x08;
+const CORRELATION_DATA: u8 = 0x09;
+const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
+const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
+const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
+const SERVER_KEEP_ALIVE: u8 = 0x13;
+const AUTHENTICATION_METHOD: u8 = 0x15;
+const AUTHENTICATION_DATA: u8 = 0x16;
+const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
+const WILL_DELAY_INTERVAL: u8 = 0x18;
+const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
+const RESPONSE_INFORMATION: u8 = 0x1A;
+const SERVER_REFERENCE: u8 = 0x1C;
+const REASON_STRING: u8 = 0x1F;
+const RECEIVE_MAXIMUM: u8 = 0x21;
+const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
+const TOPIC_ALIAS: u8 = 0x23;
+const MAXIMUM_QOS: u8 = 0x24;
+const RETAIN_AVAILABLE: u8 = 0x25;
+const USER_PROPERTY: u8 = 0x26;
+const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
+const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
+const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
+
+/// A property list of some packet.
+trait Props {
+    /// Writes the properties without their length prefix.
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError>;
+}
+
+/// The length of a property list with its length prefix.
+fn props_block_len<P: Props>(props: &P) -> Result<usize, EncodeError> {
+    let mut counter = Counter(0);
+    props.write(&mut counter)?;
+    let len = varint_len(counter.0).ok_or(EncodeError::TooLarge(counter.0))?;
+    Ok(len + counter.0)
+}
+
+/// Writes a property list with its length prefix.
+fn props_block<S: Sink, P: Props>(s: &mut S, props: &P) -> Result<(), EncodeError> {
+    let mut counter = Counter(0);
+    props.write(&mut counter)?;
+    if counter.0 > MAX_VARINT {
+        return Err(EncodeError::TooLarge(counter.0));
+    }
+    put_varint(s, counter.0);
+    props.write(s)
+}
+
+fn prop_u8<S: Sink>(s: &mut S, id: u8, value: Option<u8>) {
+    if let Some(value) = value {
+        s.write_u8(id);
+        s.write_u8(value);
+    }
+}
+
+fn prop_bool<S: Sink>(s: &mut S, id: u8, value: Option<bool>) {
+    prop_u8(s, id, value.map(u8::from));
+}
+
+fn prop_u16<S: Sink>(s: &mut S, id: u8, value: Option<u16>) {
+    if let Some(value) = value {
+        s.write_u8(id);
+        s.write_u16(value);
+    }
+}
+
+fn prop_u32<S: Sink>(s: &mut S, id: u8, value: Option<u32>) {
+    if let Some(value) = value {
+        s.write_u8(id);
+        s.write_u32(value);
+    }
+}
+
+fn prop_string<S: Sink>(s: &mut S, id: u8, value: Option<&String>) -> Result<(), EncodeError> {
+    if let Some(value) = value {
+        s.write_u8(id);
+        put_string(s, value)?;
+    }
+    Ok(())
+}
+
+fn prop_binary<S: Sink>(s: &mut S, id: u8, value: Option<&Bytes>) -> Result<(), EncodeError> {
+    if let Some(value) = value {
+        s.write_u8(id);
+        put_binary(s, value)?;
+    }
+    Ok(())
+}
+
+fn prop_subscription_identifier<S: Sink>(s: &mut S, value: u32) -> Result<(), EncodeError> {
+    let value = value as usize;
+    if varint_len(value).is_none() {
+        return Err(EncodeError::Invalid {
+            packet: "PUBLISH or SUBSCRIBE",
+            reason: format!("subscription identifier must be at most {MAX_VARINT}, got {value}"),
+        });
+    }
+    s.write_u8(SUBSCRIPTION_IDENTIFIER);
+    put_varint(s, value);
+    Ok(())
+}
+
+fn user_props<S: Sink>(s: &mut S, props: &[UserProperty]) -> Result<(), EncodeError> {
+    for (key, value) in props {
+        s.write_u8(USER_PROPERTY);
+        put_string(s, key)?;
+        put_string(s, value)?;
+    }
+    Ok(())
+}
+
+impl Props for ConnectProperties {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
+        prop_u32(s, SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
+        prop_u16(s, RECEIVE_MAXIMUM, self.receive_maximum);
+        prop_u32(s, MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
+        prop_u16(s, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
+        prop_bool(s, REQUEST_RESPONSE_INFORMATION, self.request_response_information);
+        prop_bool(s, REQUEST_PROBLEM_INFORMATION, self.request_problem_information);
+        user_props(s, &self.user_properties)?;
+        prop_string(s, AUTHENTICATION_METHOD, self.authentication_method.as_ref())?;
+        prop_binary(s, AUTHENTICATION_DATA, self.authentication_data.as_ref())
+    }
+}
+
+impl Props for ConnAckProperties {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
+        prop_u32(s, SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
+        prop_u16(s, RECEIVE_MAXIMUM, self.receive_maximum);
+        // Only 0 and 1 may be sent; absence is how a server says 2.
+        let maximum_qos = self.maximum_qos.filter(|qos| *qos != QoS::ExactlyOnce);
+        prop_u8(s, MAXIMUM_QOS, maximum_qos.map(|qos| qos as u8));
+        prop_bool(s, RETAIN_AVAILABLE, self.retain_available);
+        prop_u32(s, MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
+        prop_string(s, ASSIGNED_CLIENT_IDENTIFIER, self.assigned_client_identifier.as_ref())?;
+        prop_u16(s, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
+        prop_string(s, REASON_STRING, self.reason_string.as_ref())?;
+        user_props(s, &self.user_properties)?;
+        prop_bool(s, WILDCARD_SUBSCRIPTION_AVAILABLE, self.wildcard_subscription_available);
+        prop_bool(s, SUBSCRIPTION_IDENTIFIER_AVAILABLE, self.subscription_identifiers_available);
+        prop_bool(s, SHARED_SUBSCRIPTION_AVAILABLE, self.shared_subscription_available);
+        prop_u16(s, SERVER_KEEP_ALIVE, self.server_keep_alive);
+        prop_string(s, RESPONSE_INFORMATION, self.response_information.as_ref())?;
+        prop_string(s, SERVER_REFERENCE, self.server_reference.as_ref())?;
+        prop_string(s, AUTHENTICATION_METHOD, self.authentication_method.as_ref())?;
+        prop_binary(s, AUTHENTICATION_DATA, self.authentication_data.as_ref())
+    }
+}
+
+/// The publish properties a will may carry too (everything but topic alias and subscription
+/// identifiers, which only make sense on a live PUBLISH).
+fn message_props<S: Sink>(s: &mut S, p: &PublishProperties) -> Result<(), EncodeError> {
+    prop_u8(s, PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator);
+    prop_u32(s, MESSAGE_EXPIRY_INTERVAL, p.message_expiry_interval);
+    prop_string(s, CONTENT_TYPE, p.content_type.as_ref())?;
+    prop_string(s, RESPONSE_TOPIC, p.response_topic.as_ref())?;
+    prop_binary(s, CORRELATION_DATA, p.correlation_data.as_ref())?;
+    user_props(s, &p.user_properties)
+}
+
+impl Props for PublishProperties {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
+        message_props(s, self)?;
+        prop_u16(s, TOPIC_ALIAS, self.topic_alias);
+        for id in &self.subscription_identifiers {
+            prop_subscription_identifier(s, *id)?;
+        }
+        Ok(())
+    }
+}
+
+/// Will properties: the delay plus the message properties of the will.
+struct WillProps<'a>(&'a Will);
+
+impl Props for WillProps<'_> {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
+        prop_u32(s, WILL_DELAY_INTERVAL, self.0.delay_interval);
+        message_props(s, &self.0.properties)
+    }
+}
+
+impl Props for AckProperties {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
+        prop_string(s, REASON_STRING, self.reason_string.as_ref())?;
+        user_props(s, &self.user_properties)
+    }
+}
+
+/// SUBSCRIBE properties, which live as fields of [`Subscribe`].
+struct SubscribeProps<'a>(&'a Subscribe);
+
+impl Props for SubscribeProps<'_> {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
+        if let Some(id) = self.0.subscription_identifier {
+            prop_subscription_identifier(s, id)?;
+        }
+        user_props(s, &self.0.user_properties)
+    }
+}
+
+/// A property list of user properties only (UNSUBSCRIBE).
+struct UserProps<'a>(&'a [UserProperty]);
+
+impl Props for UserProps<'_> {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
+        user_props(s, self.0)
+    }
+}
+
+impl Props for DisconnectProperties {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
+        prop_u32(s, SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
+        prop_string(s, REASON_STRING, self.reason_string.as_ref())?;
+        user_props(s, &self.user_properties)?;
+        prop_string(s, SERVER_REFERENCE, self.server_reference.as_ref())
+    }
+}
+
+/// AUTH properties, which live as fields of [`Auth`].
+struct AuthProps<'a>(&'a Auth);
+
+impl Props for AuthProps<'_> {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
+        prop_string(s, AUTHENTICATION_METHOD, self.0.authentication_method.as_ref())?;
+        prop_binary(s, AUTHENTICATION_DATA, self.0.authentication_data.as_ref())?;
+        prop_string(s, REASON_STRING, self.0.reason_string.as_ref())?;
+        user_props(s, &self.0.user_properties)
+    }
+}

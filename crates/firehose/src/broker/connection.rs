@@ -1,0 +1,1007 @@
+//! One task per connection: the CONNECT handshake, then a loop that reads packets, runs the QoS
+//! state machines, moves queued deliveries into the outbox and writes them in batches.
+//!
+//! Every way a connection can end goes through [`End`], which decides the will, the session's
+//! fate and the final DISCONNECT an MQTT 5 client is owed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use firehose_codec::{
+    decode, encode, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
+    DisconnectProperties, EncodeError, Packet, Protocol, PubResponse, Publish, QoS, ReasonCode,
+    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, timeout, Instant};
+use tracing::{debug, info, warn};
+
+use super::message::{Delivery, Message};
+use super::outbox::Outbox;
+use super::router::{parse_filter, SubOptions};
+use super::session::{Inflight, Session, Stage};
+use super::stats;
+use super::Shared;
+use crate::auth::Identity;
+
+/// Stop reading from a client while this many bytes wait to be written to it, so a client that
+/// floods without reading cannot grow our memory.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+/// How long final packets may take to leave before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The client sent DISCONNECT; `with_will` for MQTT 5 reason 0x04.
+    Client { with_will: bool },
+    /// The connection broke or the client vanished: the will is published.
+    Lost(String),
+    /// The client broke the protocol; MQTT 5 clients get DISCONNECT with `reason`.
+    Violation { reason: ReasonCode, message: String },
+    /// No packet within 1.5 times the keep alive.
+    KeepAliveTimeout,
+    /// Another connection with the same client id took the session.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl End {
+    fn violation(reason: ReasonCode, message: impl Into<String>) -> End {
+        End::Violation {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn from_decode(error: DecodeError) -> End {
+        let reason = match &error {
+            DecodeError::Malformed { .. } => ReasonCode::MalformedPacket,
+            DecodeError::TooLarge { .. } => ReasonCode::PacketTooLarge,
+            DecodeError::Protocol { .. } | DecodeError::UnsupportedProtocol(_) => {
+                ReasonCode::ProtocolError
+            }
+        };
+        End::violation(reason, error.to_string())
+    }
+
+    /// The DISCONNECT reason owed to an MQTT 5 client, if any.
+    fn disconnect_reason(&self) -> Option<ReasonCode> {
+        match self {
+            End::Client { .. } | End::Lost(_) => None,
+            End::Violation { reason, .. } => Some(*reason),
+            End::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+            End::TakenOver => Some(ReasonCode::SessionTakenOver),
+            End::Shutdown => Some(ReasonCode::ServerShuttingDown),
+        }
+    }
+
+    fn publishes_will(&self) -> bool {
+        !matches!(self, End::Client { with_will: false })
+    }
+}
+
+/// Serves one connection from its first byte to its close.
+pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let connect_timeout = Duration::from_secs(shared.limits.connect_timeout_secs);
+    let first = timeout(
+        connect_timeout,
+        read_first_packet(&shared, &mut reader, &mut rbuf),
+    )
+    .await;
+    let connect = match first {
+        Err(_) => {
+            info!(%peer, "closing connection: no CONNECT within {}s", connect_timeout.as_secs());
+            return;
+        }
+        Ok(Err(FirstPacketError::Closed)) => {
+            debug!(%peer, "connection closed before CONNECT");
+            return;
+        }
+        Ok(Err(FirstPacketError::Io(error))) => {
+            debug!(%peer, "connection failed before CONNECT: {error}");
+            return;
+        }
+        Ok(Err(FirstPacketError::Decode(error))) => {
+            stats::add(&shared.stats.protocol_errors, 1);
+            info!(%peer, "closing connection: {error}");
+            if let DecodeError::UnsupportedProtocol(_) = error {
+                // 3.1.1 section 3.1.2.2: answer return code 1, then close.
+                let refusal = connack(ReasonCode::UnsupportedProtocolVersion);
+                send_and_close(&mut writer, &refusal, Protocol::V311).await;
+            }
+            return;
+        }
+        Ok(Ok(Packet::Connect(connect))) => *connect,
+        Ok(Ok(other)) => {
+            stats::add(&shared.stats.protocol_errors, 1);
+            info!(%peer, "closing connection: expected CONNECT as first packet, got {}", other.name());
+            return;
+        }
+    };
+    let Some(mut conn) = handshake(&shared, connect, peer, &mut writer).await else {
+        return;
+    };
+    let mut outbox = Outbox::default();
+    conn.start(&mut outbox);
+    let end = conn.serve(&mut reader, &mut writer, &mut rbuf, &mut outbox).await;
+    conn.finish(end, &mut writer, &mut outbox).await;
+}
+
+#[derive(Debug)]
+enum FirstPacketError {
+    Closed,
+    Io(std::io::Error),
+    Decode(DecodeError),
+}
+
+async fn read_first_packet<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+) -> Result<Packet, FirstPacketError> {
+    let max = shared.limits.max_packet_size as usize;
+    loop {
+        if let Some(packet) = decode(rbuf, Protocol::V311, max).map_err(FirstPacketError::Decode)? {
+            return Ok(packet);
+        }
+        rbuf.reserve(READ_CHUNK);
+        let n = reader.read_buf(rbuf).await.map_err(FirstPacketError::Io)?;
+        if n == 0 {
+            return Err(FirstPacketError::Closed);
+        }
+        stats::add(&shared.stats.bytes_received, n as u64);
+    }
+}
+
+fn connack(reason: ReasonCode) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason,
+        properties: ConnAckProperties::default(),
+    })
+}
+
+async fn send_and_close<W: AsyncWrite + Unpin>(writer: &mut W, packet: &Packet, protocol: Protocol) {
+    let mut outbox = Outbox::default();
+    if outbox.push_packet(packet, protocol).is_ok() {
+        let _ = timeout(CLOSE_GRACE, outbox.write_all(writer)).await;
+    }
+    let _ = timeout(CLOSE_GRACE, writer.shutdown()).await;
+}
+
+/// Identifiers for clients that connect with an empty one: unique in this process, and unlikely
+/// to repeat across restarts.
+fn assign_client_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    format!(
+        "firehose-{epoch:x}-{:x}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Authenticates, chooses client id, keep alive and session expiry, attaches the session and
+/// writes CONNACK. Returns `None` when the connection was refused (and answered).
+async fn handshake<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    connect: Connect,
+    peer: SocketAddr,
+    writer: &mut W,
+) -> Option<Connection> {
+    let protocol = connect.protocol;
+    let limits = &shared.limits;
+    let refuse = |reason: ReasonCode, why: &str| {
+        info!(%peer, client = %connect.client_id, "refused CONNECT: {why}");
+        connack(reason)
+    };
+    if protocol == Protocol::V5 && connect.properties.authentication_method.is_some() {
+        let packet = refuse(
+            ReasonCode::BadAuthenticationMethod,
+            "extended authentication is not supported",
+        );
+        send_and_close(writer, &packet, protocol).await;
+        return None;
+    }
+    let users = shared.users.clone();
+    let username = connect.username.clone();
+    let password = connect.password.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        users.authenticate(username.as_deref(), password.as_deref())
+    })
+    .await;
+    let identity = match verdict {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(failure)) => {
+            let why = format!(
+                "{failure} (user {:?})",
+                connect.username.as_deref().unwrap_or("")
+            );
+            let packet = refuse(ReasonCode::BadUserNameOrPassword, &why);
+            send_and_close(writer, &packet, protocol).await;
+            return None;
+        }
+        Err(join_error) => {
+            warn!(%peer, "password check failed: {join_error}");
+            let packet = refuse(ReasonCode::ServerUnavailable, "password check failed");
+            send_and_close(writer, &packet, protocol).await;
+            return None;
+        }
+    };
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        if protocol == Protocol::V311 && !connect.clean_start {
+            let packet = refuse(
+                ReasonCode::ClientIdentifierNotValid,
+                "an empty client id needs clean session (MQTT 3.1.1 section 3.1.3.1)",
+            );
+            send_and_close(writer, &packet, protocol).await;
+            return None;
+        }
+        let id = assign_client_id();
+        assigned = Some(id.clone());
+        id.into()
+    } else {
+        connect.client_id.clone().into()
+    };
+
+    let requested_expiry = match protocol {
+        Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+        Protocol::V311 if connect.clean_start => 0,
+        Protocol::V311 => u32::MAX,
+    };
+    let expiry = requested_expiry.min(limits.max_session_expiry_secs);
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if protocol == Protocol::V5
+        && limits.max_keep_alive > 0
+        && (keep_alive == 0 || keep_alive > limits.max_keep_alive)
+    {
+        keep_alive = limits.max_keep_alive;
+        server_keep_alive = Some(keep_alive);
+    }
+
+    let will = match connect.will {
+        Some(will) if identity.may_publish(&will.topic) => Some(will),
+        Some(will) => {
+            debug!(%peer, client = %client_id, topic = %will.topic,
+                "will refused by the access model: it will never be published");
+            None
+        }
+        None => None,
+    };
+
+    let kick = Arc::new(Notify::new());
+    let attached = shared.registry.attach(
+        &client_id,
+        connect.clean_start,
+        expiry,
+        protocol,
+        usize::try_from(limits.send_queue).unwrap_or(usize::MAX),
+        kick.clone(),
+    );
+    if let Some((old, filters)) = &attached.discarded {
+        shared.router.remove_all(old, filters);
+    }
+
+    let mut properties = ConnAckProperties::default();
+    if protocol == Protocol::V5 {
+        properties.receive_maximum = Some(limits.receive_maximum);
+        properties.maximum_packet_size = Some(limits.max_packet_size);
+        properties.topic_alias_maximum =
+            (limits.topic_alias_maximum > 0).then_some(limits.topic_alias_maximum);
+        properties.assigned_client_identifier = assigned;
+        properties.server_keep_alive = server_keep_alive;
+        if expiry != requested_expiry {
+            properties.session_expiry_interval = Some(expiry);
+        }
+    }
+    let ack = Packet::ConnAck(ConnAck {
+        session_present: attached.session_present,
+        reason: ReasonCode::Success,
+        properties,
+    });
+    let mut outbox = Outbox::default();
+    let written = match outbox.push_packet(&ack, protocol) {
+        Ok(size) => {
+            stats::add(&shared.stats.bytes_sent, size as u64);
+            outbox.write_all(writer).await.map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let conn = Connection {
+        shared: shared.clone(),
+        session: attached.session,
+        generation: attached.generation,
+        kick,
+        protocol,
+        client_id,
+        identity,
+        peer,
+        will,
+        expiry,
+        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        window: usize::from(
+            connect
+                .properties
+                .receive_maximum
+                .unwrap_or(u16::MAX)
+                .min(limits.max_inflight),
+        ),
+        client_max_packet: connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize),
+        aliases_in: HashMap::new(),
+        aliases_out: HashMap::new(),
+        alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+        problem_information: connect.properties.request_problem_information.unwrap_or(true),
+    };
+    stats::add(&shared.stats.clients_connected, 1);
+    info!(
+        client = %conn.client_id,
+        %peer,
+        protocol = ?protocol,
+        user = conn.identity.name(),
+        clean_start = connect.clean_start,
+        session_present = attached.session_present,
+        "client connected"
+    );
+    if let Err(error) = written {
+        let end = End::Lost(format!("could not send CONNACK: {error}"));
+        let mut empty = Outbox::default();
+        conn.finish(end, writer, &mut empty).await;
+        return None;
+    }
+    Some(conn)
+}
+
+/// The state of one connected client.
+struct Connection {
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    generation: u64,
+    kick: Arc<Notify>,
+    protocol: Protocol,
+    client_id: Arc<str>,
+    identity: Identity,
+    peer: SocketAddr,
+    will: Option<Will>,
+    /// Session expiry in seconds; a v5 DISCONNECT may change it.
+    expiry: u32,
+    /// 1.5 times the keep alive, `None` when disabled.
+    keep_alive: Option<Duration>,
+    /// Most unacknowledged QoS 1/2 deliveries at once.
+    window: usize,
+    /// The client's Maximum Packet Size.
+    client_max_packet: usize,
+    /// Topic aliases the client set (MQTT 5).
+    aliases_in: HashMap<u16, Arc<str>>,
+    /// Topic aliases we set towards the client (MQTT 5).
+    aliases_out: HashMap<Arc<str>, u16>,
+    /// The client's Topic Alias Maximum.
+    alias_out_max: u16,
+    /// MQTT 5 Request Problem Information.
+    problem_information: bool,
+}
+
+impl Connection {
+    fn is_v5(&self) -> bool {
+        self.protocol == Protocol::V5
+    }
+
+    /// Resends what the resumed session left unacknowledged, DUP set, in the original order.
+    fn start(&mut self, outbox: &mut Outbox) {
+        let pending = self.session.lock().inflight_in_order();
+        let now = std::time::Instant::now();
+        for (id, inflight) in pending {
+            let result = match inflight.stage {
+                Stage::AwaitPubAck | Stage::AwaitPubRec => self
+                    .write_publish(&inflight.delivery, Some(id), true, now, outbox)
+                    .map(|_| ()),
+                Stage::AwaitPubComp => self.push(outbox, &pub_response(Packet::PubRel, id, ReasonCode::Success)),
+            };
+            if let Err(error) = result {
+                warn!(client = %self.client_id, "cannot resend message {id}: {error}");
+            }
+        }
+    }
+
+    async fn serve<R, W>(
+        &mut self,
+        reader: &mut R,
+        writer: &mut W,
+        rbuf: &mut BytesMut,
+        outbox: &mut Outbox,
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut shutdown = self.shared.shutdown.subscribe();
+        if *shutdown.borrow_and_update() {
+            return End::Shutdown;
+        }
+        let session = self.session.clone();
+        let kick = self.kick.clone();
+        let mut last_seen = Instant::now();
+        let far_future = Instant::now() + Duration::from_secs(86400 * 365);
+        loop {
+            self.drain(outbox);
+            let read_open = outbox.pending_bytes() < WRITE_HIGH_WATER;
+            if read_open && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                rbuf.reserve(READ_CHUNK);
+            }
+            let deadline = self.keep_alive.map_or(far_future, |ka| last_seen + ka);
+            tokio::select! {
+                biased;
+                _ = kick.notified() => return End::TakenOver,
+                _ = shutdown.changed() => return End::Shutdown,
+                written = outbox.write_some(writer), if !outbox.is_empty() => match written {
+                    Ok(n) => stats::add(&self.shared.stats.bytes_sent, n as u64),
+                    Err(error) => return End::Lost(format!("write failed: {error}")),
+                },
+                read = reader.read_buf(rbuf), if read_open => match read {
+                    Ok(0) => return End::Lost("connection closed without DISCONNECT".into()),
+                    Ok(n) => {
+                        stats::add(&self.shared.stats.bytes_received, n as u64);
+                        last_seen = Instant::now();
+                        if let Some(end) = self.process(rbuf, outbox) {
+                            return end;
+                        }
+                    }
+                    Err(error) => return End::Lost(format!("read failed: {error}")),
+                },
+                _ = session.wake.notified() => {}
+                _ = sleep_until(deadline), if self.keep_alive.is_some() => return End::KeepAliveTimeout,
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in `rbuf`.
+    fn process(&mut self, rbuf: &mut BytesMut, outbox: &mut Outbox) -> Option<End> {
+        let max = self.shared.limits.max_packet_size as usize;
+        let mut publishes = 0;
+        let end = loop {
+            match decode(rbuf, self.protocol, max) {
+                Ok(Some(packet)) => {
+                    if matches!(packet, Packet::Publish(_)) {
+                        publishes += 1;
+                    }
+                    if let Some(end) = self.handle(packet, outbox) {
+                        break Some(end);
+                    }
+                }
+                Ok(None) => break None,
+                Err(error) => break Some(End::from_decode(error)),
+            }
+        };
+        stats::add(&self.shared.stats.messages_received, publishes);
+        end
+    }
+
+    fn push(&self, outbox: &mut Outbox, packet: &Packet) -> Result<(), EncodeError> {
+        outbox.push_packet(packet, self.protocol).map(|_| ())
+    }
+
+    fn push_or_log(&self, outbox: &mut Outbox, packet: &Packet) {
+        if let Err(error) = self.push(outbox, packet) {
+            warn!(client = %self.client_id, "cannot encode {}: {error}", packet.name());
+        }
+    }
+
+    fn handle(&mut self, packet: Packet, outbox: &mut Outbox) -> Option<End> {
+        match packet {
+            Packet::Publish(publish) => return self.on_publish(publish, outbox),
+            Packet::PubAck(ack) => {
+                let mut state = self.session.lock();
+                if state
+                    .inflight
+                    .get(&ack.packet_id)
+                    .is_some_and(|f| f.stage == Stage::AwaitPubAck)
+                {
+                    state.inflight.remove(&ack.packet_id);
+                }
+            }
+            Packet::PubRec(rec) => {
+                let mut state = self.session.lock();
+                let reply = match state.inflight.get_mut(&rec.packet_id) {
+                    Some(f) if f.stage == Stage::AwaitPubRec => {
+                        if rec.reason.is_error() {
+                            state.inflight.remove(&rec.packet_id);
+                            None
+                        } else {
+                            f.stage = Stage::AwaitPubComp;
+                            Some(ReasonCode::Success)
+                        }
+                    }
+                    Some(f) if f.stage == Stage::AwaitPubComp => Some(ReasonCode::Success),
+                    _ => Some(ReasonCode::PacketIdentifierNotFound),
+                };
+                drop(state);
+                if let Some(reason) = reply {
+                    self.push_or_log(outbox, &pub_response(Packet::PubRel, rec.packet_id, reason));
+                }
+            }
+            Packet::PubRel(rel) => {
+                let found = self.session.lock().incoming_qos2.remove(&rel.packet_id);
+                let reason = if found {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.push_or_log(outbox, &pub_response(Packet::PubComp, rel.packet_id, reason));
+            }
+            Packet::PubComp(comp) => {
+                let mut state = self.session.lock();
+                if state
+                    .inflight
+                    .get(&comp.packet_id)
+                    .is_some_and(|f| f.stage == Stage::AwaitPubComp)
+                {
+                    state.inflight.remove(&comp.packet_id);
+                }
+            }
+            Packet::Subscribe(subscribe) => return self.on_subscribe(subscribe, outbox),
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, outbox),
+            Packet::PingReq => self.push_or_log(outbox, &Packet::PingResp),
+            Packet::Disconnect(disconnect) => return Some(self.on_disconnect(disconnect)),
+            Packet::Connect(_) => {
+                return Some(End::violation(
+                    ReasonCode::ProtocolError,
+                    "second CONNECT on one connection",
+                ))
+            }
+            Packet::Auth(_) => {
+                return Some(End::violation(
+                    ReasonCode::ProtocolError,
+                    "AUTH without an authentication method in CONNECT",
+                ))
+            }
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => {
+                return Some(End::violation(
+                    ReasonCode::ProtocolError,
+                    format!("{} is sent by servers, not clients", other.name()),
+                ))
+            }
+        }
+        None
+    }
+
+    fn on_publish(&mut self, publish: Publish, outbox: &mut Outbox) -> Option<End> {
+        let topic: Arc<str> = match publish.properties.topic_alias.filter(|_| self.is_v5()) {
+            Some(alias) => {
+                let max = self.shared.limits.topic_alias_maximum;
+                if alias == 0 || alias > max {
+                    return Some(End::violation(
+                        ReasonCode::TopicAliasInvalid,
+                        format!("PUBLISH: topic alias {alias} outside 1..={max}"),
+                    ));
+                }
+                if publish.topic.is_empty() {
+                    match self.aliases_in.get(&alias) {
+                        Some(topic) => topic.clone(),
+                        None => {
+                            return Some(End::violation(
+                                ReasonCode::ProtocolError,
+                                format!("PUBLISH: topic alias {alias} was never set"),
+                            ))
+                        }
+                    }
+                } else {
+                    let topic: Arc<str> = publish.topic.as_str().into();
+                    self.aliases_in.insert(alias, topic.clone());
+                    topic
+                }
+            }
+            None if publish.topic.is_empty() => {
+                return Some(End::violation(
+                    ReasonCode::ProtocolError,
+                    "PUBLISH: empty topic name without a topic alias",
+                ))
+            }
+            None => publish.topic.as_str().into(),
+        };
+        let id = publish.packet_id.unwrap_or(0);
+        if publish.qos == QoS::ExactlyOnce {
+            let state = self.session.lock();
+            if state.incoming_qos2.contains(&id) {
+                drop(state);
+                self.push_or_log(outbox, &pub_response(Packet::PubRec, id, ReasonCode::Success));
+                return None;
+            }
+            if state.incoming_qos2.len() >= usize::from(self.shared.limits.receive_maximum) {
+                return Some(End::violation(
+                    ReasonCode::ReceiveMaximumExceeded,
+                    format!(
+                        "more than {} unreleased QoS 2 publishes",
+                        self.shared.limits.receive_maximum
+                    ),
+                ));
+            }
+        }
+        let mut reason = ReasonCode::Success;
+        if !self.identity.may_publish(&topic) {
+            stats::add(&self.shared.stats.publish_denied, 1);
+            debug!(client = %self.client_id, user = self.identity.name(), %topic,
+                "PUBLISH refused by the access model");
+            reason = ReasonCode::NotAuthorized;
+        } else if self.is_v5()
+            && publish.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&publish.payload).is_err()
+        {
+            reason = ReasonCode::PayloadFormatInvalid;
+        }
+        if reason == ReasonCode::Success {
+            let message = Message::new(
+                topic,
+                publish.payload,
+                publish.qos,
+                publish.retain,
+                publish.properties,
+                self.client_id.clone(),
+            );
+            self.shared.publish(message);
+        }
+        // MQTT 3.1.1 has no negative acknowledgement: a refused message is acknowledged and
+        // dropped, as Mosquitto does.
+        let ack_reason = if self.is_v5() { reason } else { ReasonCode::Success };
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.push_or_log(outbox, &pub_response(Packet::PubAck, id, ack_reason));
+            }
+            QoS::ExactlyOnce => {
+                if !ack_reason.is_error() {
+                    self.session.lock().incoming_qos2.insert(id);
+                }
+                self.push_or_log(outbox, &pub_response(Packet::PubRec, id, ack_reason));
+            }
+        }
+        None
+    }
+
+    fn on_subscribe(&mut self, subscribe: Subscribe, outbox: &mut Outbox) -> Option<End> {
+        let limit = self.shared.limits.max_subscriptions_per_client;
+        let mut reasons = Vec::with_capacity(subscribe.subscriptions.len());
+        let mut retained = Vec::new();
+        for sub in &subscribe.subscriptions {
+            let parsed = parse_filter(&sub.filter);
+            if self.is_v5() && parsed.group.is_some() && sub.options.no_local {
+                return Some(End::violation(
+                    ReasonCode::ProtocolError,
+                    format!("SUBSCRIBE: No Local set on shared subscription {:?}", sub.filter),
+                ));
+            }
+            if !self.identity.may_subscribe(&sub.filter) {
+                debug!(client = %self.client_id, filter = %sub.filter, "SUBSCRIBE refused by the access model");
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
+            let count = {
+                let state = self.session.lock();
+                if state.subscriptions.contains_key(&sub.filter) {
+                    0
+                } else {
+                    state.subscriptions.len() as u64
+                }
+            };
+            if count >= limit {
+                reasons.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
+            let v5 = self.is_v5();
+            let options = SubOptions {
+                qos: sub.options.qos,
+                no_local: v5 && sub.options.no_local,
+                retain_as_published: v5 && sub.options.retain_as_published,
+                id: subscribe.subscription_identifier.filter(|_| v5),
+            };
+            let existed = self.shared.router.subscribe(&self.session, &sub.filter, options);
+            self.session
+                .lock()
+                .subscriptions
+                .insert(sub.filter.clone(), options);
+            let send_retained = parsed.group.is_none()
+                && match sub.options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for message in self.shared.router.retained_matching(parsed.filter) {
+                    retained.push(Delivery {
+                        qos: options.qos.min(message.qos),
+                        retain: true,
+                        subscription_ids: options.id.into_iter().collect(),
+                        message,
+                    });
+                }
+            }
+            reasons.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+            });
+        }
+        let ack = Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            reasons,
+            properties: AckProperties::default(),
+        });
+        self.push_or_log(outbox, &ack);
+        for delivery in retained {
+            self.session.enqueue(delivery, &self.shared.stats);
+        }
+        None
+    }
+
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, outbox: &mut Outbox) {
+        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in &unsubscribe.filters {
+            let existed = self.shared.router.unsubscribe(&self.session, filter);
+            self.session.lock().subscriptions.remove(filter);
+            reasons.push(if existed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+        }
+        let ack = Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reasons,
+            properties: AckProperties::default(),
+        });
+        self.push_or_log(outbox, &ack);
+    }
+
+    fn on_disconnect(&mut self, disconnect: Disconnect) -> End {
+        if let Some(expiry) = disconnect.properties.session_expiry_interval.filter(|_| self.is_v5()) {
+            if self.expiry == 0 && expiry != 0 {
+                // MQTT 5 section 3.14.2.2.2.
+                return End::violation(
+                    ReasonCode::ProtocolError,
+                    "DISCONNECT: session expiry set after connecting with 0",
+                );
+            }
+            self.expiry = expiry.min(self.shared.limits.max_session_expiry_secs);
+            self.session.lock().expiry_interval = self.expiry;
+        }
+        End::Client {
+            with_will: disconnect.reason == ReasonCode::DisconnectWithWill,
+        }
+    }
+
+    /// Moves queued deliveries into the outbox, within the inflight window and the outbox's
+    /// high-water mark.
+    fn drain(&mut self, outbox: &mut Outbox) {
+        let now = std::time::Instant::now();
+        let mut sent = 0;
+        let session = self.session.clone();
+        let mut state = session.lock();
+        while outbox.pending_bytes() < WRITE_HIGH_WATER {
+            let Some(front) = state.queue.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.window {
+                break;
+            }
+            let Some(delivery) = state.queue.pop_front() else {
+                break;
+            };
+            if delivery.message.is_expired(now) {
+                stats::add(&self.shared.stats.dropped_expired, 1);
+                continue;
+            }
+            let id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
+            match self.write_publish(&delivery, id, false, now, outbox) {
+                Ok(true) => {
+                    sent += 1;
+                    if let Some(id) = id {
+                        let seq = state.next_seq;
+                        state.next_seq += 1;
+                        let stage = if delivery.qos == QoS::AtLeastOnce {
+                            Stage::AwaitPubAck
+                        } else {
+                            Stage::AwaitPubRec
+                        };
+                        state.inflight.insert(id, Inflight { delivery, stage, seq });
+                    }
+                }
+                Ok(false) => stats::add(&self.shared.stats.dropped_too_large, 1),
+                Err(error) => {
+                    warn!(client = %self.client_id, topic = %delivery.message.topic,
+                        "cannot encode PUBLISH: {error}");
+                }
+            }
+        }
+        drop(state);
+        stats::add(&self.shared.stats.messages_sent, sent);
+    }
+
+    /// Queues one PUBLISH; `Ok(false)` when it exceeds the client's Maximum Packet Size and
+    /// was skipped (MQTT 5 section 3.1.2.11.4: as if delivered).
+    fn write_publish(
+        &mut self,
+        delivery: &Delivery,
+        packet_id: Option<u16>,
+        dup: bool,
+        now: std::time::Instant,
+        outbox: &mut Outbox,
+    ) -> Result<bool, EncodeError> {
+        let message = &delivery.message;
+        let per_delivery = dup
+            || (self.is_v5()
+                && (!delivery.subscription_ids.is_empty()
+                    || message.expires_at.is_some()
+                    || self.alias_out_max > 0));
+        if !per_delivery {
+            let parts = message.shared_parts(self.protocol, delivery.qos, delivery.retain)?;
+            if parts.len(packet_id.is_some()) > self.client_max_packet {
+                return Ok(false);
+            }
+            outbox.push(parts.head.clone());
+            if let Some(id) = packet_id {
+                outbox.push_packet_id(id);
+            }
+            outbox.push(parts.tail.clone());
+            return Ok(true);
+        }
+        let mut publish = message.to_publish(delivery.qos, delivery.retain);
+        publish.dup = dup;
+        publish.packet_id = packet_id;
+        let mut new_alias = None;
+        if self.is_v5() {
+            publish.properties.subscription_identifiers = delivery.subscription_ids.clone();
+            publish.properties.message_expiry_interval = message.remaining_expiry(now);
+            if self.alias_out_max > 0 {
+                if let Some(alias) = self.aliases_out.get(&message.topic) {
+                    publish.properties.topic_alias = Some(*alias);
+                    publish.topic.clear();
+                } else if self.aliases_out.len() < usize::from(self.alias_out_max) {
+                    let alias = self.aliases_out.len() as u16 + 1;
+                    publish.properties.topic_alias = Some(alias);
+                    new_alias = Some(alias);
+                }
+            }
+        }
+        let mut buf = BytesMut::new();
+        encode(&Packet::Publish(publish), self.protocol, &mut buf)?;
+        if buf.len() > self.client_max_packet {
+            return Ok(false);
+        }
+        if let Some(alias) = new_alias {
+            self.aliases_out.insert(message.topic.clone(), alias);
+        }
+        outbox.push(buf.freeze());
+        Ok(true)
+    }
+
+    /// Sends what the end owes the client, closes, then settles the will and the session.
+    async fn finish<W: AsyncWrite + Unpin>(self, end: End, writer: &mut W, outbox: &mut Outbox) {
+        let shared = &self.shared;
+        if let Some(reason) = end.disconnect_reason().filter(|_| self.is_v5()) {
+            let reason_string = match &end {
+                End::Violation { message, .. } if self.problem_information => Some(message.clone()),
+                _ => None,
+            };
+            let packet = Packet::Disconnect(Disconnect {
+                reason,
+                properties: DisconnectProperties {
+                    reason_string,
+                    ..DisconnectProperties::default()
+                },
+            });
+            self.push_or_log(outbox, &packet);
+        }
+        if let Ok(Ok(())) = timeout(CLOSE_GRACE, outbox.write_all(writer)).await {
+            let _ = timeout(CLOSE_GRACE, writer.shutdown()).await;
+        }
+        shared.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
+        match &end {
+            End::Client { .. } => {
+                debug!(client = %self.client_id, peer = %self.peer, "client disconnected")
+            }
+            End::Lost(why) => {
+                info!(client = %self.client_id, peer = %self.peer, "connection lost: {why}")
+            }
+            End::Violation { message, reason } => {
+                stats::add(&shared.stats.protocol_errors, 1);
+                info!(client = %self.client_id, peer = %self.peer,
+                    "closing connection: {message} (reason 0x{:02X})", reason.as_u8());
+            }
+            End::KeepAliveTimeout => info!(client = %self.client_id, peer = %self.peer,
+                "closing connection: keep alive expired"),
+            End::TakenOver => info!(client = %self.client_id, peer = %self.peer,
+                "closing connection: client id taken over by a new connection"),
+            End::Shutdown => debug!(client = %self.client_id, "closing connection: shutdown"),
+        }
+
+        // The session: a takeover leaves it to the new connection.
+        let mut expiry = None;
+        {
+            let mut state = self.session.lock();
+            if state.generation == self.generation && !state.ended {
+                state.link = None;
+                self.session.set_online(false);
+                expiry = Some(state.expiry_interval);
+            }
+        }
+        match expiry {
+            Some(0) => {
+                if let Some(filters) = shared.registry.end_if_current(&self.session, self.generation) {
+                    shared.router.remove_all(&self.session, &filters);
+                }
+            }
+            Some(secs) if secs != u32::MAX => {
+                let shared = shared.clone();
+                let session = self.session.clone();
+                let generation = self.generation;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(secs.into())).await;
+                    if let Some(filters) = shared.registry.end_if_current(&session, generation) {
+                        debug!(client = %session.client_id, "session expired");
+                        shared.router.remove_all(&session, &filters);
+                    }
+                });
+            }
+            _ => {}
+        }
+
+        if let (Some(will), true) = (self.will, end.publishes_will() && !matches!(end, End::Shutdown)) {
+            let delay = will.delay_interval.unwrap_or(0).min(self.expiry);
+            let message = Message::new(
+                will.topic.into(),
+                will.payload,
+                will.qos,
+                will.retain,
+                will.properties,
+                self.client_id.clone(),
+            );
+            if delay == 0 {
+                shared.publish(message);
+            } else {
+                let shared = shared.clone();
+                let session = self.session.clone();
+                let generation = self.generation;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(delay.into())).await;
+                    let resumed = {
+                        let state = session.lock();
+                        !state.ended && state.generation != generation
+                    };
+                    if !resumed {
+                        shared.publish(message);
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn pub_response(kind: fn(PubResponse) -> Packet, packet_id: u16, reason: ReasonCode) -> Packet {
+    kind(PubResponse {
+        packet_id,
+        reason,
+        properties: AckProperties::default(),
+    })
+}

@@ -1,0 +1,284 @@
+//! Routing: the subscription table (a [`TopicTrie`] of filters to subscribers), shared
+//! subscription groups, retained messages, and the fan-out of one message to every session
+//! that wants it.
+//!
+//! Publishers only take the table's read lock, so publishes from many connections route in
+//! parallel; subscribe and unsubscribe take the write lock briefly.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use firehose_codec::QoS;
+
+use super::message::{Delivery, Message};
+use super::session::Session;
+use super::stats::Stats;
+use crate::topic::{self, TopicTrie};
+
+/// The options of one subscription, as the router needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubOptions {
+    /// Highest QoS granted.
+    pub qos: QoS,
+    /// MQTT 5 No Local: skip the subscriber's own publishes.
+    pub no_local: bool,
+    /// MQTT 5 Retain As Published.
+    pub retain_as_published: bool,
+    /// MQTT 5 subscription identifier.
+    pub id: Option<u32>,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    session: Arc<Session>,
+    options: SubOptions,
+}
+
+#[derive(Debug)]
+struct SharedGroup {
+    name: String,
+    members: Vec<Subscriber>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct FilterEntry {
+    direct: Vec<Subscriber>,
+    shared: Vec<SharedGroup>,
+}
+
+impl FilterEntry {
+    fn is_empty(&self) -> bool {
+        self.direct.is_empty() && self.shared.is_empty()
+    }
+}
+
+/// A filter as subscribed, split into its shared-subscription group (if any) and the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParsedFilter<'a> {
+    /// `Some(group)` for `$share/<group>/<filter>`.
+    pub group: Option<&'a str>,
+    /// The topic filter proper.
+    pub filter: &'a str,
+}
+
+/// Splits `$share/<group>/<filter>`; other filters pass unchanged.
+pub fn parse_filter(raw: &str) -> ParsedFilter<'_> {
+    if let Some(rest) = raw.strip_prefix("$share/") {
+        if let Some((group, filter)) = rest.split_once('/') {
+            return ParsedFilter {
+                group: Some(group),
+                filter,
+            };
+        }
+    }
+    ParsedFilter {
+        group: None,
+        filter: raw,
+    }
+}
+
+/// Subscriptions and retained messages.
+#[derive(Debug, Default)]
+pub struct Router {
+    table: RwLock<TopicTrie<FilterEntry>>,
+    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+}
+
+impl Router {
+    fn read(&self) -> RwLockReadGuard<'_, TopicTrie<FilterEntry>> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, TopicTrie<FilterEntry>> {
+        self.table.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds or replaces `session`'s subscription to `raw_filter`. Returns whether it existed.
+    pub fn subscribe(&self, session: &Arc<Session>, raw_filter: &str, options: SubOptions) -> bool {
+        let parsed = parse_filter(raw_filter);
+        let mut table = self.write();
+        let entry = table.entry_or_insert_with(parsed.filter, FilterEntry::default);
+        let list = match parsed.group {
+            None => &mut entry.direct,
+            Some(name) => {
+                let index = match entry.shared.iter().position(|g| g.name == name) {
+                    Some(i) => i,
+                    None => {
+                        entry.shared.push(SharedGroup {
+                            name: name.to_owned(),
+                            members: Vec::new(),
+                            next: AtomicUsize::new(0),
+                        });
+                        entry.shared.len() - 1
+                    }
+                };
+                &mut entry.shared[index].members
+            }
+        };
+        if let Some(existing) = list.iter_mut().find(|s| Arc::ptr_eq(&s.session, session)) {
+            existing.options = options;
+            true
+        } else {
+            list.push(Subscriber {
+                session: session.clone(),
+                options,
+            });
+            false
+        }
+    }
+
+    /// Removes `session`'s subscription to `raw_filter`. Returns whether it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, raw_filter: &str) -> bool {
+        let parsed = parse_filter(raw_filter);
+        let mut table = self.write();
+        Self::remove_locked(&mut table, session, parsed)
+    }
+
+    /// Removes every listed subscription of a session that ended.
+    pub fn remove_all(&self, session: &Arc<Session>, raw_filters: &[String]) {
+        if raw_filters.is_empty() {
+            return;
+        }
+        let mut table = self.write();
+        for raw in raw_filters {
+            Self::remove_locked(&mut table, session, parse_filter(raw));
+        }
+    }
+
+    fn remove_locked(
+        table: &mut TopicTrie<FilterEntry>,
+        session: &Arc<Session>,
+        parsed: ParsedFilter<'_>,
+    ) -> bool {
+        let Some(entry) = table.get_mut(parsed.filter) else {
+            return false;
+        };
+        let removed = match parsed.group {
+            None => remove_member(&mut entry.direct, session),
+            Some(name) => match entry.shared.iter().position(|g| g.name == name) {
+                Some(i) => {
+                    let removed = remove_member(&mut entry.shared[i].members, session);
+                    if entry.shared[i].members.is_empty() {
+                        entry.shared.swap_remove(i);
+                    }
+                    removed
+                }
+                None => false,
+            },
+        };
+        if entry.is_empty() {
+            table.remove(parsed.filter);
+        }
+        removed
+    }
+
+    /// Stores or clears (empty payload) the retained message of a topic.
+    pub fn retain(&self, message: &Arc<Message>) {
+        let mut retained = self.retained.write().unwrap_or_else(|p| p.into_inner());
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(message.topic.clone(), message.clone());
+        }
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Number of distinct filters with subscribers.
+    pub fn filter_count(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Retained messages whose topic matches `filter`.
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let retained = self.retained.read().unwrap_or_else(|p| p.into_inner());
+        retained
+            .values()
+            .filter(|m| topic::matches(filter, &m.topic))
+            .cloned()
+            .collect()
+    }
+
+    /// Routes a message to every matching session (one delivery per session, with the highest
+    /// granted QoS among its matching subscriptions) and to one member of each matching shared
+    /// group. Retained messages are stored first. Returns the number of sessions reached.
+    pub fn publish(&self, message: &Arc<Message>, stats: &Stats) -> usize {
+        if message.retain {
+            self.retain(message);
+        }
+        let mut targets: Vec<(&Arc<Session>, SubOptions)> = Vec::new();
+        let table = self.read();
+        table.for_each_match(&message.topic, |_, entry| {
+            for sub in &entry.direct {
+                if sub.options.no_local && *sub.session.client_id == *message.publisher {
+                    continue;
+                }
+                targets.push((&sub.session, sub.options));
+            }
+            for group in &entry.shared {
+                if let Some(sub) = pick_member(group) {
+                    targets.push((&sub.session, sub.options));
+                }
+            }
+        });
+        if targets.len() > 1 {
+            targets.sort_by_key(|(s, _)| Arc::as_ptr(s) as usize);
+        }
+        let mut reached = 0;
+        let mut i = 0;
+        while i < targets.len() {
+            let (session, first) = targets[i];
+            let mut qos = first.qos;
+            let mut retain_as_published = first.retain_as_published;
+            let mut ids: Vec<u32> = first.id.into_iter().collect();
+            let mut j = i + 1;
+            while j < targets.len() && Arc::ptr_eq(targets[j].0, session) {
+                let more = targets[j].1;
+                qos = qos.max(more.qos);
+                retain_as_published |= more.retain_as_published;
+                ids.extend(more.id);
+                j += 1;
+            }
+            i = j;
+            session.enqueue(
+                Delivery {
+                    message: message.clone(),
+                    qos: qos.min(message.qos),
+                    retain: message.retain && retain_as_published,
+                    subscription_ids: ids,
+                },
+                stats,
+            );
+            reached += 1;
+        }
+        reached
+    }
+}
+
+fn remove_member(list: &mut Vec<Subscriber>, session: &Arc<Session>) -> bool {
+    match list.iter().position(|s| Arc::ptr_eq(&s.session, session)) {
+        Some(i) => {
+            list.swap_remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Round robin over the group, preferring members that are connected.
+fn pick_member(group: &SharedGroup) -> Option<&Subscriber> {
+    let n = group.members.len();
+    if n == 0 {
+        return None;
+    }
+    let start = group.next.fetch_add(1, Ordering::Relaxed);
+    (0..n)
+        .map(|k| &group.members[(start + k) % n])
+        .find(|s| s.session.is_online())
+        .or_else(|| group.members.get(start % n))
+}

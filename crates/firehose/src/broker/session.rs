@@ -1,0 +1,290 @@
+//! Session state: what outlives a connection (subscriptions, queued and unacknowledged
+//! messages, QoS 2 packet ids), and the registry that maps client ids to sessions.
+//!
+//! Lock order: registry, then one session. Never call into the router while holding a session
+//! lock: the router's publish path takes the subscription table, then session locks.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use firehose_codec::{Protocol, QoS};
+use tokio::sync::Notify;
+
+use super::message::Delivery;
+use super::router::SubOptions;
+use super::stats::{self, Stats};
+
+/// Where an outgoing QoS 1/2 message stands in its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// QoS 1 sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+/// An outgoing message that the client has not finished acknowledging.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// The delivery, kept to resend it with DUP on session resume.
+    pub delivery: Delivery,
+    /// Handshake position.
+    pub stage: Stage,
+    /// Send order, to resend in the original order.
+    pub seq: u64,
+}
+
+/// The connection currently attached to a session.
+#[derive(Debug)]
+pub struct Link {
+    /// Generation of the connection, to tell a stale connection from the current one.
+    pub generation: u64,
+    /// Woken to make the connection close because another took the session over.
+    pub kick: Arc<Notify>,
+}
+
+/// Mutable session state, behind the session's mutex.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Topic filter (as subscribed, `$share/...` included) to options.
+    pub subscriptions: HashMap<String, SubOptions>,
+    /// Deliveries waiting to be sent, oldest first.
+    pub queue: VecDeque<Delivery>,
+    /// Sent QoS 1/2 deliveries awaiting acknowledgement, by packet id.
+    pub inflight: HashMap<u16, Inflight>,
+    /// Next send sequence number.
+    pub next_seq: u64,
+    /// Next packet id to try for an outgoing message.
+    pub next_packet_id: u16,
+    /// Received QoS 2 packet ids awaiting PUBREL (so a duplicate is not routed twice).
+    pub incoming_qos2: HashSet<u16>,
+    /// The attached connection, `None` while offline.
+    pub link: Option<Link>,
+    /// Bumped by every connection that attaches; timers compare it to know if they are stale.
+    pub generation: u64,
+    /// Session Expiry Interval in seconds (0: ends with the connection; `u32::MAX`: never).
+    pub expiry_interval: u32,
+    /// Protocol of the last connection (for logs).
+    pub protocol: Protocol,
+    /// Set once the session has been discarded, so that late timers leave it alone.
+    pub ended: bool,
+}
+
+/// A session, shared by the registry, the subscription table and its connection.
+#[derive(Debug)]
+pub struct Session {
+    /// The client identifier.
+    pub client_id: Arc<str>,
+    /// Whether a connection is attached (read without the lock by shared-subscription routing).
+    online: AtomicBool,
+    /// Most deliveries kept in `queue`.
+    queue_limit: usize,
+    /// Everything else.
+    state: Mutex<SessionState>,
+    /// Woken when deliveries are queued or the inflight window opens.
+    pub wake: Notify,
+}
+
+impl Session {
+    /// A fresh, empty session.
+    pub fn new(client_id: Arc<str>, protocol: Protocol, expiry_interval: u32, queue_limit: usize) -> Session {
+        Session {
+            client_id,
+            online: AtomicBool::new(false),
+            queue_limit,
+            state: Mutex::new(SessionState {
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                inflight: HashMap::new(),
+                next_seq: 0,
+                next_packet_id: 1,
+                incoming_qos2: HashSet::new(),
+                link: None,
+                generation: 0,
+                expiry_interval,
+                protocol,
+                ended: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Locks the state. A poisoned lock (a panic elsewhere while holding it) still yields the
+    /// state: session data stays consistent at every unlock point.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    /// Records whether a connection is attached.
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Queues a delivery for this session, or drops it (counted) when the queue is full or when
+    /// it is QoS 0 and nobody is connected.
+    pub fn enqueue(&self, delivery: Delivery, stats: &Stats) {
+        let mut state = self.lock();
+        if state.ended {
+            return;
+        }
+        let online = state.link.is_some();
+        if !online && delivery.qos == QoS::AtMostOnce {
+            stats::add(&stats.dropped_offline_qos0, 1);
+            return;
+        }
+        if state.queue.len() >= self.queue_limit {
+            stats::add(&stats.dropped_queue_full, 1);
+            return;
+        }
+        state.queue.push_back(delivery);
+        drop(state);
+        if online {
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl SessionState {
+    /// A packet id not used by any inflight message.
+    ///
+    /// Callers keep the inflight window below 65,535, so one is always free.
+    pub fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Inflight messages in the order they were first sent.
+    pub fn inflight_in_order(&self) -> Vec<(u16, Inflight)> {
+        let mut all: Vec<(u16, Inflight)> =
+            self.inflight.iter().map(|(id, f)| (*id, f.clone())).collect();
+        all.sort_by_key(|(_, f)| f.seq);
+        all
+    }
+}
+
+/// Client id to session, for takeover and resume.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+}
+
+/// Result of attaching a new connection to a session.
+#[derive(Debug)]
+pub struct Attached {
+    /// The session the connection now owns.
+    pub session: Arc<Session>,
+    /// Whether it existed before (CONNACK session present).
+    pub session_present: bool,
+    /// The connection's generation.
+    pub generation: u64,
+    /// Subscriptions of a discarded previous session, for the caller to remove from the router.
+    pub discarded: Option<(Arc<Session>, Vec<String>)>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Number of sessions, connected or not.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether there are no sessions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Attaches a connection to the session of `client_id`: resumes it unless `clean_start`,
+    /// and kicks any connection already attached (client-id takeover).
+    pub fn attach(
+        &self,
+        client_id: &Arc<str>,
+        clean_start: bool,
+        expiry_interval: u32,
+        protocol: Protocol,
+        queue_limit: usize,
+        kick: Arc<Notify>,
+    ) -> Attached {
+        let mut sessions = self.lock();
+        let mut discarded = None;
+        if let Some(existing) = sessions.get(client_id).cloned() {
+            let mut state = existing.lock();
+            if let Some(old) = state.link.take() {
+                old.kick.notify_one();
+            }
+            if !clean_start && !state.ended {
+                state.generation += 1;
+                let generation = state.generation;
+                state.link = Some(Link { generation, kick });
+                state.expiry_interval = expiry_interval;
+                state.protocol = protocol;
+                drop(state);
+                existing.set_online(true);
+                return Attached {
+                    session: existing,
+                    session_present: true,
+                    generation,
+                    discarded: None,
+                };
+            }
+            state.ended = true;
+            state.queue.clear();
+            state.inflight.clear();
+            let filters = state.subscriptions.drain().map(|(f, _)| f).collect();
+            drop(state);
+            existing.set_online(false);
+            discarded = Some((existing, filters));
+        }
+        let session = Arc::new(Session::new(client_id.clone(), protocol, expiry_interval, queue_limit));
+        {
+            let mut state = session.lock();
+            state.generation = 1;
+            state.link = Some(Link { generation: 1, kick });
+        }
+        session.set_online(true);
+        sessions.insert(client_id.clone(), session.clone());
+        Attached {
+            session,
+            session_present: false,
+            generation: 1,
+            discarded,
+        }
+    }
+
+    /// Ends `session` if it is still the registered one and `generation` is still current and
+    /// offline; returns the filters to remove from the router.
+    pub fn end_if_current(&self, session: &Arc<Session>, generation: u64) -> Option<Vec<String>> {
+        let mut sessions = self.lock();
+        let mut state = session.lock();
+        if state.ended || state.generation != generation || state.link.is_some() {
+            return None;
+        }
+        state.ended = true;
+        state.queue.clear();
+        state.inflight.clear();
+        let filters = state.subscriptions.drain().map(|(f, _)| f).collect();
+        drop(state);
+        if sessions
+            .get(&session.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            sessions.remove(&session.client_id);
+        }
+        Some(filters)
+    }
+}

@@ -1,0 +1,70 @@
+//! `$SYS/broker/...`: broker statistics published periodically as retained messages, with the
+//! topic names Mosquitto uses so existing dashboards keep working.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use firehose_codec::{PublishProperties, QoS};
+
+use super::message::Message;
+use super::stats::get;
+use super::Shared;
+
+/// Publishes the statistics every `interval` until shutdown.
+pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => publish_all(&shared),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The current statistics as `(topic suffix, value)` pairs.
+pub(crate) fn snapshot(shared: &Shared) -> Vec<(&'static str, String)> {
+    let s = &shared.stats;
+    let connected = get(&s.clients_connected);
+    let total = shared.registry.len() as u64;
+    let dropped = get(&s.dropped_queue_full)
+        + get(&s.dropped_offline_qos0)
+        + get(&s.dropped_too_large)
+        + get(&s.dropped_expired);
+    vec![
+        ("version", format!("firehose version {}", env!("CARGO_PKG_VERSION"))),
+        ("uptime", format!("{} seconds", s.started.elapsed().as_secs())),
+        ("clients/connected", connected.to_string()),
+        ("clients/active", connected.to_string()),
+        ("clients/total", total.max(connected).to_string()),
+        ("clients/disconnected", total.saturating_sub(connected).to_string()),
+        ("messages/received", get(&s.messages_received).to_string()),
+        ("messages/sent", get(&s.messages_sent).to_string()),
+        ("publish/messages/received", get(&s.messages_received).to_string()),
+        ("publish/messages/sent", get(&s.messages_sent).to_string()),
+        ("publish/messages/dropped", dropped.to_string()),
+        ("publish/messages/denied", get(&s.publish_denied).to_string()),
+        ("bytes/received", get(&s.bytes_received).to_string()),
+        ("bytes/sent", get(&s.bytes_sent).to_string()),
+        ("subscriptions/count", shared.router.filter_count().to_string()),
+        ("retained messages/count", shared.router.retained_count().to_string()),
+        ("connections/refused", get(&s.connections_refused).to_string()),
+        ("protocol/errors", get(&s.protocol_errors).to_string()),
+    ]
+}
+
+fn publish_all(shared: &Shared) {
+    let publisher: Arc<str> = Arc::from("$SYS");
+    for (name, value) in snapshot(shared) {
+        let topic: Arc<str> = format!("$SYS/broker/{name}").into();
+        shared.publish(Message::new(
+            topic,
+            Bytes::from(value),
+            QoS::AtMostOnce,
+            true,
+            PublishProperties::default(),
+            publisher.clone(),
+        ));
+    }
+}

@@ -1,0 +1,59 @@
+//! The `firehose` command line: `serve` runs the broker, `passwd` hashes a password for the
+//! users file. The only module that wires transports to the broker; `anyhow` lives here.
+
+pub mod passwd;
+mod serve;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Firehose: one place to consume every event of an infrastructure.
+///
+/// An MQTT 3.1.1 and 5.0 broker in which anyone may subscribe and only authenticated publishers
+/// may publish, each within its own topics.
+#[derive(Debug, Parser)]
+#[command(name = "firehose", version, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing syntax, e.g. `info` or `firehose=debug`); RUST_LOG works too.
+    #[arg(long, global = true, env = "FIREHOSE_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(serve::ServeArgs),
+    /// Read a password on stdin and print its argon2id hash for the users file.
+    Passwd(passwd::PasswdArgs),
+}
+
+/// Runs the command line and turns any error into a message on stderr and exit status 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(&cli.log).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Passwd(args) => passwd::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("firehose: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

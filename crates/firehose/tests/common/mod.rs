@@ -1,0 +1,1745 @@
+//! Black-box test harness: start the real `firehose` binary on port 0 and talk to it.
+//!
+//! # Layout
+//! - [`Server`]: spawns `firehose serve` with a temporary data dir, users file and config file,
+//!   waits (bounded) for the `MQTT listener bound addr=...` log line, kills the child on drop.
+//! - [`User`], [`hash_password`]: users files made with `firehose passwd`.
+//! - [`wire`]: a small MQTT 3.1.1/5.0 packet builder and parser written for the tests alone, so
+//!   the broker is checked against an implementation that shares no code with it.
+//! - [`RawClient`]: a TCP client that sends bytes and reads packets, closes and silences, each
+//!   with a timeout; plus convenience steps (`connect`, `subscribe`, `publish`...) that read like
+//!   a short script.
+//! - [`MosquittoSub`], [`mosquitto_pub`]: Mosquitto's command-line clients as child processes.
+//!
+//! Every wait in here is bounded: a test fails with a message instead of hanging.
+//!
+//! Set `FIREHOSE_BIN` to run the suite against another build of the binary.
+
+#![allow(dead_code)] // each test binary uses a different subset of the harness
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any single expected event may take before the test fails. Generous: CI machines
+/// are small and busy, and a passing test never waits this long.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a test listens to make sure something does *not* happen. Only used where no later
+/// event can prove the absence (see [`RawClient::expect_silence`]).
+pub(crate) const QUIET: Duration = Duration::from_millis(700);
+
+/// Password of the users made by [`ServerOptions::standard`].
+pub(crate) const PUB_PASSWORD: &str = "pub-secret";
+/// Password of the restricted user made by [`ServerOptions::standard`].
+pub(crate) const LIMITED_PASSWORD: &str = "limited-secret";
+
+/// The binary under test: `$FIREHOSE_BIN` if set, else the one cargo built for this package.
+pub(crate) fn firehose_bin() -> PathBuf {
+    match std::env::var_os("FIREHOSE_BIN") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_firehose")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes with deadlines
+// ---------------------------------------------------------------------------------------------
+
+/// Waits for `child` to exit; kills it and panics after `timeout`.
+pub(crate) fn wait_with_timeout(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not exit within {timeout:?}");
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+    }
+}
+
+/// Runs a command to completion with `stdin` as input, killing it after `timeout`.
+pub(crate) fn run_with_timeout(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let stdin = stdin.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let out_reader = thread::spawn(move || read_all(stdout));
+    let err_reader = thread::spawn(move || read_all(stderr));
+    let status = wait_with_timeout(&mut child, timeout, &what);
+    let _ = writer.join();
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+fn read_all(mut from: impl Read) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = from.read_to_end(&mut buf);
+    buf
+}
+
+/// Sends SIGTERM to a process.
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users and passwords
+// ---------------------------------------------------------------------------------------------
+
+/// Hashes a password with `firehose passwd` (once per password and test process).
+///
+/// # Panics
+/// If the command fails or prints something that is not an argon2id hash.
+pub(crate) fn hash_password(password: &str) -> String {
+    static CACHE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hash) = cache.lock().expect("hash cache").get(password) {
+        return hash.clone();
+    }
+    let out = run_with_timeout(
+        Command::new(firehose_bin()).arg("passwd"),
+        format!("{password}\n").as_bytes(),
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "firehose passwd failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = stdout.trim().to_string();
+    assert!(
+        hash.starts_with("$argon2id$"),
+        "firehose passwd printed {stdout:?}, expected an argon2id hash"
+    );
+    cache
+        .lock()
+        .expect("hash cache")
+        .insert(password.to_string(), hash.clone());
+    hash
+}
+
+/// One `[[user]]` table of the users file.
+#[derive(Debug, Clone)]
+pub(crate) struct User {
+    /// User name.
+    pub(crate) name: String,
+    /// Clear-text password, hashed with `firehose passwd` when the file is written.
+    pub(crate) password: String,
+    /// Topic filters the user may publish to.
+    pub(crate) publish: Vec<String>,
+    /// Topic filters the user may subscribe to; `None` leaves the key out (default: all).
+    pub(crate) subscribe: Option<Vec<String>>,
+}
+
+impl User {
+    /// A publisher allowed to write to `publish`.
+    pub(crate) fn new(name: &str, password: &str, publish: &[&str]) -> User {
+        User {
+            name: name.to_string(),
+            password: password.to_string(),
+            publish: publish.iter().map(|s| s.to_string()).collect(),
+            subscribe: None,
+        }
+    }
+}
+
+/// Quotes a string as a TOML basic string.
+pub(crate) fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| toml_str(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The text of a users file for `users`.
+pub(crate) fn users_toml(users: &[User]) -> String {
+    let mut text = String::new();
+    for user in users {
+        text.push_str("[[user]]\n");
+        text.push_str(&format!("name = {}\n", toml_str(&user.name)));
+        text.push_str(&format!(
+            "password = {}\n",
+            toml_str(&hash_password(&user.password))
+        ));
+        text.push_str(&format!("publish = {}\n", toml_list(&user.publish)));
+        if let Some(subscribe) = &user.subscribe {
+            text.push_str(&format!("subscribe = {}\n", toml_list(subscribe)));
+        }
+        text.push('\n');
+    }
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server under test
+// ---------------------------------------------------------------------------------------------
+
+/// How to start a [`Server`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServerOptions {
+    /// Users file content; no `--users` flag when empty.
+    pub(crate) users: Vec<User>,
+    /// Config file content; no `--config` flag when empty.
+    pub(crate) config: String,
+    /// Pass `--mqtt 127.0.0.1:0` (else the config file must say where to listen).
+    pub(crate) no_mqtt_flag: bool,
+    /// Extra command-line arguments after the usual ones.
+    pub(crate) extra_args: Vec<String>,
+}
+
+impl ServerOptions {
+    /// The setup most tests use: user `pub` may publish anywhere, user `limited` only under
+    /// `test/allowed/#`; `$SYS` statistics every second.
+    pub(crate) fn standard() -> ServerOptions {
+        ServerOptions {
+            users: vec![
+                User::new("pub", PUB_PASSWORD, &["#"]),
+                User::new("limited", LIMITED_PASSWORD, &["test/allowed/#"]),
+            ],
+            config: "[sys]\ninterval_secs = 1\n".to_string(),
+            ..ServerOptions::default()
+        }
+    }
+
+    /// Appends TOML to the config file.
+    pub(crate) fn with_config(mut self, toml: &str) -> ServerOptions {
+        self.config.push_str(toml);
+        self.config.push('\n');
+        self
+    }
+}
+
+/// A running `firehose serve`, killed when dropped.
+pub(crate) struct Server {
+    child: Option<Child>,
+    /// The bound MQTT address.
+    pub(crate) addr: SocketAddr,
+    /// Holds the data dir, users file and config file.
+    pub(crate) dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+/// What a started `firehose serve` did before it announced its address (or failed to).
+pub(crate) enum Startup {
+    /// It logged the bound MQTT address.
+    Bound(SocketAddr),
+    /// It exited first, with this status.
+    Exited(ExitStatus),
+}
+
+impl Server {
+    /// Starts the server with the [`ServerOptions::standard`] setup.
+    pub(crate) fn standard() -> Server {
+        Server::start(ServerOptions::standard())
+    }
+
+    /// Starts the server and waits until it listens.
+    ///
+    /// # Panics
+    /// If it exits or logs no bound address within 10 seconds.
+    pub(crate) fn start(options: ServerOptions) -> Server {
+        let (mut server, startup) = Server::spawn(options);
+        match startup {
+            Startup::Bound(addr) => {
+                server.addr = addr;
+                server
+            }
+            Startup::Exited(status) => panic!(
+                "firehose serve exited with {status} before listening; log:\n{}",
+                server.log()
+            ),
+        }
+    }
+
+    /// Starts the server and reports how startup went, for tests of bad configurations.
+    pub(crate) fn spawn(options: ServerOptions) -> (Server, Startup) {
+        let dir = tempfile::Builder::new()
+            .prefix("firehose-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let data_dir = dir.path().join("data");
+        let mut cmd = Command::new(firehose_bin());
+        cmd.arg("serve");
+        if !options.no_mqtt_flag {
+            cmd.args(["--mqtt", "127.0.0.1:0"]);
+        }
+        cmd.args(["--http", "off"]).arg("--data-dir").arg(&data_dir);
+        if !options.users.is_empty() {
+            let path = dir.path().join("users.toml");
+            std::fs::write(&path, users_toml(&options.users)).expect("write users file");
+            cmd.arg("--users").arg(path);
+        }
+        if !options.config.is_empty() {
+            let path = dir.path().join("firehose.toml");
+            std::fs::write(&path, &options.config).expect("write config file");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(&options.extra_args);
+        cmd.env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", firehose_bin()));
+
+        // Read stderr for the life of the child, so that the pipe never fills, and report the
+        // bound address as soon as it is logged.
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log_writer = Arc::clone(&log);
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line).into_owned();
+                        if let Some(addr) = parse_bound_addr(&text) {
+                            let _ = tx.send(addr);
+                        }
+                        log_writer.lock().expect("log lock").push_str(&text);
+                    }
+                }
+            }
+        });
+
+        let mut server = Server {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            log,
+        };
+        let deadline = Instant::now() + TIMEOUT;
+        let startup = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(addr) => break Startup::Bound(addr),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+            }
+            if let Some(status) = server.try_wait() {
+                // Give the reader a moment to collect the last lines.
+                thread::sleep(Duration::from_millis(100));
+                break Startup::Exited(status);
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "firehose serve logged no 'MQTT listener bound addr=' line within {TIMEOUT:?}; log:\n{}",
+                    server.log()
+                );
+            }
+        };
+        (server, startup)
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// The data directory given with `--data-dir`.
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"))
+    }
+
+    /// Waits (bounded) for the server to exit on its own.
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server still owned");
+        wait_with_timeout(&mut child, TIMEOUT, "firehose serve")
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
+        let child = self.child.as_ref().expect("server still owned");
+        sigterm(child.id());
+        self.wait_exit()
+    }
+
+    /// A client id that no other test connection uses.
+    pub(crate) fn client_id(prefix: &str) -> String {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{prefix}-{}-{n}", std::process::id())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Extracts the address from a `MQTT listener bound addr=127.0.0.1:PORT` log line.
+pub(crate) fn parse_bound_addr(line: &str) -> Option<SocketAddr> {
+    const MARK: &str = "MQTT listener bound addr=";
+    let start = line.find(MARK)? + MARK.len();
+    let rest = &line[start..];
+    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    rest[..end].trim_matches('"').parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire format, written independently of the codec under test
+// ---------------------------------------------------------------------------------------------
+
+/// A small MQTT packet builder and parser for the tests.
+pub(crate) mod wire {
+    /// Packet types (upper nibble of the first byte).
+    pub(crate) const CONNECT: u8 = 1;
+    /// CONNACK.
+    pub(crate) const CONNACK: u8 = 2;
+    /// PUBLISH.
+    pub(crate) const PUBLISH: u8 = 3;
+    /// PUBACK.
+    pub(crate) const PUBACK: u8 = 4;
+    /// PUBREC.
+    pub(crate) const PUBREC: u8 = 5;
+    /// PUBREL.
+    pub(crate) const PUBREL: u8 = 6;
+    /// PUBCOMP.
+    pub(crate) const PUBCOMP: u8 = 7;
+    /// SUBSCRIBE.
+    pub(crate) const SUBSCRIBE: u8 = 8;
+    /// SUBACK.
+    pub(crate) const SUBACK: u8 = 9;
+    /// UNSUBSCRIBE.
+    pub(crate) const UNSUBSCRIBE: u8 = 10;
+    /// UNSUBACK.
+    pub(crate) const UNSUBACK: u8 = 11;
+    /// PINGREQ.
+    pub(crate) const PINGREQ: u8 = 12;
+    /// PINGRESP.
+    pub(crate) const PINGRESP: u8 = 13;
+    /// DISCONNECT.
+    pub(crate) const DISCONNECT: u8 = 14;
+
+    /// Name of a packet type, for messages.
+    pub(crate) fn type_name(kind: u8) -> &'static str {
+        match kind {
+            1 => "CONNECT",
+            2 => "CONNACK",
+            3 => "PUBLISH",
+            4 => "PUBACK",
+            5 => "PUBREC",
+            6 => "PUBREL",
+            7 => "PUBCOMP",
+            8 => "SUBSCRIBE",
+            9 => "SUBACK",
+            10 => "UNSUBSCRIBE",
+            11 => "UNSUBACK",
+            12 => "PINGREQ",
+            13 => "PINGRESP",
+            14 => "DISCONNECT",
+            15 => "AUTH",
+            _ => "reserved",
+        }
+    }
+
+    /// MQTT 5 property identifiers used by the tests.
+    pub(crate) mod prop {
+        /// Payload Format Indicator (byte).
+        pub(crate) const PAYLOAD_FORMAT: u8 = 0x01;
+        /// Message Expiry Interval (u32).
+        pub(crate) const MESSAGE_EXPIRY: u8 = 0x02;
+        /// Content Type (string).
+        pub(crate) const CONTENT_TYPE: u8 = 0x03;
+        /// Response Topic (string).
+        pub(crate) const RESPONSE_TOPIC: u8 = 0x08;
+        /// Correlation Data (binary).
+        pub(crate) const CORRELATION_DATA: u8 = 0x09;
+        /// Subscription Identifier (varint).
+        pub(crate) const SUBSCRIPTION_ID: u8 = 0x0B;
+        /// Session Expiry Interval (u32).
+        pub(crate) const SESSION_EXPIRY: u8 = 0x11;
+        /// Assigned Client Identifier (string).
+        pub(crate) const ASSIGNED_CLIENT_ID: u8 = 0x12;
+        /// Will Delay Interval (u32).
+        pub(crate) const WILL_DELAY: u8 = 0x18;
+        /// Reason String (string).
+        pub(crate) const REASON_STRING: u8 = 0x1F;
+        /// Receive Maximum (u16).
+        pub(crate) const RECEIVE_MAXIMUM: u8 = 0x21;
+        /// Topic Alias Maximum (u16).
+        pub(crate) const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
+        /// Topic Alias (u16).
+        pub(crate) const TOPIC_ALIAS: u8 = 0x23;
+        /// User Property (string pair).
+        pub(crate) const USER_PROPERTY: u8 = 0x26;
+        /// Maximum Packet Size (u32).
+        pub(crate) const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+    }
+
+    /// A decoded MQTT 5 property value.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) enum Value {
+        /// One byte.
+        Byte(u8),
+        /// Two-byte integer.
+        U16(u16),
+        /// Four-byte integer.
+        U32(u32),
+        /// Variable byte integer.
+        Varint(u32),
+        /// UTF-8 string.
+        Str(String),
+        /// Binary data.
+        Bin(Vec<u8>),
+        /// String pair (user property).
+        Pair(String, String),
+    }
+
+    /// Decoded properties, in wire order.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub(crate) struct Props(pub(crate) Vec<(u8, Value)>);
+
+    impl Props {
+        /// First value of property `id`.
+        pub(crate) fn get(&self, id: u8) -> Option<&Value> {
+            self.0.iter().find(|(i, _)| *i == id).map(|(_, v)| v)
+        }
+        /// Every value of property `id`.
+        pub(crate) fn all(&self, id: u8) -> Vec<&Value> {
+            self.0
+                .iter()
+                .filter(|(i, _)| *i == id)
+                .map(|(_, v)| v)
+                .collect()
+        }
+        /// An integer property of any width.
+        pub(crate) fn int(&self, id: u8) -> Option<u32> {
+            match self.get(id)? {
+                Value::Byte(v) => Some(u32::from(*v)),
+                Value::U16(v) => Some(u32::from(*v)),
+                Value::U32(v) | Value::Varint(v) => Some(*v),
+                _ => None,
+            }
+        }
+        /// A string property.
+        pub(crate) fn string(&self, id: u8) -> Option<&str> {
+            match self.get(id)? {
+                Value::Str(s) => Some(s),
+                _ => None,
+            }
+        }
+    }
+
+    /// Properties to encode.
+    #[derive(Debug, Clone, Default)]
+    pub(crate) struct PropsOut(Vec<u8>);
+
+    impl PropsOut {
+        /// No properties.
+        pub(crate) fn new() -> PropsOut {
+            PropsOut::default()
+        }
+        /// Adds a one-byte property.
+        pub(crate) fn byte(mut self, id: u8, v: u8) -> PropsOut {
+            self.0.extend([id, v]);
+            self
+        }
+        /// Adds a two-byte integer property.
+        pub(crate) fn u16(mut self, id: u8, v: u16) -> PropsOut {
+            self.0.push(id);
+            self.0.extend(v.to_be_bytes());
+            self
+        }
+        /// Adds a four-byte integer property.
+        pub(crate) fn u32(mut self, id: u8, v: u32) -> PropsOut {
+            self.0.push(id);
+            self.0.extend(v.to_be_bytes());
+            self
+        }
+        /// Adds a variable byte integer property.
+        pub(crate) fn varint(mut self, id: u8, v: u32) -> PropsOut {
+            self.0.push(id);
+            put_varint(&mut self.0, v as usize);
+            self
+        }
+        /// Adds a string property.
+        pub(crate) fn str(mut self, id: u8, v: &str) -> PropsOut {
+            self.0.push(id);
+            put_bin(&mut self.0, v.as_bytes());
+            self
+        }
+        /// Adds a binary property.
+        pub(crate) fn bin(mut self, id: u8, v: &[u8]) -> PropsOut {
+            self.0.push(id);
+            put_bin(&mut self.0, v);
+            self
+        }
+        /// Adds a user property.
+        pub(crate) fn pair(mut self, k: &str, v: &str) -> PropsOut {
+            self.0.push(prop::USER_PROPERTY);
+            put_bin(&mut self.0, k.as_bytes());
+            put_bin(&mut self.0, v.as_bytes());
+            self
+        }
+        fn write(&self, out: &mut Vec<u8>) {
+            put_varint(out, self.0.len());
+            out.extend(&self.0);
+        }
+    }
+
+    /// Appends a variable byte integer.
+    pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: usize) {
+        loop {
+            let mut byte = (v % 128) as u8;
+            v /= 128;
+            if v > 0 {
+                byte |= 0x80;
+            }
+            out.push(byte);
+            if v == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Appends a two-byte length and the bytes.
+    pub(crate) fn put_bin(out: &mut Vec<u8>, v: &[u8]) {
+        let len = u16::try_from(v.len()).expect("field shorter than 64 KiB");
+        out.extend(len.to_be_bytes());
+        out.extend(v);
+    }
+
+    /// A whole packet from its first byte and body.
+    pub(crate) fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        put_varint(&mut out, body.len());
+        out.extend(body);
+        out
+    }
+
+    /// A will message for [`ConnectOpts`].
+    #[derive(Debug, Clone, Default)]
+    pub(crate) struct WillOpts {
+        /// Will topic.
+        pub(crate) topic: String,
+        /// Will payload.
+        pub(crate) payload: Vec<u8>,
+        /// Will QoS.
+        pub(crate) qos: u8,
+        /// Will retain flag.
+        pub(crate) retain: bool,
+        /// Will properties (MQTT 5).
+        pub(crate) props: PropsOut,
+    }
+
+    impl WillOpts {
+        /// A QoS 0 will.
+        pub(crate) fn new(topic: &str, payload: &[u8]) -> WillOpts {
+            WillOpts {
+                topic: topic.to_string(),
+                payload: payload.to_vec(),
+                ..WillOpts::default()
+            }
+        }
+    }
+
+    /// Everything CONNECT can say.
+    #[derive(Debug, Clone)]
+    pub(crate) struct ConnectOpts {
+        /// MQTT 5 (level 5) or 3.1.1 (level 4).
+        pub(crate) v5: bool,
+        /// Client identifier (may be empty).
+        pub(crate) client_id: String,
+        /// Clean session / clean start.
+        pub(crate) clean: bool,
+        /// Keep alive in seconds.
+        pub(crate) keep_alive: u16,
+        /// User name.
+        pub(crate) username: Option<String>,
+        /// Password.
+        pub(crate) password: Option<String>,
+        /// Will message.
+        pub(crate) will: Option<WillOpts>,
+        /// CONNECT properties (MQTT 5).
+        pub(crate) props: PropsOut,
+    }
+
+    impl ConnectOpts {
+        /// An anonymous clean-session CONNECT with keep alive 60.
+        pub(crate) fn new(v5: bool, client_id: &str) -> ConnectOpts {
+            ConnectOpts {
+                v5,
+                client_id: client_id.to_string(),
+                clean: true,
+                keep_alive: 60,
+                username: None,
+                password: None,
+                will: None,
+                props: PropsOut::new(),
+            }
+        }
+        /// With user name and password.
+        pub(crate) fn auth(mut self, user: &str, password: &str) -> ConnectOpts {
+            self.username = Some(user.to_string());
+            self.password = Some(password.to_string());
+            self
+        }
+        /// With the clean session / clean start flag.
+        pub(crate) fn clean(mut self, clean: bool) -> ConnectOpts {
+            self.clean = clean;
+            self
+        }
+        /// With a will.
+        pub(crate) fn will(mut self, will: WillOpts) -> ConnectOpts {
+            self.will = Some(will);
+            self
+        }
+        /// With a keep alive.
+        pub(crate) fn keep_alive(mut self, secs: u16) -> ConnectOpts {
+            self.keep_alive = secs;
+            self
+        }
+        /// With CONNECT properties.
+        pub(crate) fn props(mut self, props: PropsOut) -> ConnectOpts {
+            self.props = props;
+            self
+        }
+        /// The encoded packet.
+        pub(crate) fn encode(&self) -> Vec<u8> {
+            let mut body = Vec::new();
+            put_bin(&mut body, b"MQTT");
+            body.push(if self.v5 { 5 } else { 4 });
+            let mut flags = 0u8;
+            if self.clean {
+                flags |= 0x02;
+            }
+            if let Some(will) = &self.will {
+                flags |= 0x04 | (will.qos << 3);
+                if will.retain {
+                    flags |= 0x20;
+                }
+            }
+            if self.password.is_some() {
+                flags |= 0x40;
+            }
+            if self.username.is_some() {
+                flags |= 0x80;
+            }
+            body.push(flags);
+            body.extend(self.keep_alive.to_be_bytes());
+            if self.v5 {
+                self.props.write(&mut body);
+            }
+            put_bin(&mut body, self.client_id.as_bytes());
+            if let Some(will) = &self.will {
+                if self.v5 {
+                    will.props.write(&mut body);
+                }
+                put_bin(&mut body, will.topic.as_bytes());
+                put_bin(&mut body, &will.payload);
+            }
+            if let Some(user) = &self.username {
+                put_bin(&mut body, user.as_bytes());
+            }
+            if let Some(password) = &self.password {
+                put_bin(&mut body, password.as_bytes());
+            }
+            packet(0x10, &body)
+        }
+    }
+
+    /// An outgoing PUBLISH.
+    #[derive(Debug, Clone, Default)]
+    pub(crate) struct PublishOut {
+        /// Topic name.
+        pub(crate) topic: String,
+        /// Payload.
+        pub(crate) payload: Vec<u8>,
+        /// QoS 0-2.
+        pub(crate) qos: u8,
+        /// Retain flag.
+        pub(crate) retain: bool,
+        /// DUP flag.
+        pub(crate) dup: bool,
+        /// Packet identifier (used when qos > 0).
+        pub(crate) packet_id: u16,
+        /// Properties (MQTT 5).
+        pub(crate) props: PropsOut,
+    }
+
+    impl PublishOut {
+        /// A QoS 0 message.
+        pub(crate) fn new(topic: &str, payload: &[u8]) -> PublishOut {
+            PublishOut {
+                topic: topic.to_string(),
+                payload: payload.to_vec(),
+                packet_id: 1,
+                ..PublishOut::default()
+            }
+        }
+        /// With QoS and packet identifier.
+        pub(crate) fn qos(mut self, qos: u8, packet_id: u16) -> PublishOut {
+            self.qos = qos;
+            self.packet_id = packet_id;
+            self
+        }
+        /// With the retain flag.
+        pub(crate) fn retain(mut self) -> PublishOut {
+            self.retain = true;
+            self
+        }
+        /// With properties.
+        pub(crate) fn props(mut self, props: PropsOut) -> PublishOut {
+            self.props = props;
+            self
+        }
+        /// The encoded packet.
+        pub(crate) fn encode(&self, v5: bool) -> Vec<u8> {
+            let mut body = Vec::new();
+            put_bin(&mut body, self.topic.as_bytes());
+            if self.qos > 0 {
+                body.extend(self.packet_id.to_be_bytes());
+            }
+            if v5 {
+                self.props.write(&mut body);
+            }
+            body.extend(&self.payload);
+            let first =
+                0x30 | (u8::from(self.dup) << 3) | (self.qos << 1) | u8::from(self.retain);
+            packet(first, &body)
+        }
+    }
+
+    /// SUBSCRIBE with one `(filter, options byte)` per entry; `sub_id` only for MQTT 5.
+    pub(crate) fn subscribe(
+        v5: bool,
+        packet_id: u16,
+        filters: &[(&str, u8)],
+        sub_id: Option<u32>,
+    ) -> Vec<u8> {
+        let mut body = packet_id.to_be_bytes().to_vec();
+        if v5 {
+            let mut props = PropsOut::new();
+            if let Some(id) = sub_id {
+                props = props.varint(prop::SUBSCRIPTION_ID, id);
+            }
+            props.write(&mut body);
+        }
+        for (filter, options) in filters {
+            put_bin(&mut body, filter.as_bytes());
+            body.push(*options);
+        }
+        packet(0x82, &body)
+    }
+
+    /// UNSUBSCRIBE.
+    pub(crate) fn unsubscribe(v5: bool, packet_id: u16, filters: &[&str]) -> Vec<u8> {
+        let mut body = packet_id.to_be_bytes().to_vec();
+        if v5 {
+            body.push(0);
+        }
+        for filter in filters {
+            put_bin(&mut body, filter.as_bytes());
+        }
+        packet(0xA2, &body)
+    }
+
+    /// PUBACK, PUBREC, PUBREL or PUBCOMP (by type) with success.
+    pub(crate) fn ack(kind: u8, packet_id: u16) -> Vec<u8> {
+        let first = (kind << 4) | if kind == PUBREL { 0x02 } else { 0 };
+        packet(first, &packet_id.to_be_bytes())
+    }
+
+    /// PINGREQ.
+    pub(crate) fn pingreq() -> Vec<u8> {
+        vec![0xC0, 0x00]
+    }
+
+    /// DISCONNECT; MQTT 5 carries `reason`.
+    pub(crate) fn disconnect(v5: bool, reason: u8) -> Vec<u8> {
+        if v5 {
+            packet(0xE0, &[reason, 0])
+        } else {
+            vec![0xE0, 0x00]
+        }
+    }
+
+    /// A packet as read from the wire: first byte and body.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct RawPacket {
+        /// Fixed header first byte.
+        pub(crate) first: u8,
+        /// Everything after the remaining length.
+        pub(crate) body: Vec<u8>,
+    }
+
+    /// A decoding failure, for test messages.
+    pub(crate) type ParseError = String;
+
+    struct Cursor<'a> {
+        data: &'a [u8],
+        pos: usize,
+    }
+
+    impl<'a> Cursor<'a> {
+        fn new(data: &'a [u8]) -> Cursor<'a> {
+            Cursor { data, pos: 0 }
+        }
+        fn remaining(&self) -> usize {
+            self.data.len() - self.pos
+        }
+        fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
+            if self.remaining() < n {
+                return Err(format!(
+                    "need {n} bytes at offset {}, have {}",
+                    self.pos,
+                    self.remaining()
+                ));
+            }
+            let s = &self.data[self.pos..self.pos + n];
+            self.pos += n;
+            Ok(s)
+        }
+        fn u8(&mut self) -> Result<u8, ParseError> {
+            Ok(self.take(1)?[0])
+        }
+        fn u16(&mut self) -> Result<u16, ParseError> {
+            let b = self.take(2)?;
+            Ok(u16::from_be_bytes([b[0], b[1]]))
+        }
+        fn u32(&mut self) -> Result<u32, ParseError> {
+            let b = self.take(4)?;
+            Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        fn varint(&mut self) -> Result<u32, ParseError> {
+            let mut value = 0u32;
+            for i in 0..4 {
+                let b = self.u8()?;
+                value |= u32::from(b & 0x7F) << (7 * i);
+                if b & 0x80 == 0 {
+                    return Ok(value);
+                }
+            }
+            Err("variable byte integer longer than 4 bytes".to_string())
+        }
+        fn bin(&mut self) -> Result<Vec<u8>, ParseError> {
+            let n = self.u16()? as usize;
+            Ok(self.take(n)?.to_vec())
+        }
+        fn str(&mut self) -> Result<String, ParseError> {
+            String::from_utf8(self.bin()?).map_err(|e| format!("invalid UTF-8 string: {e}"))
+        }
+        fn rest(&mut self) -> Vec<u8> {
+            let s = self.data[self.pos..].to_vec();
+            self.pos = self.data.len();
+            s
+        }
+        fn props(&mut self) -> Result<Props, ParseError> {
+            let len = self.varint()? as usize;
+            let mut inner = Cursor::new(self.take(len)?);
+            let mut props = Vec::new();
+            while inner.remaining() > 0 {
+                let id = inner.u8()?;
+                let value = match id {
+                    0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => {
+                        Value::Byte(inner.u8()?)
+                    }
+                    0x13 | 0x21 | 0x22 | 0x23 => Value::U16(inner.u16()?),
+                    0x02 | 0x11 | 0x18 | 0x27 => Value::U32(inner.u32()?),
+                    0x0B => Value::Varint(inner.varint()?),
+                    0x03 | 0x08 | 0x12 | 0x15 | 0x1A | 0x1C | 0x1F => Value::Str(inner.str()?),
+                    0x09 | 0x16 => Value::Bin(inner.bin()?),
+                    0x26 => Value::Pair(inner.str()?, inner.str()?),
+                    other => return Err(format!("unknown property identifier {other:#04x}")),
+                };
+                props.push((id, value));
+            }
+            Ok(Props(props))
+        }
+    }
+
+    /// A decoded CONNACK.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct ConnAck {
+        /// Session present flag.
+        pub(crate) session_present: bool,
+        /// Return code (3.1.1) or reason code (5).
+        pub(crate) code: u8,
+        /// Properties (MQTT 5).
+        pub(crate) props: Props,
+    }
+
+    /// A decoded PUBLISH.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct PublishIn {
+        /// DUP flag.
+        pub(crate) dup: bool,
+        /// QoS.
+        pub(crate) qos: u8,
+        /// Retain flag.
+        pub(crate) retain: bool,
+        /// Topic name.
+        pub(crate) topic: String,
+        /// Packet identifier when qos > 0.
+        pub(crate) packet_id: Option<u16>,
+        /// Properties (MQTT 5).
+        pub(crate) props: Props,
+        /// Payload.
+        pub(crate) payload: Vec<u8>,
+    }
+
+    /// A decoded PUBACK/PUBREC/PUBREL/PUBCOMP.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct Ack {
+        /// Packet identifier.
+        pub(crate) packet_id: u16,
+        /// Reason code (0 when absent).
+        pub(crate) reason: u8,
+    }
+
+    impl RawPacket {
+        /// Packet type (upper nibble).
+        pub(crate) fn kind(&self) -> u8 {
+            self.first >> 4
+        }
+        /// Packet type name.
+        pub(crate) fn name(&self) -> &'static str {
+            type_name(self.kind())
+        }
+        /// The encoded packet again.
+        pub(crate) fn to_bytes(&self) -> Vec<u8> {
+            packet(self.first, &self.body)
+        }
+        fn expect_kind(&self, kind: u8) -> Result<(), ParseError> {
+            if self.kind() == kind {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected {}, got {} {:02x?}",
+                    type_name(kind),
+                    self.name(),
+                    self.to_bytes()
+                ))
+            }
+        }
+        /// Decodes a CONNACK.
+        pub(crate) fn connack(&self, v5: bool) -> Result<ConnAck, ParseError> {
+            self.expect_kind(CONNACK)?;
+            let mut c = Cursor::new(&self.body);
+            let flags = c.u8()?;
+            let code = c.u8()?;
+            let props = if v5 && c.remaining() > 0 {
+                c.props()?
+            } else {
+                Props::default()
+            };
+            Ok(ConnAck {
+                session_present: flags & 1 == 1,
+                code,
+                props,
+            })
+        }
+        /// Decodes a PUBLISH.
+        pub(crate) fn publish(&self, v5: bool) -> Result<PublishIn, ParseError> {
+            self.expect_kind(PUBLISH)?;
+            let qos = (self.first >> 1) & 3;
+            let mut c = Cursor::new(&self.body);
+            let topic = c.str()?;
+            let packet_id = if qos > 0 { Some(c.u16()?) } else { None };
+            let props = if v5 { c.props()? } else { Props::default() };
+            Ok(PublishIn {
+                dup: self.first & 0x08 != 0,
+                qos,
+                retain: self.first & 1 == 1,
+                topic,
+                packet_id,
+                props,
+                payload: c.rest(),
+            })
+        }
+        /// Decodes PUBACK/PUBREC/PUBREL/PUBCOMP.
+        pub(crate) fn ack(&self, kind: u8) -> Result<Ack, ParseError> {
+            self.expect_kind(kind)?;
+            let mut c = Cursor::new(&self.body);
+            let packet_id = c.u16()?;
+            let reason = if c.remaining() > 0 { c.u8()? } else { 0 };
+            Ok(Ack { packet_id, reason })
+        }
+        /// Decodes a SUBACK or UNSUBACK: packet identifier and reason codes.
+        pub(crate) fn suback(&self, kind: u8, v5: bool) -> Result<(u16, Vec<u8>), ParseError> {
+            self.expect_kind(kind)?;
+            let mut c = Cursor::new(&self.body);
+            let packet_id = c.u16()?;
+            if v5 {
+                c.props()?;
+            }
+            Ok((packet_id, c.rest()))
+        }
+        /// The reason code of a DISCONNECT (0 when absent).
+        pub(crate) fn disconnect_reason(&self) -> Result<u8, ParseError> {
+            self.expect_kind(DISCONNECT)?;
+            Ok(self.body.first().copied().unwrap_or(0))
+        }
+    }
+
+    /// Splits one packet off the front of `buf`: `Ok(None)` while incomplete.
+    pub(crate) fn split_packet(buf: &mut Vec<u8>) -> Result<Option<RawPacket>, ParseError> {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut len = 0usize;
+        let mut i = 1;
+        loop {
+            if i >= buf.len() {
+                return Ok(None);
+            }
+            if i > 4 {
+                return Err("remaining length longer than 4 bytes".to_string());
+            }
+            let b = buf[i];
+            len |= usize::from(b & 0x7F) << (7 * (i - 1));
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if buf.len() < i + len {
+            return Ok(None);
+        }
+        let first = buf[0];
+        let body = buf[i..i + len].to_vec();
+        buf.drain(..i + len);
+        Ok(Some(RawPacket { first, body }))
+    }
+}
+
+use wire::{ConnAck, ConnectOpts, PublishIn, PublishOut, RawPacket};
+
+// ---------------------------------------------------------------------------------------------
+// Raw TCP client
+// ---------------------------------------------------------------------------------------------
+
+/// What a read from the server produced.
+#[derive(Debug)]
+pub(crate) enum Read {
+    /// A whole packet.
+    Packet(RawPacket),
+    /// The server closed the connection (EOF or reset).
+    Closed,
+    /// Nothing within the timeout.
+    Timeout,
+}
+
+/// A TCP connection that speaks bytes and packets, every read bounded by a timeout.
+pub(crate) struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Whether packets are parsed as MQTT 5 (set by [`RawClient::connect`]).
+    pub(crate) v5: bool,
+    /// Label for messages.
+    pub(crate) name: String,
+    next_id: u16,
+}
+
+impl RawClient {
+    /// Opens a TCP connection.
+    pub(crate) fn tcp(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream.set_nodelay(true).expect("set_nodelay");
+        RawClient {
+            stream,
+            buf: Vec::new(),
+            v5: false,
+            name: "raw".to_string(),
+            next_id: 1,
+        }
+    }
+
+    /// Opens a connection, sends CONNECT and returns the client with the CONNACK, whatever its
+    /// code.
+    pub(crate) fn connect_with(addr: SocketAddr, opts: &ConnectOpts) -> (RawClient, ConnAck) {
+        let mut client = RawClient::tcp(addr);
+        client.v5 = opts.v5;
+        client.name = if opts.client_id.is_empty() {
+            "(empty id)".to_string()
+        } else {
+            opts.client_id.clone()
+        };
+        client.send(&opts.encode());
+        let packet = client.expect_packet();
+        let connack = packet
+            .connack(opts.v5)
+            .unwrap_or_else(|e| panic!("{}: bad CONNACK: {e}", client.name));
+        (client, connack)
+    }
+
+    /// Connects and asserts that the CONNACK accepts the connection.
+    pub(crate) fn connect(addr: SocketAddr, opts: &ConnectOpts) -> (RawClient, ConnAck) {
+        let (client, connack) = RawClient::connect_with(addr, opts);
+        assert_eq!(
+            connack.code, 0,
+            "{}: CONNACK refused the connection: {connack:?}",
+            client.name
+        );
+        (client, connack)
+    }
+
+    /// An anonymous clean client.
+    pub(crate) fn anonymous(addr: SocketAddr, v5: bool, prefix: &str) -> RawClient {
+        RawClient::connect(addr, &ConnectOpts::new(v5, &Server::client_id(prefix))).0
+    }
+
+    /// A clean client logged in as the standard `pub` user (may publish anywhere).
+    pub(crate) fn publisher(addr: SocketAddr, v5: bool) -> RawClient {
+        let opts = ConnectOpts::new(v5, &Server::client_id("pub")).auth("pub", PUB_PASSWORD);
+        RawClient::connect(addr, &opts).0
+    }
+
+    /// Writes bytes; a write error (server already closed) is ignored, reads will tell.
+    pub(crate) fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+        let _ = self.stream.flush();
+    }
+
+    /// Closes our writing half (the server reads EOF).
+    pub(crate) fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    /// Drops the connection abruptly (no DISCONNECT).
+    pub(crate) fn drop_connection(self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Reads one packet, or reports close or timeout.
+    ///
+    /// # Panics
+    /// If the server sends bytes that are not a packet.
+    pub(crate) fn read(&mut self, timeout: Duration) -> Read {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match wire::split_packet(&mut self.buf) {
+                Ok(Some(packet)) => return Read::Packet(packet),
+                Ok(None) => {}
+                Err(e) => panic!("{}: server sent an invalid packet: {e}", self.name),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Read::Timeout;
+            }
+            self.stream
+                .set_read_timeout(Some(deadline - now))
+                .expect("set_read_timeout");
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    if self.buf.is_empty() {
+                        return Read::Closed;
+                    }
+                    panic!(
+                        "{}: server closed in the middle of a packet: {:02x?}",
+                        self.name, self.buf
+                    );
+                }
+                Ok(n) => self.buf.extend(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Read::Timeout
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Read::Closed, // reset, aborted...
+            }
+        }
+    }
+
+    /// Reads one packet.
+    ///
+    /// # Panics
+    /// On close or timeout.
+    pub(crate) fn expect_packet(&mut self) -> RawPacket {
+        match self.read(TIMEOUT) {
+            Read::Packet(p) => p,
+            Read::Closed => panic!("{}: connection closed, expected a packet", self.name),
+            Read::Timeout => panic!("{}: no packet within {TIMEOUT:?}", self.name),
+        }
+    }
+
+    /// Reads exactly the bytes `expected`.
+    pub(crate) fn expect_bytes(&mut self, expected: &[u8]) {
+        let packet = self.expect_packet();
+        assert_eq!(
+            packet.to_bytes(),
+            expected,
+            "{}: got {}, expected other bytes",
+            self.name,
+            packet.name()
+        );
+    }
+
+    /// Waits for the server to close the connection and returns the packets it sent before
+    /// (a v5 DISCONNECT, say).
+    ///
+    /// # Panics
+    /// If the connection is still open after `timeout`.
+    pub(crate) fn expect_closed_within(&mut self, timeout: Duration) -> Vec<RawPacket> {
+        let deadline = Instant::now() + timeout;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read(left) {
+                Read::Closed => return before,
+                Read::Packet(p) => before.push(p),
+                Read::Timeout => panic!(
+                    "{}: connection still open after {timeout:?}; received meanwhile: {:?}",
+                    self.name,
+                    before.iter().map(RawPacket::name).collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    /// [`RawClient::expect_closed_within`] with the standard timeout.
+    pub(crate) fn expect_closed(&mut self) -> Vec<RawPacket> {
+        self.expect_closed_within(TIMEOUT)
+    }
+
+    /// Asserts that nothing arrives for `quiet` (and the connection stays open).
+    pub(crate) fn expect_silence(&mut self, quiet: Duration) {
+        match self.read(quiet) {
+            Read::Timeout => {}
+            Read::Closed => panic!("{}: connection closed, expected it open", self.name),
+            Read::Packet(p) => panic!(
+                "{}: expected nothing, got {} {:02x?}",
+                self.name,
+                p.name(),
+                p.to_bytes()
+            ),
+        }
+    }
+
+    /// Asserts that the connection is alive: PINGREQ gets PINGRESP.
+    pub(crate) fn ping(&mut self) {
+        self.send(&wire::pingreq());
+        let p = self.expect_packet();
+        assert_eq!(p.kind(), wire::PINGRESP, "{}: answer to PINGREQ: {p:?}", self.name);
+    }
+
+    fn next_packet_id(&mut self) -> u16 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// Subscribes to filters with option bytes (QoS in the low bits) and returns the SUBACK codes.
+    pub(crate) fn subscribe_with(&mut self, filters: &[(&str, u8)], sub_id: Option<u32>) -> Vec<u8> {
+        let id = self.next_packet_id();
+        self.send(&wire::subscribe(self.v5, id, filters, sub_id));
+        let p = self.expect_packet();
+        let (ack_id, codes) = p
+            .suback(wire::SUBACK, self.v5)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        assert_eq!(ack_id, id, "{}: SUBACK packet id", self.name);
+        assert_eq!(codes.len(), filters.len(), "{}: SUBACK codes {codes:?}", self.name);
+        codes
+    }
+
+    /// Subscribes to one filter and asserts the granted QoS.
+    pub(crate) fn subscribe(&mut self, filter: &str, qos: u8) {
+        let codes = self.subscribe_with(&[(filter, qos)], None);
+        assert_eq!(codes, vec![qos], "{}: SUBACK for {filter:?}", self.name);
+    }
+
+    /// Unsubscribes and waits for UNSUBACK.
+    pub(crate) fn unsubscribe(&mut self, filter: &str) {
+        let id = self.next_packet_id();
+        self.send(&wire::unsubscribe(self.v5, id, &[filter]));
+        let p = self.expect_packet();
+        let (ack_id, _) = p
+            .suback(wire::UNSUBACK, self.v5)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        assert_eq!(ack_id, id, "{}: UNSUBACK packet id", self.name);
+    }
+
+    /// Publishes and completes the QoS flow; returns the reason code of PUBACK/PUBREC (0 for
+    /// QoS 0). A QoS 2 publish refused with PUBREC >= 0x80 ends there, as the spec says.
+    pub(crate) fn publish(&mut self, mut publish: PublishOut) -> u8 {
+        if publish.qos > 0 {
+            publish.packet_id = self.next_packet_id();
+        }
+        self.send(&publish.encode(self.v5));
+        match publish.qos {
+            0 => 0,
+            1 => {
+                let ack = self.expect_packet().ack(wire::PUBACK);
+                let ack = ack.unwrap_or_else(|e| panic!("{}: {e}", self.name));
+                assert_eq!(ack.packet_id, publish.packet_id, "{}: PUBACK id", self.name);
+                ack.reason
+            }
+            _ => {
+                let rec = self.expect_packet().ack(wire::PUBREC);
+                let rec = rec.unwrap_or_else(|e| panic!("{}: {e}", self.name));
+                assert_eq!(rec.packet_id, publish.packet_id, "{}: PUBREC id", self.name);
+                if rec.reason >= 0x80 {
+                    return rec.reason;
+                }
+                self.send(&wire::ack(wire::PUBREL, publish.packet_id));
+                let comp = self.expect_packet().ack(wire::PUBCOMP);
+                let comp = comp.unwrap_or_else(|e| panic!("{}: {e}", self.name));
+                assert_eq!(comp.packet_id, publish.packet_id, "{}: PUBCOMP id", self.name);
+                rec.reason
+            }
+        }
+    }
+
+    /// Publishes a QoS 0 message.
+    pub(crate) fn publish0(&mut self, topic: &str, payload: &[u8]) {
+        self.publish(PublishOut::new(topic, payload));
+    }
+
+    /// Reads the next packet, which must be a PUBLISH, without acknowledging it.
+    pub(crate) fn expect_publish_raw(&mut self) -> PublishIn {
+        let p = self.expect_packet();
+        p.publish(self.v5)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+
+    /// Reads the next PUBLISH and acknowledges it (PUBACK, or PUBREC/PUBREL/PUBCOMP).
+    pub(crate) fn expect_publish(&mut self) -> PublishIn {
+        let publish = self.expect_publish_raw();
+        self.ack_publish(&publish);
+        publish
+    }
+
+    /// Acknowledges a received PUBLISH, completing the QoS 2 exchange.
+    pub(crate) fn ack_publish(&mut self, publish: &PublishIn) {
+        let Some(id) = publish.packet_id else { return };
+        if publish.qos == 1 {
+            self.send(&wire::ack(wire::PUBACK, id));
+        } else {
+            self.send(&wire::ack(wire::PUBREC, id));
+            let rel = self.expect_packet().ack(wire::PUBREL);
+            let rel = rel.unwrap_or_else(|e| panic!("{}: {e}", self.name));
+            assert_eq!(rel.packet_id, id, "{}: PUBREL id", self.name);
+            self.send(&wire::ack(wire::PUBCOMP, id));
+        }
+    }
+
+    /// Reads (and acknowledges) PUBLISHes until one with `payload` arrives; returns those
+    /// before it. Lets a test prove that something was *not* delivered: publish the forbidden
+    /// message, then a marker, and check what came before the marker.
+    pub(crate) fn publishes_until(&mut self, payload: &[u8]) -> Vec<PublishIn> {
+        let mut before = Vec::new();
+        loop {
+            let p = self.expect_publish();
+            if p.payload == payload {
+                return before;
+            }
+            before.push(p);
+        }
+    }
+
+    /// Sends a normal DISCONNECT and waits for the server to close.
+    pub(crate) fn disconnect(mut self) {
+        self.send(&wire::disconnect(self.v5, 0));
+        let _ = self.read(TIMEOUT);
+    }
+}
+
+/// Asserts that the server still serves: a fresh subscriber receives a fresh publish.
+pub(crate) fn assert_serves(addr: SocketAddr) {
+    let mut sub = RawClient::anonymous(addr, true, "health-sub");
+    sub.subscribe("health/check", 1);
+    let mut publisher = RawClient::publisher(addr, false);
+    let reason = publisher.publish(PublishOut::new("health/check", b"alive").qos(1, 1));
+    assert_eq!(reason, 0, "health publish refused");
+    let p = sub.expect_publish();
+    assert_eq!(p.topic, "health/check");
+    assert_eq!(p.payload, b"alive");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mosquitto command-line clients
+// ---------------------------------------------------------------------------------------------
+
+/// `-V` value for a protocol version.
+pub(crate) fn mosquitto_version(v5: bool) -> &'static str {
+    if v5 {
+        "mqttv5"
+    } else {
+        "mqttv311"
+    }
+}
+
+/// Whether the Mosquitto clients are installed (scripts/test installs them).
+pub(crate) fn have_mosquitto_clients() -> bool {
+    Command::new("mosquitto_sub")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// A message printed by [`MosquittoSub`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SubMessage {
+    /// QoS of the delivered PUBLISH.
+    pub(crate) qos: u8,
+    /// Retain flag of the delivered PUBLISH.
+    pub(crate) retain: bool,
+    /// Topic.
+    pub(crate) topic: String,
+    /// Payload as text.
+    pub(crate) payload: String,
+}
+
+const MSG_MARK: &str = "@@MSG@@";
+
+/// A running `mosquitto_sub`, its output collected line by line.
+pub(crate) struct MosquittoSub {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    /// Every message line parsed so far.
+    pub(crate) messages: Vec<SubMessage>,
+    /// Every output line so far (debug lines included).
+    pub(crate) output: Vec<String>,
+}
+
+impl MosquittoSub {
+    /// Starts `mosquitto_sub` on `addr` with extra arguments (topics with `-t`, `-u`/`-P`...) and
+    /// waits until its SUBACK is in. Exits by itself after 30 s at most (`-W 30`).
+    pub(crate) fn start(addr: SocketAddr, v5: bool, args: &[&str]) -> MosquittoSub {
+        let mut sub = MosquittoSub::spawn(addr, v5, args);
+        sub.wait_for_line(|l| l.contains("received SUBACK"), "its SUBACK");
+        sub
+    }
+
+    /// Starts `mosquitto_sub` without waiting for anything.
+    pub(crate) fn spawn(addr: SocketAddr, v5: bool, args: &[&str]) -> MosquittoSub {
+        // stdbuf makes stdout line-buffered so that debug lines arrive as they happen.
+        let mut cmd = Command::new("stdbuf");
+        cmd.args(["-oL", "mosquitto_sub", "-h"])
+            .arg(addr.ip().to_string())
+            .arg("-p")
+            .arg(addr.port().to_string())
+            .args(["-V", mosquitto_version(v5), "-d", "-W", "30"])
+            .args(["-F", &format!("{MSG_MARK} %q %r %t %p")])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start mosquitto_sub (is mosquitto-clients installed?)");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = Arc::clone(&stderr_text);
+        thread::spawn(move || {
+            let text = read_all(stderr);
+            sink.lock()
+                .expect("stderr lock")
+                .push_str(&String::from_utf8_lossy(&text));
+        });
+        MosquittoSub {
+            child,
+            lines: rx,
+            stderr: stderr_text,
+            messages: Vec::new(),
+            output: Vec::new(),
+        }
+    }
+
+    fn take_line(&mut self, timeout: Duration) -> Option<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => {
+                if let Some(rest) = line.strip_prefix(MSG_MARK) {
+                    let mut parts = rest.trim_start().splitn(4, ' ');
+                    let qos = parts.next().and_then(|q| q.parse().ok()).unwrap_or(9);
+                    let retain = parts.next() == Some("1");
+                    let topic = parts.next().unwrap_or_default().to_string();
+                    let payload = parts.next().unwrap_or_default().to_string();
+                    self.messages.push(SubMessage {
+                        qos,
+                        retain,
+                        topic,
+                        payload,
+                    });
+                }
+                self.output.push(line.clone());
+                Some(line)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Waits for an output line matching `pred`.
+    ///
+    /// # Panics
+    /// After [`TIMEOUT`], or if mosquitto_sub exits first.
+    pub(crate) fn wait_for_line(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "mosquitto_sub: no {what} within {TIMEOUT:?}; output: {:#?}\nstderr: {}",
+                    self.output,
+                    self.stderr()
+                );
+            }
+            match self.take_line(left.min(Duration::from_millis(200))) {
+                Some(line) if pred(&line) => return line,
+                Some(_) => {}
+                None => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        // Drain what is left before giving up.
+                        while let Some(line) = self.take_line(Duration::from_millis(100)) {
+                            if pred(&line) {
+                                return line;
+                            }
+                        }
+                        panic!(
+                            "mosquitto_sub exited ({status}) before {what}; output: {:#?}\nstderr: {}",
+                            self.output,
+                            self.stderr()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until a message with `payload` arrives; returns all messages so far, marker
+    /// included.
+    pub(crate) fn wait_for_payload(&mut self, payload: &str) -> Vec<SubMessage> {
+        let mark = format!(" {payload}");
+        self.wait_for_line(
+            |l| l.starts_with(MSG_MARK) && l.ends_with(&mark),
+            &format!("message {payload:?}"),
+        );
+        self.messages.clone()
+    }
+
+    /// Waits until `count` messages in all arrived.
+    pub(crate) fn wait_for_count(&mut self, count: usize) -> Vec<SubMessage> {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.messages.len() < count {
+            if Instant::now() >= deadline {
+                panic!(
+                    "mosquitto_sub: {} of {count} messages within {TIMEOUT:?}: {:#?}\nstderr: {}",
+                    self.messages.len(),
+                    self.messages,
+                    self.stderr()
+                );
+            }
+            self.take_line(Duration::from_millis(100));
+        }
+        self.messages.clone()
+    }
+
+    /// What it wrote to stderr.
+    pub(crate) fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    /// Waits (bounded) for it to exit by itself, collecting the rest of its output.
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
+        let status = wait_with_timeout(&mut self.child, Duration::from_secs(40), "mosquitto_sub");
+        while self.take_line(Duration::from_millis(200)).is_some() {}
+        status
+    }
+}
+
+impl Drop for MosquittoSub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `mosquitto_pub` against `addr` with extra arguments; returns its output.
+pub(crate) fn mosquitto_pub(addr: SocketAddr, v5: bool, args: &[&str]) -> Output {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.arg("-h")
+        .arg(addr.ip().to_string())
+        .arg("-p")
+        .arg(addr.port().to_string())
+        .args(["-V", mosquitto_version(v5)])
+        .args(args);
+    run_with_timeout(&mut cmd, b"", Duration::from_secs(30))
+}
+
+/// Runs `mosquitto_pub` and asserts it succeeded.
+pub(crate) fn mosquitto_pub_ok(addr: SocketAddr, v5: bool, args: &[&str]) {
+    let out = mosquitto_pub(addr, v5, args);
+    assert!(
+        out.status.success(),
+        "mosquitto_pub {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Creates a file under `dir` and returns its path.
+pub(crate) fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
+    path
+}
