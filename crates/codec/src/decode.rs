@@ -1278,3 +1278,865 @@ fn read_properties(r: &mut Reader, allowed: Allowed, what: &str) -> Result<Prope
     }
     Ok(props)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::Subscription;
+
+    const V4: Protocol = Protocol::V311;
+    const V5: Protocol = Protocol::V5;
+
+    /// A frame with the remaining length computed, for error cases where only the body matters.
+    fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        let mut len = body.len();
+        loop {
+            let mut byte = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                byte |= 0x80;
+            }
+            out.push(byte);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn try_decode(bytes: &[u8], protocol: Protocol) -> Result<Option<Packet>, DecodeError> {
+        decode(&mut BytesMut::from(bytes), protocol, usize::MAX)
+    }
+
+    /// Decodes a whole valid packet, checking that every strict prefix is merely incomplete and
+    /// that exactly the frame is consumed.
+    fn decode_ok(bytes: &[u8], protocol: Protocol) -> Packet {
+        for end in 0..bytes.len() {
+            let mut buf = BytesMut::from(&bytes[..end]);
+            assert_eq!(
+                decode(&mut buf, protocol, usize::MAX),
+                Ok(None),
+                "prefix of {end} bytes of {bytes:02x?}"
+            );
+            assert_eq!(&buf[..], &bytes[..end], "an incomplete packet leaves the buffer alone");
+        }
+        let mut buf = BytesMut::from(bytes);
+        buf.extend_from_slice(&[0xC0, 0x00]);
+        let packet = decode(&mut buf, protocol, usize::MAX)
+            .unwrap_or_else(|e| panic!("{bytes:02x?} should decode: {e}"))
+            .expect("complete packet");
+        assert_eq!(&buf[..], &[0xC0, 0x00], "consumes exactly one frame");
+        packet
+    }
+
+    fn malformed_reason(bytes: &[u8], protocol: Protocol) -> String {
+        match try_decode(bytes, protocol) {
+            Err(DecodeError::Malformed { reason, .. }) => reason,
+            other => panic!("{bytes:02x?}: expected Malformed, got {other:?}"),
+        }
+    }
+
+    fn assert_malformed(bytes: &[u8], protocol: Protocol, needle: &str) {
+        let reason = malformed_reason(bytes, protocol);
+        assert!(reason.contains(needle), "{reason:?} should mention {needle:?}");
+    }
+
+    fn assert_protocol_error(bytes: &[u8], protocol: Protocol, needle: &str) {
+        match try_decode(bytes, protocol) {
+            Err(DecodeError::Protocol { reason, .. }) => {
+                assert!(reason.contains(needle), "{reason:?} should mention {needle:?}")
+            }
+            other => panic!("{bytes:02x?}: expected a protocol error, got {other:?}"),
+        }
+    }
+
+    // ----- fixed header -----
+
+    #[test]
+    fn empty_buffer_is_incomplete() {
+        assert_eq!(try_decode(&[], V5), Ok(None));
+    }
+
+    #[test]
+    fn remaining_length_of_five_bytes_is_refused_before_the_body() {
+        assert_eq!(try_decode(&[0x30, 0xFF, 0xFF, 0xFF], V4), Ok(None));
+        assert_malformed(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF], V4, "at most 4 bytes");
+    }
+
+    #[test]
+    fn non_minimal_remaining_length_is_malformed() {
+        assert_malformed(&[0xC0, 0x80, 0x00], V4, "fewest bytes");
+    }
+
+    #[test]
+    fn largest_remaining_length_is_read() {
+        let mut buf = BytesMut::from(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F][..]);
+        assert_eq!(
+            decode(&mut buf, V4, 1000),
+            Err(DecodeError::TooLarge {
+                size: 5 + 268_435_455,
+                max: 1000
+            })
+        );
+    }
+
+    #[test]
+    fn oversized_packet_is_refused_from_the_fixed_header_alone() {
+        // 16,383 bytes announced, none of them sent yet.
+        let mut buf = BytesMut::from(&[0x30, 0xFF, 0x7F][..]);
+        assert_eq!(
+            decode(&mut buf, V4, 100),
+            Err(DecodeError::TooLarge {
+                size: 3 + 16_383,
+                max: 100
+            })
+        );
+    }
+
+    #[test]
+    fn maximum_size_counts_the_fixed_header() {
+        let ping = [0xC0, 0x00];
+        assert_eq!(decode(&mut BytesMut::from(&ping[..]), V4, 2), Ok(Some(Packet::PingReq)));
+        assert_eq!(
+            decode(&mut BytesMut::from(&ping[..]), V4, 1),
+            Err(DecodeError::TooLarge { size: 2, max: 1 })
+        );
+    }
+
+    #[test]
+    fn reserved_packet_type_0_is_malformed() {
+        assert_malformed(&[0x00, 0x00], V5, "type 0");
+    }
+
+    #[test]
+    fn auth_is_malformed_in_v311() {
+        assert_malformed(&[0xF0, 0x00], V4, "AUTH");
+    }
+
+    #[test]
+    fn reserved_flag_bits_are_checked_per_packet_type() {
+        for first in [0x11, 0x21, 0x41, 0x51, 0x60, 0x63, 0x71, 0x80, 0x8A, 0x91, 0xA0, 0xB4, 0xC1, 0xD2, 0xE8, 0xF1] {
+            let reason = malformed_reason(&[first, 0x00], V5);
+            assert!(reason.contains("fixed header flags"), "{first:#04x}: {reason}");
+        }
+    }
+
+    #[test]
+    fn publish_with_qos_3_is_malformed() {
+        assert_malformed(&frame(0x36, &[0, 1, b't', 0, 1]), V4, "QoS must be 0, 1 or 2, got 3");
+    }
+
+    #[test]
+    fn publish_with_dup_and_qos_0_is_malformed() {
+        assert_malformed(&frame(0x38, &[0, 1, b't']), V4, "DUP flag must be 0 for QoS 0");
+    }
+
+    #[test]
+    fn shortness_inside_a_complete_frame_is_malformed_not_incomplete() {
+        // The topic claims 5 bytes but the frame holds 1.
+        assert_malformed(&[0x30, 0x03, 0x00, 0x05, b'a'], V4, "topic name");
+        // PUBACK with a 1-byte packet identifier.
+        assert_malformed(&[0x40, 0x01, 0x00], V4, "packet identifier");
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_fixed_size_packet_are_malformed() {
+        assert_malformed(&[0x40, 0x03, 0x00, 0x01, 0x00], V4, "expected end of packet");
+        assert_malformed(&[0xC0, 0x01, 0x00], V4, "expected end of packet");
+        assert_malformed(&[0xD0, 0x01, 0x00], V5, "expected end of packet");
+        assert_malformed(&[0xE0, 0x01, 0x00], V4, "expected end of packet");
+        assert_malformed(&[0x20, 0x03, 0x00, 0x00, 0x00], V4, "expected end of packet");
+        assert_malformed(&[0xB0, 0x03, 0x00, 0x01, 0x00], V4, "expected end of packet");
+    }
+
+    #[test]
+    fn consecutive_packets_decode_one_at_a_time() {
+        let mut buf = BytesMut::from(&[0xC0, 0x00, 0x40, 0x02, 0x00, 0x07, 0xD0][..]);
+        assert_eq!(decode(&mut buf, V4, 1024), Ok(Some(Packet::PingReq)));
+        assert_eq!(
+            decode(&mut buf, V4, 1024),
+            Ok(Some(Packet::PubAck(PubResponse {
+                packet_id: 7,
+                ..PubResponse::default()
+            })))
+        );
+        assert_eq!(decode(&mut buf, V4, 1024), Ok(None));
+        assert_eq!(&buf[..], &[0xD0]);
+    }
+
+    // ----- CONNECT -----
+
+    #[test]
+    fn connect_v311_with_will_and_login() {
+        let bytes = [
+            0x10, 0x22, // fixed header, remaining length 34
+            0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, // protocol name and level
+            0xEE, // user name, password, will retain, will QoS 1, will, clean session
+            0x00, 0x3C, // keep alive 60
+            0x00, 0x03, b'c', b'i', b'd', // client id
+            0x00, 0x03, b'w', b'/', b't', // will topic
+            0x00, 0x02, b'h', b'i', // will payload
+            0x00, 0x04, b'u', b's', b'e', b'r', // user name
+            0x00, 0x02, 0x01, 0x02, // password
+        ];
+        let Packet::Connect(connect) = decode_ok(&bytes, V4) else {
+            panic!("expected CONNECT");
+        };
+        assert_eq!(
+            *connect,
+            Connect {
+                protocol: V4,
+                clean_start: true,
+                keep_alive: 60,
+                client_id: "cid".to_owned(),
+                will: Some(Will {
+                    topic: "w/t".to_owned(),
+                    payload: Bytes::from_static(b"hi"),
+                    qos: QoS::AtLeastOnce,
+                    retain: true,
+                    ..Will::default()
+                }),
+                username: Some("user".to_owned()),
+                password: Some(Bytes::from_static(&[1, 2])),
+                properties: ConnectProperties::default(),
+            }
+        );
+    }
+
+    #[test]
+    fn connect_protocol_comes_from_the_packet_not_the_argument() {
+        let bytes = [
+            0x10, 0x15, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x0A, // header
+            0x08, 0x11, 0x00, 0x00, 0x00, 0x0A, 0x21, 0x00, 0x14, // session expiry 10, receive max 20
+            0x00, 0x00, // empty client id
+        ];
+        let Packet::Connect(connect) = decode_ok(&bytes, V4) else {
+            panic!("expected CONNECT");
+        };
+        assert_eq!(connect.protocol, V5);
+        assert_eq!(connect.keep_alive, 10);
+        assert_eq!(connect.client_id, "");
+        assert_eq!(connect.properties.session_expiry_interval, Some(10));
+        assert_eq!(connect.properties.receive_maximum, Some(20));
+    }
+
+    #[test]
+    fn connect_v5_will_properties_split_delay_from_message_properties() {
+        let bytes = [
+            0x10, 0x1B, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x06, 0x00, 0x00, 0x00, // no props
+            0x00, 0x01, b'c', // client id
+            0x07, 0x18, 0x00, 0x00, 0x00, 0x05, 0x01, 0x01, // will delay 5, payload format 1
+            0x00, 0x01, b't', 0x00, 0x00, // will topic, empty payload
+        ];
+        let Packet::Connect(connect) = decode_ok(&bytes, V5) else {
+            panic!("expected CONNECT");
+        };
+        let will = connect.will.expect("will flag set");
+        assert_eq!(will.delay_interval, Some(5));
+        assert_eq!(will.properties.payload_format_indicator, Some(1));
+        assert_eq!(will.topic, "t");
+        assert_eq!(will.qos, QoS::AtMostOnce);
+    }
+
+    fn connect_v4(flags: u8, rest: &[u8]) -> Vec<u8> {
+        let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, flags, 0x00, 0x00];
+        body.extend_from_slice(rest);
+        frame(0x10, &body)
+    }
+
+    fn connect_v5(flags: u8, props: &[u8], rest: &[u8]) -> Vec<u8> {
+        let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, flags, 0x00, 0x00];
+        body.push(props.len() as u8);
+        body.extend_from_slice(props);
+        body.extend_from_slice(rest);
+        frame(0x10, &body)
+    }
+
+    #[test]
+    fn connect_with_another_protocol_name_is_malformed_with_a_clear_message() {
+        let mut body = vec![0x00, 0x07];
+        body.extend_from_slice(b"MQIsdp2");
+        body.extend_from_slice(&[0x04, 0x02, 0x00, 0x00, 0x00, 0x00]);
+        let err = try_decode(&frame(0x10, &body), V4).expect_err("bad protocol name");
+        assert_eq!(
+            err.to_string(),
+            "malformed CONNECT: protocol name must be MQTT, got \"MQIsdp2\""
+        );
+    }
+
+    #[test]
+    fn connect_mqtt_3_1_is_unsupported() {
+        let mut body = vec![0x00, 0x06];
+        body.extend_from_slice(b"MQIsdp");
+        body.extend_from_slice(&[0x03, 0x02, 0x00, 0x00, 0x00, 0x00]);
+        assert!(matches!(
+            try_decode(&frame(0x10, &body), V4),
+            Err(DecodeError::UnsupportedProtocol(_))
+        ));
+    }
+
+    #[test]
+    fn connect_with_unknown_level_is_unsupported() {
+        for level in [3, 6, 0xFF] {
+            let body = [0x00, 0x04, b'M', b'Q', b'T', b'T', level, 0x02, 0x00, 0x00, 0x00, 0x00];
+            match try_decode(&frame(0x10, &body), V4) {
+                Err(DecodeError::UnsupportedProtocol(message)) => {
+                    assert!(message.contains(&format!("got {level}")), "{message}")
+                }
+                other => panic!("level {level}: expected UnsupportedProtocol, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn connect_reserved_flag_must_be_zero() {
+        assert_malformed(&connect_v4(0x03, &[0, 0]), V4, "reserved connect flag");
+    }
+
+    #[test]
+    fn connect_will_qos_or_retain_without_will_flag_is_malformed() {
+        assert_malformed(&connect_v4(0x08, &[0, 0]), V4, "without the will flag");
+        assert_malformed(&connect_v4(0x20, &[0, 0]), V4, "without the will flag");
+    }
+
+    #[test]
+    fn connect_will_qos_3_is_malformed() {
+        assert_malformed(&connect_v4(0x1C, &[0, 0, 0, 1, b't', 0, 0]), V4, "will QoS");
+    }
+
+    #[test]
+    fn connect_password_without_user_name_is_malformed_only_in_v311() {
+        assert_malformed(&connect_v4(0x40, &[0, 0, 0, 1, b'p']), V4, "password");
+        let Packet::Connect(connect) = decode_ok(&connect_v5(0x40, &[], &[0, 0, 0, 1, b'p']), V5)
+        else {
+            panic!("expected CONNECT");
+        };
+        assert_eq!(connect.username, None);
+        assert_eq!(connect.password, Some(Bytes::from_static(b"p")));
+    }
+
+    #[test]
+    fn connect_will_topic_must_be_a_topic_name() {
+        assert_malformed(&connect_v4(0x04, &[0, 0, 0, 1, b'#', 0, 0]), V4, "will topic");
+    }
+
+    #[test]
+    fn strings_must_be_utf8_without_nul() {
+        assert_malformed(&connect_v4(0x00, &[0, 2, 0xFF, 0xFE]), V4, "valid UTF-8");
+        assert_malformed(&connect_v4(0x00, &[0, 2, b'a', 0x00]), V4, "U+0000");
+        // An encoded surrogate (U+D800) is not valid UTF-8.
+        assert_malformed(&connect_v4(0x00, &[0, 3, 0xED, 0xA0, 0x80]), V4, "valid UTF-8");
+        assert_malformed(&frame(0x30, &[0, 3, b'a', 0, b'b']), V4, "U+0000");
+    }
+
+    #[test]
+    fn connect_properties_must_belong_to_connect() {
+        // Topic Alias (0x23) is a PUBLISH property.
+        assert_malformed(&connect_v5(0x00, &[0x23, 0x00, 0x01], &[0, 0]), V5, "Topic Alias");
+        // 0x05 is no property at all.
+        assert_malformed(&connect_v5(0x00, &[0x05, 0x00], &[0, 0]), V5, "unknown property");
+    }
+
+    #[test]
+    fn will_properties_refuse_topic_alias_and_subscription_identifier() {
+        let will = |props: &[u8]| {
+            let mut rest = vec![0, 0, props.len() as u8];
+            rest.extend_from_slice(props);
+            rest.extend_from_slice(&[0, 1, b't', 0, 0]);
+            connect_v5(0x04, &[], &rest)
+        };
+        assert_malformed(&will(&[0x23, 0x00, 0x01]), V5, "Topic Alias");
+        assert_malformed(&will(&[0x0B, 0x01]), V5, "Subscription Identifier");
+        assert_protocol_error(&will(&[0x18, 0, 0, 0, 1, 0x18, 0, 0, 0, 2]), V5, "twice");
+    }
+
+    #[test]
+    fn duplicate_single_valued_property_is_a_protocol_error() {
+        let props = [0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2];
+        assert_protocol_error(&connect_v5(0x00, &props, &[0, 0]), V5, "Session Expiry Interval");
+    }
+
+    #[test]
+    fn user_properties_may_repeat_and_keep_their_order() {
+        let props = [0x26, 0, 1, b'k', 0, 1, b'1', 0x26, 0, 1, b'k', 0, 1, b'2'];
+        let Packet::Connect(connect) = decode_ok(&connect_v5(0x00, &props, &[0, 0]), V5) else {
+            panic!("expected CONNECT");
+        };
+        assert_eq!(
+            connect.properties.user_properties,
+            vec![("k".to_owned(), "1".to_owned()), ("k".to_owned(), "2".to_owned())]
+        );
+    }
+
+    #[test]
+    fn property_values_out_of_range_are_protocol_errors() {
+        let cases: [(&[u8], &str); 5] = [
+            (&[0x21, 0x00, 0x00], "Receive Maximum"),
+            (&[0x27, 0, 0, 0, 0], "Maximum Packet Size"),
+            (&[0x17, 0x02], "Request Problem Information"),
+            (&[0x19, 0x02], "Request Response Information"),
+            (&[0x21, 0x00], "Receive Maximum"),
+        ];
+        for (props, name) in &cases[..4] {
+            assert_protocol_error(&connect_v5(0x00, props, &[0, 0]), V5, name);
+        }
+        // A value cut short by the end of the property list is malformed.
+        let (props, name) = cases[4];
+        assert_malformed(&connect_v5(0x00, props, &[0, 0]), V5, name);
+    }
+
+    #[test]
+    fn property_length_beyond_the_packet_is_malformed() {
+        let mut bytes = connect_v5(0x00, &[], &[0, 0]);
+        bytes[12] = 0x20; // property length 32, packet has 2 bytes left
+        assert_malformed(&bytes, V5, "properties");
+    }
+
+    // ----- CONNACK -----
+
+    #[test]
+    fn connack_v311_maps_return_codes_to_reason_codes() {
+        let cases = [
+            (0, ReasonCode::Success),
+            (1, ReasonCode::UnsupportedProtocolVersion),
+            (2, ReasonCode::ClientIdentifierNotValid),
+            (3, ReasonCode::ServerUnavailable),
+            (4, ReasonCode::BadUserNameOrPassword),
+            (5, ReasonCode::NotAuthorized),
+        ];
+        for (code, reason) in cases {
+            assert_eq!(
+                decode_ok(&[0x20, 0x02, 0x00, code], V4),
+                Packet::ConnAck(ConnAck {
+                    reason,
+                    ..ConnAck::default()
+                })
+            );
+        }
+        assert_eq!(
+            decode_ok(&[0x20, 0x02, 0x01, 0x00], V4),
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                ..ConnAck::default()
+            })
+        );
+        assert_malformed(&[0x20, 0x02, 0x00, 0x06], V4, "return code must be 0 to 5, got 6");
+    }
+
+    #[test]
+    fn connack_reserved_flags_and_session_present_with_refusal() {
+        assert_malformed(&[0x20, 0x02, 0x02, 0x00], V4, "reserved");
+        assert_protocol_error(&[0x20, 0x02, 0x01, 0x05], V4, "session present");
+    }
+
+    #[test]
+    fn connack_v5_with_properties() {
+        let bytes = [
+            0x20, 0x0C, 0x00, 0x00, 0x09, // flags, success, property length 9
+            0x24, 0x01, // maximum QoS 1
+            0x25, 0x00, // retain not available
+            0x12, 0x00, 0x02, b'i', b'd', // assigned client id
+        ];
+        assert_eq!(
+            decode_ok(&bytes, V5),
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason: ReasonCode::Success,
+                properties: ConnAckProperties {
+                    maximum_qos: Some(QoS::AtLeastOnce),
+                    retain_available: Some(false),
+                    assigned_client_identifier: Some("id".to_owned()),
+                    ..ConnAckProperties::default()
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn connack_v5_refuses_reason_codes_of_other_packets_and_bad_values() {
+        assert_malformed(&[0x20, 0x03, 0x00, 0x04, 0x00], V5, "not allowed in CONNACK");
+        assert_malformed(&[0x20, 0x03, 0x00, 0x03, 0x00], V5, "undefined value 0x03");
+        assert_protocol_error(&[0x20, 0x05, 0x00, 0x00, 0x02, 0x24, 0x02], V5, "Maximum QoS");
+        assert_protocol_error(&[0x20, 0x05, 0x00, 0x00, 0x02, 0x25, 0x02], V5, "Retain Available");
+    }
+
+    // ----- PUBLISH -----
+
+    #[test]
+    fn publish_v311_qos1() {
+        let bytes = [0x32, 0x0A, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, b'h', b'e', b'y'];
+        assert_eq!(
+            decode_ok(&bytes, V4),
+            Packet::Publish(Publish {
+                qos: QoS::AtLeastOnce,
+                topic: "a/b".to_owned(),
+                packet_id: Some(10),
+                payload: Bytes::from_static(b"hey"),
+                ..Publish::default()
+            })
+        );
+    }
+
+    #[test]
+    fn publish_flags_dup_qos2_retain() {
+        let bytes = [0x3D, 0x05, 0x00, 0x01, b't', 0x00, 0x01];
+        let Packet::Publish(publish) = decode_ok(&bytes, V4) else {
+            panic!("expected PUBLISH");
+        };
+        assert!(publish.dup && publish.retain);
+        assert_eq!(publish.qos, QoS::ExactlyOnce);
+        assert!(publish.payload.is_empty());
+    }
+
+    #[test]
+    fn publish_v5_with_properties() {
+        let bytes = [
+            0x30, 0x0A, 0x00, 0x01, b't', // topic
+            0x05, 0x01, 0x01, 0x23, 0x00, 0x05, // payload format 1, topic alias 5
+            b'x',
+        ];
+        assert_eq!(
+            decode_ok(&bytes, V5),
+            Packet::Publish(Publish {
+                topic: "t".to_owned(),
+                properties: PublishProperties {
+                    payload_format_indicator: Some(1),
+                    topic_alias: Some(5),
+                    ..PublishProperties::default()
+                },
+                payload: Bytes::from_static(b"x"),
+                ..Publish::default()
+            })
+        );
+    }
+
+    #[test]
+    fn publish_payload_is_a_slice_of_the_input_buffer() {
+        let bytes = [0x30, 0x07, 0x00, 0x01, b't', b'd', b'a', b't', b'a'];
+        let mut buf = BytesMut::from(&bytes[..]);
+        let base = buf.as_ptr() as usize;
+        let Ok(Some(Packet::Publish(publish))) = decode(&mut buf, V4, 1024) else {
+            panic!("expected PUBLISH");
+        };
+        assert_eq!(publish.payload.as_ptr() as usize, base + 5, "payload was copied");
+    }
+
+    #[test]
+    fn publish_v5_may_repeat_subscription_identifiers() {
+        let bytes = [0x30, 0x08, 0x00, 0x01, b't', 0x04, 0x0B, 0x01, 0x0B, 0x02];
+        let Packet::Publish(publish) = decode_ok(&bytes, V5) else {
+            panic!("expected PUBLISH");
+        };
+        assert_eq!(publish.properties.subscription_identifiers, vec![1, 2]);
+    }
+
+    #[test]
+    fn publish_v5_property_values_are_checked() {
+        let publish = |props: &[u8]| {
+            let mut body = vec![0x00, 0x01, b't', props.len() as u8];
+            body.extend_from_slice(props);
+            frame(0x30, &body)
+        };
+        assert_protocol_error(&publish(&[0x0B, 0x00]), V5, "Subscription Identifier must be 1");
+        assert_protocol_error(&publish(&[0x23, 0x00, 0x00]), V5, "Topic Alias must be 1");
+        assert_protocol_error(&publish(&[0x01, 0x02]), V5, "Payload Format Indicator");
+        assert_protocol_error(&publish(&[0x08, 0x00, 0x01, b'#']), V5, "Response Topic");
+        assert_protocol_error(&publish(&[0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 1]), V5, "twice");
+        assert_malformed(&publish(&[0x11, 0, 0, 0, 1]), V5, "not allowed in PUBLISH");
+        assert_malformed(&publish(&[0x0B, 0x80, 0x80, 0x80, 0x80, 0x01]), V5, "at most 4 bytes");
+        assert_malformed(&publish(&[0x0B, 0x80, 0x00]), V5, "fewest bytes");
+    }
+
+    #[test]
+    fn publish_topic_must_not_hold_wildcards() {
+        assert_malformed(&frame(0x30, &[0, 3, b'a', b'/', b'+']), V4, "wildcards");
+        assert_malformed(&frame(0x30, &[0, 1, b'#', 0]), V5, "wildcards");
+    }
+
+    #[test]
+    fn publish_empty_topic_needs_v5_and_a_topic_alias() {
+        assert_malformed(&frame(0x30, &[0, 0]), V4, "must not be empty");
+        assert_protocol_error(&frame(0x30, &[0, 0, 0]), V5, "Topic Alias");
+        let Packet::Publish(publish) = decode_ok(&[0x30, 0x06, 0x00, 0x00, 0x03, 0x23, 0x00, 0x07], V5)
+        else {
+            panic!("expected PUBLISH");
+        };
+        assert_eq!(publish.topic, "");
+        assert_eq!(publish.properties.topic_alias, Some(7));
+    }
+
+    #[test]
+    fn publish_packet_id_zero_is_malformed() {
+        assert_malformed(&frame(0x32, &[0, 1, b't', 0, 0]), V4, "packet identifier must be non-zero");
+    }
+
+    // ----- PUBACK, PUBREC, PUBREL, PUBCOMP -----
+
+    #[test]
+    fn pub_responses_v311() {
+        let id = |packet_id| PubResponse {
+            packet_id,
+            ..PubResponse::default()
+        };
+        assert_eq!(decode_ok(&[0x40, 0x02, 0x00, 0x01], V4), Packet::PubAck(id(1)));
+        assert_eq!(decode_ok(&[0x50, 0x02, 0x01, 0x00], V4), Packet::PubRec(id(256)));
+        assert_eq!(decode_ok(&[0x62, 0x02, 0xFF, 0xFF], V4), Packet::PubRel(id(65535)));
+        assert_eq!(decode_ok(&[0x70, 0x02, 0x00, 0x02], V4), Packet::PubComp(id(2)));
+        assert_malformed(&[0x40, 0x02, 0x00, 0x00], V4, "non-zero");
+    }
+
+    #[test]
+    fn pub_responses_v5_short_and_long_forms() {
+        let short = decode_ok(&[0x40, 0x02, 0x00, 0x01], V5);
+        assert_eq!(
+            short,
+            Packet::PubAck(PubResponse {
+                packet_id: 1,
+                ..PubResponse::default()
+            })
+        );
+        let reason_only = decode_ok(&[0x50, 0x03, 0x00, 0x01, 0x10], V5);
+        assert_eq!(
+            reason_only,
+            Packet::PubRec(PubResponse {
+                packet_id: 1,
+                reason: ReasonCode::NoMatchingSubscribers,
+                ..PubResponse::default()
+            })
+        );
+        assert_eq!(decode_ok(&[0x50, 0x04, 0x00, 0x01, 0x10, 0x00], V5), reason_only);
+        let full = [0x40, 0x09, 0x00, 0x01, 0x80, 0x05, 0x1F, 0x00, 0x02, b'n', b'o'];
+        assert_eq!(
+            decode_ok(&full, V5),
+            Packet::PubAck(PubResponse {
+                packet_id: 1,
+                reason: ReasonCode::UnspecifiedError,
+                properties: AckProperties {
+                    reason_string: Some("no".to_owned()),
+                    user_properties: Vec::new(),
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn pub_responses_v5_refuse_foreign_reason_codes() {
+        assert_malformed(&[0x40, 0x03, 0x00, 0x01, 0x92], V5, "not allowed in PUBACK");
+        assert_malformed(&[0x62, 0x03, 0x00, 0x01, 0x10], V5, "not allowed in PUBREL");
+        assert_malformed(&[0x70, 0x03, 0x00, 0x01, 0x80], V5, "not allowed in PUBCOMP");
+        assert_eq!(
+            decode_ok(&[0x70, 0x03, 0x00, 0x01, 0x92], V5),
+            Packet::PubComp(PubResponse {
+                packet_id: 1,
+                reason: ReasonCode::PacketIdentifierNotFound,
+                ..PubResponse::default()
+            })
+        );
+    }
+
+    // ----- SUBSCRIBE, SUBACK -----
+
+    #[test]
+    fn subscribe_v311() {
+        let bytes = [
+            0x82, 0x0C, 0x00, 0x0A, 0x00, 0x03, b'a', b'/', b'b', 0x01, 0x00, 0x01, b'#', 0x02,
+        ];
+        let sub = |filter: &str, qos| Subscription {
+            filter: filter.to_owned(),
+            options: SubscriptionOptions {
+                qos,
+                ..SubscriptionOptions::default()
+            },
+        };
+        assert_eq!(
+            decode_ok(&bytes, V4),
+            Packet::Subscribe(Subscribe {
+                packet_id: 10,
+                subscriptions: vec![sub("a/b", QoS::AtLeastOnce), sub("#", QoS::ExactlyOnce)],
+                ..Subscribe::default()
+            })
+        );
+    }
+
+    #[test]
+    fn subscribe_v5_with_options_and_identifier() {
+        let bytes = [0x82, 0x09, 0x00, 0x0A, 0x02, 0x0B, 0x05, 0x00, 0x01, b'a', 0x2E];
+        assert_eq!(
+            decode_ok(&bytes, V5),
+            Packet::Subscribe(Subscribe {
+                packet_id: 10,
+                subscriptions: vec![Subscription {
+                    filter: "a".to_owned(),
+                    options: SubscriptionOptions {
+                        qos: QoS::ExactlyOnce,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: RetainHandling::DoNotSend,
+                    },
+                }],
+                subscription_identifier: Some(5),
+                user_properties: Vec::new(),
+            })
+        );
+    }
+
+    #[test]
+    fn subscribe_rules() {
+        assert_protocol_error(&frame(0x82, &[0, 1]), V4, "at least one topic filter");
+        assert_protocol_error(&frame(0x82, &[0, 1, 0]), V5, "at least one topic filter");
+        assert_malformed(&frame(0x82, &[0, 0, 0, 1, b'a', 0]), V4, "non-zero");
+        assert_malformed(&frame(0x82, &[0, 1, 0, 1, b'a', 0x04]), V4, "reserved");
+        assert_malformed(&frame(0x82, &[0, 1, 0, 1, b'a', 0x03]), V4, "QoS");
+        assert_malformed(&frame(0x82, &[0, 1, 0, 0, 1, b'a', 0x80]), V5, "reserved");
+        assert_protocol_error(&frame(0x82, &[0, 1, 0, 0, 1, b'a', 0x30]), V5, "retain handling");
+        assert_malformed(&frame(0x82, &[0, 1, 0, 0, 2, b'a', b'#', 0]), V5, "misplaced wildcard");
+        assert_malformed(&frame(0x82, &[0, 1, 0, 0, 0, 0]), V5, "empty");
+        assert_malformed(&frame(0x82, &[0, 1, 0, 0, 1, b'a']), V5, "subscription options");
+        let shared = b"$share/g/a";
+        let mut body = vec![0, 1, 0, 0, shared.len() as u8];
+        body.extend_from_slice(shared);
+        body.push(0x04);
+        assert_protocol_error(&frame(0x82, &body), V5, "no local");
+        let bad_share = b"$share/g";
+        let mut body = vec![0, 1, 0, 0, bad_share.len() as u8];
+        body.extend_from_slice(bad_share);
+        body.push(0x00);
+        assert_malformed(&frame(0x82, &body), V5, "shared subscription");
+        // Subscription identifier: not 0, not twice.
+        assert_protocol_error(&frame(0x82, &[0, 1, 2, 0x0B, 0, 0, 1, b'a', 0]), V5, "must be 1");
+        assert_protocol_error(
+            &frame(0x82, &[0, 1, 4, 0x0B, 1, 0x0B, 2, 0, 1, b'a', 0]),
+            V5,
+            "twice",
+        );
+        assert_malformed(&frame(0x82, &[0, 1, 3, 0x1F, 0, 0, 0, 1, b'a', 0]), V5, "Reason String");
+    }
+
+    #[test]
+    fn suback_v311_maps_0x80_to_unspecified_error() {
+        assert_eq!(
+            decode_ok(&[0x90, 0x05, 0x00, 0x0A, 0x00, 0x02, 0x80], V4),
+            Packet::SubAck(SubAck {
+                packet_id: 10,
+                reasons: vec![
+                    ReasonCode::Success,
+                    ReasonCode::GrantedQoS2,
+                    ReasonCode::UnspecifiedError
+                ],
+                properties: AckProperties::default(),
+            })
+        );
+        assert_malformed(&[0x90, 0x03, 0x00, 0x0A, 0x03], V4, "0x03");
+        assert_malformed(&[0x90, 0x03, 0x00, 0x0A, 0x87], V4, "0x87");
+        assert_protocol_error(&[0x90, 0x02, 0x00, 0x0A], V4, "at least one");
+    }
+
+    #[test]
+    fn suback_v5() {
+        assert_eq!(
+            decode_ok(&[0x90, 0x05, 0x00, 0x0A, 0x00, 0x01, 0x8F], V5),
+            Packet::SubAck(SubAck {
+                packet_id: 10,
+                reasons: vec![ReasonCode::GrantedQoS1, ReasonCode::TopicFilterInvalid],
+                properties: AckProperties::default(),
+            })
+        );
+        assert_malformed(&[0x90, 0x04, 0x00, 0x0A, 0x00, 0x11], V5, "not allowed in SUBACK");
+    }
+
+    // ----- UNSUBSCRIBE, UNSUBACK -----
+
+    #[test]
+    fn unsubscribe_both_versions() {
+        let expected = Packet::Unsubscribe(Unsubscribe {
+            packet_id: 10,
+            filters: vec!["a".to_owned()],
+            user_properties: Vec::new(),
+        });
+        assert_eq!(decode_ok(&[0xA2, 0x05, 0x00, 0x0A, 0x00, 0x01, b'a'], V4), expected);
+        assert_eq!(decode_ok(&[0xA2, 0x06, 0x00, 0x0A, 0x00, 0x00, 0x01, b'a'], V5), expected);
+        assert_protocol_error(&[0xA2, 0x02, 0x00, 0x0A], V4, "at least one topic filter");
+        assert_protocol_error(&[0xA2, 0x03, 0x00, 0x0A, 0x00], V5, "at least one topic filter");
+        assert_malformed(&frame(0xA2, &[0, 0x0A, 0, 1, b'+', 0]), V4, "topic filter");
+        assert_malformed(&[0xA2, 0x06, 0x00, 0x0A, 0x00, 0x02, b'a', b'+'], V4, "misplaced");
+        assert_malformed(
+            &[0xA2, 0x08, 0x00, 0x0A, 0x02, 0x0B, 0x01, 0x00, 0x01, b'a'],
+            V5,
+            "not allowed in UNSUBSCRIBE",
+        );
+    }
+
+    #[test]
+    fn unsuback_both_versions() {
+        assert_eq!(
+            decode_ok(&[0xB0, 0x02, 0x00, 0x0A], V4),
+            Packet::UnsubAck(UnsubAck {
+                packet_id: 10,
+                ..UnsubAck::default()
+            })
+        );
+        assert_eq!(
+            decode_ok(&[0xB0, 0x05, 0x00, 0x0A, 0x00, 0x11, 0x00], V5),
+            Packet::UnsubAck(UnsubAck {
+                packet_id: 10,
+                reasons: vec![ReasonCode::NoSubscriptionExisted, ReasonCode::Success],
+                properties: AckProperties::default(),
+            })
+        );
+        assert_malformed(&[0xB0, 0x04, 0x00, 0x0A, 0x00, 0x01], V5, "not allowed in UNSUBACK");
+        assert_protocol_error(&[0xB0, 0x03, 0x00, 0x0A, 0x00], V5, "at least one");
+    }
+
+    // ----- PINGREQ, PINGRESP, DISCONNECT, AUTH -----
+
+    #[test]
+    fn pings() {
+        assert_eq!(decode_ok(&[0xC0, 0x00], V4), Packet::PingReq);
+        assert_eq!(decode_ok(&[0xD0, 0x00], V5), Packet::PingResp);
+    }
+
+    #[test]
+    fn disconnect_forms() {
+        let normal = Packet::Disconnect(Disconnect::default());
+        assert_eq!(decode_ok(&[0xE0, 0x00], V4), normal);
+        assert_eq!(decode_ok(&[0xE0, 0x00], V5), normal);
+        assert_eq!(
+            decode_ok(&[0xE0, 0x01, 0x04], V5),
+            Packet::Disconnect(Disconnect {
+                reason: ReasonCode::DisconnectWithWill,
+                ..Disconnect::default()
+            })
+        );
+        assert_eq!(
+            decode_ok(&[0xE0, 0x06, 0x8E, 0x04, 0x1F, 0x00, 0x01, b'x'], V5),
+            Packet::Disconnect(Disconnect {
+                reason: ReasonCode::SessionTakenOver,
+                properties: DisconnectProperties {
+                    reason_string: Some("x".to_owned()),
+                    ..DisconnectProperties::default()
+                },
+            })
+        );
+        assert_malformed(&[0xE0, 0x01, 0x01], V5, "not allowed in DISCONNECT");
+        assert_malformed(&[0xE0, 0x03, 0x00, 0x01, 0x01], V5, "not allowed in DISCONNECT");
+    }
+
+    #[test]
+    fn auth_forms() {
+        assert_eq!(decode_ok(&[0xF0, 0x00], V5), Packet::Auth(Auth::default()));
+        let bytes = [0xF0, 0x0A, 0x18, 0x08, 0x15, 0x00, 0x01, b'm', 0x16, 0x00, 0x01, 0xFF];
+        assert_eq!(
+            decode_ok(&bytes, V5),
+            Packet::Auth(Auth {
+                reason: ReasonCode::ContinueAuthentication,
+                authentication_method: Some("m".to_owned()),
+                authentication_data: Some(Bytes::from_static(&[0xFF])),
+                ..Auth::default()
+            })
+        );
+        assert_malformed(&[0xF0, 0x02, 0x80, 0x00], V5, "not allowed in AUTH");
+        assert_malformed(&[0xF0, 0x04, 0x00, 0x02, 0x11, 0x00], V5, "Session Expiry Interval");
+    }
+}

@@ -619,3 +619,442 @@ impl Props for AuthProps<'_> {
         user_props(s, &self.0.user_properties)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{
+        ConnAck, Disconnect, PubResponse, RetainHandling, SubAck, Subscription,
+        SubscriptionOptions, UnsubAck, Unsubscribe,
+    };
+
+    const V4: Protocol = Protocol::V311;
+    const V5: Protocol = Protocol::V5;
+
+    fn bytes_of(packet: &Packet, protocol: Protocol) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        encode(packet, protocol, &mut buf).expect("encodable packet");
+        buf.to_vec()
+    }
+
+    #[test]
+    fn connect_v311_matches_the_specification_layout() {
+        let connect = Connect {
+            protocol: V4,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: "cid".to_owned(),
+            will: Some(Will {
+                topic: "w/t".to_owned(),
+                payload: Bytes::from_static(b"hi"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                delay_interval: Some(9), // v5 only: dropped
+                properties: PublishProperties::default(),
+            }),
+            username: Some("user".to_owned()),
+            password: Some(Bytes::from_static(&[1, 2])),
+            properties: ConnectProperties {
+                session_expiry_interval: Some(5), // v5 only: dropped
+                ..ConnectProperties::default()
+            },
+        };
+        let expected = [
+            0x10, 0x22, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0xEE, 0x00, 0x3C, 0x00, 0x03,
+            b'c', b'i', b'd', 0x00, 0x03, b'w', b'/', b't', 0x00, 0x02, b'h', b'i', 0x00, 0x04,
+            b'u', b's', b'e', b'r', 0x00, 0x02, 0x01, 0x02,
+        ];
+        // CONNECT follows its own protocol field whatever the argument says.
+        assert_eq!(bytes_of(&Packet::Connect(Box::new(connect.clone())), V5), expected);
+        assert_eq!(bytes_of(&Packet::Connect(Box::new(connect)), V4), expected);
+    }
+
+    #[test]
+    fn connect_v5_carries_properties_and_will_properties() {
+        let connect = Connect {
+            protocol: V5,
+            clean_start: true,
+            client_id: "c".to_owned(),
+            will: Some(Will {
+                topic: "t".to_owned(),
+                delay_interval: Some(5),
+                properties: PublishProperties {
+                    payload_format_indicator: Some(1),
+                    topic_alias: Some(3), // not a will property: dropped
+                    subscription_identifiers: vec![4], // not a will property: dropped
+                    ..PublishProperties::default()
+                },
+                ..Will::default()
+            }),
+            properties: ConnectProperties {
+                receive_maximum: Some(20),
+                ..ConnectProperties::default()
+            },
+            ..Connect::default()
+        };
+        let expected = [
+            0x10, 0x1E, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x06, 0x00, 0x00, // header
+            0x03, 0x21, 0x00, 0x14, // receive maximum 20
+            0x00, 0x01, b'c', // client id
+            0x07, 0x18, 0x00, 0x00, 0x00, 0x05, 0x01, 0x01, // will delay, payload format
+            0x00, 0x01, b't', 0x00, 0x00, // will topic and payload
+        ];
+        assert_eq!(bytes_of(&Packet::Connect(Box::new(connect)), V5), expected);
+    }
+
+    #[test]
+    fn connack_v311_uses_return_codes() {
+        let connack = |reason| {
+            Packet::ConnAck(ConnAck {
+                reason,
+                ..ConnAck::default()
+            })
+        };
+        assert_eq!(bytes_of(&connack(ReasonCode::Success), V4), [0x20, 0x02, 0x00, 0x00]);
+        assert_eq!(bytes_of(&connack(ReasonCode::Banned), V4), [0x20, 0x02, 0x00, 0x05]);
+        assert_eq!(bytes_of(&connack(ReasonCode::ServerBusy), V4), [0x20, 0x02, 0x00, 0x03]);
+        let present = Packet::ConnAck(ConnAck {
+            session_present: true,
+            properties: ConnAckProperties {
+                reason_string: Some("dropped".to_owned()),
+                ..ConnAckProperties::default()
+            },
+            ..ConnAck::default()
+        });
+        assert_eq!(bytes_of(&present, V4), [0x20, 0x02, 0x01, 0x00]);
+    }
+
+    #[test]
+    fn connack_v5_with_properties() {
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason: ReasonCode::Success,
+            properties: ConnAckProperties {
+                maximum_qos: Some(QoS::AtLeastOnce),
+                retain_available: Some(false),
+                assigned_client_identifier: Some("id".to_owned()),
+                ..ConnAckProperties::default()
+            },
+        });
+        assert_eq!(
+            bytes_of(&connack, V5),
+            [0x20, 0x0C, 0x00, 0x00, 0x09, 0x24, 0x01, 0x25, 0x00, 0x12, 0x00, 0x02, b'i', b'd']
+        );
+        assert_eq!(
+            bytes_of(&Packet::ConnAck(ConnAck::default()), V5),
+            [0x20, 0x03, 0x00, 0x00, 0x00]
+        );
+    }
+
+    #[test]
+    fn connack_v5_leaves_out_maximum_qos_2() {
+        let connack = Packet::ConnAck(ConnAck {
+            properties: ConnAckProperties {
+                maximum_qos: Some(QoS::ExactlyOnce),
+                ..ConnAckProperties::default()
+            },
+            ..ConnAck::default()
+        });
+        assert_eq!(bytes_of(&connack, V5), [0x20, 0x03, 0x00, 0x00, 0x00]);
+    }
+
+    #[test]
+    fn publish_both_versions() {
+        let publish = Publish {
+            dup: true,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: "a/b".to_owned(),
+            packet_id: Some(10),
+            properties: PublishProperties {
+                topic_alias: Some(5),
+                ..PublishProperties::default()
+            },
+            payload: Bytes::from_static(b"hey"),
+        };
+        assert_eq!(
+            bytes_of(&Packet::Publish(publish.clone()), V4),
+            [0x3B, 0x0A, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, b'h', b'e', b'y']
+        );
+        assert_eq!(
+            bytes_of(&Packet::Publish(publish), V5),
+            [0x3B, 0x0E, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, 0x03, 0x23, 0x00, 0x05, b'h', b'e', b'y']
+        );
+    }
+
+    #[test]
+    fn publish_qos0_leaves_out_the_packet_id() {
+        let publish = Publish {
+            topic: "t".to_owned(),
+            packet_id: Some(3),
+            ..Publish::default()
+        };
+        assert_eq!(bytes_of(&Packet::Publish(publish), V4), [0x30, 0x03, 0x00, 0x01, b't']);
+    }
+
+    #[test]
+    fn publish_qos1_without_packet_id_is_refused() {
+        let publish = Publish {
+            qos: QoS::AtLeastOnce,
+            topic: "t".to_owned(),
+            ..Publish::default()
+        };
+        let mut buf = BytesMut::from(&b"keep"[..]);
+        let err = encode(&Packet::Publish(publish), V4, &mut buf).expect_err("no packet id");
+        assert!(matches!(err, EncodeError::Invalid { packet: "PUBLISH", .. }), "{err}");
+        assert_eq!(&buf[..], b"keep", "nothing is appended on error");
+    }
+
+    #[test]
+    fn pub_responses_use_v5_short_forms() {
+        let response = |reason, reason_string: Option<&str>| PubResponse {
+            packet_id: 1,
+            reason,
+            properties: AckProperties {
+                reason_string: reason_string.map(str::to_owned),
+                user_properties: Vec::new(),
+            },
+        };
+        let success = response(ReasonCode::Success, None);
+        assert_eq!(bytes_of(&Packet::PubAck(success.clone()), V5), [0x40, 0x02, 0x00, 0x01]);
+        assert_eq!(bytes_of(&Packet::PubRel(success.clone()), V5), [0x62, 0x02, 0x00, 0x01]);
+        let reason_only = response(ReasonCode::NoMatchingSubscribers, None);
+        assert_eq!(
+            bytes_of(&Packet::PubRec(reason_only.clone()), V5),
+            [0x50, 0x03, 0x00, 0x01, 0x10]
+        );
+        let full = response(ReasonCode::UnspecifiedError, Some("no"));
+        assert_eq!(
+            bytes_of(&Packet::PubAck(full.clone()), V5),
+            [0x40, 0x09, 0x00, 0x01, 0x80, 0x05, 0x1F, 0x00, 0x02, b'n', b'o']
+        );
+        let props_only = response(ReasonCode::Success, Some("ok"));
+        assert_eq!(
+            bytes_of(&Packet::PubComp(props_only), V5),
+            [0x70, 0x09, 0x00, 0x01, 0x00, 0x05, 0x1F, 0x00, 0x02, b'o', b'k']
+        );
+        // 3.1.1 has only the packet identifier.
+        assert_eq!(bytes_of(&Packet::PubComp(full), V4), [0x70, 0x02, 0x00, 0x01]);
+    }
+
+    #[test]
+    fn subscribe_both_versions() {
+        let subscribe = Subscribe {
+            packet_id: 10,
+            subscriptions: vec![Subscription {
+                filter: "a".to_owned(),
+                options: SubscriptionOptions {
+                    qos: QoS::ExactlyOnce,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: RetainHandling::DoNotSend,
+                },
+            }],
+            subscription_identifier: Some(5),
+            user_properties: Vec::new(),
+        };
+        assert_eq!(
+            bytes_of(&Packet::Subscribe(subscribe.clone()), V5),
+            [0x82, 0x09, 0x00, 0x0A, 0x02, 0x0B, 0x05, 0x00, 0x01, b'a', 0x2E]
+        );
+        assert_eq!(
+            bytes_of(&Packet::Subscribe(subscribe), V4),
+            [0x82, 0x06, 0x00, 0x0A, 0x00, 0x01, b'a', 0x02]
+        );
+    }
+
+    #[test]
+    fn subscription_identifier_uses_a_variable_byte_integer() {
+        let subscribe = Subscribe {
+            packet_id: 1,
+            subscriptions: vec![Subscription {
+                filter: "a".to_owned(),
+                options: SubscriptionOptions::default(),
+            }],
+            subscription_identifier: Some(268_435_455),
+            user_properties: Vec::new(),
+        };
+        assert_eq!(
+            bytes_of(&Packet::Subscribe(subscribe.clone()), V5),
+            [0x82, 0x0C, 0x00, 0x01, 0x05, 0x0B, 0xFF, 0xFF, 0xFF, 0x7F, 0x00, 0x01, b'a', 0x00]
+        );
+        let too_big = Subscribe {
+            subscription_identifier: Some(268_435_456),
+            ..subscribe
+        };
+        let err = encode(&Packet::Subscribe(too_big), V5, &mut BytesMut::new())
+            .expect_err("identifier out of range");
+        assert!(err.to_string().contains("268435456"), "{err}");
+    }
+
+    #[test]
+    fn suback_v311_folds_failures_into_0x80() {
+        let suback = SubAck {
+            packet_id: 10,
+            reasons: vec![
+                ReasonCode::Success,
+                ReasonCode::GrantedQoS2,
+                ReasonCode::NotAuthorized,
+                ReasonCode::QuotaExceeded,
+            ],
+            properties: AckProperties::default(),
+        };
+        assert_eq!(
+            bytes_of(&Packet::SubAck(suback.clone()), V4),
+            [0x90, 0x06, 0x00, 0x0A, 0x00, 0x02, 0x80, 0x80]
+        );
+        assert_eq!(
+            bytes_of(&Packet::SubAck(suback), V5),
+            [0x90, 0x07, 0x00, 0x0A, 0x00, 0x00, 0x02, 0x87, 0x97]
+        );
+    }
+
+    #[test]
+    fn unsubscribe_and_unsuback_both_versions() {
+        let unsubscribe = Packet::Unsubscribe(Unsubscribe {
+            packet_id: 10,
+            filters: vec!["a".to_owned()],
+            user_properties: Vec::new(),
+        });
+        assert_eq!(bytes_of(&unsubscribe, V4), [0xA2, 0x05, 0x00, 0x0A, 0x00, 0x01, b'a']);
+        assert_eq!(bytes_of(&unsubscribe, V5), [0xA2, 0x06, 0x00, 0x0A, 0x00, 0x00, 0x01, b'a']);
+        let unsuback = Packet::UnsubAck(UnsubAck {
+            packet_id: 10,
+            reasons: vec![ReasonCode::NoSubscriptionExisted],
+            properties: AckProperties::default(),
+        });
+        // 3.1.1 UNSUBACK has no payload.
+        assert_eq!(bytes_of(&unsuback, V4), [0xB0, 0x02, 0x00, 0x0A]);
+        assert_eq!(bytes_of(&unsuback, V5), [0xB0, 0x04, 0x00, 0x0A, 0x00, 0x11]);
+    }
+
+    #[test]
+    fn pings() {
+        assert_eq!(bytes_of(&Packet::PingReq, V4), [0xC0, 0x00]);
+        assert_eq!(bytes_of(&Packet::PingResp, V5), [0xD0, 0x00]);
+    }
+
+    #[test]
+    fn disconnect_forms() {
+        let normal = Packet::Disconnect(Disconnect::default());
+        assert_eq!(bytes_of(&normal, V4), [0xE0, 0x00]);
+        assert_eq!(bytes_of(&normal, V5), [0xE0, 0x00]);
+        let with_will = Packet::Disconnect(Disconnect {
+            reason: ReasonCode::DisconnectWithWill,
+            ..Disconnect::default()
+        });
+        assert_eq!(bytes_of(&with_will, V5), [0xE0, 0x01, 0x04]);
+        assert_eq!(bytes_of(&with_will, V4), [0xE0, 0x00]);
+        let taken_over = Packet::Disconnect(Disconnect {
+            reason: ReasonCode::SessionTakenOver,
+            properties: DisconnectProperties {
+                reason_string: Some("x".to_owned()),
+                ..DisconnectProperties::default()
+            },
+        });
+        assert_eq!(
+            bytes_of(&taken_over, V5),
+            [0xE0, 0x06, 0x8E, 0x04, 0x1F, 0x00, 0x01, b'x']
+        );
+    }
+
+    #[test]
+    fn auth_v5_and_refused_in_v311() {
+        assert_eq!(bytes_of(&Packet::Auth(Auth::default()), V5), [0xF0, 0x00]);
+        let auth = Packet::Auth(Auth {
+            reason: ReasonCode::ContinueAuthentication,
+            authentication_method: Some("m".to_owned()),
+            authentication_data: Some(Bytes::from_static(&[0xFF])),
+            ..Auth::default()
+        });
+        assert_eq!(
+            bytes_of(&auth, V5),
+            [0xF0, 0x0A, 0x18, 0x08, 0x15, 0x00, 0x01, b'm', 0x16, 0x00, 0x01, 0xFF]
+        );
+        assert_eq!(
+            encode(&auth, V4, &mut BytesMut::new()),
+            Err(EncodeError::NotInProtocol("AUTH"))
+        );
+    }
+
+    #[test]
+    fn long_strings_are_refused() {
+        let publish = Publish {
+            topic: "x".repeat(65_536),
+            ..Publish::default()
+        };
+        assert_eq!(
+            encode(&Packet::Publish(publish.clone()), V4, &mut BytesMut::new()),
+            Err(EncodeError::StringTooLong(65_536))
+        );
+        assert_eq!(
+            encode_publish_split(&publish, V4),
+            Err(EncodeError::StringTooLong(65_536))
+        );
+        let ok = Publish {
+            topic: "x".repeat(65_535),
+            ..Publish::default()
+        };
+        assert!(encode(&Packet::Publish(ok), V4, &mut BytesMut::new()).is_ok());
+    }
+
+    #[test]
+    fn remaining_length_uses_the_fewest_bytes() {
+        for (payload_len, expected) in [
+            (0, vec![0x03]),
+            (124, vec![0x7F]),
+            (125, vec![0x80, 0x01]),
+            (16_380, vec![0xFF, 0x7F]),
+            (16_381, vec![0x80, 0x80, 0x01]),
+        ] {
+            let publish = Publish {
+                topic: "t".to_owned(),
+                payload: Bytes::from(vec![0u8; payload_len]),
+                ..Publish::default()
+            };
+            let bytes = bytes_of(&Packet::Publish(publish), V4);
+            assert_eq!(&bytes[1..1 + expected.len()], &expected[..], "payload {payload_len}");
+            assert_eq!(bytes.len(), 1 + expected.len() + 3 + payload_len);
+        }
+    }
+
+    #[test]
+    fn encode_appends_to_existing_content() {
+        let mut buf = BytesMut::from(&[0xAA][..]);
+        encode(&Packet::PingReq, V4, &mut buf).expect("ping");
+        encode(&Packet::PingResp, V4, &mut buf).expect("ping");
+        assert_eq!(&buf[..], &[0xAA, 0xC0, 0x00, 0xD0, 0x00]);
+    }
+
+    #[test]
+    fn split_publish_shares_one_buffer_and_leaves_room_for_the_packet_id() {
+        let publish = Publish {
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: "a/b".to_owned(),
+            packet_id: Some(99), // ignored
+            properties: PublishProperties {
+                message_expiry_interval: Some(7),
+                ..PublishProperties::default()
+            },
+            payload: Bytes::from_static(b"hello"),
+            ..Publish::default()
+        };
+        let parts = encode_publish_split(&publish, V5).expect("valid publish");
+        // Remaining length counts the 2-byte identifier that goes between the parts.
+        assert_eq!(&parts.head[..], &[0x33, 0x11, 0x00, 0x03, b'a', b'/', b'b']);
+        assert_eq!(&parts.tail[..], &[0x05, 0x02, 0, 0, 0, 7, b'h', b'e', b'l', b'l', b'o']);
+        assert_eq!(parts.len(true), 7 + 2 + 11);
+        // One allocation: the tail starts where the head ends.
+        assert_eq!(parts.head.as_ptr() as usize + parts.head.len(), parts.tail.as_ptr() as usize);
+
+        let qos0 = Publish {
+            qos: QoS::AtMostOnce,
+            ..publish
+        };
+        let parts = encode_publish_split(&qos0, V4).expect("valid publish");
+        assert_eq!(&parts.head[..], &[0x31, 0x0A, 0x00, 0x03, b'a', b'/', b'b']);
+        assert_eq!(&parts.tail[..], b"hello");
+        assert_eq!(parts.len(false), 12);
+    }
+}

@@ -835,6 +835,7 @@ mod tests {
         let filter_levels = ["a", "b", "", "+", "+", "$s"];
         let topic_levels = ["a", "b", "", "c", "$s"];
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut found = 0;
         for _round in 0..200 {
             let mut trie = TopicTrie::new();
             let mut filters = Vec::new();
@@ -863,8 +864,13 @@ mod tests {
                     .collect();
                 assert_eq!(trie_matches(&trie, &topic), expected, "topic {topic:?}");
                 assert_eq!(trie.any_match(&topic), !expected.is_empty());
+                found += expected.len();
             }
         }
+        assert!(
+            found > 5_000,
+            "only {found} matches: the generator is too sparse"
+        );
     }
 
     /// Every topic of 1 to `max` levels over `alphabet`.
@@ -889,6 +895,7 @@ mod tests {
         let filter_levels = ["a", "", "+", "$s"];
         let topics = all_topics(&["a", "", "z", "$s"], 5);
         let mut rng = Rng(42);
+        let mut subsets = 0;
         for _ in 0..1500 {
             let inner = rng.filter(&filter_levels, 3, true);
             let outer = rng.filter(&filter_levels, 3, true);
@@ -901,6 +908,9 @@ mod tests {
                 "{inner:?} within {outer:?}"
             );
             assert!(is_subset(&inner, &inner), "{inner:?} within itself");
+            subsets += usize::from(brute);
         }
+        // The generator must produce both answers often enough for the test to mean something.
+        assert!((100..1400).contains(&subsets), "{subsets} subsets");
     }
 }

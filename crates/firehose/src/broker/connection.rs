@@ -651,6 +651,7 @@ impl Connection {
         {
             reason = ReasonCode::PayloadFormatInvalid;
         }
+        let topic_for_log = topic.clone();
         if reason == ReasonCode::Success {
             let message = Message::new(
                 topic,
@@ -665,16 +666,33 @@ impl Connection {
         // MQTT 3.1.1 has no negative acknowledgement: a refused message is acknowledged and
         // dropped, as Mosquitto does.
         let ack_reason = if self.is_v5() { reason } else { ReasonCode::Success };
+        let explain = |kind: fn(PubResponse) -> Packet| {
+            let mut packet = pub_response(kind, id, ack_reason);
+            if let (Packet::PubAck(r) | Packet::PubRec(r), true) =
+                (&mut packet, self.problem_information && ack_reason.is_error())
+            {
+                r.properties.reason_string = Some(match ack_reason {
+                    ReasonCode::NotAuthorized => format!(
+                        "{} may not publish to {topic_for_log}",
+                        self.identity.name()
+                    ),
+                    _ => "payload is not valid UTF-8 but its format indicator says so".into(),
+                });
+            }
+            packet
+        };
         match publish.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                self.push_or_log(outbox, &pub_response(Packet::PubAck, id, ack_reason));
+                let ack = explain(Packet::PubAck);
+                self.push_or_log(outbox, &ack);
             }
             QoS::ExactlyOnce => {
                 if !ack_reason.is_error() {
                     self.session.lock().incoming_qos2.insert(id);
                 }
-                self.push_or_log(outbox, &pub_response(Packet::PubRec, id, ack_reason));
+                let rec = explain(Packet::PubRec);
+                self.push_or_log(outbox, &rec);
             }
         }
         None

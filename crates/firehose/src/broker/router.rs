@@ -282,3 +282,150 @@ fn pick_member(group: &SharedGroup) -> Option<&Subscriber> {
         .find(|s| s.session.is_online())
         .or_else(|| group.members.get(start % n))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use firehose_codec::{Protocol, PublishProperties};
+    use tokio::sync::Notify;
+
+    use crate::broker::session::Registry;
+
+    fn online(registry: &Registry, id: &str) -> Arc<Session> {
+        registry
+            .attach(&Arc::from(id), true, 0, Protocol::V5, 100, Arc::new(Notify::new()))
+            .session
+    }
+
+    fn message(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Arc<Message> {
+        Arc::new(Message::new(
+            topic.into(),
+            Bytes::from_static(payload),
+            qos,
+            retain,
+            PublishProperties::default(),
+            Arc::from("publisher"),
+        ))
+    }
+
+    fn opts(qos: QoS) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+        }
+    }
+
+    fn queued(session: &Session) -> Vec<(String, QoS, Vec<u32>)> {
+        session
+            .lock()
+            .queue
+            .iter()
+            .map(|d| (d.message.topic.to_string(), d.qos, d.subscription_ids.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn overlapping_subscriptions_deliver_once_with_highest_qos_and_all_ids() {
+        let registry = Registry::default();
+        let router = Router::default();
+        let stats = Stats::new();
+        let a = online(&registry, "a");
+        router.subscribe(&a, "x/+", SubOptions { id: Some(1), ..opts(QoS::AtMostOnce) });
+        router.subscribe(&a, "x/#", SubOptions { id: Some(2), ..opts(QoS::AtLeastOnce) });
+        assert_eq!(router.publish(&message("x/y", QoS::ExactlyOnce, false, b"1"), &stats), 1);
+        let got = queued(&a);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, QoS::AtLeastOnce, "highest granted QoS, capped by the message");
+        let mut ids = got[0].2.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn qos_is_downgraded_to_the_message_qos() {
+        let registry = Registry::default();
+        let router = Router::default();
+        let a = online(&registry, "a");
+        router.subscribe(&a, "t", opts(QoS::ExactlyOnce));
+        router.publish(&message("t", QoS::AtLeastOnce, false, b"1"), &Stats::new());
+        assert_eq!(queued(&a)[0].1, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn no_local_skips_the_publisher() {
+        let registry = Registry::default();
+        let router = Router::default();
+        let me = online(&registry, "publisher");
+        router.subscribe(&me, "t", SubOptions { no_local: true, ..opts(QoS::AtLeastOnce) });
+        assert_eq!(router.publish(&message("t", QoS::AtLeastOnce, false, b"1"), &Stats::new()), 0);
+        assert!(queued(&me).is_empty());
+    }
+
+    #[test]
+    fn shared_group_delivers_each_message_to_one_member_in_turn() {
+        let registry = Registry::default();
+        let router = Router::default();
+        let stats = Stats::new();
+        let a = online(&registry, "a");
+        let b = online(&registry, "b");
+        router.subscribe(&a, "$share/g/jobs/#", opts(QoS::AtLeastOnce));
+        router.subscribe(&b, "$share/g/jobs/#", opts(QoS::AtLeastOnce));
+        for _ in 0..10 {
+            assert_eq!(router.publish(&message("jobs/1", QoS::AtLeastOnce, false, b"1"), &stats), 1);
+        }
+        assert_eq!(queued(&a).len(), 5);
+        assert_eq!(queued(&b).len(), 5);
+    }
+
+    #[test]
+    fn retained_messages_are_replaced_and_cleared_by_an_empty_payload() {
+        let router = Router::default();
+        let stats = Stats::new();
+        router.publish(&message("r/1", QoS::AtMostOnce, true, b"old"), &stats);
+        router.publish(&message("r/1", QoS::AtMostOnce, true, b"new"), &stats);
+        router.publish(&message("r/2", QoS::AtMostOnce, true, b"two"), &stats);
+        let found = router.retained_matching("r/1");
+        assert_eq!(found.len(), 1);
+        assert_eq!(&found[0].payload[..], b"new");
+        assert_eq!(router.retained_matching("r/+").len(), 2);
+        assert!(router.retained_matching("#").len() == 2);
+        router.publish(&message("r/1", QoS::AtMostOnce, true, b""), &stats);
+        assert_eq!(router.retained_count(), 1);
+    }
+
+    #[test]
+    fn unsubscribe_prunes_the_table() {
+        let registry = Registry::default();
+        let router = Router::default();
+        let a = online(&registry, "a");
+        assert!(!router.subscribe(&a, "a/b", opts(QoS::AtMostOnce)));
+        assert!(router.subscribe(&a, "a/b", opts(QoS::AtLeastOnce)), "second time it existed");
+        router.subscribe(&a, "$share/g/a/b", opts(QoS::AtMostOnce));
+        assert!(router.unsubscribe(&a, "a/b"));
+        assert!(!router.unsubscribe(&a, "a/b"));
+        assert_eq!(router.filter_count(), 1);
+        router.remove_all(&a, &["$share/g/a/b".to_owned()]);
+        assert_eq!(router.filter_count(), 0);
+    }
+
+    #[test]
+    fn dollar_topics_are_not_matched_by_leading_wildcards() {
+        let registry = Registry::default();
+        let router = Router::default();
+        let a = online(&registry, "a");
+        router.subscribe(&a, "#", opts(QoS::AtLeastOnce));
+        assert_eq!(router.publish(&message("$SYS/x", QoS::AtLeastOnce, false, b"1"), &Stats::new()), 0);
+    }
+
+    #[test]
+    fn parse_filter_splits_shared_subscriptions() {
+        assert_eq!(
+            parse_filter("$share/g/a/#"),
+            ParsedFilter { group: Some("g"), filter: "a/#" }
+        );
+        assert_eq!(parse_filter("a/#"), ParsedFilter { group: None, filter: "a/#" });
+    }
+}

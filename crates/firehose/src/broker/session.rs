@@ -288,3 +288,108 @@ impl Registry {
         Some(filters)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use firehose_codec::PublishProperties;
+
+    use crate::broker::message::Message;
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message::new(
+                "t".into(),
+                Bytes::from_static(b"x"),
+                qos,
+                false,
+                PublishProperties::default(),
+                "p".into(),
+            )),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    fn attach(registry: &Registry, clean: bool) -> (Attached, Arc<Notify>) {
+        let kick = Arc::new(Notify::new());
+        let attached = registry.attach(&Arc::from("c"), clean, 60, Protocol::V5, 2, kick.clone());
+        (attached, kick)
+    }
+
+    #[test]
+    fn resume_keeps_state_and_clean_start_discards_it() {
+        let registry = Registry::default();
+        let (first, _) = attach(&registry, false);
+        assert!(!first.session_present);
+        first.session.lock().subscriptions.insert(
+            "t".into(),
+            SubOptions { qos: QoS::AtLeastOnce, no_local: false, retain_as_published: false, id: None },
+        );
+        let (second, _) = attach(&registry, false);
+        assert!(second.session_present);
+        assert!(Arc::ptr_eq(&first.session, &second.session));
+        assert_eq!(second.generation, 2);
+        let (third, _) = attach(&registry, true);
+        assert!(!third.session_present);
+        let (old, filters) = third.discarded.expect("old session discarded");
+        assert!(Arc::ptr_eq(&old, &first.session));
+        assert_eq!(filters, vec!["t".to_owned()]);
+        assert!(old.lock().ended);
+    }
+
+    #[tokio::test]
+    async fn takeover_kicks_the_attached_connection() {
+        let registry = Registry::default();
+        let (_first, kick) = attach(&registry, false);
+        let kicked = kick.notified();
+        let _second = attach(&registry, false);
+        tokio::time::timeout(std::time::Duration::from_secs(1), kicked)
+            .await
+            .expect("first connection kicked");
+    }
+
+    #[test]
+    fn queue_is_bounded_and_offline_qos0_is_not_kept() {
+        let registry = Registry::default();
+        let stats = Stats::new();
+        let (attached, _) = attach(&registry, false);
+        let session = attached.session;
+        for _ in 0..3 {
+            session.enqueue(delivery(QoS::AtLeastOnce), &stats);
+        }
+        assert_eq!(session.lock().queue.len(), 2, "limit is 2");
+        assert_eq!(stats::get(&stats.dropped_queue_full), 1);
+        session.lock().link = None;
+        session.lock().queue.clear();
+        session.enqueue(delivery(QoS::AtMostOnce), &stats);
+        session.enqueue(delivery(QoS::AtLeastOnce), &stats);
+        assert_eq!(session.lock().queue.len(), 1);
+        assert_eq!(stats::get(&stats.dropped_offline_qos0), 1);
+    }
+
+    #[test]
+    fn end_if_current_ignores_a_resumed_session() {
+        let registry = Registry::default();
+        let (first, _) = attach(&registry, false);
+        first.session.lock().link = None;
+        let (second, _) = attach(&registry, false);
+        assert!(registry.end_if_current(&first.session, first.generation).is_none());
+        second.session.lock().link = None;
+        assert!(registry.end_if_current(&second.session, second.generation).is_some());
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap() {
+        let registry = Registry::default();
+        let (attached, _) = attach(&registry, true);
+        let mut state = attached.session.lock();
+        state.next_packet_id = u16::MAX;
+        assert_eq!(state.allocate_packet_id(), u16::MAX);
+        state.inflight.insert(1, Inflight { delivery: delivery(QoS::AtLeastOnce), stage: Stage::AwaitPubAck, seq: 0 });
+        assert_eq!(state.allocate_packet_id(), 2);
+    }
+}

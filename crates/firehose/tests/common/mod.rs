@@ -1168,7 +1168,7 @@ use wire::{ConnAck, ConnectOpts, PublishIn, PublishOut, RawPacket};
 
 /// What a read from the server produced.
 #[derive(Debug)]
-pub(crate) enum Read {
+pub(crate) enum Got {
     /// A whole packet.
     Packet(RawPacket),
     /// The server closed the connection (EOF or reset).
@@ -1263,17 +1263,17 @@ impl RawClient {
     ///
     /// # Panics
     /// If the server sends bytes that are not a packet.
-    pub(crate) fn read(&mut self, timeout: Duration) -> Read {
+    pub(crate) fn read(&mut self, timeout: Duration) -> Got {
         let deadline = Instant::now() + timeout;
         loop {
             match wire::split_packet(&mut self.buf) {
-                Ok(Some(packet)) => return Read::Packet(packet),
+                Ok(Some(packet)) => return Got::Packet(packet),
                 Ok(None) => {}
                 Err(e) => panic!("{}: server sent an invalid packet: {e}", self.name),
             }
             let now = Instant::now();
             if now >= deadline {
-                return Read::Timeout;
+                return Got::Timeout;
             }
             self.stream
                 .set_read_timeout(Some(deadline - now))
@@ -1282,7 +1282,7 @@ impl RawClient {
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
                     if self.buf.is_empty() {
-                        return Read::Closed;
+                        return Got::Closed;
                     }
                     panic!(
                         "{}: server closed in the middle of a packet: {:02x?}",
@@ -1291,10 +1291,10 @@ impl RawClient {
                 }
                 Ok(n) => self.buf.extend(&chunk[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Read::Timeout
+                    return Got::Timeout
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return Read::Closed, // reset, aborted...
+                Err(_) => return Got::Closed, // reset, aborted...
             }
         }
     }
@@ -1305,9 +1305,9 @@ impl RawClient {
     /// On close or timeout.
     pub(crate) fn expect_packet(&mut self) -> RawPacket {
         match self.read(TIMEOUT) {
-            Read::Packet(p) => p,
-            Read::Closed => panic!("{}: connection closed, expected a packet", self.name),
-            Read::Timeout => panic!("{}: no packet within {TIMEOUT:?}", self.name),
+            Got::Packet(p) => p,
+            Got::Closed => panic!("{}: connection closed, expected a packet", self.name),
+            Got::Timeout => panic!("{}: no packet within {TIMEOUT:?}", self.name),
         }
     }
 
@@ -1334,9 +1334,9 @@ impl RawClient {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.read(left) {
-                Read::Closed => return before,
-                Read::Packet(p) => before.push(p),
-                Read::Timeout => panic!(
+                Got::Closed => return before,
+                Got::Packet(p) => before.push(p),
+                Got::Timeout => panic!(
                     "{}: connection still open after {timeout:?}; received meanwhile: {:?}",
                     self.name,
                     before.iter().map(RawPacket::name).collect::<Vec<_>>()
@@ -1353,9 +1353,9 @@ impl RawClient {
     /// Asserts that nothing arrives for `quiet` (and the connection stays open).
     pub(crate) fn expect_silence(&mut self, quiet: Duration) {
         match self.read(quiet) {
-            Read::Timeout => {}
-            Read::Closed => panic!("{}: connection closed, expected it open", self.name),
-            Read::Packet(p) => panic!(
+            Got::Timeout => {}
+            Got::Closed => panic!("{}: connection closed, expected it open", self.name),
+            Got::Packet(p) => panic!(
                 "{}: expected nothing, got {} {:02x?}",
                 self.name,
                 p.name(),
