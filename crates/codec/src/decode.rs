@@ -348,7 +348,9 @@ impl Reader {
     fn string(&mut self, what: &str) -> Result<String, DecodeError> {
         let bytes = self.binary(what)?;
         let text = std::str::from_utf8(&bytes).map_err(|e| {
-            self.malformed(format!("{what} must be valid UTF-8, got invalid bytes ({e})"))
+            self.malformed(format!(
+                "{what} must be valid UTF-8, got invalid bytes ({e})"
+            ))
         })?;
         if text.contains('\0') {
             return Err(self.malformed(format!("{what} must not contain U+0000, got {text:?}")));
@@ -643,7 +645,9 @@ fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> 
                 ..SubscriptionOptions::default()
             }
         };
-        subscribe.subscriptions.push(Subscription { filter, options });
+        subscribe
+            .subscriptions
+            .push(Subscription { filter, options });
     }
     if subscribe.subscriptions.is_empty() {
         return Err(r.protocol_error("expected at least one topic filter, got none"));
@@ -1111,7 +1115,11 @@ fn read_bool(r: &mut Reader, id: u32, what: &str) -> Result<bool, DecodeError> {
 }
 
 /// Reads a property list (length prefix included), keeping only identifiers in `allowed`.
-fn read_properties(r: &mut Reader, allowed: Allowed, what: &str) -> Result<Properties, DecodeError> {
+fn read_properties(
+    r: &mut Reader,
+    allowed: Allowed,
+    what: &str,
+) -> Result<Properties, DecodeError> {
     let len = r.varint(&format!("{what} length"))? as usize;
     let mut p = Reader {
         buf: r.take(len, what)?,
@@ -1135,7 +1143,9 @@ fn read_properties(r: &mut Reader, allowed: Allowed, what: &str) -> Result<Prope
             PAYLOAD_FORMAT_INDICATOR => {
                 let value = p.u8(name)?;
                 if value > 1 {
-                    return Err(p.protocol_error(format!("{what}: {name} must be 0 or 1, got {value}")));
+                    return Err(
+                        p.protocol_error(format!("{what}: {name} must be 0 or 1, got {value}"))
+                    );
                 }
                 set_once(&p, &mut props.payload_format_indicator, value, id, what)?;
             }
@@ -1160,9 +1170,13 @@ fn read_properties(r: &mut Reader, allowed: Allowed, what: &str) -> Result<Prope
             SUBSCRIPTION_IDENTIFIER => {
                 let value = p.varint(name)?;
                 if value == 0 {
-                    return Err(p.protocol_error(format!("{what}: {name} must be 1 to {MAX_VARINT}, got 0")));
+                    return Err(p.protocol_error(format!(
+                        "{what}: {name} must be 1 to {MAX_VARINT}, got 0"
+                    )));
                 }
-                if !allowed.repeat_subscription_identifier && !props.subscription_identifiers.is_empty() {
+                if !allowed.repeat_subscription_identifier
+                    && !props.subscription_identifiers.is_empty()
+                {
                     return Err(p.protocol_error(format!(
                         "{what}: {name} must appear at most once, got it twice"
                     )));
@@ -1216,7 +1230,9 @@ fn read_properties(r: &mut Reader, allowed: Allowed, what: &str) -> Result<Prope
             RECEIVE_MAXIMUM => {
                 let value = p.u16(name)?;
                 if value == 0 {
-                    return Err(p.protocol_error(format!("{what}: {name} must be 1 to 65535, got 0")));
+                    return Err(
+                        p.protocol_error(format!("{what}: {name} must be 1 to 65535, got 0"))
+                    );
                 }
                 set_once(&p, &mut props.receive_maximum, value, id, what)?;
             }
@@ -1227,7 +1243,9 @@ fn read_properties(r: &mut Reader, allowed: Allowed, what: &str) -> Result<Prope
             TOPIC_ALIAS => {
                 let value = p.u16(name)?;
                 if value == 0 {
-                    return Err(p.protocol_error(format!("{what}: {name} must be 1 to 65535, got 0")));
+                    return Err(
+                        p.protocol_error(format!("{what}: {name} must be 1 to 65535, got 0"))
+                    );
                 }
                 set_once(&p, &mut props.topic_alias, value, id, what)?;
             }
@@ -1255,21 +1273,41 @@ fn read_properties(r: &mut Reader, allowed: Allowed, what: &str) -> Result<Prope
             MAXIMUM_PACKET_SIZE => {
                 let value = p.u32(name)?;
                 if value == 0 {
-                    return Err(p.protocol_error(format!("{what}: {name} must be at least 1, got 0")));
+                    return Err(
+                        p.protocol_error(format!("{what}: {name} must be at least 1, got 0"))
+                    );
                 }
                 set_once(&p, &mut props.maximum_packet_size, value, id, what)?;
             }
             WILDCARD_SUBSCRIPTION_AVAILABLE => {
                 let value = read_bool(&mut p, id, what)?;
-                set_once(&p, &mut props.wildcard_subscription_available, value, id, what)?;
+                set_once(
+                    &p,
+                    &mut props.wildcard_subscription_available,
+                    value,
+                    id,
+                    what,
+                )?;
             }
             SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
                 let value = read_bool(&mut p, id, what)?;
-                set_once(&p, &mut props.subscription_identifiers_available, value, id, what)?;
+                set_once(
+                    &p,
+                    &mut props.subscription_identifiers_available,
+                    value,
+                    id,
+                    what,
+                )?;
             }
             SHARED_SUBSCRIPTION_AVAILABLE => {
                 let value = read_bool(&mut p, id, what)?;
-                set_once(&p, &mut props.shared_subscription_available, value, id, what)?;
+                set_once(
+                    &p,
+                    &mut props.shared_subscription_available,
+                    value,
+                    id,
+                    what,
+                )?;
             }
             _ => {
                 return Err(p.malformed(format!("{what}: unknown property identifier {id:#04x}")));
@@ -1320,7 +1358,11 @@ mod tests {
                 Ok(None),
                 "prefix of {end} bytes of {bytes:02x?}"
             );
-            assert_eq!(&buf[..], &bytes[..end], "an incomplete packet leaves the buffer alone");
+            assert_eq!(
+                &buf[..],
+                &bytes[..end],
+                "an incomplete packet leaves the buffer alone"
+            );
         }
         let mut buf = BytesMut::from(bytes);
         buf.extend_from_slice(&[0xC0, 0x00]);
@@ -1340,13 +1382,19 @@ mod tests {
 
     fn assert_malformed(bytes: &[u8], protocol: Protocol, needle: &str) {
         let reason = malformed_reason(bytes, protocol);
-        assert!(reason.contains(needle), "{reason:?} should mention {needle:?}");
+        assert!(
+            reason.contains(needle),
+            "{reason:?} should mention {needle:?}"
+        );
     }
 
     fn assert_protocol_error(bytes: &[u8], protocol: Protocol, needle: &str) {
         match try_decode(bytes, protocol) {
             Err(DecodeError::Protocol { reason, .. }) => {
-                assert!(reason.contains(needle), "{reason:?} should mention {needle:?}")
+                assert!(
+                    reason.contains(needle),
+                    "{reason:?} should mention {needle:?}"
+                )
             }
             other => panic!("{bytes:02x?}: expected a protocol error, got {other:?}"),
         }
@@ -1398,7 +1446,10 @@ mod tests {
     #[test]
     fn maximum_size_counts_the_fixed_header() {
         let ping = [0xC0, 0x00];
-        assert_eq!(decode(&mut BytesMut::from(&ping[..]), V4, 2), Ok(Some(Packet::PingReq)));
+        assert_eq!(
+            decode(&mut BytesMut::from(&ping[..]), V4, 2),
+            Ok(Some(Packet::PingReq))
+        );
         assert_eq!(
             decode(&mut BytesMut::from(&ping[..]), V4, 1),
             Err(DecodeError::TooLarge { size: 2, max: 1 })
@@ -1417,20 +1468,34 @@ mod tests {
 
     #[test]
     fn reserved_flag_bits_are_checked_per_packet_type() {
-        for first in [0x11, 0x21, 0x41, 0x51, 0x60, 0x63, 0x71, 0x80, 0x8A, 0x91, 0xA0, 0xB4, 0xC1, 0xD2, 0xE8, 0xF1] {
+        for first in [
+            0x11, 0x21, 0x41, 0x51, 0x60, 0x63, 0x71, 0x80, 0x8A, 0x91, 0xA0, 0xB4, 0xC1, 0xD2,
+            0xE8, 0xF1,
+        ] {
             let reason = malformed_reason(&[first, 0x00], V5);
-            assert!(reason.contains("fixed header flags"), "{first:#04x}: {reason}");
+            assert!(
+                reason.contains("fixed header flags"),
+                "{first:#04x}: {reason}"
+            );
         }
     }
 
     #[test]
     fn publish_with_qos_3_is_malformed() {
-        assert_malformed(&frame(0x36, &[0, 1, b't', 0, 1]), V4, "QoS must be 0, 1 or 2, got 3");
+        assert_malformed(
+            &frame(0x36, &[0, 1, b't', 0, 1]),
+            V4,
+            "QoS must be 0, 1 or 2, got 3",
+        );
     }
 
     #[test]
     fn publish_with_dup_and_qos_0_is_malformed() {
-        assert_malformed(&frame(0x38, &[0, 1, b't']), V4, "DUP flag must be 0 for QoS 0");
+        assert_malformed(
+            &frame(0x38, &[0, 1, b't']),
+            V4,
+            "DUP flag must be 0 for QoS 0",
+        );
     }
 
     #[test]
@@ -1443,12 +1508,24 @@ mod tests {
 
     #[test]
     fn trailing_bytes_after_a_fixed_size_packet_are_malformed() {
-        assert_malformed(&[0x40, 0x03, 0x00, 0x01, 0x00], V4, "expected end of packet");
+        assert_malformed(
+            &[0x40, 0x03, 0x00, 0x01, 0x00],
+            V4,
+            "expected end of packet",
+        );
         assert_malformed(&[0xC0, 0x01, 0x00], V4, "expected end of packet");
         assert_malformed(&[0xD0, 0x01, 0x00], V5, "expected end of packet");
         assert_malformed(&[0xE0, 0x01, 0x00], V4, "expected end of packet");
-        assert_malformed(&[0x20, 0x03, 0x00, 0x00, 0x00], V4, "expected end of packet");
-        assert_malformed(&[0xB0, 0x03, 0x00, 0x01, 0x00], V4, "expected end of packet");
+        assert_malformed(
+            &[0x20, 0x03, 0x00, 0x00, 0x00],
+            V4,
+            "expected end of packet",
+        );
+        assert_malformed(
+            &[0xB0, 0x03, 0x00, 0x01, 0x00],
+            V4,
+            "expected end of packet",
+        );
     }
 
     #[test]
@@ -1509,7 +1586,8 @@ mod tests {
     fn connect_protocol_comes_from_the_packet_not_the_argument() {
         let bytes = [
             0x10, 0x15, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x0A, // header
-            0x08, 0x11, 0x00, 0x00, 0x00, 0x0A, 0x21, 0x00, 0x14, // session expiry 10, receive max 20
+            0x08, 0x11, 0x00, 0x00, 0x00, 0x0A, 0x21, 0x00,
+            0x14, // session expiry 10, receive max 20
             0x00, 0x00, // empty client id
         ];
         let Packet::Connect(connect) = decode_ok(&bytes, V4) else {
@@ -1525,7 +1603,8 @@ mod tests {
     #[test]
     fn connect_v5_will_properties_split_delay_from_message_properties() {
         let bytes = [
-            0x10, 0x1B, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x06, 0x00, 0x00, 0x00, // no props
+            0x10, 0x1B, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x06, 0x00, 0x00,
+            0x00, // no props
             0x00, 0x01, b'c', // client id
             0x07, 0x18, 0x00, 0x00, 0x00, 0x05, 0x01, 0x01, // will delay 5, payload format 1
             0x00, 0x01, b't', 0x00, 0x00, // will topic, empty payload
@@ -1580,7 +1659,9 @@ mod tests {
     #[test]
     fn connect_with_unknown_level_is_unsupported() {
         for level in [3, 6, 0xFF] {
-            let body = [0x00, 0x04, b'M', b'Q', b'T', b'T', level, 0x02, 0x00, 0x00, 0x00, 0x00];
+            let body = [
+                0x00, 0x04, b'M', b'Q', b'T', b'T', level, 0x02, 0x00, 0x00, 0x00, 0x00,
+            ];
             match try_decode(&frame(0x10, &body), V4) {
                 Err(DecodeError::UnsupportedProtocol(message)) => {
                     assert!(message.contains(&format!("got {level}")), "{message}")
@@ -1619,7 +1700,11 @@ mod tests {
 
     #[test]
     fn connect_will_topic_must_be_a_topic_name() {
-        assert_malformed(&connect_v4(0x04, &[0, 0, 0, 1, b'#', 0, 0]), V4, "will topic");
+        assert_malformed(
+            &connect_v4(0x04, &[0, 0, 0, 1, b'#', 0, 0]),
+            V4,
+            "will topic",
+        );
     }
 
     #[test]
@@ -1627,16 +1712,28 @@ mod tests {
         assert_malformed(&connect_v4(0x00, &[0, 2, 0xFF, 0xFE]), V4, "valid UTF-8");
         assert_malformed(&connect_v4(0x00, &[0, 2, b'a', 0x00]), V4, "U+0000");
         // An encoded surrogate (U+D800) is not valid UTF-8.
-        assert_malformed(&connect_v4(0x00, &[0, 3, 0xED, 0xA0, 0x80]), V4, "valid UTF-8");
+        assert_malformed(
+            &connect_v4(0x00, &[0, 3, 0xED, 0xA0, 0x80]),
+            V4,
+            "valid UTF-8",
+        );
         assert_malformed(&frame(0x30, &[0, 3, b'a', 0, b'b']), V4, "U+0000");
     }
 
     #[test]
     fn connect_properties_must_belong_to_connect() {
         // Topic Alias (0x23) is a PUBLISH property.
-        assert_malformed(&connect_v5(0x00, &[0x23, 0x00, 0x01], &[0, 0]), V5, "Topic Alias");
+        assert_malformed(
+            &connect_v5(0x00, &[0x23, 0x00, 0x01], &[0, 0]),
+            V5,
+            "Topic Alias",
+        );
         // 0x05 is no property at all.
-        assert_malformed(&connect_v5(0x00, &[0x05, 0x00], &[0, 0]), V5, "unknown property");
+        assert_malformed(
+            &connect_v5(0x00, &[0x05, 0x00], &[0, 0]),
+            V5,
+            "unknown property",
+        );
     }
 
     #[test]
@@ -1655,7 +1752,11 @@ mod tests {
     #[test]
     fn duplicate_single_valued_property_is_a_protocol_error() {
         let props = [0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2];
-        assert_protocol_error(&connect_v5(0x00, &props, &[0, 0]), V5, "Session Expiry Interval");
+        assert_protocol_error(
+            &connect_v5(0x00, &props, &[0, 0]),
+            V5,
+            "Session Expiry Interval",
+        );
     }
 
     #[test]
@@ -1666,7 +1767,10 @@ mod tests {
         };
         assert_eq!(
             connect.properties.user_properties,
-            vec![("k".to_owned(), "1".to_owned()), ("k".to_owned(), "2".to_owned())]
+            vec![
+                ("k".to_owned(), "1".to_owned()),
+                ("k".to_owned(), "2".to_owned())
+            ]
         );
     }
 
@@ -1722,7 +1826,11 @@ mod tests {
                 ..ConnAck::default()
             })
         );
-        assert_malformed(&[0x20, 0x02, 0x00, 0x06], V4, "return code must be 0 to 5, got 6");
+        assert_malformed(
+            &[0x20, 0x02, 0x00, 0x06],
+            V4,
+            "return code must be 0 to 5, got 6",
+        );
     }
 
     #[test]
@@ -1756,17 +1864,31 @@ mod tests {
 
     #[test]
     fn connack_v5_refuses_reason_codes_of_other_packets_and_bad_values() {
-        assert_malformed(&[0x20, 0x03, 0x00, 0x04, 0x00], V5, "not allowed in CONNACK");
+        assert_malformed(
+            &[0x20, 0x03, 0x00, 0x04, 0x00],
+            V5,
+            "not allowed in CONNACK",
+        );
         assert_malformed(&[0x20, 0x03, 0x00, 0x03, 0x00], V5, "undefined value 0x03");
-        assert_protocol_error(&[0x20, 0x05, 0x00, 0x00, 0x02, 0x24, 0x02], V5, "Maximum QoS");
-        assert_protocol_error(&[0x20, 0x05, 0x00, 0x00, 0x02, 0x25, 0x02], V5, "Retain Available");
+        assert_protocol_error(
+            &[0x20, 0x05, 0x00, 0x00, 0x02, 0x24, 0x02],
+            V5,
+            "Maximum QoS",
+        );
+        assert_protocol_error(
+            &[0x20, 0x05, 0x00, 0x00, 0x02, 0x25, 0x02],
+            V5,
+            "Retain Available",
+        );
     }
 
     // ----- PUBLISH -----
 
     #[test]
     fn publish_v311_qos1() {
-        let bytes = [0x32, 0x0A, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, b'h', b'e', b'y'];
+        let bytes = [
+            0x32, 0x0A, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, b'h', b'e', b'y',
+        ];
         assert_eq!(
             decode_ok(&bytes, V4),
             Packet::Publish(Publish {
@@ -1820,7 +1942,11 @@ mod tests {
         let Ok(Some(Packet::Publish(publish))) = decode(&mut buf, V4, 1024) else {
             panic!("expected PUBLISH");
         };
-        assert_eq!(publish.payload.as_ptr() as usize, base + 5, "payload was copied");
+        assert_eq!(
+            publish.payload.as_ptr() as usize,
+            base + 5,
+            "payload was copied"
+        );
     }
 
     #[test]
@@ -1839,13 +1965,21 @@ mod tests {
             body.extend_from_slice(props);
             frame(0x30, &body)
         };
-        assert_protocol_error(&publish(&[0x0B, 0x00]), V5, "Subscription Identifier must be 1");
+        assert_protocol_error(
+            &publish(&[0x0B, 0x00]),
+            V5,
+            "Subscription Identifier must be 1",
+        );
         assert_protocol_error(&publish(&[0x23, 0x00, 0x00]), V5, "Topic Alias must be 1");
         assert_protocol_error(&publish(&[0x01, 0x02]), V5, "Payload Format Indicator");
         assert_protocol_error(&publish(&[0x08, 0x00, 0x01, b'#']), V5, "Response Topic");
         assert_protocol_error(&publish(&[0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 1]), V5, "twice");
         assert_malformed(&publish(&[0x11, 0, 0, 0, 1]), V5, "not allowed in PUBLISH");
-        assert_malformed(&publish(&[0x0B, 0x80, 0x80, 0x80, 0x80, 0x01]), V5, "at most 4 bytes");
+        assert_malformed(
+            &publish(&[0x0B, 0x80, 0x80, 0x80, 0x80, 0x01]),
+            V5,
+            "at most 4 bytes",
+        );
         assert_malformed(&publish(&[0x0B, 0x80, 0x00]), V5, "fewest bytes");
     }
 
@@ -1859,7 +1993,8 @@ mod tests {
     fn publish_empty_topic_needs_v5_and_a_topic_alias() {
         assert_malformed(&frame(0x30, &[0, 0]), V4, "must not be empty");
         assert_protocol_error(&frame(0x30, &[0, 0, 0]), V5, "Topic Alias");
-        let Packet::Publish(publish) = decode_ok(&[0x30, 0x06, 0x00, 0x00, 0x03, 0x23, 0x00, 0x07], V5)
+        let Packet::Publish(publish) =
+            decode_ok(&[0x30, 0x06, 0x00, 0x00, 0x03, 0x23, 0x00, 0x07], V5)
         else {
             panic!("expected PUBLISH");
         };
@@ -1869,7 +2004,11 @@ mod tests {
 
     #[test]
     fn publish_packet_id_zero_is_malformed() {
-        assert_malformed(&frame(0x32, &[0, 1, b't', 0, 0]), V4, "packet identifier must be non-zero");
+        assert_malformed(
+            &frame(0x32, &[0, 1, b't', 0, 0]),
+            V4,
+            "packet identifier must be non-zero",
+        );
     }
 
     // ----- PUBACK, PUBREC, PUBREL, PUBCOMP -----
@@ -1880,10 +2019,22 @@ mod tests {
             packet_id,
             ..PubResponse::default()
         };
-        assert_eq!(decode_ok(&[0x40, 0x02, 0x00, 0x01], V4), Packet::PubAck(id(1)));
-        assert_eq!(decode_ok(&[0x50, 0x02, 0x01, 0x00], V4), Packet::PubRec(id(256)));
-        assert_eq!(decode_ok(&[0x62, 0x02, 0xFF, 0xFF], V4), Packet::PubRel(id(65535)));
-        assert_eq!(decode_ok(&[0x70, 0x02, 0x00, 0x02], V4), Packet::PubComp(id(2)));
+        assert_eq!(
+            decode_ok(&[0x40, 0x02, 0x00, 0x01], V4),
+            Packet::PubAck(id(1))
+        );
+        assert_eq!(
+            decode_ok(&[0x50, 0x02, 0x01, 0x00], V4),
+            Packet::PubRec(id(256))
+        );
+        assert_eq!(
+            decode_ok(&[0x62, 0x02, 0xFF, 0xFF], V4),
+            Packet::PubRel(id(65535))
+        );
+        assert_eq!(
+            decode_ok(&[0x70, 0x02, 0x00, 0x02], V4),
+            Packet::PubComp(id(2))
+        );
         assert_malformed(&[0x40, 0x02, 0x00, 0x00], V4, "non-zero");
     }
 
@@ -1906,8 +2057,13 @@ mod tests {
                 ..PubResponse::default()
             })
         );
-        assert_eq!(decode_ok(&[0x50, 0x04, 0x00, 0x01, 0x10, 0x00], V5), reason_only);
-        let full = [0x40, 0x09, 0x00, 0x01, 0x80, 0x05, 0x1F, 0x00, 0x02, b'n', b'o'];
+        assert_eq!(
+            decode_ok(&[0x50, 0x04, 0x00, 0x01, 0x10, 0x00], V5),
+            reason_only
+        );
+        let full = [
+            0x40, 0x09, 0x00, 0x01, 0x80, 0x05, 0x1F, 0x00, 0x02, b'n', b'o',
+        ];
         assert_eq!(
             decode_ok(&full, V5),
             Packet::PubAck(PubResponse {
@@ -1925,7 +2081,11 @@ mod tests {
     fn pub_responses_v5_refuse_foreign_reason_codes() {
         assert_malformed(&[0x40, 0x03, 0x00, 0x01, 0x92], V5, "not allowed in PUBACK");
         assert_malformed(&[0x62, 0x03, 0x00, 0x01, 0x10], V5, "not allowed in PUBREL");
-        assert_malformed(&[0x70, 0x03, 0x00, 0x01, 0x80], V5, "not allowed in PUBCOMP");
+        assert_malformed(
+            &[0x70, 0x03, 0x00, 0x01, 0x80],
+            V5,
+            "not allowed in PUBCOMP",
+        );
         assert_eq!(
             decode_ok(&[0x70, 0x03, 0x00, 0x01, 0x92], V5),
             Packet::PubComp(PubResponse {
@@ -1962,7 +2122,9 @@ mod tests {
 
     #[test]
     fn subscribe_v5_with_options_and_identifier() {
-        let bytes = [0x82, 0x09, 0x00, 0x0A, 0x02, 0x0B, 0x05, 0x00, 0x01, b'a', 0x2E];
+        let bytes = [
+            0x82, 0x09, 0x00, 0x0A, 0x02, 0x0B, 0x05, 0x00, 0x01, b'a', 0x2E,
+        ];
         assert_eq!(
             decode_ok(&bytes, V5),
             Packet::Subscribe(Subscribe {
@@ -1990,10 +2152,22 @@ mod tests {
         assert_malformed(&frame(0x82, &[0, 1, 0, 1, b'a', 0x04]), V4, "reserved");
         assert_malformed(&frame(0x82, &[0, 1, 0, 1, b'a', 0x03]), V4, "QoS");
         assert_malformed(&frame(0x82, &[0, 1, 0, 0, 1, b'a', 0x80]), V5, "reserved");
-        assert_protocol_error(&frame(0x82, &[0, 1, 0, 0, 1, b'a', 0x30]), V5, "retain handling");
-        assert_malformed(&frame(0x82, &[0, 1, 0, 0, 2, b'a', b'#', 0]), V5, "misplaced wildcard");
+        assert_protocol_error(
+            &frame(0x82, &[0, 1, 0, 0, 1, b'a', 0x30]),
+            V5,
+            "retain handling",
+        );
+        assert_malformed(
+            &frame(0x82, &[0, 1, 0, 0, 2, b'a', b'#', 0]),
+            V5,
+            "misplaced wildcard",
+        );
         assert_malformed(&frame(0x82, &[0, 1, 0, 0, 0, 0]), V5, "empty");
-        assert_malformed(&frame(0x82, &[0, 1, 0, 0, 1, b'a']), V5, "subscription options");
+        assert_malformed(
+            &frame(0x82, &[0, 1, 0, 0, 1, b'a']),
+            V5,
+            "subscription options",
+        );
         let shared = b"$share/g/a";
         let mut body = vec![0, 1, 0, 0, shared.len() as u8];
         body.extend_from_slice(shared);
@@ -2005,13 +2179,21 @@ mod tests {
         body.push(0x00);
         assert_malformed(&frame(0x82, &body), V5, "shared subscription");
         // Subscription identifier: not 0, not twice.
-        assert_protocol_error(&frame(0x82, &[0, 1, 2, 0x0B, 0, 0, 1, b'a', 0]), V5, "must be 1");
+        assert_protocol_error(
+            &frame(0x82, &[0, 1, 2, 0x0B, 0, 0, 1, b'a', 0]),
+            V5,
+            "must be 1",
+        );
         assert_protocol_error(
             &frame(0x82, &[0, 1, 4, 0x0B, 1, 0x0B, 2, 0, 1, b'a', 0]),
             V5,
             "twice",
         );
-        assert_malformed(&frame(0x82, &[0, 1, 3, 0x1F, 0, 0, 0, 1, b'a', 0]), V5, "Reason String");
+        assert_malformed(
+            &frame(0x82, &[0, 1, 3, 0x1F, 0, 0, 0, 1, b'a', 0]),
+            V5,
+            "Reason String",
+        );
     }
 
     #[test]
@@ -2043,7 +2225,11 @@ mod tests {
                 properties: AckProperties::default(),
             })
         );
-        assert_malformed(&[0x90, 0x04, 0x00, 0x0A, 0x00, 0x11], V5, "not allowed in SUBACK");
+        assert_malformed(
+            &[0x90, 0x04, 0x00, 0x0A, 0x00, 0x11],
+            V5,
+            "not allowed in SUBACK",
+        );
     }
 
     // ----- UNSUBSCRIBE, UNSUBACK -----
@@ -2055,12 +2241,26 @@ mod tests {
             filters: vec!["a".to_owned()],
             user_properties: Vec::new(),
         });
-        assert_eq!(decode_ok(&[0xA2, 0x05, 0x00, 0x0A, 0x00, 0x01, b'a'], V4), expected);
-        assert_eq!(decode_ok(&[0xA2, 0x06, 0x00, 0x0A, 0x00, 0x00, 0x01, b'a'], V5), expected);
+        assert_eq!(
+            decode_ok(&[0xA2, 0x05, 0x00, 0x0A, 0x00, 0x01, b'a'], V4),
+            expected
+        );
+        assert_eq!(
+            decode_ok(&[0xA2, 0x06, 0x00, 0x0A, 0x00, 0x00, 0x01, b'a'], V5),
+            expected
+        );
         assert_protocol_error(&[0xA2, 0x02, 0x00, 0x0A], V4, "at least one topic filter");
-        assert_protocol_error(&[0xA2, 0x03, 0x00, 0x0A, 0x00], V5, "at least one topic filter");
+        assert_protocol_error(
+            &[0xA2, 0x03, 0x00, 0x0A, 0x00],
+            V5,
+            "at least one topic filter",
+        );
         assert_malformed(&frame(0xA2, &[0, 0x0A, 0, 1, b'+', 0]), V4, "topic filter");
-        assert_malformed(&[0xA2, 0x06, 0x00, 0x0A, 0x00, 0x02, b'a', b'+'], V4, "misplaced");
+        assert_malformed(
+            &[0xA2, 0x06, 0x00, 0x0A, 0x00, 0x02, b'a', b'+'],
+            V4,
+            "misplaced",
+        );
         assert_malformed(
             &[0xA2, 0x08, 0x00, 0x0A, 0x02, 0x0B, 0x01, 0x00, 0x01, b'a'],
             V5,
@@ -2085,7 +2285,11 @@ mod tests {
                 properties: AckProperties::default(),
             })
         );
-        assert_malformed(&[0xB0, 0x04, 0x00, 0x0A, 0x00, 0x01], V5, "not allowed in UNSUBACK");
+        assert_malformed(
+            &[0xB0, 0x04, 0x00, 0x0A, 0x00, 0x01],
+            V5,
+            "not allowed in UNSUBACK",
+        );
         assert_protocol_error(&[0xB0, 0x03, 0x00, 0x0A, 0x00], V5, "at least one");
     }
 
@@ -2120,13 +2324,19 @@ mod tests {
             })
         );
         assert_malformed(&[0xE0, 0x01, 0x01], V5, "not allowed in DISCONNECT");
-        assert_malformed(&[0xE0, 0x03, 0x00, 0x01, 0x01], V5, "not allowed in DISCONNECT");
+        assert_malformed(
+            &[0xE0, 0x03, 0x00, 0x01, 0x01],
+            V5,
+            "not allowed in DISCONNECT",
+        );
     }
 
     #[test]
     fn auth_forms() {
         assert_eq!(decode_ok(&[0xF0, 0x00], V5), Packet::Auth(Auth::default()));
-        let bytes = [0xF0, 0x0A, 0x18, 0x08, 0x15, 0x00, 0x01, b'm', 0x16, 0x00, 0x01, 0xFF];
+        let bytes = [
+            0xF0, 0x0A, 0x18, 0x08, 0x15, 0x00, 0x01, b'm', 0x16, 0x00, 0x01, 0xFF,
+        ];
         assert_eq!(
             decode_ok(&bytes, V5),
             Packet::Auth(Auth {
@@ -2137,6 +2347,10 @@ mod tests {
             })
         );
         assert_malformed(&[0xF0, 0x02, 0x80, 0x00], V5, "not allowed in AUTH");
-        assert_malformed(&[0xF0, 0x04, 0x00, 0x02, 0x11, 0x00], V5, "Session Expiry Interval");
+        assert_malformed(
+            &[0xF0, 0x04, 0x00, 0x02, 0x11, 0x00],
+            V5,
+            "Session Expiry Interval",
+        );
     }
 }

@@ -243,7 +243,10 @@ fn body<S: Sink>(packet: &Packet, protocol: Protocol, s: &mut S) -> Result<(), E
             if publish.qos != QoS::AtMostOnce {
                 let id = publish.packet_id.ok_or(EncodeError::Invalid {
                     packet: "PUBLISH",
-                    reason: format!("QoS {} needs a packet identifier, got none", publish.qos as u8),
+                    reason: format!(
+                        "QoS {} needs a packet identifier, got none",
+                        publish.qos as u8
+                    ),
                 })?;
                 s.write_u16(id);
             }
@@ -507,10 +510,22 @@ impl Props for ConnectProperties {
         prop_u16(s, RECEIVE_MAXIMUM, self.receive_maximum);
         prop_u32(s, MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
         prop_u16(s, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        prop_bool(s, REQUEST_RESPONSE_INFORMATION, self.request_response_information);
-        prop_bool(s, REQUEST_PROBLEM_INFORMATION, self.request_problem_information);
+        prop_bool(
+            s,
+            REQUEST_RESPONSE_INFORMATION,
+            self.request_response_information,
+        );
+        prop_bool(
+            s,
+            REQUEST_PROBLEM_INFORMATION,
+            self.request_problem_information,
+        );
         user_props(s, &self.user_properties)?;
-        prop_string(s, AUTHENTICATION_METHOD, self.authentication_method.as_ref())?;
+        prop_string(
+            s,
+            AUTHENTICATION_METHOD,
+            self.authentication_method.as_ref(),
+        )?;
         prop_binary(s, AUTHENTICATION_DATA, self.authentication_data.as_ref())
     }
 }
@@ -524,17 +539,37 @@ impl Props for ConnAckProperties {
         prop_u8(s, MAXIMUM_QOS, maximum_qos.map(|qos| qos as u8));
         prop_bool(s, RETAIN_AVAILABLE, self.retain_available);
         prop_u32(s, MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
-        prop_string(s, ASSIGNED_CLIENT_IDENTIFIER, self.assigned_client_identifier.as_ref())?;
+        prop_string(
+            s,
+            ASSIGNED_CLIENT_IDENTIFIER,
+            self.assigned_client_identifier.as_ref(),
+        )?;
         prop_u16(s, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
         prop_string(s, REASON_STRING, self.reason_string.as_ref())?;
         user_props(s, &self.user_properties)?;
-        prop_bool(s, WILDCARD_SUBSCRIPTION_AVAILABLE, self.wildcard_subscription_available);
-        prop_bool(s, SUBSCRIPTION_IDENTIFIER_AVAILABLE, self.subscription_identifiers_available);
-        prop_bool(s, SHARED_SUBSCRIPTION_AVAILABLE, self.shared_subscription_available);
+        prop_bool(
+            s,
+            WILDCARD_SUBSCRIPTION_AVAILABLE,
+            self.wildcard_subscription_available,
+        );
+        prop_bool(
+            s,
+            SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+            self.subscription_identifiers_available,
+        );
+        prop_bool(
+            s,
+            SHARED_SUBSCRIPTION_AVAILABLE,
+            self.shared_subscription_available,
+        );
         prop_u16(s, SERVER_KEEP_ALIVE, self.server_keep_alive);
         prop_string(s, RESPONSE_INFORMATION, self.response_information.as_ref())?;
         prop_string(s, SERVER_REFERENCE, self.server_reference.as_ref())?;
-        prop_string(s, AUTHENTICATION_METHOD, self.authentication_method.as_ref())?;
+        prop_string(
+            s,
+            AUTHENTICATION_METHOD,
+            self.authentication_method.as_ref(),
+        )?;
         prop_binary(s, AUTHENTICATION_DATA, self.authentication_data.as_ref())
     }
 }
@@ -613,7 +648,11 @@ struct AuthProps<'a>(&'a Auth);
 
 impl Props for AuthProps<'_> {
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
-        prop_string(s, AUTHENTICATION_METHOD, self.0.authentication_method.as_ref())?;
+        prop_string(
+            s,
+            AUTHENTICATION_METHOD,
+            self.0.authentication_method.as_ref(),
+        )?;
         prop_binary(s, AUTHENTICATION_DATA, self.0.authentication_data.as_ref())?;
         prop_string(s, REASON_STRING, self.0.reason_string.as_ref())?;
         user_props(s, &self.0.user_properties)
@@ -665,7 +704,10 @@ mod tests {
             b'u', b's', b'e', b'r', 0x00, 0x02, 0x01, 0x02,
         ];
         // CONNECT follows its own protocol field whatever the argument says.
-        assert_eq!(bytes_of(&Packet::Connect(Box::new(connect.clone())), V5), expected);
+        assert_eq!(
+            bytes_of(&Packet::Connect(Box::new(connect.clone())), V5),
+            expected
+        );
         assert_eq!(bytes_of(&Packet::Connect(Box::new(connect)), V4), expected);
     }
 
@@ -710,9 +752,18 @@ mod tests {
                 ..ConnAck::default()
             })
         };
-        assert_eq!(bytes_of(&connack(ReasonCode::Success), V4), [0x20, 0x02, 0x00, 0x00]);
-        assert_eq!(bytes_of(&connack(ReasonCode::Banned), V4), [0x20, 0x02, 0x00, 0x05]);
-        assert_eq!(bytes_of(&connack(ReasonCode::ServerBusy), V4), [0x20, 0x02, 0x00, 0x03]);
+        assert_eq!(
+            bytes_of(&connack(ReasonCode::Success), V4),
+            [0x20, 0x02, 0x00, 0x00]
+        );
+        assert_eq!(
+            bytes_of(&connack(ReasonCode::Banned), V4),
+            [0x20, 0x02, 0x00, 0x05]
+        );
+        assert_eq!(
+            bytes_of(&connack(ReasonCode::ServerBusy), V4),
+            [0x20, 0x02, 0x00, 0x03]
+        );
         let present = Packet::ConnAck(ConnAck {
             session_present: true,
             properties: ConnAckProperties {
@@ -778,7 +829,10 @@ mod tests {
         );
         assert_eq!(
             bytes_of(&Packet::Publish(publish), V5),
-            [0x3B, 0x0E, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, 0x03, 0x23, 0x00, 0x05, b'h', b'e', b'y']
+            [
+                0x3B, 0x0E, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, 0x03, 0x23, 0x00, 0x05, b'h',
+                b'e', b'y'
+            ]
         );
     }
 
@@ -789,7 +843,10 @@ mod tests {
             packet_id: Some(3),
             ..Publish::default()
         };
-        assert_eq!(bytes_of(&Packet::Publish(publish), V4), [0x30, 0x03, 0x00, 0x01, b't']);
+        assert_eq!(
+            bytes_of(&Packet::Publish(publish), V4),
+            [0x30, 0x03, 0x00, 0x01, b't']
+        );
     }
 
     #[test]
@@ -801,7 +858,16 @@ mod tests {
         };
         let mut buf = BytesMut::from(&b"keep"[..]);
         let err = encode(&Packet::Publish(publish), V4, &mut buf).expect_err("no packet id");
-        assert!(matches!(err, EncodeError::Invalid { packet: "PUBLISH", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                EncodeError::Invalid {
+                    packet: "PUBLISH",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(&buf[..], b"keep", "nothing is appended on error");
     }
 
@@ -816,8 +882,14 @@ mod tests {
             },
         };
         let success = response(ReasonCode::Success, None);
-        assert_eq!(bytes_of(&Packet::PubAck(success.clone()), V5), [0x40, 0x02, 0x00, 0x01]);
-        assert_eq!(bytes_of(&Packet::PubRel(success.clone()), V5), [0x62, 0x02, 0x00, 0x01]);
+        assert_eq!(
+            bytes_of(&Packet::PubAck(success.clone()), V5),
+            [0x40, 0x02, 0x00, 0x01]
+        );
+        assert_eq!(
+            bytes_of(&Packet::PubRel(success.clone()), V5),
+            [0x62, 0x02, 0x00, 0x01]
+        );
         let reason_only = response(ReasonCode::NoMatchingSubscribers, None);
         assert_eq!(
             bytes_of(&Packet::PubRec(reason_only.clone()), V5),
@@ -834,7 +906,10 @@ mod tests {
             [0x70, 0x09, 0x00, 0x01, 0x00, 0x05, 0x1F, 0x00, 0x02, b'o', b'k']
         );
         // 3.1.1 has only the packet identifier.
-        assert_eq!(bytes_of(&Packet::PubComp(full), V4), [0x70, 0x02, 0x00, 0x01]);
+        assert_eq!(
+            bytes_of(&Packet::PubComp(full), V4),
+            [0x70, 0x02, 0x00, 0x01]
+        );
     }
 
     #[test]
@@ -916,8 +991,14 @@ mod tests {
             filters: vec!["a".to_owned()],
             user_properties: Vec::new(),
         });
-        assert_eq!(bytes_of(&unsubscribe, V4), [0xA2, 0x05, 0x00, 0x0A, 0x00, 0x01, b'a']);
-        assert_eq!(bytes_of(&unsubscribe, V5), [0xA2, 0x06, 0x00, 0x0A, 0x00, 0x00, 0x01, b'a']);
+        assert_eq!(
+            bytes_of(&unsubscribe, V4),
+            [0xA2, 0x05, 0x00, 0x0A, 0x00, 0x01, b'a']
+        );
+        assert_eq!(
+            bytes_of(&unsubscribe, V5),
+            [0xA2, 0x06, 0x00, 0x0A, 0x00, 0x00, 0x01, b'a']
+        );
         let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: 10,
             reasons: vec![ReasonCode::NoSubscriptionExisted],
@@ -925,7 +1006,10 @@ mod tests {
         });
         // 3.1.1 UNSUBACK has no payload.
         assert_eq!(bytes_of(&unsuback, V4), [0xB0, 0x02, 0x00, 0x0A]);
-        assert_eq!(bytes_of(&unsuback, V5), [0xB0, 0x04, 0x00, 0x0A, 0x00, 0x11]);
+        assert_eq!(
+            bytes_of(&unsuback, V5),
+            [0xB0, 0x04, 0x00, 0x0A, 0x00, 0x11]
+        );
     }
 
     #[test]
@@ -1013,7 +1097,11 @@ mod tests {
                 ..Publish::default()
             };
             let bytes = bytes_of(&Packet::Publish(publish), V4);
-            assert_eq!(&bytes[1..1 + expected.len()], &expected[..], "payload {payload_len}");
+            assert_eq!(
+                &bytes[1..1 + expected.len()],
+                &expected[..],
+                "payload {payload_len}"
+            );
             assert_eq!(bytes.len(), 1 + expected.len() + 3 + payload_len);
         }
     }
@@ -1042,11 +1130,17 @@ mod tests {
         };
         let parts = encode_publish_split(&publish, V5).expect("valid publish");
         // Remaining length counts the 2-byte identifier that goes between the parts.
-        assert_eq!(&parts.head[..], &[0x33, 0x11, 0x00, 0x03, b'a', b'/', b'b']);
-        assert_eq!(&parts.tail[..], &[0x05, 0x02, 0, 0, 0, 7, b'h', b'e', b'l', b'l', b'o']);
+        assert_eq!(&parts.head[..], &[0x33, 0x12, 0x00, 0x03, b'a', b'/', b'b']);
+        assert_eq!(
+            &parts.tail[..],
+            &[0x05, 0x02, 0, 0, 0, 7, b'h', b'e', b'l', b'l', b'o']
+        );
         assert_eq!(parts.len(true), 7 + 2 + 11);
         // One allocation: the tail starts where the head ends.
-        assert_eq!(parts.head.as_ptr() as usize + parts.head.len(), parts.tail.as_ptr() as usize);
+        assert_eq!(
+            parts.head.as_ptr() as usize + parts.head.len(),
+            parts.tail.as_ptr() as usize
+        );
 
         let qos0 = Publish {
             qos: QoS::AtMostOnce,

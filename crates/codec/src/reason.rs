@@ -137,12 +137,26 @@ impl ReasonCode {
             UnsupportedProtocolVersion => 1,
             ClientIdentifierNotValid => 2,
             BadUserNameOrPassword | BadAuthenticationMethod => 4,
-            NotAuthorized | Banned | MalformedPacket | ProtocolError | PacketTooLarge
-            | TopicNameInvalid | TopicFilterInvalid | TopicAliasInvalid | PayloadFormatInvalid
-            | RetainNotSupported | QoSNotSupported | KeepAliveTimeout | SessionTakenOver
-            | AdministrativeAction | PacketIdentifierInUse | PacketIdentifierNotFound
-            | ReceiveMaximumExceeded | SharedSubscriptionsNotSupported
-            | SubscriptionIdentifiersNotSupported | WildcardSubscriptionsNotSupported => 5,
+            NotAuthorized
+            | Banned
+            | MalformedPacket
+            | ProtocolError
+            | PacketTooLarge
+            | TopicNameInvalid
+            | TopicFilterInvalid
+            | TopicAliasInvalid
+            | PayloadFormatInvalid
+            | RetainNotSupported
+            | QoSNotSupported
+            | KeepAliveTimeout
+            | SessionTakenOver
+            | AdministrativeAction
+            | PacketIdentifierInUse
+            | PacketIdentifierNotFound
+            | ReceiveMaximumExceeded
+            | SharedSubscriptionsNotSupported
+            | SubscriptionIdentifiersNotSupported
+            | WildcardSubscriptionsNotSupported => 5,
             code if code.is_error() => 3,
             _ => 0,
         }

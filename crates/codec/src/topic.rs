@@ -84,7 +84,15 @@ mod tests {
 
     #[test]
     fn topic_names_accept_ordinary_and_system_topics() {
-        for name in ["a", "a/b/c", "/", "a//b", "$SYS/broker/uptime", "sport/tennis/player1", " "] {
+        for name in [
+            "a",
+            "a/b/c",
+            "/",
+            "a//b",
+            "$SYS/broker/uptime",
+            "sport/tennis/player1",
+            " ",
+        ] {
             assert_eq!(validate_topic_name(name), Ok(()), "{name:?}");
         }
     }
@@ -125,7 +133,16 @@ mod tests {
 
     #[test]
     fn topic_filters_refuse_misplaced_wildcards() {
-        for filter in ["a#", "a/#/b", "#/a", "a+", "a/b+/c", "++", "##", "$share/g/a#"] {
+        for filter in [
+            "a#",
+            "a/#/b",
+            "#/a",
+            "a+",
+            "a/b+/c",
+            "++",
+            "##",
+            "$share/g/a#",
+        ] {
             assert_eq!(
                 validate_topic_filter(filter),
                 Err(TopicError::MisplacedWildcard(filter.to_owned())),
@@ -138,7 +155,14 @@ mod tests {
 
     #[test]
     fn shared_subscriptions_need_a_plain_group_and_a_filter() {
-        for filter in ["$share/", "$share/group", "$share//a", "$share/g+/a", "$share/#/a", "$share/g/"] {
+        for filter in [
+            "$share/",
+            "$share/group",
+            "$share//a",
+            "$share/g+/a",
+            "$share/#/a",
+            "$share/g/",
+        ] {
             assert_eq!(
                 validate_topic_filter(filter),
                 Err(TopicError::BadShare(filter.to_owned())),

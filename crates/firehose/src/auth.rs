@@ -453,6 +453,12 @@ impl Users {
         self.by_name.len()
     }
 
+    /// The identity of a user known by other means than a password (a TLS client certificate
+    /// mapped to a user name by the transport), `None` if the file has no such user.
+    pub fn identity_of(&self, name: &str) -> Option<Identity> {
+        self.by_name.get(name).cloned().map(Identity::User)
+    }
+
     /// Decides who a connecting client is from the CONNECT user name and password.
     ///
     /// No user name and no password gives [`Identity::Anonymous`]. A user name must be in the

@@ -24,7 +24,12 @@ pub fn round_trip(packet: &Packet, protocol: Protocol) -> Packet {
     let len = buf.len();
     buf.extend_from_slice(&[0xC0, 0x00]); // a PINGREQ after it must stay in the buffer
     let decoded = decode(&mut buf, protocol, usize::MAX)
-        .unwrap_or_else(|e| panic!("decoding our own {} ({len} bytes) failed: {e}", packet.name()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "decoding our own {} ({len} bytes) failed: {e}",
+                packet.name()
+            )
+        })
         .expect("a whole frame decodes");
     assert_eq!(&buf[..], &[0xC0, 0x00], "decode consumed exactly the frame");
     decoded
@@ -69,7 +74,11 @@ pub fn user_properties() -> impl Strategy<Value = Vec<UserProperty>> {
 }
 
 pub fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
 }
 
 pub fn nonzero_u16() -> impl Strategy<Value = u16> {
@@ -227,14 +236,16 @@ pub fn will() -> impl Strategy<Value = Will> {
         option::of(any::<u32>()),
         message_properties(),
     )
-        .prop_map(|(topic, payload, qos, retain, delay_interval, properties)| Will {
-            topic,
-            payload,
-            qos,
-            retain,
-            delay_interval,
-            properties,
-        })
+        .prop_map(
+            |(topic, payload, qos, retain, delay_interval, properties)| Will {
+                topic,
+                payload,
+                qos,
+                retain,
+                delay_interval,
+                properties,
+            },
+        )
 }
 
 pub fn connect_properties() -> impl Strategy<Value = ConnectProperties> {
@@ -336,14 +347,17 @@ pub fn connack_properties() -> impl Strategy<Value = ConnAckProperties> {
 }
 
 pub fn connack() -> impl Strategy<Value = ConnAck> {
-    (any::<bool>(), reason_from(CONNACK_REASONS), connack_properties()).prop_map(
-        |(session_present, reason, properties)| ConnAck {
+    (
+        any::<bool>(),
+        reason_from(CONNACK_REASONS),
+        connack_properties(),
+    )
+        .prop_map(|(session_present, reason, properties)| ConnAck {
             // A refusal never comes with a session.
             session_present: session_present && !reason.is_error(),
             reason,
             properties,
-        },
-    )
+        })
 }
 
 pub fn publish() -> impl Strategy<Value = Publish> {
@@ -403,18 +417,20 @@ pub fn subscription() -> impl Strategy<Value = Subscription> {
             Just(RetainHandling::DoNotSend)
         ],
     )
-        .prop_map(|(filter, qos, no_local, retain_as_published, retain_handling)| {
-            Subscription {
-                // No Local on a shared subscription is a protocol error.
-                options: SubscriptionOptions {
-                    qos,
-                    no_local: no_local && !filter.starts_with("$share/"),
-                    retain_as_published,
-                    retain_handling,
-                },
-                filter,
-            }
-        })
+        .prop_map(
+            |(filter, qos, no_local, retain_as_published, retain_handling)| {
+                Subscription {
+                    // No Local on a shared subscription is a protocol error.
+                    options: SubscriptionOptions {
+                        qos,
+                        no_local: no_local && !filter.starts_with("$share/"),
+                        retain_as_published,
+                        retain_handling,
+                    },
+                    filter,
+                }
+            },
+        )
 }
 
 pub fn subscribe() -> impl Strategy<Value = Subscribe> {
@@ -435,13 +451,16 @@ pub fn subscribe() -> impl Strategy<Value = Subscribe> {
 }
 
 pub fn suback() -> impl Strategy<Value = SubAck> {
-    (nonzero_u16(), vec(reason_from(SUBACK_REASONS), 1..5), ack_properties()).prop_map(
-        |(packet_id, reasons, properties)| SubAck {
+    (
+        nonzero_u16(),
+        vec(reason_from(SUBACK_REASONS), 1..5),
+        ack_properties(),
+    )
+        .prop_map(|(packet_id, reasons, properties)| SubAck {
             packet_id,
             reasons,
             properties,
-        },
-    )
+        })
 }
 
 pub fn unsubscribe() -> impl Strategy<Value = Unsubscribe> {
@@ -455,13 +474,16 @@ pub fn unsubscribe() -> impl Strategy<Value = Unsubscribe> {
 }
 
 pub fn unsuback() -> impl Strategy<Value = UnsubAck> {
-    (nonzero_u16(), vec(reason_from(UNSUBACK_REASONS), 1..5), ack_properties()).prop_map(
-        |(packet_id, reasons, properties)| UnsubAck {
+    (
+        nonzero_u16(),
+        vec(reason_from(UNSUBACK_REASONS), 1..5),
+        ack_properties(),
+    )
+        .prop_map(|(packet_id, reasons, properties)| UnsubAck {
             packet_id,
             reasons,
             properties,
-        },
-    )
+        })
 }
 
 pub fn disconnect() -> impl Strategy<Value = Disconnect> {
@@ -524,7 +546,9 @@ pub fn packet_v5() -> impl Strategy<Value = Packet> {
 /// Any packet valid for MQTT 3.1.1, already reduced to what 3.1.1 carries.
 pub fn packet_v311() -> impl Strategy<Value = Packet> {
     packet_v5()
-        .prop_filter("AUTH does not exist in 3.1.1", |p| !matches!(p, Packet::Auth(_)))
+        .prop_filter("AUTH does not exist in 3.1.1", |p| {
+            !matches!(p, Packet::Auth(_))
+        })
         .prop_map(normalize_v311)
 }
 

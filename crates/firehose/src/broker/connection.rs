@@ -26,8 +26,8 @@ use super::outbox::Outbox;
 use super::router::{parse_filter, SubOptions};
 use super::session::{Inflight, Session, Stage};
 use super::stats;
-use super::Shared;
-use crate::auth::Identity;
+use super::{ConnectionInfo, Shared};
+use crate::auth::{AuthFailure, Identity};
 
 /// Stop reading from a client while this many bytes wait to be written to it, so a client that
 /// floods without reading cannot grow our memory.
@@ -90,10 +90,11 @@ impl End {
 }
 
 /// Serves one connection from its first byte to its close.
-pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, info: ConnectionInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let peer = info.peer;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let connect_timeout = Duration::from_secs(shared.limits.connect_timeout_secs);
@@ -132,7 +133,7 @@ where
             return;
         }
     };
-    let Some(mut conn) = handshake(&shared, connect, peer, &mut writer).await else {
+    let Some(mut conn) = handshake(&shared, connect, &info, &mut writer).await else {
         return;
     };
     let mut outbox = Outbox::default();
@@ -165,6 +166,19 @@ async fn read_first_packet<R: AsyncRead + Unpin>(
         }
         stats::add(&shared.stats.bytes_received, n as u64);
     }
+}
+
+/// The identity of a client the transport authenticated (TLS client certificate): the CONNECT
+/// user name, if any, must be that user.
+fn authenticate_by_transport(
+    shared: &Shared,
+    user: &str,
+    connect_username: Option<&str>,
+) -> Result<Identity, AuthFailure> {
+    if connect_username.is_some_and(|name| name != user) {
+        return Err(AuthFailure::BadCredentials);
+    }
+    shared.users.identity_of(user).ok_or(AuthFailure::BadCredentials)
 }
 
 fn connack(reason: ReasonCode) -> Packet {
@@ -202,9 +216,10 @@ fn assign_client_id() -> String {
 async fn handshake<W: AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     connect: Connect,
-    peer: SocketAddr,
+    info: &ConnectionInfo,
     writer: &mut W,
 ) -> Option<Connection> {
+    let peer = info.peer;
     let protocol = connect.protocol;
     let limits = &shared.limits;
     let refuse = |reason: ReasonCode, why: &str| {
@@ -219,13 +234,18 @@ async fn handshake<W: AsyncWrite + Unpin>(
         send_and_close(writer, &packet, protocol).await;
         return None;
     }
-    let users = shared.users.clone();
-    let username = connect.username.clone();
-    let password = connect.password.clone();
-    let verdict = tokio::task::spawn_blocking(move || {
-        users.authenticate(username.as_deref(), password.as_deref())
-    })
-    .await;
+    let verdict = match &info.authenticated_user {
+        Some(user) => Ok(authenticate_by_transport(shared, user, connect.username.as_deref())),
+        None => {
+            let users = shared.users.clone();
+            let username = connect.username.clone();
+            let password = connect.password.clone();
+            tokio::task::spawn_blocking(move || {
+                users.authenticate(username.as_deref(), password.as_deref())
+            })
+            .await
+        }
+    };
     let identity = match verdict {
         Ok(Ok(identity)) => identity,
         Ok(Err(failure)) => {
@@ -357,6 +377,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
     info!(
         client = %conn.client_id,
         %peer,
+        transport = info.transport,
         protocol = ?protocol,
         user = conn.identity.name(),
         clean_start = connect.clean_start,

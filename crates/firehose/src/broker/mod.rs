@@ -65,6 +65,29 @@ impl Shared {
     }
 }
 
+/// What the transport knows about a connection before MQTT starts.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The client's address (from PROXY protocol or `X-Forwarded-For` when trusted).
+    pub peer: SocketAddr,
+    /// Transport name for logs and metrics (`tcp`, `tls`, `ws`, `wss`).
+    pub transport: &'static str,
+    /// A user of the users file the transport already authenticated (TLS client certificate).
+    /// The client then needs no password; a CONNECT naming another user is refused.
+    pub authenticated_user: Option<String>,
+}
+
+impl ConnectionInfo {
+    /// A connection known only by its address.
+    pub fn new(peer: SocketAddr, transport: &'static str) -> ConnectionInfo {
+        ConnectionInfo {
+            peer,
+            transport,
+            authenticated_user: None,
+        }
+    }
+}
+
 /// The broker handle that transports use. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Broker {
@@ -173,11 +196,11 @@ impl Broker {
     }
 
     /// Serves one MQTT connection until it ends. The permit is held for its whole life.
-    pub async fn serve<S>(&self, stream: S, peer: SocketAddr, permit: Permit)
+    pub async fn serve<S>(&self, stream: S, info: ConnectionInfo, permit: Permit)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        connection::run(self.shared.clone(), stream, peer).await;
+        connection::run(self.shared.clone(), stream, info).await;
         drop(permit);
     }
 

@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, ConnectionInfo};
 
 /// A bound MQTT listener, not yet accepting.
 #[derive(Debug)]
@@ -58,7 +58,8 @@ impl MqttListener {
             };
             let _ = stream.set_nodelay(true);
             let broker = self.broker.clone();
-            tokio::spawn(async move { broker.serve(stream, peer, permit).await });
+            let info = ConnectionInfo::new(peer, "tcp");
+            tokio::spawn(async move { broker.serve(stream, info, permit).await });
         }
     }
 }
