@@ -8,6 +8,7 @@ use crate::packet::{
     RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe,
     UserProperty, Will,
 };
+use crate::property::*;
 use crate::reason::ReasonCode;
 use crate::topic::{validate_topic_filter, validate_topic_name};
 
@@ -421,6 +422,11 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     let keep_alive = r.u16("keep alive")?;
     let properties = if v5 {
         let p = read_properties(r, CONNECT_PROPS, "properties")?;
+        if p.authentication_data.is_some() && p.authentication_method.is_none() {
+            return Err(r.protocol_error(
+                "Authentication Data needs an Authentication Method, got data alone",
+            ));
+        }
         ConnectProperties {
             session_expiry_interval: p.session_expiry_interval,
             receive_maximum: p.receive_maximum,
@@ -879,35 +885,6 @@ const DISCONNECT_REASONS: &[ReasonCode] = &[
 ];
 const AUTH_REASONS: &[ReasonCode] = &[R::Success, R::ContinueAuthentication, R::ReAuthenticate];
 
-// Property identifiers (MQTT 5 section 2.2.2.2).
-const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
-const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
-const CONTENT_TYPE: u8 = 0x03;
-const RESPONSE_TOPIC: u8 = 0x08;
-const CORRELATION_DATA: u8 = 0x09;
-const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
-const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
-const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
-const SERVER_KEEP_ALIVE: u8 = 0x13;
-const AUTHENTICATION_METHOD: u8 = 0x15;
-const AUTHENTICATION_DATA: u8 = 0x16;
-const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
-const WILL_DELAY_INTERVAL: u8 = 0x18;
-const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
-const RESPONSE_INFORMATION: u8 = 0x1A;
-const SERVER_REFERENCE: u8 = 0x1C;
-const REASON_STRING: u8 = 0x1F;
-const RECEIVE_MAXIMUM: u8 = 0x21;
-const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
-const TOPIC_ALIAS: u8 = 0x23;
-const MAXIMUM_QOS: u8 = 0x24;
-const RETAIN_AVAILABLE: u8 = 0x25;
-const USER_PROPERTY: u8 = 0x26;
-const MAXIMUM_PACKET_SIZE: u8 = 0x27;
-const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
-const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
-const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
-
 /// Which properties a packet may carry, as a set of identifiers.
 #[derive(Clone, Copy)]
 struct Allowed {
@@ -997,41 +974,6 @@ const AUTH_PROPS: Allowed = allowed(&[
     USER_PROPERTY,
 ]);
 
-/// The specification's name of a property, `None` for identifiers it does not define.
-fn property_name(id: u32) -> Option<&'static str> {
-    let id = u8::try_from(id).ok()?;
-    Some(match id {
-        PAYLOAD_FORMAT_INDICATOR => "Payload Format Indicator",
-        MESSAGE_EXPIRY_INTERVAL => "Message Expiry Interval",
-        CONTENT_TYPE => "Content Type",
-        RESPONSE_TOPIC => "Response Topic",
-        CORRELATION_DATA => "Correlation Data",
-        SUBSCRIPTION_IDENTIFIER => "Subscription Identifier",
-        SESSION_EXPIRY_INTERVAL => "Session Expiry Interval",
-        ASSIGNED_CLIENT_IDENTIFIER => "Assigned Client Identifier",
-        SERVER_KEEP_ALIVE => "Server Keep Alive",
-        AUTHENTICATION_METHOD => "Authentication Method",
-        AUTHENTICATION_DATA => "Authentication Data",
-        REQUEST_PROBLEM_INFORMATION => "Request Problem Information",
-        WILL_DELAY_INTERVAL => "Will Delay Interval",
-        REQUEST_RESPONSE_INFORMATION => "Request Response Information",
-        RESPONSE_INFORMATION => "Response Information",
-        SERVER_REFERENCE => "Server Reference",
-        REASON_STRING => "Reason String",
-        RECEIVE_MAXIMUM => "Receive Maximum",
-        TOPIC_ALIAS_MAXIMUM => "Topic Alias Maximum",
-        TOPIC_ALIAS => "Topic Alias",
-        MAXIMUM_QOS => "Maximum QoS",
-        RETAIN_AVAILABLE => "Retain Available",
-        USER_PROPERTY => "User Property",
-        MAXIMUM_PACKET_SIZE => "Maximum Packet Size",
-        WILDCARD_SUBSCRIPTION_AVAILABLE => "Wildcard Subscription Available",
-        SUBSCRIPTION_IDENTIFIER_AVAILABLE => "Subscription Identifier Available",
-        SHARED_SUBSCRIPTION_AVAILABLE => "Shared Subscription Available",
-        _ => return None,
-    })
-}
-
 /// Every property any packet may carry; each packet keeps the fields it allows.
 #[derive(Default)]
 struct Properties {
@@ -1120,7 +1062,7 @@ fn read_properties(
     allowed: Allowed,
     what: &str,
 ) -> Result<Properties, DecodeError> {
-    let len = r.varint(&format!("{what} length"))? as usize;
+    let len = r.varint("property length")? as usize;
     let mut p = Reader {
         buf: r.take(len, what)?,
         packet: r.packet,
@@ -1756,6 +1698,28 @@ mod tests {
             &connect_v5(0x00, &props, &[0, 0]),
             V5,
             "Session Expiry Interval",
+        );
+    }
+
+    #[test]
+    fn connect_authentication_data_needs_a_method() {
+        let data = [0x16, 0x00, 0x01, 0xAA];
+        assert_protocol_error(
+            &connect_v5(0x00, &data, &[0, 0]),
+            V5,
+            "Authentication Method",
+        );
+        let both = [0x15, 0x00, 0x01, b'm', 0x16, 0x00, 0x01, 0xAA];
+        let Packet::Connect(connect) = decode_ok(&connect_v5(0x00, &both, &[0, 0]), V5) else {
+            panic!("expected CONNECT");
+        };
+        assert_eq!(
+            connect.properties.authentication_method.as_deref(),
+            Some("m")
+        );
+        assert_eq!(
+            connect.properties.authentication_data.as_deref(),
+            Some(&[0xAA][..])
         );
     }
 

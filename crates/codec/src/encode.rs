@@ -6,6 +6,7 @@ use crate::packet::{
     AckProperties, Auth, ConnAckProperties, Connect, ConnectProperties, DisconnectProperties,
     Packet, Protocol, Publish, PublishProperties, QoS, Subscribe, UserProperty, Will,
 };
+use crate::property::*;
 use crate::reason::ReasonCode;
 
 /// Why a packet could not be encoded.
@@ -324,13 +325,14 @@ fn body<S: Sink>(packet: &Packet, protocol: Protocol, s: &mut S) -> Result<(), E
         }
         Packet::PingReq | Packet::PingResp => Ok(()),
         Packet::Disconnect(disconnect) => {
-            let props_empty = disconnect.properties == DisconnectProperties::default();
-            // v5 short forms: no body for a normal disconnection, one byte for a bare reason.
-            if v5 && !(disconnect.reason == ReasonCode::Success && props_empty) {
+            // v5 short form: no body for a normal disconnection without properties. A bare
+            // reason keeps its zero property length: the one-byte form is legal, but some
+            // clients (rumqttc among them) refuse it, and a broker must be understood.
+            let bare = disconnect.reason == ReasonCode::Success
+                && disconnect.properties == DisconnectProperties::default();
+            if v5 && !bare {
                 s.write_u8(disconnect.reason.as_u8());
-                if !props_empty {
-                    props_block(s, &disconnect.properties)?;
-                }
+                props_block(s, &disconnect.properties)?;
             }
             Ok(())
         }
@@ -386,35 +388,6 @@ fn connect_body<S: Sink>(s: &mut S, connect: &Connect) -> Result<(), EncodeError
     }
     Ok(())
 }
-
-// Property identifiers (MQTT 5 section 2.2.2.2).
-const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
-const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
-const CONTENT_TYPE: u8 = 0x03;
-const RESPONSE_TOPIC: u8 = 0x08;
-const CORRELATION_DATA: u8 = 0x09;
-const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
-const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
-const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
-const SERVER_KEEP_ALIVE: u8 = 0x13;
-const AUTHENTICATION_METHOD: u8 = 0x15;
-const AUTHENTICATION_DATA: u8 = 0x16;
-const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
-const WILL_DELAY_INTERVAL: u8 = 0x18;
-const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
-const RESPONSE_INFORMATION: u8 = 0x1A;
-const SERVER_REFERENCE: u8 = 0x1C;
-const REASON_STRING: u8 = 0x1F;
-const RECEIVE_MAXIMUM: u8 = 0x21;
-const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
-const TOPIC_ALIAS: u8 = 0x23;
-const MAXIMUM_QOS: u8 = 0x24;
-const RETAIN_AVAILABLE: u8 = 0x25;
-const USER_PROPERTY: u8 = 0x26;
-const MAXIMUM_PACKET_SIZE: u8 = 0x27;
-const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
-const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
-const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
 
 /// A property list of some packet.
 trait Props {
@@ -1027,7 +1000,7 @@ mod tests {
             reason: ReasonCode::DisconnectWithWill,
             ..Disconnect::default()
         });
-        assert_eq!(bytes_of(&with_will, V5), [0xE0, 0x01, 0x04]);
+        assert_eq!(bytes_of(&with_will, V5), [0xE0, 0x02, 0x04, 0x00]);
         assert_eq!(bytes_of(&with_will, V4), [0xE0, 0x00]);
         let taken_over = Packet::Disconnect(Disconnect {
             reason: ReasonCode::SessionTakenOver,

@@ -14,6 +14,7 @@
 pub mod decode;
 pub mod encode;
 pub mod packet;
+mod property;
 pub mod reason;
 pub mod topic;
 

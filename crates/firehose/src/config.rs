@@ -3,11 +3,14 @@
 //! A leaf module: plain data with defaults and validation. Every field is documented because the
 //! example config (`docs/firehose.example.toml`) and the operator's expectations are built on it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::store::{Durability, RetentionRule};
+use crate::topic;
 
 /// Why a configuration could not be used; each message names the file or the field to fix.
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +32,30 @@ pub enum ConfigError {
         message: String,
     },
     /// A listener address that is neither `HOST:PORT` nor `off`.
-    #[error("invalid {field} address {value:?}: expected HOST:PORT (e.g. 0.0.0.0:1883) or \"off\"")]
+    #[error(
+        "invalid {field} address {value:?}: expected HOST:PORT (e.g. 0.0.0.0:1883) or \"off\""
+    )]
     Address {
         /// Which setting.
         field: &'static str,
         /// What was given.
         value: String,
+    },
+    /// A setting that is present but unusable, or settings that do not fit together.
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        /// Which setting (or settings).
+        field: &'static str,
+        /// What is wrong and what would be accepted.
+        message: String,
+    },
+    /// A retention rule that cannot be applied.
+    #[error("invalid retention rule for {filter:?}: {message}")]
+    Retention {
+        /// The rule's filter.
+        filter: String,
+        /// What is wrong.
+        message: String,
     },
     /// A limit outside its allowed range.
     #[error("invalid limit {field} = {value}: {expected}")]
@@ -67,10 +88,13 @@ impl Listen {
         if value.eq_ignore_ascii_case("off") {
             return Ok(Listen::Off);
         }
-        value.parse().map(Listen::On).map_err(|_| ConfigError::Address {
-            field,
-            value: value.to_owned(),
-        })
+        value
+            .parse()
+            .map(Listen::On)
+            .map_err(|_| ConfigError::Address {
+                field,
+                value: value.to_owned(),
+            })
     }
 }
 
@@ -83,13 +107,22 @@ pub struct Config {
     /// Users file (publishers and their ACLs); none means everyone is anonymous and read-only.
     pub users: Option<PathBuf>,
     /// The MQTT over TCP listener.
-    pub mqtt: ListenerConfig,
+    pub mqtt: MqttListenerConfig,
+    /// The MQTT over TLS listener (off unless configured; needs `[tls]`).
+    pub mqtts: MqttListenerConfig,
     /// The HTTP listener (WebSocket, SSE, API, metrics).
-    pub http: ListenerConfig,
+    pub http: HttpListenerConfig,
+    /// The HTTPS listener: the same service as `[http]` over TLS (off unless configured; needs
+    /// `[tls]`). The `[http]` settings other than `listen` apply to it too.
+    pub https: ListenerConfig,
+    /// Certificate, key and client certificates for the TLS listeners.
+    pub tls: TlsConfig,
     /// Resource limits.
     pub limits: Limits,
     /// `$SYS/broker/...` statistics.
     pub sys: SysConfig,
+    /// The event log.
+    pub log: LogConfig,
 }
 
 impl Default for Config {
@@ -97,14 +130,26 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./firehose-data"),
             users: None,
-            mqtt: ListenerConfig {
+            mqtt: MqttListenerConfig {
                 listen: "0.0.0.0:1883".into(),
+                proxy_protocol: false,
             },
-            http: ListenerConfig {
+            mqtts: MqttListenerConfig {
+                listen: "off".into(),
+                proxy_protocol: false,
+            },
+            http: HttpListenerConfig {
                 listen: "0.0.0.0:8080".into(),
+                ws_path: default_ws_path(),
+                trusted_proxies: Vec::new(),
             },
+            https: ListenerConfig {
+                listen: "off".into(),
+            },
+            tls: TlsConfig::default(),
             limits: Limits::default(),
             sys: SysConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -115,6 +160,127 @@ impl Default for Config {
 pub struct ListenerConfig {
     /// `HOST:PORT` or `off`.
     pub listen: String,
+}
+
+/// An MQTT listener's settings (`[mqtt]`, `[mqtts]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttListenerConfig {
+    /// `HOST:PORT` or `off`.
+    pub listen: String,
+    /// Expect a PROXY protocol v1 or v2 header (HAProxy, nginx `proxy_protocol on`, AWS NLB) at
+    /// the start of every connection, and take the client address from it. Only for listeners
+    /// that nothing but the proxy can reach: with it on, a connection without the header is
+    /// closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// The HTTP listener's settings (`[http]`); all but `listen` apply to `[https]` too.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListenerConfig {
+    /// `HOST:PORT` or `off`.
+    pub listen: String,
+    /// Path of the MQTT over WebSocket endpoint.
+    #[serde(default = "default_ws_path")]
+    pub ws_path: String,
+    /// Reverse proxies (IP addresses or CIDR blocks such as `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` header is believed: the client address is the last address in that
+    /// header that is not itself a trusted proxy. From anyone else the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
+}
+
+/// TLS settings (`[tls]`) shared by the MQTTS and HTTPS listeners. The files are read at start
+/// and again on SIGHUP; a reload that fails keeps the previous certificate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate, followed by its intermediate certificates.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// PEM file with the CA certificates that sign client certificates. When set, clients may
+    /// present a certificate; one whose subject common name (CN) is a user of the users file is
+    /// logged in as that user without a password.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse TLS clients that present no valid client certificate (needs `client_ca`).
+    pub client_cert_required: bool,
+}
+
+/// A trusted proxy: an address and a prefix length (`10.0.0.0/8`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBlock {
+    /// The network address.
+    pub addr: IpAddr,
+    /// Leading bits that must match.
+    pub prefix: u8,
+}
+
+impl IpBlock {
+    /// Parses `ADDR` or `ADDR/PREFIX`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `http.trusted_proxies`.
+    pub fn parse(value: &str) -> Result<IpBlock, ConfigError> {
+        let bad = || {
+            ConfigError::Invalid {
+            field: "http.trusted_proxies",
+            message: format!(
+                "{value:?} is not an IP address or CIDR block (e.g. \"127.0.0.1\", \"10.0.0.0/8\", \"::1\")"
+            ),
+        }
+        };
+        let (addr, prefix) = match value.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (value.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(IpBlock { addr, prefix })
+    }
+
+    /// Whether `ip` is inside the block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_match(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_match(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_match(net: &[u8], ip: &[u8], prefix: u8) -> bool {
+    let mut bits = usize::from(prefix);
+    for (n, i) in net.iter().zip(ip) {
+        if bits == 0 {
+            return true;
+        }
+        let take = bits.min(8);
+        let mask = !0xffu8.checked_shr(take as u32).unwrap_or(0);
+        if n & mask != i & mask {
+            return false;
+        }
+        bits -= take;
+    }
+    true
 }
 
 /// Limits that keep one client, or many, from exhausting the broker.
@@ -182,6 +348,98 @@ impl Default for SysConfig {
     }
 }
 
+/// The event log: how safe an acknowledged event is, and how long events are kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `process` (default): an acknowledged event survives a crash of the process (`kill -9`);
+    /// `power-loss`: it also survives power loss, at the price of an fsync per group commit.
+    pub durability: Durability,
+    /// Retention rules, first match wins; events matching none are kept forever.
+    pub retention: Vec<RetentionConfig>,
+}
+
+/// One retention rule as written in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Topic filter the rule applies to, e.g. `logs/#`.
+    pub filter: String,
+    /// Delete events older than this: a number with a unit, `90s`, `30m`, `12h`, `7d`, `2w`.
+    pub max_age: Option<String>,
+    /// Keep at most this many of the rule's events.
+    pub max_count: Option<u64>,
+    /// Keep at most this many bytes (topic + payload) of the rule's events.
+    pub max_bytes: Option<u64>,
+}
+
+/// Parses a duration written as a number and a unit (`s`, `m`, `h`, `d`, `w`), e.g. `2h`.
+///
+/// # Errors
+/// A message saying what was expected.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a number and a unit like 30m, 2h or 7d, got {text:?}"))?;
+    let unit_secs = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use s, m, h, d or w"
+            ))
+        }
+    };
+    number
+        .checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+impl LogConfig {
+    /// The retention rules for the store.
+    ///
+    /// # Errors
+    /// [`ConfigError::Retention`] naming the rule that is wrong.
+    pub fn retention_rules(&self) -> Result<Vec<RetentionRule>, ConfigError> {
+        self.retention
+            .iter()
+            .map(|rule| {
+                let bad = |message: String| ConfigError::Retention {
+                    filter: rule.filter.clone(),
+                    message,
+                };
+                topic::check_filter(&rule.filter).map_err(|e| bad(e.to_string()))?;
+                if rule.max_age.is_none() && rule.max_count.is_none() && rule.max_bytes.is_none() {
+                    return Err(bad(
+                        "set at least one of max_age, max_count, max_bytes".into()
+                    ));
+                }
+                let max_age = rule
+                    .max_age
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(bad)?;
+                Ok(RetentionRule {
+                    filter: rule.filter.clone(),
+                    max_age,
+                    max_count: rule.max_count,
+                    max_bytes: rule.max_bytes,
+                })
+            })
+            .collect()
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     ///
@@ -205,8 +463,39 @@ impl Config {
     /// # Errors
     /// The first invalid setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let mqtts = self.mqtts_listen()?;
         self.mqtt_listen()?;
         self.http_listen()?;
+        self.log.retention_rules()?;
+        let https = self.https_listen()?;
+        self.trusted_proxies()?;
+        let path = &self.http.ws_path;
+        if !path.starts_with('/') || path == "/" || path == "/healthz" || path == "/metrics" {
+            return Err(ConfigError::Invalid {
+                field: "http.ws_path",
+                message: format!(
+                    "{path:?}: expected a path starting with '/' other than \"/\", \"/healthz\" and \"/metrics\" (e.g. \"/mqtt\")"
+                ),
+            });
+        }
+        let tls_wanted = mqtts != Listen::Off || https != Listen::Off;
+        if tls_wanted && (self.tls.cert.is_none() || self.tls.key.is_none()) {
+            return Err(ConfigError::Invalid {
+                field: "tls.cert, tls.key",
+                message:
+                    "mqtts.listen or https.listen is on, so [tls] needs both `cert` and `key` \
+                          (PEM files; or --tls-cert and --tls-key)"
+                        .into(),
+            });
+        }
+        if self.tls.client_cert_required && self.tls.client_ca.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "tls.client_cert_required",
+                message: "client certificates are required but tls.client_ca is not set: \
+                          give the PEM file of the CA that signs them"
+                    .into(),
+            });
+        }
         let l = &self.limits;
         let limit = |field, value: u64, ok: bool, expected| {
             if ok {
@@ -225,12 +514,7 @@ impl Config {
             (64..=268_435_460).contains(&l.max_packet_size),
             "between 64 and 268435460 bytes",
         )?;
-        limit(
-            "send_queue",
-            l.send_queue,
-            l.send_queue >= 1,
-            "at least 1",
-        )?;
+        limit("send_queue", l.send_queue, l.send_queue >= 1, "at least 1")?;
         limit(
             "receive_maximum",
             l.receive_maximum.into(),
@@ -274,6 +558,34 @@ impl Config {
         Listen::parse("http.listen", &self.http.listen)
     }
 
+    /// The MQTT over TLS listener address.
+    ///
+    /// # Errors
+    /// [`ConfigError::Address`] for a malformed address.
+    pub fn mqtts_listen(&self) -> Result<Listen, ConfigError> {
+        Listen::parse("mqtts.listen", &self.mqtts.listen)
+    }
+
+    /// The HTTPS listener address.
+    ///
+    /// # Errors
+    /// [`ConfigError::Address`] for a malformed address.
+    pub fn https_listen(&self) -> Result<Listen, ConfigError> {
+        Listen::parse("https.listen", &self.https.listen)
+    }
+
+    /// The parsed `http.trusted_proxies`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for an entry that is not an address or CIDR block.
+    pub fn trusted_proxies(&self) -> Result<Vec<IpBlock>, ConfigError> {
+        self.http
+            .trusted_proxies
+            .iter()
+            .map(|p| IpBlock::parse(p))
+            .collect()
+    }
+
     /// The `$SYS` interval, `None` when disabled.
     pub fn sys_interval(&self) -> Option<Duration> {
         (self.sys.interval_secs > 0).then(|| Duration::from_secs(self.sys.interval_secs))
@@ -299,7 +611,10 @@ mod tests {
     fn example_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/firehose.example.toml");
         let config = Config::load(&path).expect("example config loads");
-        assert_eq!(config.mqtt_listen().expect("mqtt"), Listen::On("0.0.0.0:1883".parse().expect("addr")));
+        assert_eq!(
+            config.mqtt_listen().expect("mqtt"),
+            Listen::On("0.0.0.0:1883".parse().expect("addr"))
+        );
     }
 
     #[test]
@@ -313,6 +628,80 @@ mod tests {
         assert_eq!(Listen::parse("x", "off").expect("off"), Listen::Off);
         let err = Listen::parse("mqtt.listen", "localhost").expect_err("bad");
         assert!(err.to_string().contains("mqtt.listen"), "{err}");
+    }
+
+    #[test]
+    fn tls_listener_without_cert_names_the_fields() {
+        let mut config = Config::default();
+        config.mqtts.listen = "127.0.0.1:0".into();
+        let err = config.validate().expect_err("no cert");
+        assert!(err.to_string().contains("tls.cert"), "{err}");
+        config.tls.cert = Some("cert.pem".into());
+        config.tls.key = Some("key.pem".into());
+        config.validate().expect("cert and key given");
+        config.tls.client_cert_required = true;
+        let err = config.validate().expect_err("no client CA");
+        assert!(err.to_string().contains("tls.client_ca"), "{err}");
+    }
+
+    #[test]
+    fn sections_parse() {
+        let config: Config = toml::from_str(
+            "[mqtt]\nlisten = \"127.0.0.1:1\"\nproxy_protocol = true\n\
+             [http]\nlisten = \"off\"\nws_path = \"/ws\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        )
+        .expect("parses");
+        config.validate().expect("valid");
+        assert!(config.mqtt.proxy_protocol);
+        assert_eq!(config.http.ws_path, "/ws");
+        assert_eq!(config.mqtts_listen().expect("mqtts"), Listen::Off);
+        let bad: Config =
+            toml::from_str("[http]\nlisten = \"off\"\nws_path = \"mqtt\"\n").expect("parses");
+        let err = bad.validate().expect_err("relative path");
+        assert!(err.to_string().contains("http.ws_path"), "{err}");
+    }
+
+    #[test]
+    fn ip_blocks() {
+        let block = IpBlock::parse("10.1.0.0/16").expect("block");
+        assert!(block.contains("10.1.2.3".parse().expect("ip")));
+        assert!(!block.contains("10.2.0.1".parse().expect("ip")));
+        assert!(block.contains("::ffff:10.1.0.9".parse().expect("mapped")));
+        let one = IpBlock::parse("127.0.0.1").expect("address");
+        assert!(one.contains("127.0.0.1".parse().expect("ip")));
+        assert!(!one.contains("127.0.0.2".parse().expect("ip")));
+        let v6 = IpBlock::parse("fd00::/8").expect("v6");
+        assert!(v6.contains("fd12::1".parse().expect("ip")));
+        assert!(!v6.contains("fe80::1".parse().expect("ip")));
+        assert!(IpBlock::parse("0.0.0.0/0")
+            .expect("all")
+            .contains("192.0.2.1".parse().expect("ip")));
+        let err = IpBlock::parse("10.0.0.0/33").expect_err("bad prefix");
+        assert!(err.to_string().contains("http.trusted_proxies"), "{err}");
+        assert!(IpBlock::parse("proxy.example").is_err());
+    }
+
+    #[test]
+    fn durations_and_retention_rules() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("7").is_err());
+        assert!(parse_duration("x1h").is_err());
+        assert!(parse_duration("1y").is_err());
+        let config: Config = toml::from_str(
+            "[log]\ndurability = \"power-loss\"\n[[log.retention]]\nfilter = \"logs/#\"\nmax_age = \"2d\"\n",
+        )
+        .expect("parses");
+        assert_eq!(config.log.durability, Durability::PowerLoss);
+        let rules = config.log.retention_rules().expect("valid");
+        assert_eq!(rules[0].max_age, Some(Duration::from_secs(2 * 86_400)));
+        let bad: Config =
+            toml::from_str("[[log.retention]]\nfilter = \"logs/#\"\n").expect("parses");
+        assert!(bad
+            .validate()
+            .expect_err("no limit")
+            .to_string()
+            .contains("logs/#"));
     }
 
     #[test]

@@ -268,8 +268,9 @@ pub fn connect_properties() -> impl Strategy<Value = ConnectProperties> {
             request_response_information: e,
             request_problem_information: f,
             user_properties: g,
+            // Authentication data without a method is a protocol error.
+            authentication_data: i.filter(|_| h.is_some()),
             authentication_method: h,
-            authentication_data: i,
         })
 }
 

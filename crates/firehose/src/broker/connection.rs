@@ -4,7 +4,7 @@
 //! Every way a connection can end goes through [`End`], which decides the will, the session's
 //! fate and the final DISCONNECT an MQTT 5 client is owed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use firehose_codec::{
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
@@ -26,8 +26,10 @@ use super::outbox::Outbox;
 use super::router::{parse_filter, SubOptions};
 use super::session::{Inflight, Session, Stage};
 use super::stats;
-use super::{ConnectionInfo, Shared};
+use super::{Accepted, ConnectionInfo, Shared};
 use crate::auth::{AuthFailure, Identity};
+use crate::store::{Page, StoreError};
+use crate::topic;
 
 /// Stop reading from a client while this many bytes wait to be written to it, so a client that
 /// floods without reading cannot grow our memory.
@@ -133,12 +135,15 @@ where
             return;
         }
     };
-    let Some(mut conn) = handshake(&shared, connect, &info, &mut writer).await else {
+    let Some((mut conn, mut accepted)) = handshake(&shared, connect, &info, &mut writer).await
+    else {
         return;
     };
     let mut outbox = Outbox::default();
     conn.start(&mut outbox);
-    let end = conn.serve(&mut reader, &mut writer, &mut rbuf, &mut outbox).await;
+    let end = conn
+        .serve(&mut reader, &mut writer, &mut rbuf, &mut outbox, &mut accepted)
+        .await;
     conn.finish(end, &mut writer, &mut outbox).await;
 }
 
@@ -218,7 +223,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
     connect: Connect,
     info: &ConnectionInfo,
     writer: &mut W,
-) -> Option<Connection> {
+) -> Option<(Connection, mpsc::UnboundedReceiver<AcceptedPublish>)> {
     let peer = info.peer;
     let protocol = connect.protocol;
     let limits = &shared.limits;
@@ -314,11 +319,13 @@ async fn handshake<W: AsyncWrite + Unpin>(
         expiry,
         protocol,
         usize::try_from(limits.send_queue).unwrap_or(usize::MAX),
+        shared.store.last_id(),
         kick.clone(),
     );
     if let Some((old, filters)) = &attached.discarded {
         shared.router.remove_all(old, filters);
     }
+    shared.save_session(&attached.session, true);
 
     let mut properties = ConnAckProperties::default();
     if protocol == Protocol::V5 {
@@ -345,7 +352,12 @@ async fn handshake<W: AsyncWrite + Unpin>(
         }
         Err(e) => Err(e.to_string()),
     };
+    let (accepted_tx, accepted_rx) = mpsc::unbounded_channel();
     let conn = Connection {
+        accepted_tx,
+        pending_acks: 0,
+        uncommitted_qos2: HashSet::new(),
+        saved_cursor: 0,
         shared: shared.clone(),
         session: attached.session,
         generation: attached.generation,
@@ -390,7 +402,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
         conn.finish(end, writer, &mut empty).await;
         return None;
     }
-    Some(conn)
+    Some((conn, accepted_rx))
 }
 
 /// The state of one connected client.
@@ -420,7 +432,31 @@ struct Connection {
     alias_out_max: u16,
     /// MQTT 5 Request Problem Information.
     problem_information: bool,
+    /// Where the log tells this connection that its publishes are durable, in order.
+    accepted_tx: mpsc::UnboundedSender<AcceptedPublish>,
+    /// QoS 1/2 publishes appended to the log but not yet acknowledged.
+    pending_acks: usize,
+    /// QoS 2 packet ids appended but not yet committed (a DUP resend waits for the first).
+    uncommitted_qos2: HashSet<u16>,
+    /// The cursor saved last, to save the session again only when it moved.
+    saved_cursor: u64,
 }
+
+/// A publish of this connection that the log committed (or failed to).
+#[derive(Debug)]
+struct AcceptedPublish {
+    packet_id: u16,
+    qos: QoS,
+    stored: bool,
+}
+
+/// Most events one catch-up read returns, and most rows it examines.
+const CATCHUP_BATCH: usize = 1000;
+const CATCHUP_SCAN: usize = 20_000;
+/// Stop reading from clients while this many appends wait for the log writer.
+const MAX_STORE_BACKLOG: usize = 100_000;
+/// How often a connected persistent session saves its cursor when it moved.
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Connection {
     fn is_v5(&self) -> bool {
@@ -450,6 +486,7 @@ impl Connection {
         writer: &mut W,
         rbuf: &mut BytesMut,
         outbox: &mut Outbox,
+        accepted: &mut mpsc::UnboundedReceiver<AcceptedPublish>,
     ) -> End
     where
         R: AsyncRead + Unpin,
@@ -463,9 +500,18 @@ impl Connection {
         let kick = self.kick.clone();
         let mut last_seen = Instant::now();
         let far_future = Instant::now() + Duration::from_secs(86400 * 365);
+        let mut catchup: Option<CatchUp> = None;
+        let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
+        save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain(outbox);
-            let read_open = outbox.pending_bytes() < WRITE_HIGH_WATER;
+            if catchup.is_none() {
+                catchup = self.start_catchup();
+            }
+            let store_busy = self.shared.store.backlog() >= MAX_STORE_BACKLOG;
+            let read_open = outbox.pending_bytes() < WRITE_HIGH_WATER
+                && self.pending_acks < usize::from(self.shared.limits.receive_maximum)
+                && !store_busy;
             if read_open && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                 rbuf.reserve(READ_CHUNK);
             }
@@ -478,6 +524,27 @@ impl Connection {
                     Ok(n) => stats::add(&self.shared.stats.bytes_sent, n as u64),
                     Err(error) => return End::Lost(format!("write failed: {error}")),
                 },
+                Some(done) = accepted.recv() => {
+                    if let Some(end) = self.on_accepted(done, outbox) {
+                        return end;
+                    }
+                }
+                page = async {
+                    match catchup.as_mut() {
+                        Some(c) => (&mut c.read).await,
+                        None => std::future::pending().await,
+                    }
+                }, if catchup.is_some() => {
+                    let from = catchup.take().map_or(0, |c| c.from);
+                    match page {
+                        Ok(Ok(page)) => self.apply_catchup(from, page),
+                        Ok(Err(error)) => {
+                            warn!(client = %self.client_id, "cannot read the log to catch up: {error}");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(error) => warn!(client = %self.client_id, "catch-up read failed: {error}"),
+                    }
+                }
                 read = reader.read_buf(rbuf), if read_open => match read {
                     Ok(0) => return End::Lost("connection closed without DISCONNECT".into()),
                     Ok(n) => {
@@ -490,9 +557,137 @@ impl Connection {
                     Err(error) => return End::Lost(format!("read failed: {error}")),
                 },
                 _ = session.wake.notified() => {}
+                _ = save_tick.tick() => self.save_if_moved(),
+                _ = tokio::time::sleep(Duration::from_millis(5)), if store_busy => {}
                 _ = sleep_until(deadline), if self.keep_alive.is_some() => return End::KeepAliveTimeout,
             }
         }
+    }
+
+    /// Saves a persistent session when its acknowledged cursor moved.
+    fn save_if_moved(&mut self) {
+        let cursor = {
+            let state = self.session.lock();
+            if state.expiry_interval == 0 {
+                return;
+            }
+            state.acknowledged_cursor()
+        };
+        if cursor != self.saved_cursor {
+            self.saved_cursor = cursor;
+            self.shared.save_session(&self.session, true);
+        }
+    }
+
+    /// Starts reading from the log when the session is lagging and its queue has room.
+    fn start_catchup(&self) -> Option<CatchUp> {
+        let (from, filters) = {
+            let mut state = self.session.lock();
+            if !state.lagging || state.queue.len() > self.session.queue_limit() / 2 {
+                return None;
+            }
+            let filters: Vec<String> = state
+                .subscriptions
+                .keys()
+                .filter(|f| parse_filter(f).group.is_none())
+                .cloned()
+                .collect();
+            if filters.is_empty() {
+                // Nothing to read: back to live routing from the current position.
+                state.cursor = state.cursor.max(self.shared.store.last_id());
+                state.lagging = false;
+                return None;
+            }
+            (state.cursor, filters)
+        };
+        let store = self.shared.store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            store.read_after(from, &filters, CATCHUP_BATCH, CATCHUP_SCAN)
+        });
+        Some(CatchUp { from, read })
+    }
+
+    /// Queues what a catch-up read found, in log order, and returns the session to live routing
+    /// once it has reached the event being routed.
+    fn apply_catchup(&mut self, from: u64, page: Page) {
+        let stats = &self.shared.stats;
+        let mut state = self.session.lock();
+        if state.cursor != from || !state.lagging {
+            return; // a takeover or clean start moved the session meanwhile
+        }
+        let limit = self.session.queue_limit();
+        let mut full = false;
+        let mut delivered = 0;
+        for event in &page.events {
+            if event.id <= state.cursor {
+                continue;
+            }
+            if state.queue.len() >= limit {
+                full = true;
+                break;
+            }
+            let already_inflight = state
+                .inflight
+                .values()
+                .any(|f| f.delivery.from_log && f.delivery.message.id == event.id);
+            if !already_inflight && self.identity.may_receive(&event.event.topic) {
+                let message = Arc::new(Message::from_event(event));
+                match delivery_for(&state.subscriptions, message) {
+                    Some(d) if d.qos == QoS::AtMostOnce => stats::add(&stats.skipped_qos0_catchup, 1),
+                    Some(d) => {
+                        state.queue.push_back(d);
+                        delivered += 1;
+                    }
+                    None => {}
+                }
+            }
+            state.cursor = event.id;
+        }
+        if !full {
+            state.cursor = state.cursor.max(page.scanned_to);
+            if !page.more && state.cursor >= self.shared.routing_started.load(Ordering::SeqCst) {
+                state.lagging = false;
+            }
+        }
+        drop(state);
+        stats::add(&stats.catchup_delivered, delivered);
+    }
+
+    /// Acknowledges a publish once the log has it.
+    fn on_accepted(&mut self, done: AcceptedPublish, outbox: &mut Outbox) -> Option<End> {
+        self.pending_acks = self.pending_acks.saturating_sub(1);
+        let id = done.packet_id;
+        if done.qos == QoS::ExactlyOnce {
+            self.uncommitted_qos2.remove(&id);
+        }
+        if !done.stored {
+            if !self.is_v5() {
+                // 3.1.1 has no negative acknowledgement: close so the client publishes again.
+                return Some(End::Lost("the event log could not store a publish".into()));
+            }
+            let mut ack = PubResponse {
+                packet_id: id,
+                reason: ReasonCode::UnspecifiedError,
+                properties: AckProperties::default(),
+            };
+            if self.problem_information {
+                ack.properties.reason_string = Some("the event log could not store it".into());
+            }
+            let packet = if done.qos == QoS::AtLeastOnce {
+                Packet::PubAck(ack)
+            } else {
+                Packet::PubRec(ack)
+            };
+            self.push_or_log(outbox, &packet);
+            return None;
+        }
+        if done.qos == QoS::ExactlyOnce {
+            self.session.lock().incoming_qos2.insert(id);
+            self.push_or_log(outbox, &pub_response(Packet::PubRec, id, ReasonCode::Success));
+        } else {
+            self.push_or_log(outbox, &pub_response(Packet::PubAck, id, ReasonCode::Success));
+        }
+        None
     }
 
     /// Decodes and handles every complete packet in `rbuf`.
@@ -644,13 +839,17 @@ impl Connection {
         };
         let id = publish.packet_id.unwrap_or(0);
         if publish.qos == QoS::ExactlyOnce {
+            if self.uncommitted_qos2.contains(&id) {
+                return None; // its PUBREC follows when the first copy is durable
+            }
             let state = self.session.lock();
             if state.incoming_qos2.contains(&id) {
                 drop(state);
                 self.push_or_log(outbox, &pub_response(Packet::PubRec, id, ReasonCode::Success));
                 return None;
             }
-            if state.incoming_qos2.len() >= usize::from(self.shared.limits.receive_maximum) {
+            let unreleased = state.incoming_qos2.len() + self.uncommitted_qos2.len();
+            if unreleased >= usize::from(self.shared.limits.receive_maximum) {
                 return Some(End::violation(
                     ReasonCode::ReceiveMaximumExceeded,
                     format!(
@@ -672,9 +871,9 @@ impl Connection {
         {
             reason = ReasonCode::PayloadFormatInvalid;
         }
-        let topic_for_log = topic.clone();
         if reason == ReasonCode::Success {
             let message = Message::new(
+                0,
                 topic,
                 publish.payload,
                 publish.qos,
@@ -682,9 +881,27 @@ impl Connection {
                 publish.properties,
                 self.client_id.clone(),
             );
-            self.shared.publish(message);
+            let done: Option<Accepted> = match publish.qos {
+                QoS::AtMostOnce => None,
+                qos => {
+                    self.pending_acks += 1;
+                    if qos == QoS::ExactlyOnce {
+                        self.uncommitted_qos2.insert(id);
+                    }
+                    let tx = self.accepted_tx.clone();
+                    Some(Box::new(move |stored| {
+                        let _ = tx.send(AcceptedPublish {
+                            packet_id: id,
+                            qos,
+                            stored,
+                        });
+                    }))
+                }
+            };
+            self.shared.accept(message, self.identity.name(), done);
+            return None;
         }
-        // MQTT 3.1.1 has no negative acknowledgement: a refused message is acknowledged and
+        // Refused. MQTT 3.1.1 has no negative acknowledgement: the message is acknowledged and
         // dropped, as Mosquitto does.
         let ack_reason = if self.is_v5() { reason } else { ReasonCode::Success };
         let explain = |kind: fn(PubResponse) -> Packet| {
@@ -693,10 +910,9 @@ impl Connection {
                 (&mut packet, self.problem_information && ack_reason.is_error())
             {
                 r.properties.reason_string = Some(match ack_reason {
-                    ReasonCode::NotAuthorized => format!(
-                        "{} may not publish to {topic_for_log}",
-                        self.identity.name()
-                    ),
+                    ReasonCode::NotAuthorized => {
+                        format!("{} may not publish to {topic}", self.identity.name())
+                    }
                     _ => "payload is not valid UTF-8 but its format indicator says so".into(),
                 });
             }
@@ -772,6 +988,7 @@ impl Connection {
                         qos: options.qos.min(message.qos),
                         retain: true,
                         subscription_ids: options.id.into_iter().collect(),
+                        from_log: false,
                         message,
                     });
                 }
@@ -789,8 +1006,9 @@ impl Connection {
         });
         self.push_or_log(outbox, &ack);
         for delivery in retained {
-            self.session.enqueue(delivery, &self.shared.stats);
+            self.session.enqueue_direct(delivery, &self.shared.stats);
         }
+        self.shared.save_session(&self.session, true);
         None
     }
 
@@ -811,6 +1029,7 @@ impl Connection {
             properties: AckProperties::default(),
         });
         self.push_or_log(outbox, &ack);
+        self.shared.save_session(&self.session, true);
     }
 
     fn on_disconnect(&mut self, disconnect: Disconnect) -> End {
@@ -981,34 +1200,28 @@ impl Connection {
             let mut state = self.session.lock();
             if state.generation == self.generation && !state.ended {
                 state.link = None;
+                state.lagging = true;
                 self.session.set_online(false);
                 expiry = Some(state.expiry_interval);
             }
         }
         match expiry {
             Some(0) => {
-                if let Some(filters) = shared.registry.end_if_current(&self.session, self.generation) {
-                    shared.router.remove_all(&self.session, &filters);
+                shared.end_session(&self.session, self.generation);
+            }
+            Some(secs) => {
+                shared.save_session(&self.session, false);
+                if secs != u32::MAX {
+                    shared.schedule_expiry(self.session.clone(), self.generation, secs.into());
                 }
             }
-            Some(secs) if secs != u32::MAX => {
-                let shared = shared.clone();
-                let session = self.session.clone();
-                let generation = self.generation;
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(secs.into())).await;
-                    if let Some(filters) = shared.registry.end_if_current(&session, generation) {
-                        debug!(client = %session.client_id, "session expired");
-                        shared.router.remove_all(&session, &filters);
-                    }
-                });
-            }
-            _ => {}
+            None => {}
         }
 
         if let (Some(will), true) = (self.will, end.publishes_will() && !matches!(end, End::Shutdown)) {
             let delay = will.delay_interval.unwrap_or(0).min(self.expiry);
             let message = Message::new(
+                0,
                 will.topic.into(),
                 will.payload,
                 will.qos,
@@ -1016,8 +1229,9 @@ impl Connection {
                 will.properties,
                 self.client_id.clone(),
             );
+            let publisher = self.identity.name().to_owned();
             if delay == 0 {
-                shared.publish(message);
+                shared.accept(message, &publisher, None);
             } else {
                 let shared = shared.clone();
                 let session = self.session.clone();
@@ -1029,12 +1243,46 @@ impl Connection {
                         !state.ended && state.generation != generation
                     };
                     if !resumed {
-                        shared.publish(message);
+                        shared.accept(message, &publisher, None);
                     }
                 });
             }
         }
     }
+}
+
+/// A catch-up read of the log in progress.
+struct CatchUp {
+    /// The cursor it reads after.
+    from: u64,
+    /// The blocking read.
+    read: tokio::task::JoinHandle<Result<Page, StoreError>>,
+}
+
+/// The delivery of a logged message to a session, judged by its own (non-shared)
+/// subscriptions: the highest granted QoS, every subscription id, Retain As Published.
+fn delivery_for(
+    subscriptions: &HashMap<String, SubOptions>,
+    message: Arc<Message>,
+) -> Option<Delivery> {
+    let mut found: Option<(QoS, bool, Vec<u32>)> = None;
+    for (filter, options) in subscriptions {
+        if parse_filter(filter).group.is_some() || !topic::matches(filter, &message.topic) {
+            continue;
+        }
+        let entry = found.get_or_insert((QoS::AtMostOnce, false, Vec::new()));
+        entry.0 = entry.0.max(options.qos);
+        entry.1 |= options.retain_as_published;
+        entry.2.extend(options.id);
+    }
+    let (qos, retain_as_published, subscription_ids) = found?;
+    Some(Delivery {
+        qos: qos.min(message.qos),
+        retain: message.retain && retain_as_published,
+        subscription_ids,
+        from_log: true,
+        message,
+    })
 }
 
 fn pub_response(kind: fn(PubResponse) -> Packet, packet_id: u16, reason: ReasonCode) -> Packet {

@@ -8,11 +8,17 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use firehose_codec::{encode_publish_split, EncodeError, Protocol, Publish, PublishParts, PublishProperties, QoS};
+use firehose_codec::{
+    encode_publish_split, EncodeError, Protocol, Publish, PublishParts, PublishProperties, QoS,
+};
+
+use crate::store::{Event, EventProperties, NewEvent};
 
 /// One application message as the broker routes it.
 #[derive(Debug)]
 pub struct Message {
+    /// Event id in the log; 0 for messages that are not logged (`$SYS`).
+    pub id: u64,
     /// Topic name.
     pub topic: Arc<str>,
     /// Payload as received (a slice of the publisher's read buffer).
@@ -43,6 +49,7 @@ impl Message {
     /// Builds a message; `properties.topic_alias` and subscription identifiers are cleared since
     /// they belong to one connection, not to the message.
     pub fn new(
+        id: u64,
         topic: Arc<str>,
         payload: Bytes,
         qos: QoS,
@@ -56,6 +63,7 @@ impl Message {
             .message_expiry_interval
             .map(|secs| Instant::now() + Duration::from_secs(secs.into()));
         Message {
+            id,
             topic,
             payload,
             qos,
@@ -125,6 +133,72 @@ pub struct Delivery {
     pub qos: QoS,
     /// Retain flag to send (set for retained messages sent on subscribe, or Retain As Published).
     pub retain: bool,
+    /// Whether it came through the log in id order (live routing or catch-up), so that its id
+    /// counts for the session's cursor; retained messages sent on subscribe do not.
+    pub from_log: bool,
     /// MQTT 5 subscription identifiers of the matching subscriptions.
     pub subscription_ids: Vec<u32>,
+}
+
+/// Milliseconds since the Unix epoch, the log's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Message {
+    /// The log's record of this message, received at `time_ms` from `publisher`.
+    pub fn to_new_event(&self, time_ms: i64, publisher: &str) -> NewEvent {
+        let p = &self.properties;
+        NewEvent {
+            time_ms,
+            topic: self.topic.to_string(),
+            payload: self.payload.clone(),
+            qos: self.qos as u8,
+            retain: self.retain,
+            publisher: publisher.to_owned(),
+            properties: EventProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                content_type: p.content_type.clone(),
+                response_topic: p.response_topic.clone(),
+                correlation_data: p.correlation_data.clone(),
+                user_properties: p.user_properties.clone(),
+            },
+        }
+    }
+
+    /// A message read back from the log (session catch-up, retained messages at startup). Its
+    /// expiry counts from the time it was received, not from now.
+    pub fn from_event(event: &Event) -> Message {
+        let e = &event.event;
+        let p = &e.properties;
+        let properties = PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: None,
+            topic_alias: None,
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            subscription_identifiers: Vec::new(),
+            content_type: p.content_type.clone(),
+        };
+        let mut message = Message::new(
+            event.id,
+            e.topic.as_str().into(),
+            e.payload.clone(),
+            QoS::from_u8(e.qos).unwrap_or(QoS::AtMostOnce),
+            e.retain,
+            properties,
+            e.publisher.as_str().into(),
+        );
+        if let Some(secs) = p.message_expiry_interval {
+            let expires_ms = e.time_ms.saturating_add(i64::from(secs) * 1000);
+            let left = u64::try_from(expires_ms.saturating_sub(now_ms())).unwrap_or(0);
+            message.properties.message_expiry_interval = Some(secs);
+            message.expires_at = Some(Instant::now() + Duration::from_millis(left));
+        }
+        message
+    }
 }

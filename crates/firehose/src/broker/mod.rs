@@ -16,6 +16,7 @@
 
 pub mod connection;
 pub mod message;
+mod restore;
 pub mod outbox;
 pub mod router;
 pub mod session;
@@ -33,7 +34,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::auth::Users;
 use crate::config::Limits;
-use message::Message;
+use crate::store::{Store, StoreError, StoredInflight, StoredSession, StoredSubscription};
+use message::{now_ms, Message};
 use router::Router;
 use session::Registry;
 use stats::Stats;
@@ -55,13 +57,121 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Connection admission (limits).
     admission: Admission,
+    /// The event log, retained messages and persistent sessions.
+    pub(crate) store: Store,
+    /// Id of the logged event being routed (or last routed): a lagging session may return to
+    /// live routing once its cursor has reached it.
+    pub(crate) routing_started: AtomicU64,
+    /// Woken after every logged event is routed, for readers that follow the log.
+    log_advanced: Notify,
 }
 
+/// Called once an accepted message is durable (`true`) or could not be stored (`false`).
+pub(crate) type Accepted = Box<dyn FnOnce(bool) + Send>;
+
 impl Shared {
-    /// Routes an accepted message (after access checks) to its subscribers.
-    pub(crate) fn publish(&self, message: Message) -> usize {
-        let message = Arc::new(message);
-        self.router.publish(&message, &self.stats)
+    /// Routes a message that is not logged (`$SYS` statistics).
+    pub(crate) fn route_unlogged(&self, message: Message) {
+        self.router.publish(&Arc::new(message), &self.stats);
+    }
+
+    /// Appends an accepted message (after access checks) to the log; once it is durable it is
+    /// routed, in log order, and `done` is told.
+    pub(crate) fn accept(self: &Arc<Self>, mut message: Message, publisher: &str, done: Option<Accepted>) {
+        let event = message.to_new_event(now_ms(), publisher);
+        let shared = self.clone();
+        self.store.append(
+            event,
+            Box::new(move |result| match result {
+                Ok(id) => {
+                    message.id = id;
+                    shared.routing_started.store(id, Ordering::SeqCst);
+                    shared.router.publish(&Arc::new(message), &shared.stats);
+                    shared.log_advanced.notify_waiters();
+                    if let Some(done) = done {
+                        done(true);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(topic = %message.topic, "cannot store event: {error}");
+                    stats::add(&shared.stats.store_errors, 1);
+                    if let Some(done) = done {
+                        done(false);
+                    }
+                }
+            }),
+        );
+    }
+
+    /// Saves a persistent session (or forgets one whose expiry is 0).
+    pub(crate) fn save_session(&self, session: &session::Session, connected: bool) {
+        let stored = {
+            let mut state = session.lock();
+            if state.ended {
+                return;
+            }
+            state.dirty = false;
+            if state.expiry_interval == 0 {
+                None
+            } else {
+                Some(StoredSession {
+                    client_id: session.client_id.to_string(),
+                    expiry_interval: state.expiry_interval,
+                    disconnected_at_ms: (!connected).then(now_ms),
+                    cursor: state.acknowledged_cursor(),
+                    subscriptions: state
+                        .subscriptions
+                        .iter()
+                        .map(|(filter, o)| StoredSubscription {
+                            filter: filter.clone(),
+                            qos: o.qos as u8,
+                            no_local: o.no_local,
+                            retain_as_published: o.retain_as_published,
+                            subscription_id: o.id,
+                        })
+                        .collect(),
+                    inflight: state
+                        .inflight_in_order()
+                        .into_iter()
+                        .filter(|(_, f)| f.delivery.from_log)
+                        .map(|(packet_id, f)| StoredInflight {
+                            packet_id,
+                            event_id: f.delivery.message.id,
+                            qos: f.delivery.qos as u8,
+                            stage: u8::from(f.stage == session::Stage::AwaitPubComp),
+                        })
+                        .collect(),
+                    incoming_qos2: state.incoming_qos2.iter().copied().collect(),
+                })
+            }
+        };
+        match stored {
+            Some(stored) => self.store.save_session(stored, None),
+            None => self.store.delete_session(&session.client_id),
+        }
+    }
+
+    /// Ends a session for good: out of the registry, the router and the store.
+    pub(crate) fn end_session(&self, session: &Arc<session::Session>, generation: u64) -> bool {
+        match self.registry.end_if_current(session, generation) {
+            Some(filters) => {
+                self.router.remove_all(session, &filters);
+                self.store.delete_session(&session.client_id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends `session` after `secs` unless a connection resumed it meanwhile.
+    pub(crate) fn schedule_expiry(self: &Arc<Self>, session: Arc<session::Session>, generation: u64, secs: u64) {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            if shared.end_session(&session, generation) {
+                tracing::debug!(client = %session.client_id, "session expired");
+            }
+        });
     }
 }
 
@@ -162,20 +272,30 @@ impl Admission {
 }
 
 impl Broker {
-    /// A broker with these limits and users.
-    pub fn new(limits: Limits, users: Users) -> Broker {
+    /// A broker with these limits and users over an opened store, restoring the retained
+    /// messages and persistent sessions the store holds. Must run inside a Tokio runtime
+    /// (restored sessions get expiry timers).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the stored state cannot be read.
+    pub fn open(limits: Limits, users: Users, store: Store) -> Result<Broker, StoreError> {
         let (shutdown, _) = watch::channel(false);
-        Broker {
-            shared: Arc::new(Shared {
-                limits,
-                users: Arc::new(users),
-                router: Router::default(),
-                registry: Registry::default(),
-                stats: Stats::new(),
-                shutdown,
-                admission: Admission::default(),
-            }),
-        }
+        let last_id = store.last_id();
+        let shared = Arc::new(Shared {
+            limits,
+            users: Arc::new(users),
+            router: Router::default(),
+            registry: Registry::default(),
+            stats: Stats::new(),
+            shutdown,
+            admission: Admission::default(),
+            store,
+            routing_started: AtomicU64::new(last_id),
+            log_advanced: Notify::new(),
+        });
+        restore::retained(&shared)?;
+        restore::sessions(&shared)?;
+        Ok(Broker { shared })
     }
 
     /// Admits a new connection from `peer`, or says which limit refuses it.
@@ -214,8 +334,30 @@ impl Broker {
         &self.shared.stats
     }
 
-    /// Tells every connection to close (MQTT 5 clients get DISCONNECT 0x8B) and waits up to
-    /// `grace` for them to finish.
+    /// The event log, for the history API.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Id of the newest event that live subscribers have been given (or are being given).
+    pub fn log_position(&self) -> u64 {
+        self.shared.routing_started.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the log holds an event after `id` that has been routed live; followers
+    /// (SSE, `replay --follow`) then read it from the log.
+    pub async fn wait_for_events_after(&self, id: u64) {
+        loop {
+            let advanced = self.shared.log_advanced.notified();
+            if self.log_position() > id {
+                return;
+            }
+            advanced.await;
+        }
+    }
+
+    /// Tells every connection to close (MQTT 5 clients get DISCONNECT 0x8B), waits up to
+    /// `grace` for them to finish (saving their sessions), then flushes and closes the log.
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.shutdown.send_replace(true);
         let admission = &self.shared.admission;
@@ -229,5 +371,7 @@ impl Broker {
             }
         })
         .await;
+        let store = self.shared.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
     }
 }

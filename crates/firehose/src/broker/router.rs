@@ -207,6 +207,9 @@ impl Router {
     /// Routes a message to every matching session (one delivery per session, with the highest
     /// granted QoS among its matching subscriptions) and to one member of each matching shared
     /// group. Retained messages are stored first. Returns the number of sessions reached.
+    ///
+    /// Logged messages must be routed in id order (the store's commit order): sessions use the
+    /// id as their cursor into the log.
     pub fn publish(&self, message: &Arc<Message>, stats: &Stats) -> usize {
         if message.retain {
             self.retain(message);
@@ -245,12 +248,13 @@ impl Router {
                 j += 1;
             }
             i = j;
-            session.enqueue(
+            session.offer(
                 Delivery {
                     message: message.clone(),
                     qos: qos.min(message.qos),
                     retain: message.retain && retain_as_published,
                     subscription_ids: ids,
+                    from_log: message.id != 0,
                 },
                 stats,
             );
@@ -294,12 +298,14 @@ mod tests {
 
     fn online(registry: &Registry, id: &str) -> Arc<Session> {
         registry
-            .attach(&Arc::from(id), true, 0, Protocol::V5, 100, Arc::new(Notify::new()))
+            .attach(&Arc::from(id), true, 0, Protocol::V5, 100, 0, Arc::new(Notify::new()))
             .session
     }
 
     fn message(topic: &str, qos: QoS, retain: bool, payload: &'static [u8]) -> Arc<Message> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Arc::new(Message::new(
+            NEXT_ID.fetch_add(1, Ordering::Relaxed),
             topic.into(),
             Bytes::from_static(payload),
             qos,

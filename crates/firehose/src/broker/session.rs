@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use firehose_codec::{Protocol, QoS};
+use firehose_codec::Protocol;
 use tokio::sync::Notify;
 
 use super::message::Delivery;
@@ -71,6 +71,13 @@ pub struct SessionState {
     pub protocol: Protocol,
     /// Set once the session has been discarded, so that late timers leave it alone.
     pub ended: bool,
+    /// Every logged event with an id <= cursor has been queued for this session or skipped.
+    pub cursor: u64,
+    /// While set, live routing skips this session and its connection reads what it missed from
+    /// the log instead (offline, or fallen behind with a full queue).
+    pub lagging: bool,
+    /// Whether something worth saving changed since the session was last saved.
+    pub dirty: bool,
 }
 
 /// A session, shared by the registry, the subscription table and its connection.
@@ -90,7 +97,13 @@ pub struct Session {
 
 impl Session {
     /// A fresh, empty session.
-    pub fn new(client_id: Arc<str>, protocol: Protocol, expiry_interval: u32, queue_limit: usize) -> Session {
+    pub fn new(
+        client_id: Arc<str>,
+        protocol: Protocol,
+        expiry_interval: u32,
+        queue_limit: usize,
+        cursor: u64,
+    ) -> Session {
         Session {
             client_id,
             online: AtomicBool::new(false),
@@ -107,6 +120,9 @@ impl Session {
                 expiry_interval,
                 protocol,
                 ended: false,
+                cursor,
+                lagging: false,
+                dirty: false,
             }),
             wake: Notify::new(),
         }
@@ -128,16 +144,48 @@ impl Session {
         self.online.store(online, Ordering::Relaxed);
     }
 
-    /// Queues a delivery for this session, or drops it (counted) when the queue is full or when
-    /// it is QoS 0 and nobody is connected.
-    pub fn enqueue(&self, delivery: Delivery, stats: &Stats) {
+    /// Most deliveries kept in the queue.
+    pub fn queue_limit(&self) -> usize {
+        self.queue_limit
+    }
+
+    /// Offers a routed delivery, in log order. It is queued unless the session is offline or
+    /// lagging (the log has it: catch-up will read it), or already has it. A full queue switches
+    /// the session to lagging instead of dropping a logged message.
+    pub fn offer(&self, delivery: Delivery, stats: &Stats) {
         let mut state = self.lock();
-        if state.ended {
+        let id = delivery.message.id;
+        if state.ended || state.link.is_none() || state.lagging {
+            if id == 0 {
+                stats::add(&stats.dropped_offline_qos0, 1);
+            }
             return;
         }
-        let online = state.link.is_some();
-        if !online && delivery.qos == QoS::AtMostOnce {
-            stats::add(&stats.dropped_offline_qos0, 1);
+        if id != 0 && id <= state.cursor {
+            return;
+        }
+        if state.queue.len() >= self.queue_limit {
+            if id == 0 {
+                stats::add(&stats.dropped_queue_full, 1);
+            } else {
+                state.lagging = true;
+                stats::add(&stats.lagging_switches, 1);
+            }
+            return;
+        }
+        state.queue.push_back(delivery);
+        if id != 0 {
+            state.cursor = id;
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Queues a delivery outside log order (a retained message sent on subscribe), or drops
+    /// it (counted) when the queue is full or nobody is connected.
+    pub fn enqueue_direct(&self, delivery: Delivery, stats: &Stats) {
+        let mut state = self.lock();
+        if state.ended || state.link.is_none() {
             return;
         }
         if state.queue.len() >= self.queue_limit {
@@ -146,9 +194,7 @@ impl Session {
         }
         state.queue.push_back(delivery);
         drop(state);
-        if online {
-            self.wake.notify_one();
-        }
+        self.wake.notify_one();
     }
 }
 
@@ -163,6 +209,22 @@ impl SessionState {
             if !self.inflight.contains_key(&id) {
                 return id;
             }
+        }
+    }
+
+    /// The cursor that is safe to persist: every logged event at or below it has been fully
+    /// acknowledged (or skipped). Events above it are delivered again after a crash.
+    pub fn acknowledged_cursor(&self) -> u64 {
+        let pending = self
+            .queue
+            .iter()
+            .chain(self.inflight.values().map(|f| &f.delivery))
+            .filter(|d| d.from_log)
+            .map(|d| d.message.id)
+            .min();
+        match pending {
+            Some(id) => id.saturating_sub(1).min(self.cursor),
+            None => self.cursor,
         }
     }
 
@@ -218,6 +280,7 @@ impl Registry {
         expiry_interval: u32,
         protocol: Protocol,
         queue_limit: usize,
+        cursor: u64,
         kick: Arc<Notify>,
     ) -> Attached {
         let mut sessions = self.lock();
@@ -250,7 +313,13 @@ impl Registry {
             existing.set_online(false);
             discarded = Some((existing, filters));
         }
-        let session = Arc::new(Session::new(client_id.clone(), protocol, expiry_interval, queue_limit));
+        let session = Arc::new(Session::new(
+            client_id.clone(),
+            protocol,
+            expiry_interval,
+            queue_limit,
+            cursor,
+        ));
         {
             let mut state = session.lock();
             state.generation = 1;
@@ -264,6 +333,12 @@ impl Registry {
             generation: 1,
             discarded,
         }
+    }
+
+    /// Registers a session restored from the store (offline, lagging from its cursor).
+    pub fn restore(&self, session: Arc<Session>) {
+        session.lock().lagging = true;
+        self.lock().insert(session.client_id.clone(), session);
     }
 
     /// Ends `session` if it is still the registered one and `generation` is still current and
@@ -293,13 +368,14 @@ impl Registry {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use firehose_codec::PublishProperties;
+    use firehose_codec::{PublishProperties, QoS};
 
     use crate::broker::message::Message;
 
     fn delivery(qos: QoS) -> Delivery {
         Delivery {
             message: Arc::new(Message::new(
+                0,
                 "t".into(),
                 Bytes::from_static(b"x"),
                 qos,
@@ -310,12 +386,13 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: Vec::new(),
+            from_log: false,
         }
     }
 
     fn attach(registry: &Registry, clean: bool) -> (Attached, Arc<Notify>) {
         let kick = Arc::new(Notify::new());
-        let attached = registry.attach(&Arc::from("c"), clean, 60, Protocol::V5, 2, kick.clone());
+        let attached = registry.attach(&Arc::from("c"), clean, 60, Protocol::V5, 2, 0, kick.clone());
         (attached, kick)
     }
 
@@ -351,23 +428,62 @@ mod tests {
             .expect("first connection kicked");
     }
 
+    fn logged(id: u64) -> Delivery {
+        let mut d = delivery(QoS::AtLeastOnce);
+        let mut message = Message::new(
+            id,
+            "t".into(),
+            Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            false,
+            PublishProperties::default(),
+            "p".into(),
+        );
+        message.id = id;
+        d.message = Arc::new(message);
+        d.from_log = true;
+        d
+    }
+
     #[test]
-    fn queue_is_bounded_and_offline_qos0_is_not_kept() {
+    fn a_full_queue_switches_to_lagging_instead_of_dropping_logged_messages() {
         let registry = Registry::default();
         let stats = Stats::new();
         let (attached, _) = attach(&registry, false);
         let session = attached.session;
-        for _ in 0..3 {
-            session.enqueue(delivery(QoS::AtLeastOnce), &stats);
+        for id in 1..=3 {
+            session.offer(logged(id), &stats);
         }
-        assert_eq!(session.lock().queue.len(), 2, "limit is 2");
-        assert_eq!(stats::get(&stats.dropped_queue_full), 1);
-        session.lock().link = None;
-        session.lock().queue.clear();
-        session.enqueue(delivery(QoS::AtMostOnce), &stats);
-        session.enqueue(delivery(QoS::AtLeastOnce), &stats);
-        assert_eq!(session.lock().queue.len(), 1);
-        assert_eq!(stats::get(&stats.dropped_offline_qos0), 1);
+        let state = session.lock();
+        assert_eq!(state.queue.len(), 2, "limit is 2");
+        assert!(state.lagging);
+        assert_eq!(state.cursor, 2, "event 3 is left for catch-up");
+        assert_eq!(stats::get(&stats.dropped_queue_full), 0);
+    }
+
+    #[test]
+    fn offers_at_or_below_the_cursor_are_ignored() {
+        let registry = Registry::default();
+        let stats = Stats::new();
+        let (attached, _) = attach(&registry, false);
+        attached.session.lock().cursor = 5;
+        attached.session.offer(logged(5), &stats);
+        attached.session.offer(logged(6), &stats);
+        let state = attached.session.lock();
+        assert_eq!(state.queue.len(), 1);
+        assert_eq!(state.cursor, 6);
+        assert_eq!(state.acknowledged_cursor(), 5, "event 6 is not acknowledged yet");
+    }
+
+    #[test]
+    fn offline_sessions_take_nothing_from_live_routing() {
+        let registry = Registry::default();
+        let stats = Stats::new();
+        let (attached, _) = attach(&registry, false);
+        attached.session.lock().link = None;
+        attached.session.offer(logged(1), &stats);
+        attached.session.enqueue_direct(delivery(QoS::AtLeastOnce), &stats);
+        assert!(attached.session.lock().queue.is_empty());
     }
 
     #[test]

@@ -35,6 +35,15 @@ pub struct Stats {
     pub publish_denied: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
+    /// Times a live session's queue filled and it switched to reading from the log.
+    pub lagging_switches: AtomicU64,
+    /// QoS 0 events a lagging or offline session skipped during catch-up (QoS 0 is at most
+    /// once: only QoS >= 1 is replayed from the log).
+    pub skipped_qos0_catchup: AtomicU64,
+    /// Events delivered from the log by catch-up rather than live routing.
+    pub catchup_delivered: AtomicU64,
+    /// Events the log failed to store (the publisher was told, or disconnected).
+    pub store_errors: AtomicU64,
 }
 
 impl Stats {
@@ -54,6 +63,10 @@ impl Stats {
             dropped_expired: AtomicU64::new(0),
             publish_denied: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            lagging_switches: AtomicU64::new(0),
+            skipped_qos0_catchup: AtomicU64::new(0),
+            catchup_delivered: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
         }
     }
 }

@@ -58,7 +58,8 @@ fn publish_all(shared: &Shared) {
     let publisher: Arc<str> = Arc::from("$SYS");
     for (name, value) in snapshot(shared) {
         let topic: Arc<str> = format!("$SYS/broker/{name}").into();
-        shared.publish(Message::new(
+        shared.route_unlogged(Message::new(
+            0,
             topic,
             Bytes::from(value),
             QoS::AtMostOnce,

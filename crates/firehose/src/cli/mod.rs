@@ -1,7 +1,9 @@
 //! The `firehose` command line: `serve` runs the broker, `passwd` hashes a password for the
-//! users file. The only module that wires transports to the broker; `anyhow` lives here.
+//! users file, `replay` prints history from a server's HTTP API. The only module that wires transports to the broker; `anyhow` lives here.
 
+mod http_client;
 pub mod passwd;
+mod replay;
 mod serve;
 
 use std::io::IsTerminal;
@@ -30,6 +32,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Read a password on stdin and print its argon2id hash for the users file.
     Passwd(passwd::PasswdArgs),
+    /// Print the history of topics as JSON lines (from a server's HTTP API), then optionally
+    /// follow live.
+    Replay(replay::ReplayArgs),
 }
 
 /// Runs the command line and turns any error into a message on stderr and exit status 1.
@@ -48,6 +53,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Passwd(args) => passwd::run(args),
+        Command::Replay(args) => replay::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,15 +1,20 @@
 //! `firehose serve`: load the configuration, bind the listeners, run until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::auth::Users;
 use crate::broker::Broker;
 use crate::config::{Config, Listen};
-use crate::transport::tcp::MqttListener;
+use crate::store::{Store, StoreConfig};
+use crate::transport::http::{HttpListener, HttpOptions};
+use crate::transport::metrics::Metrics;
+use crate::transport::tcp::{MqttListener, MqttOptions};
+use crate::transport::tls::{self, TlsSettings};
 
 /// How long connections get to close after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -21,11 +26,46 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "FIREHOSE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// MQTT listener address, or `off` [default: 0.0.0.0:1883].
-    #[arg(long, env = "FIREHOSE_MQTT", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "FIREHOSE_MQTT",
+        value_name = "ADDR",
+        overrides_with = "mqtt"
+    )]
     mqtt: Option<String>,
-    /// HTTP listener address, or `off` [default: 0.0.0.0:8080].
-    #[arg(long, env = "FIREHOSE_HTTP", value_name = "ADDR")]
+    /// MQTT over TLS listener address, or `off` [default: off; usually 0.0.0.0:8883]. Needs
+    /// --tls-cert and --tls-key.
+    #[arg(
+        long,
+        env = "FIREHOSE_MQTTS",
+        value_name = "ADDR",
+        overrides_with = "mqtts"
+    )]
+    mqtts: Option<String>,
+    /// HTTP listener address (MQTT over WebSocket at /mqtt, /metrics, /healthz), or `off`
+    /// [default: 0.0.0.0:8080].
+    #[arg(
+        long,
+        env = "FIREHOSE_HTTP",
+        value_name = "ADDR",
+        overrides_with = "http"
+    )]
     http: Option<String>,
+    /// HTTPS listener address, or `off` [default: off; usually 0.0.0.0:443]. Needs --tls-cert
+    /// and --tls-key.
+    #[arg(
+        long,
+        env = "FIREHOSE_HTTPS",
+        value_name = "ADDR",
+        overrides_with = "https"
+    )]
+    https: Option<String>,
+    /// TLS certificate chain (PEM), for the MQTTS and HTTPS listeners; reloaded on SIGHUP.
+    #[arg(long, env = "FIREHOSE_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM), for the MQTTS and HTTPS listeners; reloaded on SIGHUP.
+    #[arg(long, env = "FIREHOSE_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Data directory [default: ./firehose-data].
     #[arg(long, env = "FIREHOSE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -44,8 +84,20 @@ impl ServeArgs {
         if let Some(mqtt) = self.mqtt {
             config.mqtt.listen = mqtt;
         }
+        if let Some(mqtts) = self.mqtts {
+            config.mqtts.listen = mqtts;
+        }
         if let Some(http) = self.http {
             config.http.listen = http;
+        }
+        if let Some(https) = self.https {
+            config.https.listen = https;
+        }
+        if let Some(cert) = self.tls_cert {
+            config.tls.cert = Some(cert);
+        }
+        if let Some(key) = self.tls_key {
+            config.tls.key = Some(key);
         }
         if let Some(dir) = self.data_dir {
             config.data_dir = dir;
@@ -68,6 +120,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Users::load(path)?,
         None => Users::none(),
     };
+    tls::install_provider();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -82,28 +135,98 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
     if users.is_empty() {
         info!("no users file: every client is anonymous and read-only");
     }
-    let broker = Broker::new(config.limits.clone(), users);
+    let mqtts = config.mqtts_listen()?;
+    let https = config.https_listen()?;
+    // Certificates are read before anything binds, so a bad file stops the start.
+    let tls = if mqtts != Listen::Off || https != Listen::Off {
+        Some(Arc::new(
+            TlsSettings::load(&config.tls, users.clone())
+                .context("cannot load the TLS certificate")?,
+        ))
+    } else {
+        None
+    };
+    let store_config = StoreConfig {
+        data_dir: config.data_dir.clone(),
+        durability: config.log.durability,
+        retention: config.log.retention_rules()?,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .context("the store could not be opened")??;
+    info!(data_dir = %config.data_dir.display(), last_event = store.last_id(), "event log opened");
+    let broker = Broker::open(config.limits.clone(), users.clone(), store)?;
+    let metrics = Arc::new(Metrics::new(broker.clone()));
+    let handshake_timeout = Duration::from_secs(config.limits.connect_timeout_secs);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut listeners = Vec::new();
-    if let Listen::On(addr) = config.mqtt_listen()? {
-        let listener = MqttListener::bind(addr, broker.clone())
+
+    let mqtt_listeners = [
+        (
+            "MQTT",
+            config.mqtt_listen()?,
+            config.mqtt.proxy_protocol,
+            None,
+        ),
+        ("MQTTS", mqtts, config.mqtts.proxy_protocol, tls.clone()),
+    ];
+    for (name, listen, proxy_protocol, tls) in mqtt_listeners {
+        let Listen::On(addr) = listen else { continue };
+        let options = MqttOptions {
+            proxy_protocol,
+            tls,
+            metrics: metrics.clone(),
+            handshake_timeout,
+        };
+        let listener = MqttListener::bind(addr, broker.clone(), options)
             .await
-            .with_context(|| format!("cannot bind the MQTT listener on {addr}"))?;
-        let bound = listener.local_addr().context("cannot read the bound MQTT address")?;
-        info!(addr = %bound, "MQTT listener bound");
+            .with_context(|| format!("cannot bind the {name} listener on {addr}"))?;
+        let bound = listener
+            .local_addr()
+            .with_context(|| format!("cannot read the bound {name} address"))?;
+        info!(addr = %bound, "{name} listener bound");
         listeners.push(tokio::spawn(listener.run(stopped.clone())));
     }
-    if let Listen::On(addr) = config.http_listen()? {
-        info!(%addr, "the HTTP listener is not part of this build yet; http.listen is ignored");
+
+    let trusted_proxies = config.trusted_proxies()?;
+    // A WebSocket frame or message may hold a whole packet plus the start of the next one.
+    let max_ws_message = (config.limits.max_packet_size as usize)
+        .saturating_mul(2)
+        .max(64 * 1024);
+    let http_listeners = [
+        ("HTTP", config.http_listen()?, None),
+        ("HTTPS", https, tls.clone()),
+    ];
+    for (name, listen, tls) in http_listeners {
+        let Listen::On(addr) = listen else { continue };
+        let options = HttpOptions {
+            ws_path: config.http.ws_path.clone(),
+            trusted_proxies: trusted_proxies.clone(),
+            tls,
+            metrics: metrics.clone(),
+            handshake_timeout,
+            max_ws_message,
+        };
+        let listener = HttpListener::bind(addr, broker.clone(), options)
+            .await
+            .with_context(|| format!("cannot bind the {name} listener on {addr}"))?;
+        let bound = listener
+            .local_addr()
+            .with_context(|| format!("cannot read the bound {name} address"))?;
+        info!(addr = %bound, "{name} listener bound");
+        listeners.push(tokio::spawn(listener.run(stopped.clone())));
     }
+
     if listeners.is_empty() {
-        anyhow::bail!("every listener is off: nothing to serve (set --mqtt)");
+        anyhow::bail!("every listener is off: nothing to serve (set --mqtt or --http)");
     }
     if let Some(interval) = config.sys_interval() {
         broker.spawn_sys(interval);
     }
+    let reloader = tokio::spawn(reload_on_sighup(tls)?);
     wait_for_signal().await?;
     info!("shutting down");
+    reloader.abort();
     stop.send_replace(true);
     for listener in listeners {
         let _ = listener.await;
@@ -111,6 +234,28 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
     broker.shutdown(SHUTDOWN_GRACE).await;
     info!("stopped");
     Ok(())
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP (new connections get the new ones).
+/// Listening starts before this returns, so a SIGHUP right after start is not fatal.
+fn reload_on_sighup(
+    tls: Option<Arc<TlsSettings>>,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    Ok(async move {
+        while hup.recv().await.is_some() {
+            match &tls {
+                None => info!("received SIGHUP: no TLS listener, nothing to reload"),
+                Some(tls) => match tls.reload() {
+                    Ok(()) => info!("received SIGHUP: TLS certificate reloaded"),
+                    Err(e) => error!(
+                        "received SIGHUP: TLS reload failed, keeping the previous certificate: {e}"
+                    ),
+                },
+            }
+        }
+    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

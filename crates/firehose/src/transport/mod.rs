@@ -1,5 +1,19 @@
 //! Transports: listeners that accept connections and hand each stream to the broker.
 //!
-//! Depends on [`crate::broker`] and [`crate::config`]; only `cli` uses it.
+//! Depends on [`crate::broker`], [`crate::auth`] and [`crate::config`]; only `cli` uses it.
+//!
+//! # Layout
+//! - [`tcp`]: the MQTT listeners (TCP, and TLS for MQTTS), PROXY protocol in front.
+//! - [`http`]: the HTTP(S) listener: MQTT over WebSocket, `/healthz`, `/metrics`, `/`.
+//! - [`ws`]: a WebSocket seen as the byte stream the broker serves.
+//! - [`tls`]: rustls configurations from PEM files, SIGHUP reload, client certificates.
+//! - [`proxy`]: the client address behind proxies (PROXY protocol, `X-Forwarded-For`).
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
 
+pub mod history;
+pub mod http;
+pub mod metrics;
+pub mod proxy;
 pub mod tcp;
+pub mod tls;
+pub mod ws;

@@ -1,18 +1,44 @@
-//! MQTT over plain TCP: the accept loop.
+//! MQTT listeners: plain TCP (`[mqtt]`) and TLS (`[mqtts]`), with an optional PROXY protocol
+//! header in front of either.
+//!
+//! The accept loop only accepts; each connection gets its own task, which reads the PROXY
+//! header, asks the broker for admission, does the TLS handshake and then serves MQTT. Every
+//! step before MQTT is bounded by the connect timeout, so a silent client holds nothing but its
+//! own task.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::timeout;
 use tracing::{info, warn};
 
 use crate::broker::{Broker, ConnectionInfo};
+use crate::transport::metrics::Metrics;
+use crate::transport::proxy;
+use crate::transport::tls::{Service, TlsSettings};
+
+/// How an MQTT listener treats its connections.
+#[derive(Debug, Clone)]
+pub struct MqttOptions {
+    /// Expect a PROXY protocol header first.
+    pub proxy_protocol: bool,
+    /// Speak TLS (the MQTTS listener).
+    pub tls: Option<Arc<TlsSettings>>,
+    /// Connection metrics.
+    pub metrics: Arc<Metrics>,
+    /// Time allowed for the PROXY header and the TLS handshake.
+    pub handshake_timeout: Duration,
+}
 
 /// A bound MQTT listener, not yet accepting.
 #[derive(Debug)]
 pub struct MqttListener {
     listener: TcpListener,
     broker: Broker,
+    options: MqttOptions,
 }
 
 impl MqttListener {
@@ -20,9 +46,17 @@ impl MqttListener {
     ///
     /// # Errors
     /// The bind error (address in use, permission denied for ports below 1024, ...).
-    pub async fn bind(addr: SocketAddr, broker: Broker) -> std::io::Result<MqttListener> {
+    pub async fn bind(
+        addr: SocketAddr,
+        broker: Broker,
+        options: MqttOptions,
+    ) -> std::io::Result<MqttListener> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(MqttListener { listener, broker })
+        Ok(MqttListener {
+            listener,
+            broker,
+            options,
+        })
     }
 
     /// The address actually bound.
@@ -45,21 +79,76 @@ impl MqttListener {
                 Err(error) => {
                     // Usually EMFILE: back off briefly instead of spinning.
                     warn!("accept failed: {error}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            let permit = match self.broker.admit(peer) {
-                Ok(permit) => permit,
-                Err(refusal) => {
-                    info!(%peer, "refused connection: {refusal}");
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
             let broker = self.broker.clone();
-            let info = ConnectionInfo::new(peer, "tcp");
-            tokio::spawn(async move { broker.serve(stream, info, permit).await });
+            let options = self.options.clone();
+            tokio::spawn(handle(stream, peer, broker, options));
         }
     }
+}
+
+/// One connection, from accept to the end of MQTT.
+async fn handle(
+    mut stream: TcpStream,
+    socket_peer: SocketAddr,
+    broker: Broker,
+    options: MqttOptions,
+) {
+    let _ = stream.set_nodelay(true);
+    let transport = if options.tls.is_some() { "tls" } else { "tcp" };
+    let peer = if options.proxy_protocol {
+        match timeout(options.handshake_timeout, proxy::read_header(&mut stream)).await {
+            Ok(Ok(Some(client))) => client,
+            Ok(Ok(None)) => socket_peer,
+            Ok(Err(error)) => {
+                info!(peer = %socket_peer, "closed connection: {error}");
+                options.metrics.handshake_failed(transport, "proxy");
+                return;
+            }
+            Err(_) => {
+                info!(peer = %socket_peer, "closed connection: no PROXY header within {:?}", options.handshake_timeout);
+                options.metrics.handshake_failed(transport, "proxy");
+                return;
+            }
+        }
+    } else {
+        socket_peer
+    };
+    let permit = match broker.admit(peer) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            info!(%peer, "refused connection: {refusal}");
+            return;
+        }
+    };
+    let _guard = options.metrics.connection(transport);
+    let Some(tls) = &options.tls else {
+        broker
+            .serve(stream, ConnectionInfo::new(peer, transport), permit)
+            .await;
+        return;
+    };
+    let acceptor = tls.acceptor(Service::Mqtt);
+    let stream = match timeout(options.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            info!(%peer, "TLS handshake failed: {error}");
+            options.metrics.handshake_failed(transport, "tls");
+            return;
+        }
+        Err(_) => {
+            info!(%peer, "TLS handshake not finished within {:?}", options.handshake_timeout);
+            options.metrics.handshake_failed(transport, "tls");
+            return;
+        }
+    };
+    let info = ConnectionInfo {
+        peer,
+        transport,
+        authenticated_user: tls.client_user(stream.get_ref().1),
+    };
+    broker.serve(stream, info, permit).await;
 }

@@ -1,0 +1,366 @@
+//! Reading the log: a small pool of read-only connections (WAL readers never block the writer
+//! nor each other), and the queries by id, topic filter and time.
+//!
+//! Every page is read inside one read transaction, so it is a consistent snapshot: an id at or
+//! below the snapshot's newest id that is missing from the page was deleted or did not match,
+//! never "not yet committed" (ids are assigned and committed in order by the single writer).
+
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension};
+
+use super::schema::{self, to_i64, to_u64, EVENT_COLUMNS};
+use super::{Event, Page, StoreError, StoredSession};
+use crate::topic;
+
+/// Idle read connections kept open; more are opened when more threads read at once, and
+/// closed again after use.
+const MAX_IDLE: usize = 4;
+
+/// The reader pool.
+#[derive(Debug)]
+pub(super) struct Pool {
+    /// `events.db`.
+    path: PathBuf,
+    /// Idle connections.
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Pool {
+    /// A pool for the database at `path`; opens connections on demand.
+    pub(super) fn new(path: PathBuf) -> Pool {
+        Pool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Closes the idle connections.
+    pub(super) fn clear(&self) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Runs `f` with a connection inside a read transaction; SQLite errors are reported as
+    /// happening while doing `context`.
+    fn with<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => schema::open_reader(&self.path)?,
+        };
+        let result = (|| {
+            let tx = conn.unchecked_transaction()?;
+            let out = f(&tx)?;
+            tx.finish()?;
+            Ok(out)
+        })();
+        match result {
+            Ok(out) => {
+                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                if idle.len() < MAX_IDLE {
+                    idle.push(conn);
+                }
+                Ok(out)
+            }
+            // A connection that failed is dropped rather than reused.
+            Err(e) => Err(schema::sql_error(&self.path, context, e)),
+        }
+    }
+
+    /// See [`super::Store::read_after`] and [`super::Store::query`].
+    pub(super) fn read(&self, scan: &Scan<'_>) -> Result<Page, StoreError> {
+        self.with("reading events", |conn| read_page(conn, scan))
+    }
+
+    /// See [`super::Store::get`].
+    pub(super) fn get(&self, id: u64) -> Result<Option<Event>, StoreError> {
+        self.with("reading an event", |conn| {
+            conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?
+                .query_row([to_i64(id)], schema::event_from_row)
+                .optional()
+        })
+    }
+
+    /// See [`super::Store::load_retained`].
+    pub(super) fn retained(&self) -> Result<Vec<Event>, StoreError> {
+        self.with("loading retained messages", |conn| {
+            let mut stmt =
+                conn.prepare(&format!("SELECT {EVENT_COLUMNS} FROM retained ORDER BY id"))?;
+            let rows = stmt.query_map([], schema::event_from_row)?;
+            rows.collect()
+        })
+    }
+
+    /// See [`super::Store::load_sessions`].
+    pub(super) fn sessions(&self) -> Result<Vec<StoredSession>, StoreError> {
+        self.with("loading sessions", |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT client_id, expiry_interval, disconnected_at_ms, cursor, subscriptions, \
+                 inflight, incoming_qos2 FROM sessions ORDER BY client_id",
+            )?;
+            let rows = stmt.query_map([], schema::session_from_row)?;
+            rows.collect()
+        })
+    }
+}
+
+/// One page's worth of search.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Scan<'a> {
+    /// Only ids above this.
+    pub(super) after: u64,
+    /// Topic filters, OR'ed; empty means `#`.
+    pub(super) filters: &'a [String],
+    /// Most events returned.
+    pub(super) limit: usize,
+    /// Most rows examined.
+    pub(super) scan_limit: usize,
+    /// Only `time_ms >= since_ms`.
+    pub(super) since_ms: Option<i64>,
+    /// Only `time_ms < until_ms`.
+    pub(super) until_ms: Option<i64>,
+}
+
+/// The SQL pre-filter for one topic filter: cheap comparisons on the topic column that every
+/// topic the filter matches passes. It only narrows; [`topic::matches`] decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Narrow {
+    /// No wildcard: the topic equals the filter.
+    Exact(String),
+    /// `a/b/+...`: the topic starts with `a/b/` (`lo <= topic < hi`).
+    Prefix {
+        /// The literal levels and their trailing `/`.
+        lo: String,
+        /// `lo` with its final `/` replaced by the next byte, `0`.
+        hi: String,
+        /// For `a/b/#`, which also matches `a/b` itself.
+        parent: Option<String>,
+    },
+    /// The first level is a wildcard: nothing to narrow by.
+    Any,
+}
+
+/// Computes the [`Narrow`] of a filter, by the level rules of [`crate::topic`].
+fn narrow(filter: &str) -> Narrow {
+    let mut literal = Vec::new();
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let hash = level == "#" && levels.peek().is_none();
+        if level == "+" || hash {
+            if literal.is_empty() {
+                return Narrow::Any;
+            }
+            let parent = literal.join("/");
+            let lo = format!("{parent}/");
+            let hi = format!("{parent}0");
+            return Narrow::Prefix {
+                lo,
+                hi,
+                parent: hash.then_some(parent),
+            };
+        }
+        literal.push(level);
+    }
+    Narrow::Exact(filter.to_string())
+}
+
+/// The SQL condition (with its parameters appended to `params`) that pre-filters rows for
+/// `filters`, or `None` when some filter cannot be narrowed.
+fn topic_condition(filters: &[String], params: &mut Vec<Value>) -> Option<String> {
+    let narrows: Vec<Narrow> = filters.iter().map(|f| narrow(f)).collect();
+    if narrows.is_empty() || narrows.contains(&Narrow::Any) {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for n in narrows {
+        match n {
+            Narrow::Exact(topic) => {
+                params.push(Value::Text(topic));
+                parts.push(format!("topic = ?{}", params.len()));
+            }
+            Narrow::Prefix { lo, hi, parent } => {
+                params.push(Value::Text(lo));
+                params.push(Value::Text(hi));
+                let range = format!("(topic >= ?{} AND topic < ?{})", params.len() - 1, params.len());
+                match parent {
+                    Some(parent) => {
+                        params.push(Value::Text(parent));
+                        parts.push(format!("{range} OR topic = ?{}", params.len()));
+                    }
+                    None => parts.push(range),
+                }
+            }
+            Narrow::Any => {}
+        }
+    }
+    Some(format!("({})", parts.join(" OR ")))
+}
+
+/// Whether any filter matches (no filters: every non-`$` topic).
+fn matches_any(filters: &[String], topic: &str) -> bool {
+    if filters.is_empty() {
+        return !topic.starts_with('$');
+    }
+    filters.iter().any(|f| topic::matches(f, topic))
+}
+
+/// Reads one page inside the caller's read transaction.
+///
+/// The examined rows are an id window: from the first row after the lower bound, `scan_limit`
+/// ids wide, so that the work per page is bounded however rare the matches are. Time bounds
+/// become id bounds through the time index, widened by the largest step back the clock ever
+/// took (`time_skew_ms`), so they stay exact when time was not monotonic.
+fn read_page(conn: &Connection, scan: &Scan<'_>) -> rusqlite::Result<Page> {
+    let newest: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM events")?
+        .query_row([], |row| row.get(0))?;
+    let newest = to_u64(newest);
+    // Rows in (lo, hi] are candidates; everything outside is provably excluded.
+    let mut lo = scan.after;
+    let mut hi = newest;
+    if scan.since_ms.is_some() || scan.until_ms.is_some() {
+        let skew = schema::load_skew(conn)?;
+        if let Some(since) = scan.since_ms {
+            // A row earlier than since - skew: every row before it is earlier than since.
+            let below: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT id FROM events WHERE time_ms < ?1 ORDER BY time_ms DESC LIMIT 1",
+                )?
+                .query_row([since.saturating_sub(skew)], |row| row.get(0))
+                .optional()?;
+            if let Some(id) = below {
+                lo = lo.max(to_u64(id));
+            }
+        }
+        if let Some(until) = scan.until_ms {
+            // A row at or after until + skew: every row after it is at or after until.
+            let above: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT id FROM events WHERE time_ms >= ?1 ORDER BY time_ms ASC LIMIT 1",
+                )?
+                .query_row([until.saturating_add(skew)], |row| row.get(0))
+                .optional()?;
+            if let Some(id) = above {
+                let bound = to_u64(id).saturating_sub(1);
+                hi = hi.min(bound);
+            }
+        }
+    }
+    let done = |scanned_to: u64| Page {
+        events: Vec::new(),
+        scanned_to,
+        more: false,
+    };
+    if scan.limit == 0 {
+        return Ok(Page {
+            events: Vec::new(),
+            scanned_to: scan.after,
+            more: scan.after < hi,
+        });
+    }
+    if lo >= hi {
+        return Ok(done(scan.after.max(hi)));
+    }
+    let first: Option<i64> = conn
+        .prepare_cached("SELECT min(id) FROM events WHERE id > ?1")?
+        .query_row([to_i64(lo)], |row| row.get(0))?;
+    let first = match first.map(to_u64) {
+        Some(first) if first <= hi => first,
+        _ => return Ok(done(scan.after.max(hi))),
+    };
+    let window_end = first
+        .saturating_add(scan.scan_limit.max(1) as u64 - 1)
+        .min(hi);
+
+    let mut params = vec![Value::Integer(to_i64(lo)), Value::Integer(to_i64(window_end))];
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id > ?1 AND id <= ?2");
+    if let Some(since) = scan.since_ms {
+        params.push(Value::Integer(since));
+        sql.push_str(&format!(" AND time_ms >= ?{}", params.len()));
+    }
+    if let Some(until) = scan.until_ms {
+        params.push(Value::Integer(until));
+        sql.push_str(&format!(" AND time_ms < ?{}", params.len()));
+    }
+    if let Some(condition) = topic_condition(scan.filters, &mut params) {
+        sql.push_str(" AND ");
+        sql.push_str(&condition);
+    }
+    sql.push_str(" ORDER BY id");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut events = Vec::new();
+    let mut scanned_to = window_end;
+    while let Some(row) = rows.next()? {
+        let topic = row.get_ref(2)?.as_str()?;
+        if !matches_any(scan.filters, topic) {
+            continue;
+        }
+        let event = schema::event_from_row(row)?;
+        let id = event.id;
+        events.push(event);
+        if events.len() >= scan.limit {
+            scanned_to = id;
+            break;
+        }
+    }
+    let more = scanned_to < hi;
+    Ok(Page {
+        events,
+        scanned_to: scanned_to.max(scan.after),
+        more,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrowing() {
+        assert_eq!(narrow("a/b"), Narrow::Exact("a/b".into()));
+        assert_eq!(narrow("#"), Narrow::Any);
+        assert_eq!(narrow("+/a"), Narrow::Any);
+        assert_eq!(
+            narrow("a/b/#"),
+            Narrow::Prefix {
+                lo: "a/b/".into(),
+                hi: "a/b0".into(),
+                parent: Some("a/b".into())
+            }
+        );
+        assert_eq!(
+            narrow("a/+/c"),
+            Narrow::Prefix {
+                lo: "a/".into(),
+                hi: "a0".into(),
+                parent: None
+            }
+        );
+        // `#` not last and `a+` are literal text, as topic::matches treats them.
+        assert_eq!(narrow("a/#/b"), Narrow::Exact("a/#/b".into()));
+        assert_eq!(narrow("a+/b"), Narrow::Exact("a+/b".into()));
+        // An empty first level is a literal level.
+        assert_eq!(
+            narrow("/+"),
+            Narrow::Prefix {
+                lo: "/".into(),
+                hi: "0".into(),
+                parent: None
+            }
+        );
+    }
+}

@@ -1,0 +1,753 @@
+//! The database file: opening it (lock-free part: pragmas, integrity, schema), the table
+//! definitions and migrations, and the compact binary encoding of the columns that hold
+//! structured values (event properties, session subscriptions and in-flight state).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
+
+use super::{
+    Durability, Event, EventProperties, NewEvent, StoreError, StoredInflight, StoredSession,
+    StoredSubscription,
+};
+
+/// Schema version written to `PRAGMA user_version`; bump it and add a step to [`migrate`]
+/// when the tables change.
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// Databases up to this size get a full `PRAGMA quick_check` at open. Above it the check
+/// would delay startup by seconds to minutes, so only the cheap checks run (header and schema
+/// are read); damage deeper in the file shows up as a read error when it is reached.
+const QUICK_CHECK_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How long a connection waits for a lock held by another connection before failing. Only
+/// checkpoints and WAL recovery take locks that make our readers wait.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The tables of schema version 1.
+///
+/// - `log_state`: one row; `last_id` is the highest id ever assigned, so that an id is never
+///   reused even when retention deleted the newest events; `max_time_ms`/`time_skew_ms` bound
+///   how far `time_ms` ever went backwards, which lets time queries seek by the time index and
+///   stay correct when the clock stepped back.
+/// - `events`: the log. Columns are ordered so that the ones a scan filters on come first and
+///   the payload, usually the largest, last.
+/// - `retained`: one full copy of the last retained event per topic, independent of the log's
+///   retention.
+/// - `retention_rules`: per rule, the count and bytes of the events it governs, kept in the
+///   same transactions as the events so that count and byte limits need no scan at startup.
+const SCHEMA_V1: &str = "
+CREATE TABLE log_state (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    last_id INTEGER NOT NULL,
+    event_count INTEGER NOT NULL,
+    max_time_ms INTEGER,
+    time_skew_ms INTEGER NOT NULL
+);
+INSERT INTO log_state (id, last_id, event_count, max_time_ms, time_skew_ms) VALUES (0, 0, 0, NULL, 0);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    publisher TEXT NOT NULL,
+    properties BLOB,
+    payload BLOB NOT NULL
+);
+CREATE INDEX events_time ON events (time_ms);
+CREATE TABLE retained (
+    topic TEXT PRIMARY KEY,
+    id INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    publisher TEXT NOT NULL,
+    properties BLOB,
+    payload BLOB NOT NULL
+);
+CREATE TABLE sessions (
+    client_id TEXT PRIMARY KEY,
+    expiry_interval INTEGER NOT NULL,
+    disconnected_at_ms INTEGER,
+    cursor INTEGER NOT NULL,
+    subscriptions BLOB NOT NULL,
+    inflight BLOB NOT NULL,
+    incoming_qos2 BLOB NOT NULL
+);
+CREATE TABLE retention_rules (
+    position INTEGER PRIMARY KEY,
+    filter TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+";
+
+/// The columns of an event row in `events` and `retained`, in the order [`event_from_row`]
+/// reads them.
+pub(super) const EVENT_COLUMNS: &str =
+    "id, time_ms, topic, qos, retain, publisher, properties, payload";
+
+/// Maps a SQLite error to the store's error: damage to [`StoreError::Corrupt`] naming the
+/// file, anything else to [`StoreError::Sqlite`] saying what we were doing.
+pub(super) fn sql_error(path: &Path, context: &'static str, error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        },
+        _ => StoreError::Sqlite {
+            context,
+            message: error.to_string(),
+        },
+    }
+}
+
+/// Opens the write connection: WAL, the durability's `synchronous` level, an integrity check
+/// and the schema (created or migrated). The caller holds the directory lock.
+///
+/// # Errors
+/// [`StoreError::Io`] when the file cannot be opened, [`StoreError::Corrupt`] when it is not a
+/// (Firehose) database or is damaged.
+pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    let err = |context| move |e| sql_error(path, context, e);
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(err("setting the busy timeout"))?;
+    // The first statement reads the header: a file that is not a database fails here.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(|e| open_error(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Sqlite {
+            context: "switching to WAL mode",
+            message: format!("SQLite kept journal mode {mode:?}"),
+        });
+    }
+    let synchronous = match durability {
+        Durability::Process => "NORMAL",
+        Durability::PowerLoss => "FULL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY;"
+    ))
+    .map_err(err("setting pragmas"))?;
+    check_integrity(&conn, path)?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection for the reader pool.
+///
+/// # Errors
+/// As [`open_writer`].
+pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| sql_error(path, "setting the busy timeout", e))?;
+    Ok(conn)
+}
+
+/// Like [`sql_error`], but an open that the OS refused is an I/O error on the file.
+fn open_error(path: &Path, error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly) => {
+            StoreError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(error.to_string()),
+            }
+        }
+        _ => sql_error(path, "opening the database", error),
+    }
+}
+
+/// Runs `PRAGMA quick_check` on databases small enough for it to be quick.
+fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if size > QUICK_CHECK_MAX_BYTES {
+        return Ok(());
+    }
+    let corrupt = |e| corrupt_or(path, "checking integrity", e);
+    let mut stmt = conn.prepare("PRAGMA quick_check(10)").map_err(corrupt)?;
+    let problems = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .map_err(corrupt)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(corrupt)?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        path: path.to_path_buf(),
+        message: problems.join("; "),
+    })
+}
+
+/// Any failure of an integrity check means the file is damaged.
+fn corrupt_or(path: &Path, context: &'static str, error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            sql_error(path, context, error)
+        }
+        _ => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        },
+    }
+}
+
+/// Creates the tables in a new database, or checks that an existing one is ours and brings it
+/// to [`SCHEMA_VERSION`].
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let err = |context| move |e| sql_error(path, context, e);
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(err("reading the schema version"))?;
+    match version {
+        0 => {
+            let tables: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(err("reading the schema"))?;
+            if tables > 0 {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "it has {tables} tables but no Firehose schema version; \
+                         move it away or point the data directory elsewhere"
+                    ),
+                });
+            }
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(err("creating the tables"))?;
+            Ok(())
+        }
+        SCHEMA_VERSION => Ok(()),
+        newer if newer > SCHEMA_VERSION => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "schema version {newer} was written by a newer Firehose \
+                 (this one understands up to {SCHEMA_VERSION})"
+            ),
+        }),
+        other => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!("unknown schema version {other}"),
+        }),
+    }
+}
+
+/// The single row of `log_state`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct LogState {
+    /// Highest id ever assigned.
+    pub(super) last_id: u64,
+    /// Events in the log.
+    pub(super) event_count: u64,
+    /// Highest `time_ms` ever appended.
+    pub(super) max_time_ms: Option<i64>,
+    /// Largest step back in `time_ms` ever seen: for any two events, the later one's time is
+    /// at least the earlier one's minus this.
+    pub(super) time_skew_ms: i64,
+}
+
+/// Reads `log_state`; also makes sure `last_id` covers the events table, in case a database
+/// was edited by hand.
+pub(super) fn load_state(conn: &Connection, path: &Path) -> Result<LogState, StoreError> {
+    let err = |e| sql_error(path, "reading the log state", e);
+    let state = conn
+        .query_row(
+            "SELECT last_id, event_count, max_time_ms, time_skew_ms FROM log_state WHERE id = 0",
+            [],
+            |row| {
+                Ok(LogState {
+                    last_id: to_u64(row.get(0)?),
+                    event_count: to_u64(row.get(1)?),
+                    max_time_ms: row.get(2)?,
+                    time_skew_ms: row.get::<_, i64>(3)?.max(0),
+                })
+            },
+        )
+        .optional()
+        .map_err(err)?
+        .ok_or_else(|| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: "the log_state row is missing".to_string(),
+        })?;
+    let max_id: i64 = conn
+        .query_row("SELECT coalesce(max(id), 0) FROM events", [], |row| {
+            row.get(0)
+        })
+        .map_err(err)?;
+    Ok(LogState {
+        last_id: state.last_id.max(to_u64(max_id)),
+        ..state
+    })
+}
+
+/// Reads the time skew bound inside a reader's snapshot.
+pub(super) fn load_skew(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT time_skew_ms FROM log_state WHERE id = 0",
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|skew| skew.max(0))
+}
+
+/// SQLite integers are signed; ids and counts are never negative.
+pub(super) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// Ids and counts into SQLite; anything beyond `i64::MAX` is beyond every stored id.
+pub(super) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Reads an event row laid out as [`EVENT_COLUMNS`].
+pub(super) fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let id = to_u64(row.get(0)?);
+    let properties = match row.get_ref(6)?.as_blob_or_null()? {
+        None => EventProperties::default(),
+        Some(blob) => decode_properties(blob).map_err(|message| {
+            rusqlite::Error::FromSqlConversionFailure(
+                6,
+                rusqlite::types::Type::Blob,
+                format!("event {id}: properties: {message}").into(),
+            )
+        })?,
+    };
+    let qos: i64 = row.get(3)?;
+    Ok(Event {
+        id,
+        event: NewEvent {
+            time_ms: row.get(1)?,
+            topic: row.get(2)?,
+            payload: Bytes::copy_from_slice(row.get_ref(7)?.as_blob()?),
+            qos: u8::try_from(qos).unwrap_or(0),
+            retain: row.get(4)?,
+            publisher: row.get(5)?,
+            properties,
+        },
+    })
+}
+
+/// A growing buffer of big-endian fields, length-prefixed strings and byte strings.
+#[derive(Default)]
+struct Enc(Vec<u8>);
+
+impl Enc {
+    /// One byte.
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    /// Two bytes, big-endian.
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    /// Four bytes, big-endian.
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    /// Eight bytes, big-endian.
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    /// A 4-byte length, then the bytes.
+    fn bytes(&mut self, v: &[u8]) {
+        self.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
+        self.0.extend_from_slice(v);
+    }
+    /// A count, for a list that follows.
+    fn count(&mut self, n: usize) {
+        self.u32(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+}
+
+/// Reads what [`Enc`] wrote; every read checks the remaining length.
+struct Dec<'a>(&'a [u8]);
+
+impl<'a> Dec<'a> {
+    /// Takes `n` bytes.
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err(format!("truncated: wanted {n} bytes, {} left", self.0.len()));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    /// Takes exactly `N` bytes as an array.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    /// One byte.
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.array::<1>()?[0])
+    }
+    /// Two bytes, big-endian.
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    /// Four bytes, big-endian.
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    /// Eight bytes, big-endian.
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    /// A length-prefixed byte string.
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+    /// A length-prefixed UTF-8 string.
+    fn string(&mut self) -> Result<String, String> {
+        let bytes = self.bytes()?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| "a string is not UTF-8".to_string())
+    }
+    /// A list count, checked against what is left so that a damaged count cannot make us
+    /// allocate much (every element takes at least one byte).
+    fn count(&mut self) -> Result<usize, String> {
+        let n = self.u32()? as usize;
+        if n > self.0.len() {
+            return Err(format!("count {n} exceeds the {} bytes left", self.0.len()));
+        }
+        Ok(n)
+    }
+    /// The version byte every blob starts with.
+    fn version(&mut self) -> Result<(), String> {
+        match self.u8()? {
+            ENCODING_VERSION => Ok(()),
+            other => Err(format!("unknown encoding version {other}")),
+        }
+    }
+    /// Fails if bytes are left over.
+    fn end(&self) -> Result<(), String> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} trailing bytes", self.0.len()))
+        }
+    }
+}
+
+/// First byte of every encoded blob, so that the format can change.
+const ENCODING_VERSION: u8 = 1;
+
+/// Tags of the optional fields in an encoded [`EventProperties`].
+mod tag {
+    /// Payload Format Indicator, one byte.
+    pub(super) const PAYLOAD_FORMAT: u8 = 1;
+    /// Message Expiry Interval, four bytes.
+    pub(super) const MESSAGE_EXPIRY: u8 = 2;
+    /// Content Type, a string.
+    pub(super) const CONTENT_TYPE: u8 = 3;
+    /// Response Topic, a string.
+    pub(super) const RESPONSE_TOPIC: u8 = 4;
+    /// Correlation Data, a byte string.
+    pub(super) const CORRELATION_DATA: u8 = 5;
+    /// One user property, two strings.
+    pub(super) const USER_PROPERTY: u8 = 6;
+}
+
+/// Encodes event properties; `None` (a NULL column) for the common case of none at all.
+pub(super) fn encode_properties(p: &EventProperties) -> Option<Vec<u8>> {
+    if *p == EventProperties::default() {
+        return None;
+    }
+    let mut e = Enc::default();
+    e.u8(ENCODING_VERSION);
+    if let Some(v) = p.payload_format_indicator {
+        e.u8(tag::PAYLOAD_FORMAT);
+        e.u8(v);
+    }
+    if let Some(v) = p.message_expiry_interval {
+        e.u8(tag::MESSAGE_EXPIRY);
+        e.u32(v);
+    }
+    if let Some(v) = &p.content_type {
+        e.u8(tag::CONTENT_TYPE);
+        e.bytes(v.as_bytes());
+    }
+    if let Some(v) = &p.response_topic {
+        e.u8(tag::RESPONSE_TOPIC);
+        e.bytes(v.as_bytes());
+    }
+    if let Some(v) = &p.correlation_data {
+        e.u8(tag::CORRELATION_DATA);
+        e.bytes(v);
+    }
+    for (key, value) in &p.user_properties {
+        e.u8(tag::USER_PROPERTY);
+        e.bytes(key.as_bytes());
+        e.bytes(value.as_bytes());
+    }
+    Some(e.0)
+}
+
+/// Decodes what [`encode_properties`] wrote.
+pub(super) fn decode_properties(blob: &[u8]) -> Result<EventProperties, String> {
+    let mut d = Dec(blob);
+    d.version()?;
+    let mut p = EventProperties::default();
+    while !d.0.is_empty() {
+        match d.u8()? {
+            tag::PAYLOAD_FORMAT => p.payload_format_indicator = Some(d.u8()?),
+            tag::MESSAGE_EXPIRY => p.message_expiry_interval = Some(d.u32()?),
+            tag::CONTENT_TYPE => p.content_type = Some(d.string()?),
+            tag::RESPONSE_TOPIC => p.response_topic = Some(d.string()?),
+            tag::CORRELATION_DATA => p.correlation_data = Some(Bytes::copy_from_slice(d.bytes()?)),
+            tag::USER_PROPERTY => {
+                let key = d.string()?;
+                let value = d.string()?;
+                p.user_properties.push((key, value));
+            }
+            other => return Err(format!("unknown property tag {other}")),
+        }
+    }
+    Ok(p)
+}
+
+/// Bits of the flags byte of an encoded subscription.
+const NO_LOCAL: u8 = 1;
+/// See [`NO_LOCAL`].
+const RETAIN_AS_PUBLISHED: u8 = 2;
+/// See [`NO_LOCAL`]; a subscription identifier (4 bytes) follows.
+const HAS_SUBSCRIPTION_ID: u8 = 4;
+
+/// The three encoded columns of a session row.
+pub(super) struct EncodedSession {
+    /// `sessions.subscriptions`.
+    pub(super) subscriptions: Vec<u8>,
+    /// `sessions.inflight`.
+    pub(super) inflight: Vec<u8>,
+    /// `sessions.incoming_qos2`.
+    pub(super) incoming_qos2: Vec<u8>,
+}
+
+/// Encodes the list columns of a session.
+pub(super) fn encode_session(s: &StoredSession) -> EncodedSession {
+    let mut subs = Enc::default();
+    subs.u8(ENCODING_VERSION);
+    subs.count(s.subscriptions.len());
+    for sub in &s.subscriptions {
+        subs.bytes(sub.filter.as_bytes());
+        subs.u8(sub.qos);
+        let mut flags = 0;
+        if sub.no_local {
+            flags |= NO_LOCAL;
+        }
+        if sub.retain_as_published {
+            flags |= RETAIN_AS_PUBLISHED;
+        }
+        if sub.subscription_id.is_some() {
+            flags |= HAS_SUBSCRIPTION_ID;
+        }
+        subs.u8(flags);
+        if let Some(id) = sub.subscription_id {
+            subs.u32(id);
+        }
+    }
+    let mut inflight = Enc::default();
+    inflight.u8(ENCODING_VERSION);
+    inflight.count(s.inflight.len());
+    for m in &s.inflight {
+        inflight.u16(m.packet_id);
+        inflight.u64(m.event_id);
+        inflight.u8(m.qos);
+        inflight.u8(m.stage);
+    }
+    let mut qos2 = Enc::default();
+    qos2.u8(ENCODING_VERSION);
+    qos2.count(s.incoming_qos2.len());
+    for id in &s.incoming_qos2 {
+        qos2.u16(*id);
+    }
+    EncodedSession {
+        subscriptions: subs.0,
+        inflight: inflight.0,
+        incoming_qos2: qos2.0,
+    }
+}
+
+/// Reads a `sessions` row: `client_id, expiry_interval, disconnected_at_ms, cursor,
+/// subscriptions, inflight, incoming_qos2`.
+pub(super) fn session_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
+    let client_id: String = row.get(0)?;
+    let bad = |column: usize, message: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Blob,
+            format!("session {client_id:?}: {message}").into(),
+        )
+    };
+    let subscriptions = decode_subscriptions(row.get_ref(4)?.as_blob()?).map_err(|m| bad(4, m))?;
+    let inflight = decode_inflight(row.get_ref(5)?.as_blob()?).map_err(|m| bad(5, m))?;
+    let incoming_qos2 = decode_qos2(row.get_ref(6)?.as_blob()?).map_err(|m| bad(6, m))?;
+    let expiry: i64 = row.get(1)?;
+    Ok(StoredSession {
+        expiry_interval: u32::try_from(expiry).unwrap_or(u32::MAX),
+        disconnected_at_ms: row.get(2)?,
+        cursor: to_u64(row.get(3)?),
+        subscriptions,
+        inflight,
+        incoming_qos2,
+        client_id,
+    })
+}
+
+/// Decodes `sessions.subscriptions`.
+fn decode_subscriptions(blob: &[u8]) -> Result<Vec<StoredSubscription>, String> {
+    let mut d = Dec(blob);
+    d.version()?;
+    let n = d.count()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let filter = d.string()?;
+        let qos = d.u8()?;
+        let flags = d.u8()?;
+        let subscription_id = if flags & HAS_SUBSCRIPTION_ID != 0 {
+            Some(d.u32()?)
+        } else {
+            None
+        };
+        out.push(StoredSubscription {
+            filter,
+            qos,
+            no_local: flags & NO_LOCAL != 0,
+            retain_as_published: flags & RETAIN_AS_PUBLISHED != 0,
+            subscription_id,
+        });
+    }
+    d.end()?;
+    Ok(out)
+}
+
+/// Decodes `sessions.inflight`.
+fn decode_inflight(blob: &[u8]) -> Result<Vec<StoredInflight>, String> {
+    let mut d = Dec(blob);
+    d.version()?;
+    let n = d.count()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(StoredInflight {
+            packet_id: d.u16()?,
+            event_id: d.u64()?,
+            qos: d.u8()?,
+            stage: d.u8()?,
+        });
+    }
+    d.end()?;
+    Ok(out)
+}
+
+/// Decodes `sessions.incoming_qos2`.
+fn decode_qos2(blob: &[u8]) -> Result<Vec<u16>, String> {
+    let mut d = Dec(blob);
+    d.version()?;
+    let n = d.count()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(d.u16()?);
+    }
+    d.end()?;
+    Ok(out)
+}
+
+/// Paths of the files in the data directory.
+#[derive(Debug, Clone)]
+pub(super) struct Files {
+    /// `events.db`.
+    pub(super) db: PathBuf,
+    /// `events.db-wal`.
+    pub(super) wal: PathBuf,
+    /// `LOCK`.
+    pub(super) lock: PathBuf,
+}
+
+impl Files {
+    /// The files inside `data_dir`.
+    pub(super) fn new(data_dir: &Path) -> Files {
+        Files {
+            db: data_dir.join("events.db"),
+            wal: data_dir.join("events.db-wal"),
+            lock: data_dir.join("LOCK"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_round_trip() {
+        assert_eq!(encode_properties(&EventProperties::default()), None);
+        let p = EventProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(60),
+            content_type: Some("application/json".into()),
+            response_topic: Some("r/t".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+        };
+        let blob = encode_properties(&p).expect("some properties");
+        assert_eq!(decode_properties(&blob), Ok(p));
+        assert!(decode_properties(&blob[..blob.len() - 1]).is_err());
+        assert!(decode_properties(&[9]).is_err());
+    }
+
+    #[test]
+    fn session_lists_round_trip() {
+        let s = StoredSession {
+            client_id: "c".into(),
+            expiry_interval: 10,
+            disconnected_at_ms: None,
+            cursor: 5,
+            subscriptions: vec![
+                StoredSubscription {
+                    filter: "a/+".into(),
+                    qos: 1,
+                    no_local: true,
+                    retain_as_published: false,
+                    subscription_id: Some(7),
+                },
+                StoredSubscription {
+                    filter: "#".into(),
+                    qos: 2,
+                    no_local: false,
+                    retain_as_published: true,
+                    subscription_id: None,
+                },
+            ],
+            inflight: vec![StoredInflight {
+                packet_id: 3,
+                event_id: 99,
+                qos: 2,
+                stage: 1,
+            }],
+            incoming_qos2: vec![1, 65535],
+        };
+        let e = encode_session(&s);
+        assert_eq!(decode_subscriptions(&e.subscriptions), Ok(s.subscriptions));
+        assert_eq!(decode_inflight(&e.inflight), Ok(s.inflight));
+        assert_eq!(decode_qos2(&e.incoming_qos2), Ok(s.incoming_qos2));
+        assert!(decode_qos2(&[1, 255, 255, 255, 255]).is_err());
+    }
+}

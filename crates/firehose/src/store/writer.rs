@@ -1,0 +1,642 @@
+//! The single writer thread: it owns the write connection and the directory lock, takes
+//! everything queued (up to [`MAX_BATCH`] operations), writes it in one transaction, commits,
+//! then runs the completions in queue order; between batches it does a bounded amount of
+//! retention work.
+//!
+//! Why one thread and not async: SQLite serialises writers anyway, and a plain thread that
+//! blocks on its queue keeps every disk wait off the broker's runtime.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection};
+
+use super::schema::{self, to_i64, to_u64, LogState};
+use super::{
+    Completion, Durability, NewEvent, RetentionRule, StoreError, StoredSession,
+};
+use crate::topic;
+
+/// Most operations written in one transaction. Large enough that a burst is written in few
+/// transactions, small enough that the first completion of a batch is not delayed long.
+const MAX_BATCH: usize = 4096;
+
+/// Retention rows deleted after each batch, on top of as many as the batch appended (so that
+/// retention keeps up with any ingest rate).
+const RETENTION_BUDGET: usize = 1000;
+
+/// How often the idle writer does retention work.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+
+/// Rows a retention step examines per rule (reading ids, topics, times and sizes only).
+const RETENTION_SCAN: usize = 2048;
+
+/// Counters shared between the writer and the handles.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    /// Events committed since start.
+    pub(super) appended: AtomicU64,
+    /// Transactions committed since start (batches and retention steps).
+    pub(super) commits: AtomicU64,
+    /// Events deleted by retention since start.
+    pub(super) retention_deleted: AtomicU64,
+    /// Events in the log.
+    pub(super) events: AtomicU64,
+    /// Appends queued but not yet completed.
+    pub(super) backlog: AtomicU64,
+    /// Newest committed id.
+    pub(super) last_id: AtomicU64,
+}
+
+/// A completion that runs exactly once: with the result it is given, or with
+/// [`StoreError::Closed`] if it is dropped unrun (the queue was torn down), so that no
+/// appender ever waits forever.
+pub(super) struct Pending(Option<Completion>);
+
+impl Pending {
+    /// Wraps a completion.
+    pub(super) fn new(done: Completion) -> Pending {
+        Pending(Some(done))
+    }
+
+    /// Runs the completion with `result`.
+    pub(super) fn complete(mut self, result: Result<u64, StoreError>) {
+        if let Some(done) = self.0.take() {
+            run_guarded(done, result);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            run_guarded(done, Err(StoreError::Closed));
+        }
+    }
+}
+
+/// Runs a completion; a panic in it is logged and does not take the writer down.
+fn run_guarded(done: Completion, result: Result<u64, StoreError>) {
+    if catch_unwind(AssertUnwindSafe(move || done(result))).is_err() {
+        tracing::error!("an event log completion panicked; the writer goes on");
+    }
+}
+
+/// What the handles ask of the writer.
+pub(super) enum Op {
+    /// Append an event.
+    Append(Box<NewEvent>, Pending),
+    /// Replace a session.
+    SaveSession(Box<StoredSession>, Option<Pending>),
+    /// Delete a session.
+    DeleteSession(String),
+}
+
+/// Per-rule totals of the events a retention rule governs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RuleTotals {
+    /// Events.
+    count: u64,
+    /// Topic plus payload bytes.
+    bytes: u64,
+}
+
+/// The retention rules with their totals and scan positions.
+struct Retention {
+    /// The rules, in order.
+    rules: Vec<RetentionRule>,
+    /// Totals per rule, as committed.
+    totals: Vec<RuleTotals>,
+    /// Per rule: every event of the rule with an id at or below this has been examined and
+    /// deleted (or there was none), so the next step starts after it.
+    cursor: Vec<u64>,
+    /// Rule per topic, cached because retention and every append ask.
+    rule_of: HashMap<String, Option<usize>>,
+}
+
+impl Retention {
+    /// The first rule whose filter matches `topic`.
+    fn rule_for(&mut self, topic: &str) -> Option<usize> {
+        if let Some(rule) = self.rule_of.get(topic) {
+            return *rule;
+        }
+        let rule = self
+            .rules
+            .iter()
+            .position(|r| topic::matches(&r.filter, topic));
+        // Bounded: topics are many only in odd deployments, and the cache is only a shortcut.
+        if self.rule_of.len() >= 100_000 {
+            self.rule_of.clear();
+        }
+        self.rule_of.insert(topic.to_string(), rule);
+        rule
+    }
+}
+
+/// The writer's state.
+pub(super) struct Writer {
+    /// The write connection.
+    conn: Connection,
+    /// `events.db`, for errors and reopening.
+    path: PathBuf,
+    /// Reopening uses the same durability.
+    durability: Durability,
+    /// The directory lock, released when the writer ends.
+    _lock: File,
+    /// Counters the handles read.
+    shared: Arc<Shared>,
+    /// The committed log state.
+    state: LogState,
+    /// Retention rules and totals.
+    retention: Retention,
+    /// The last transaction failed: reopen the connection before the next.
+    broken: bool,
+}
+
+/// Elements of one batch after coalescing, with what they change in memory once committed.
+struct BatchEffect {
+    /// The log state after the batch.
+    state: LogState,
+    /// Retention totals after the batch.
+    totals: Vec<RuleTotals>,
+    /// Events appended.
+    appended: u64,
+}
+
+impl Writer {
+    /// Prepares the writer: loads the log state and the retention totals (recounting them
+    /// when the rules changed since the last run).
+    ///
+    /// # Errors
+    /// [`StoreError`] if the state cannot be read or the totals cannot be written.
+    pub(super) fn new(
+        conn: Connection,
+        path: PathBuf,
+        durability: Durability,
+        lock: File,
+        rules: Vec<RetentionRule>,
+        shared: Arc<Shared>,
+    ) -> Result<Writer, StoreError> {
+        let state = schema::load_state(&conn, &path)?;
+        shared.last_id.store(state.last_id, Ordering::Release);
+        shared.events.store(state.event_count, Ordering::Relaxed);
+        let n = rules.len();
+        let mut writer = Writer {
+            conn,
+            path,
+            durability,
+            _lock: lock,
+            shared,
+            state,
+            retention: Retention {
+                rules,
+                totals: vec![RuleTotals::default(); n],
+                cursor: vec![0; n],
+                rule_of: HashMap::new(),
+            },
+            broken: false,
+        };
+        writer.retention.totals = writer.load_or_recount_totals()?;
+        Ok(writer)
+    }
+
+    /// Reads the stored per-rule totals if they were kept for the same rule filters, else
+    /// counts them with one scan of the log and stores them.
+    fn load_or_recount_totals(&mut self) -> Result<Vec<RuleTotals>, StoreError> {
+        self.try_load_or_recount_totals()
+            .map_err(|e| schema::sql_error(&self.path, "loading retention totals", e))
+    }
+
+    /// The work of [`Writer::load_or_recount_totals`].
+    fn try_load_or_recount_totals(&mut self) -> rusqlite::Result<Vec<RuleTotals>> {
+        let stored: Vec<(String, RuleTotals)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT filter, count, bytes FROM retention_rules ORDER BY position")?;
+            let rows = stmt.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    RuleTotals {
+                        count: to_u64(row.get(1)?),
+                        bytes: to_u64(row.get(2)?),
+                    },
+                ))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let same = stored.len() == self.retention.rules.len()
+            && stored
+                .iter()
+                .zip(&self.retention.rules)
+                .all(|((filter, _), rule)| *filter == rule.filter);
+        if same {
+            return Ok(stored.into_iter().map(|(_, t)| t).collect());
+        }
+        let mut totals = vec![RuleTotals::default(); self.retention.rules.len()];
+        if !self.retention.rules.is_empty() {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT topic, length(payload) FROM events")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let topic = row.get_ref(0)?.as_str()?;
+                let len: i64 = row.get(1)?;
+                if let Some(rule) = self.retention.rule_for(topic) {
+                    totals[rule].count += 1;
+                    totals[rule].bytes += topic.len() as u64 + to_u64(len);
+                }
+            }
+        }
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM retention_rules", [])?;
+        for (position, (rule, t)) in self.retention.rules.iter().zip(&totals).enumerate() {
+            tx.execute(
+                "INSERT INTO retention_rules (position, filter, count, bytes) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![position as i64, rule.filter, to_i64(t.count), to_i64(t.bytes)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(totals)
+    }
+
+    /// The thread's body: runs until every handle's sender is gone and the queue is empty.
+    pub(super) fn run(mut self, rx: Receiver<Op>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = if self.retention.rules.is_empty() {
+                match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(IDLE_TICK) {
+                    Ok(op) => op,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.retention_step(RETENTION_BUDGET);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let appended = self.commit_batch(&mut batch);
+            if !self.retention.rules.is_empty() {
+                self.retention_step(RETENTION_BUDGET + appended);
+            }
+        }
+        if let Err(e) = self.conn.execute_batch("PRAGMA optimize") {
+            tracing::debug!(error = %e, "PRAGMA optimize at close failed");
+        }
+    }
+
+    /// Writes, commits and completes one batch; returns how many events it appended.
+    fn commit_batch(&mut self, batch: &mut Vec<Op>) -> usize {
+        if self.broken {
+            self.reopen();
+        }
+        let appends = batch
+            .iter()
+            .filter(|op| matches!(op, Op::Append(..)))
+            .count();
+        let result = self.write_batch(batch);
+        let ok = match result {
+            Ok(effect) => {
+                self.state = effect.state;
+                self.retention.totals = effect.totals;
+                self.shared
+                    .last_id
+                    .store(self.state.last_id, Ordering::Release);
+                self.shared
+                    .events
+                    .store(self.state.event_count, Ordering::Relaxed);
+                self.shared
+                    .appended
+                    .fetch_add(effect.appended, Ordering::Relaxed);
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ops = batch.len(), "event log transaction failed");
+                self.broken = true;
+                Err(e.to_string())
+            }
+        };
+        // Ids were assigned in queue order from the state before the batch.
+        let mut id = self.state.last_id - if ok.is_ok() { appends as u64 } else { 0 };
+        for op in batch.drain(..) {
+            match op {
+                Op::Append(_, done) => {
+                    self.shared.backlog.fetch_sub(1, Ordering::Relaxed);
+                    match &ok {
+                        Ok(()) => {
+                            id += 1;
+                            done.complete(Ok(id));
+                        }
+                        Err(message) => done.complete(Err(failed(message))),
+                    }
+                }
+                Op::SaveSession(_, Some(done)) => match &ok {
+                    Ok(()) => done.complete(Ok(0)),
+                    Err(message) => done.complete(Err(failed(message))),
+                },
+                Op::SaveSession(_, None) | Op::DeleteSession(_) => {}
+            }
+        }
+        appends
+    }
+
+    /// One transaction for the whole batch. Nothing in memory changes until it commits.
+    fn write_batch(&mut self, batch: &[Op]) -> Result<BatchEffect, rusqlite::Error> {
+        let mut state = self.state;
+        let mut totals = self.retention.totals.clone();
+        let mut appended = 0;
+        // Only the last save or delete of a client id in the batch is written.
+        let mut last_session_op: HashMap<&str, usize> = HashMap::new();
+        for (i, op) in batch.iter().enumerate() {
+            match op {
+                Op::SaveSession(s, _) => {
+                    last_session_op.insert(&s.client_id, i);
+                }
+                Op::DeleteSession(client_id) => {
+                    last_session_op.insert(client_id, i);
+                }
+                Op::Append(..) => {}
+            }
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (id, time_ms, topic, qos, retain, publisher, properties, payload) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for (i, op) in batch.iter().enumerate() {
+                match op {
+                    Op::Append(event, _) => {
+                        state.last_id += 1;
+                        let id = to_i64(state.last_id);
+                        let properties = schema::encode_properties(&event.properties);
+                        insert.execute(params![
+                            id,
+                            event.time_ms,
+                            event.topic,
+                            event.qos,
+                            event.retain,
+                            event.publisher,
+                            properties,
+                            &event.payload[..],
+                        ])?;
+                        if event.retain {
+                            write_retained(&tx, id, event, properties.as_deref())?;
+                        }
+                        appended += 1;
+                        state.event_count += 1;
+                        match state.max_time_ms {
+                            Some(max) if event.time_ms < max => {
+                                state.time_skew_ms =
+                                    state.time_skew_ms.max(max.saturating_sub(event.time_ms));
+                            }
+                            _ => state.max_time_ms = Some(event.time_ms),
+                        }
+                        if let Some(rule) = self.retention.rule_for(&event.topic) {
+                            totals[rule].count += 1;
+                            totals[rule].bytes += (event.topic.len() + event.payload.len()) as u64;
+                        }
+                    }
+                    Op::SaveSession(s, _) if last_session_op.get(s.client_id.as_str()) == Some(&i) => {
+                        write_session(&tx, s)?;
+                    }
+                    Op::DeleteSession(client_id)
+                        if last_session_op.get(client_id.as_str()) == Some(&i) =>
+                    {
+                        tx.prepare_cached("DELETE FROM sessions WHERE client_id = ?1")?
+                            .execute([client_id])?;
+                    }
+                    Op::SaveSession(..) | Op::DeleteSession(_) => {}
+                }
+            }
+        }
+        if appended > 0 {
+            write_state(&tx, &state)?;
+            write_totals(&tx, &self.retention.totals, &totals)?;
+        }
+        tx.commit()?;
+        Ok(BatchEffect {
+            state,
+            totals,
+            appended,
+        })
+    }
+
+    /// After a failed transaction: a fresh connection, in case the old one is unusable. If
+    /// that fails too the old one is kept and the next batch tries again.
+    fn reopen(&mut self) {
+        match schema::open_writer(&self.path, self.durability) {
+            Ok(conn) => {
+                self.conn = conn;
+                self.broken = false;
+                tracing::warn!(path = %self.path.display(), "event log reopened after a failure");
+            }
+            Err(e) => tracing::error!(error = %e, "reopening the event log failed"),
+        }
+    }
+
+    /// Deletes up to `budget` events that the retention rules no longer keep, oldest first,
+    /// in one transaction of its own (so that appends' completions never wait for it).
+    fn retention_step(&mut self, budget: usize) {
+        if self.broken {
+            return;
+        }
+        match self.try_retention_step(budget) {
+            Ok(deleted) if deleted > 0 => {
+                self.shared
+                    .retention_deleted
+                    .fetch_add(deleted, Ordering::Relaxed);
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .events
+                    .store(self.state.event_count, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "event log retention failed");
+                self.broken = true;
+            }
+        }
+    }
+
+    /// The work of [`Writer::retention_step`]; returns how many events it deleted.
+    fn try_retention_step(&mut self, mut budget: usize) -> Result<u64, rusqlite::Error> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let mut totals = self.retention.totals.clone();
+        let mut cursor = self.retention.cursor.clone();
+        let mut doomed: Vec<i64> = Vec::new();
+        for rule in 0..self.retention.rules.len() {
+            let r = &self.retention.rules[rule];
+            let has_age = r.max_age.is_some();
+            let over = |t: &RuleTotals| {
+                r.max_count.is_some_and(|max| t.count > max)
+                    || r.max_bytes.is_some_and(|max| t.bytes > max)
+            };
+            if budget == 0 || !(has_age || over(&totals[rule])) {
+                continue;
+            }
+            let cutoff = r.max_age.map(|age| {
+                now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+            });
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, topic, time_ms, length(payload) FROM events \
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![to_i64(cursor[rule]), RETENTION_SCAN as i64])?;
+            // Deciding as we read stops the scan at the first event the rule keeps.
+            while let Some(row) = rows.next()? {
+                let id = to_u64(row.get(0)?);
+                let topic = row.get_ref(1)?.as_str()?;
+                if self.retention.rule_for(topic) != Some(rule) {
+                    cursor[rule] = id;
+                    continue;
+                }
+                let time_ms: i64 = row.get(2)?;
+                let size = topic.len() as u64 + to_u64(row.get(3)?);
+                let r = &self.retention.rules[rule];
+                let too_old = cutoff.is_some_and(|cutoff| time_ms < cutoff);
+                let over = r.max_count.is_some_and(|max| totals[rule].count > max)
+                    || r.max_bytes.is_some_and(|max| totals[rule].bytes > max);
+                if !(too_old || over) || budget == 0 {
+                    // The oldest event this rule keeps: the next step starts here.
+                    break;
+                }
+                doomed.push(to_i64(id));
+                let t = &mut totals[rule];
+                t.count = t.count.saturating_sub(1);
+                t.bytes = t.bytes.saturating_sub(size);
+                cursor[rule] = id;
+                budget -= 1;
+            }
+        }
+        self.retention.cursor = cursor;
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut state = self.state;
+        state.event_count = state.event_count.saturating_sub(doomed.len() as u64);
+        let tx = self.conn.transaction()?;
+        {
+            let mut delete = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
+            for id in &doomed {
+                delete.execute([id])?;
+            }
+        }
+        write_state(&tx, &state)?;
+        write_totals(&tx, &self.retention.totals, &totals)?;
+        tx.commit()?;
+        self.state = state;
+        self.retention.totals = totals;
+        Ok(doomed.len() as u64)
+    }
+}
+
+/// The error every completion of a failed transaction gets.
+fn failed(message: &str) -> StoreError {
+    StoreError::Sqlite {
+        context: "committing appended events",
+        message: message.to_string(),
+    }
+}
+
+/// Upserts (or, for an empty payload, deletes) the retained message of the event's topic.
+fn write_retained(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    event: &NewEvent,
+    properties: Option<&[u8]>,
+) -> rusqlite::Result<()> {
+    if event.payload.is_empty() {
+        tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?
+            .execute([&event.topic])?;
+    } else {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO retained \
+             (topic, id, time_ms, qos, retain, publisher, properties, payload) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            event.topic,
+            id,
+            event.time_ms,
+            event.qos,
+            event.retain,
+            event.publisher,
+            properties,
+            &event.payload[..],
+        ])?;
+    }
+    Ok(())
+}
+
+/// Replaces a session row.
+fn write_session(tx: &rusqlite::Transaction<'_>, s: &StoredSession) -> rusqlite::Result<()> {
+    let encoded = schema::encode_session(s);
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO sessions \
+         (client_id, expiry_interval, disconnected_at_ms, cursor, subscriptions, inflight, incoming_qos2) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        s.client_id,
+        s.expiry_interval,
+        s.disconnected_at_ms,
+        to_i64(s.cursor),
+        encoded.subscriptions,
+        encoded.inflight,
+        encoded.incoming_qos2,
+    ])?;
+    Ok(())
+}
+
+/// Writes the `log_state` row.
+fn write_state(tx: &rusqlite::Transaction<'_>, state: &LogState) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE log_state SET last_id = ?1, event_count = ?2, max_time_ms = ?3, time_skew_ms = ?4 \
+         WHERE id = 0",
+    )?
+    .execute(params![
+        to_i64(state.last_id),
+        to_i64(state.event_count),
+        state.max_time_ms,
+        state.time_skew_ms,
+    ])?;
+    Ok(())
+}
+
+/// Writes the retention totals that changed.
+fn write_totals(
+    tx: &rusqlite::Transaction<'_>,
+    before: &[RuleTotals],
+    after: &[RuleTotals],
+) -> rusqlite::Result<()> {
+    for (position, (old, new)) in before.iter().zip(after).enumerate() {
+        if old != new {
+            tx.prepare_cached(
+                "UPDATE retention_rules SET count = ?1, bytes = ?2 WHERE position = ?3",
+            )?
+            .execute(params![to_i64(new.count), to_i64(new.bytes), position as i64])?;
+        }
+    }
+    Ok(())
+}

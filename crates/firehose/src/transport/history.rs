@@ -1,0 +1,440 @@
+//! The history API on the HTTP listener: `GET /api/v1/events` (pages of the log by topic
+//! filter, time and id), `GET /api/v1/events/{id}`, `GET /api/v1/stream` (Server-Sent Events:
+//! the log from a position, then live, resumable with `Last-Event-ID`) and the OpenAPI document.
+//!
+//! Everything is read from the store, so an SSE client that reads slowly only slows its own
+//! reads: nothing is buffered for it beyond one page.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use futures_util::Stream;
+use serde_json::{json, Value};
+
+use crate::broker::Broker;
+use crate::config::parse_duration;
+use crate::store::{Event, Page, Query};
+use crate::topic;
+
+/// Default and largest page size of `GET /api/v1/events`.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+/// Rows one read may examine while looking for matches.
+const SCAN_LIMIT: usize = 50_000;
+/// Events an SSE stream reads from the log at once.
+const STREAM_BATCH: usize = 256;
+
+/// The routes of the history API, ready to merge into the HTTP server.
+pub fn router(broker: Broker) -> Router {
+    Router::new()
+        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events/{id}", get(one_event))
+        .route("/api/v1/stream", get(stream))
+        .route("/api/v1/openapi.json", get(openapi))
+        .with_state(broker)
+}
+
+/// A 400 answer naming the parameter that is wrong.
+#[derive(Debug)]
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, Json(json!({ "error": self.0 }))).into_response()
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> Response {
+    tracing::warn!("history API: {error}");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "error": error.to_string() })),
+    )
+        .into_response()
+}
+
+/// The query parameters shared by the list and the stream.
+#[derive(Debug, Default)]
+struct Params {
+    filters: Vec<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    after: Option<u64>,
+    limit: Option<usize>,
+    heartbeat: Option<Duration>,
+}
+
+fn parse_params(raw: Option<&str>, allowed: &[&str]) -> Result<Params, BadRequest> {
+    let mut params = Params::default();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(key).map_err(BadRequest)?;
+        let value = percent_decode(value).map_err(BadRequest)?;
+        if !allowed.contains(&key.as_str()) {
+            return Err(BadRequest(format!(
+                "unknown parameter {key:?}; expected one of {}",
+                allowed.join(", ")
+            )));
+        }
+        match key.as_str() {
+            "topic" => {
+                topic::check_filter(&value)
+                    .map_err(|e| BadRequest(format!("parameter topic: {value:?}: {e}")))?;
+                params.filters.push(value);
+            }
+            "since" => params.since_ms = Some(parse_time("since", &value)?),
+            "until" => params.until_ms = Some(parse_time("until", &value)?),
+            "after" => {
+                params.after = Some(value.parse().map_err(|_| {
+                    BadRequest(format!("parameter after: expected an event id, got {value:?}"))
+                })?)
+            }
+            "limit" => {
+                let limit: usize = value.parse().map_err(|_| {
+                    BadRequest(format!("parameter limit: expected a number, got {value:?}"))
+                })?;
+                if !(1..=MAX_LIMIT).contains(&limit) {
+                    return Err(BadRequest(format!(
+                        "parameter limit: must be between 1 and {MAX_LIMIT}, got {limit}"
+                    )));
+                }
+                params.limit = Some(limit);
+            }
+            "heartbeat" => {
+                let secs: u64 = value.parse().ok().filter(|s| (1..=300).contains(s)).ok_or_else(
+                    || BadRequest(format!("parameter heartbeat: expected 1 to 300 seconds, got {value:?}")),
+                )?;
+                params.heartbeat = Some(Duration::from_secs(secs));
+            }
+            _ => {}
+        }
+    }
+    if let (Some(since), Some(until)) = (params.since_ms, params.until_ms) {
+        if since > until {
+            return Err(BadRequest("parameter since is after until".into()));
+        }
+    }
+    Ok(params)
+}
+
+/// An RFC 3339 time (`2026-11-25T09:00:00Z`) or a duration back from now (`2h`, `30m`).
+fn parse_time(name: &str, value: &str) -> Result<i64, BadRequest> {
+    if let Ok(ago) = parse_duration(value) {
+        let ago_ms = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+        return Ok(now_ms().saturating_sub(ago_ms));
+    }
+    humantime::parse_rfc3339_weak(value)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .ok_or_else(|| {
+            BadRequest(format!(
+                "parameter {name}: expected an RFC 3339 time (2026-01-31T12:00:00Z) or a duration (90s, 30m, 2h, 7d), got {value:?}"
+            ))
+        })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("bad percent-encoding in {text:?}"))?;
+                out.push(hex);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| format!("query parameter {text:?} is not UTF-8"))
+}
+
+/// An event as the API shows it. Payloads that are JSON are embedded as JSON, UTF-8 text as a
+/// string, anything else as base64; `payload_encoding` says which.
+pub fn event_json(event: &Event) -> Value {
+    let e = &event.event;
+    let (payload, encoding) = match serde_json::from_slice::<Value>(&e.payload) {
+        Ok(value) if !e.payload.is_empty() => (value, "json"),
+        _ => match std::str::from_utf8(&e.payload) {
+            Ok(text) => (Value::String(text.to_owned()), "text"),
+            Err(_) => (
+                Value::String(base64::engine::general_purpose::STANDARD.encode(&e.payload)),
+                "base64",
+            ),
+        },
+    };
+    let mut object = json!({
+        "id": event.id,
+        "time": format_time(e.time_ms),
+        "topic": e.topic,
+        "qos": e.qos,
+        "retain": e.retain,
+        "publisher": e.publisher,
+        "payload": payload,
+        "payload_encoding": encoding,
+    });
+    let p = &e.properties;
+    if let Some(map) = object.as_object_mut() {
+        if let Some(ct) = &p.content_type {
+            map.insert("content_type".into(), json!(ct));
+        }
+        if !p.user_properties.is_empty() {
+            map.insert("user_properties".into(), json!(p.user_properties));
+        }
+        if let Some(rt) = &p.response_topic {
+            map.insert("response_topic".into(), json!(rt));
+        }
+    }
+    object
+}
+
+fn format_time(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+fn page_json(page: &Page, limit: usize) -> Value {
+    let events: Vec<Value> = page.events.iter().map(event_json).collect();
+    let more = page.more || page.events.len() >= limit;
+    json!({
+        "events": events,
+        "next_after": if more { Some(page.scanned_to) } else { None },
+        "more": more,
+    })
+}
+
+async fn list_events(State(broker): State<Broker>, RawQuery(raw): RawQuery) -> Response {
+    let params = match parse_params(
+        raw.as_deref(),
+        &["topic", "since", "until", "after", "limit"],
+    ) {
+        Ok(p) => p,
+        Err(bad) => return bad.into_response(),
+    };
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    let query = Query {
+        filters: params.filters,
+        after: params.after.unwrap_or(0),
+        since_ms: params.since_ms,
+        until_ms: params.until_ms,
+        limit,
+    };
+    let store = broker.store().clone();
+    match tokio::task::spawn_blocking(move || store.query(&query)).await {
+        Ok(Ok(page)) => Json(page_json(&page, limit)).into_response(),
+        Ok(Err(error)) => internal(error),
+        Err(error) => internal(error),
+    }
+}
+
+async fn one_event(State(broker): State<Broker>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return BadRequest(format!("event id must be a number, got {id:?}")).into_response();
+    };
+    let store = broker.store().clone();
+    match tokio::task::spawn_blocking(move || store.get(id)).await {
+        Ok(Ok(Some(event))) => Json(event_json(&event)).into_response(),
+        Ok(Ok(None)) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no event {id} (never existed or removed by retention)") })),
+        )
+            .into_response(),
+        Ok(Err(error)) => internal(error),
+        Err(error) => internal(error),
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+/// Where an SSE stream starts: after `Last-Event-ID`, else `after=`, else the first event at or
+/// after `since=`, else now.
+async fn stream(
+    State(broker): State<Broker>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let params = match parse_params(raw.as_deref(), &["topic", "since", "after", "heartbeat"]) {
+        Ok(p) => p,
+        Err(bad) => return bad.into_response(),
+    };
+    let last_event_id = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(text)) => match text.trim().parse::<u64>() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                return BadRequest(format!("header Last-Event-ID: expected an event id, got {text:?}"))
+                    .into_response()
+            }
+        },
+        Some(Err(_)) => return BadRequest("header Last-Event-ID is not text".into()).into_response(),
+    };
+    let start = match (last_event_id.or(params.after), params.since_ms) {
+        (Some(id), _) => id,
+        (None, Some(since_ms)) => {
+            let store = broker.store().clone();
+            let query = Query {
+                since_ms: Some(since_ms),
+                limit: 1,
+                ..Query::default()
+            };
+            match tokio::task::spawn_blocking(move || store.query(&query)).await {
+                Ok(Ok(page)) => page.events.first().map_or(page.scanned_to, |e| e.id - 1),
+                Ok(Err(error)) => return internal(error),
+                Err(error) => return internal(error),
+            }
+        }
+        (None, None) => broker.log_position(),
+    };
+    let follower = Follower {
+        broker,
+        filters: params.filters,
+        cursor: start,
+        buffer: VecDeque::new(),
+    };
+    let keep_alive = KeepAlive::new()
+        .interval(params.heartbeat.unwrap_or(Duration::from_secs(15)))
+        .text("heartbeat");
+    Sse::new(follower.into_stream()).keep_alive(keep_alive).into_response()
+}
+
+/// Reads the log from a cursor and then waits for new events: the whole SSE stream.
+struct Follower {
+    broker: Broker,
+    filters: Vec<String>,
+    cursor: u64,
+    buffer: VecDeque<Event>,
+}
+
+impl Follower {
+    fn into_stream(self) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+        futures_util::stream::unfold(self, |mut follower| async move {
+            let event = follower.next().await?;
+            let sse = SseEvent::default()
+                .id(event.id.to_string())
+                .data(event_json(&event).to_string());
+            Some((Ok(sse), follower))
+        })
+    }
+
+    /// The next matching event, waiting for it if the log has none yet. `None` ends the stream
+    /// (the log cannot be read).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Some(event);
+            }
+            let store = self.broker.store().clone();
+            let filters = self.filters.clone();
+            let cursor = self.cursor;
+            let read = tokio::task::spawn_blocking(move || {
+                store.read_after(cursor, &filters, STREAM_BATCH, SCAN_LIMIT)
+            })
+            .await;
+            let page = match read {
+                Ok(Ok(page)) => page,
+                Ok(Err(error)) => {
+                    tracing::warn!("SSE stream stops: cannot read the log: {error}");
+                    return None;
+                }
+                Err(error) => {
+                    tracing::warn!("SSE stream stops: {error}");
+                    return None;
+                }
+            };
+            self.cursor = self.cursor.max(page.scanned_to);
+            let more = page.more;
+            self.buffer.extend(page.events);
+            if self.buffer.is_empty() && !more {
+                self.broker.wait_for_events_after(self.cursor).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_validated_with_the_parameter_named() {
+        let p = parse_params(Some("topic=a%2F%23&topic=b/%2B&after=7&limit=5"), &["topic", "after", "limit"])
+            .expect("valid");
+        assert_eq!(p.filters, vec!["a/#".to_owned(), "b/+".to_owned()]);
+        assert_eq!((p.after, p.limit), (Some(7), Some(5)));
+        for (query, word) in [
+            ("topic=a/%23/b", "topic"),
+            ("after=x", "after"),
+            ("limit=0", "limit"),
+            ("limit=100000", "limit"),
+            ("since=yesterday", "since"),
+            ("colour=red", "unknown parameter"),
+            ("topic=%zz", "percent"),
+        ] {
+            let err = parse_params(Some(query), &["topic", "after", "limit", "since"])
+                .expect_err(query);
+            assert!(err.0.contains(word), "{query}: {}", err.0);
+        }
+    }
+
+    #[test]
+    fn times_accept_rfc3339_and_durations() {
+        assert_eq!(parse_time("since", "1970-01-01T00:00:01Z").expect("rfc3339"), 1000);
+        let two_hours_ago = parse_time("since", "2h").expect("duration");
+        let expected = now_ms() - 7_200_000;
+        assert!((two_hours_ago - expected).abs() < 5_000);
+        let p = parse_params(Some("since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z"), &["since", "until"]);
+        assert!(p.expect_err("since after until").0.contains("until"));
+    }
+
+    #[test]
+    fn payloads_are_json_text_or_base64() {
+        let event = |payload: &'static [u8]| Event {
+            id: 1,
+            event: crate::store::NewEvent {
+                time_ms: 0,
+                topic: "t".into(),
+                payload: bytes::Bytes::from_static(payload),
+                qos: 0,
+                retain: false,
+                publisher: "p".into(),
+                properties: Default::default(),
+            },
+        };
+        let json = event_json(&event(br#"{"type":"comment-added"}"#));
+        assert_eq!(json["payload"]["type"], "comment-added");
+        assert_eq!(json["payload_encoding"], "json");
+        assert_eq!(json["time"], "1970-01-01T00:00:00.000Z");
+        let text = event_json(&event(b"hello world"));
+        assert_eq!((text["payload"].as_str(), text["payload_encoding"].as_str()), (Some("hello world"), Some("text")));
+        let binary = event_json(&event(&[0xff, 0x00, 0x10]));
+        assert_eq!((binary["payload"].as_str(), binary["payload_encoding"].as_str()), (Some("/wAQ"), Some("base64")));
+    }
+}

@@ -1,0 +1,323 @@
+//! The HTTP listener (and HTTPS, the same service over TLS): MQTT over WebSocket at `/mqtt`,
+//! `/healthz`, `/metrics` and the page at `/`.
+//!
+//! The accept loop is ours rather than `axum::serve`, so that each connection can get its TLS
+//! handshake, its peer address and a bound on how long its request headers may take (slow
+//! clients that never finish a request are closed) before the axum router sees a request.
+//! HTTP/1.1 only: WebSocket upgrades need it, and browsers, proxies and MQTT clients speak it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Extension, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::timeout;
+use tower_service::Service as _;
+use tracing::{debug, info, warn};
+
+use crate::broker::{Broker, ConnectionInfo};
+use crate::config::IpBlock;
+use crate::transport::metrics::{self, Metrics};
+use crate::transport::proxy;
+use crate::transport::tls::{Service, TlsSettings};
+use crate::transport::ws::WsStream;
+
+/// The WebSocket subprotocols accepted, in order of preference: `mqtt` (MQTT 3.1.1 and 5.0)
+/// and `mqttv3.1`, which older clients send.
+pub const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
+
+/// How long open HTTP connections get to finish their request at shutdown.
+const HTTP_GRACE: Duration = Duration::from_secs(2);
+
+/// How the HTTP listener serves.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Path of the MQTT over WebSocket endpoint.
+    pub ws_path: String,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpBlock>,
+    /// Speak TLS (the HTTPS listener).
+    pub tls: Option<Arc<TlsSettings>>,
+    /// The registry behind `/metrics`, and connection metrics.
+    pub metrics: Arc<Metrics>,
+    /// Time allowed for the TLS handshake and for each request's headers.
+    pub handshake_timeout: Duration,
+    /// Largest WebSocket frame and message accepted, in bytes.
+    pub max_ws_message: usize,
+}
+
+/// What every handler may use.
+#[derive(Debug)]
+struct App {
+    broker: Broker,
+    metrics: Arc<Metrics>,
+    trusted_proxies: Vec<IpBlock>,
+    max_ws_message: usize,
+}
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone)]
+struct Peer {
+    /// The TCP peer (a proxy, maybe).
+    addr: SocketAddr,
+    /// Whether the connection is TLS.
+    secure: bool,
+    /// The user a client certificate maps to.
+    tls_user: Option<String>,
+}
+
+/// A bound HTTP(S) listener, not yet accepting.
+#[derive(Debug)]
+pub struct HttpListener {
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<TlsSettings>>,
+    metrics: Arc<Metrics>,
+    handshake_timeout: Duration,
+}
+
+impl HttpListener {
+    /// Binds `addr` (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// The bind error.
+    pub async fn bind(
+        addr: SocketAddr,
+        broker: Broker,
+        options: HttpOptions,
+    ) -> std::io::Result<HttpListener> {
+        let listener = TcpListener::bind(addr).await?;
+        let history = super::history::router(broker.clone());
+        let app = Arc::new(App {
+            broker,
+            metrics: options.metrics.clone(),
+            trusted_proxies: options.trusted_proxies,
+            max_ws_message: options.max_ws_message,
+        });
+        let router = Router::new()
+            .route("/", get(index))
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(prometheus))
+            .route(&options.ws_path, any(mqtt_over_websocket))
+            .with_state(app)
+            .merge(history);
+        Ok(HttpListener {
+            listener,
+            router,
+            tls: options.tls,
+            metrics: options.metrics,
+            handshake_timeout: options.handshake_timeout,
+        })
+    }
+
+    /// The address actually bound.
+    ///
+    /// # Errors
+    /// If the OS cannot report it.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` becomes true, one task per connection. WebSocket
+    /// connections then belong to the broker, which closes them at its own shutdown.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = shutdown.changed() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            tokio::spawn(connection(
+                stream,
+                peer,
+                self.router.clone(),
+                self.tls.clone(),
+                self.metrics.clone(),
+                self.handshake_timeout,
+                shutdown.clone(),
+            ));
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    router: Router,
+    tls: Option<Arc<TlsSettings>>,
+    metrics: Arc<Metrics>,
+    handshake_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        let peer = Peer {
+            addr,
+            secure: false,
+            tls_user: None,
+        };
+        serve_http(stream, peer, router, metrics, handshake_timeout, shutdown).await;
+        return;
+    };
+    let acceptor = tls.acceptor(Service::Http);
+    let stream = match timeout(handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            debug!(peer = %addr, "TLS handshake failed: {error}");
+            metrics.handshake_failed("wss", "tls");
+            return;
+        }
+        Err(_) => {
+            debug!(peer = %addr, "TLS handshake not finished within {handshake_timeout:?}");
+            metrics.handshake_failed("wss", "tls");
+            return;
+        }
+    };
+    let peer = Peer {
+        addr,
+        secure: true,
+        tls_user: tls.client_user(stream.get_ref().1),
+    };
+    serve_http(stream, peer, router, metrics, handshake_timeout, shutdown).await;
+}
+
+async fn serve_http<S>(
+    stream: S,
+    peer: Peer,
+    router: Router,
+    metrics: Arc<Metrics>,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = peer.addr;
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        metrics.http_request();
+        request.extensions_mut().insert(peer.clone());
+        let mut router = router.clone();
+        async move { router.call(request).await }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            match timeout(HTTP_GRACE, connection.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(error) = result {
+        // Slow or broken clients end here; they concern nobody else.
+        debug!(peer = %addr, "HTTP connection ended: {error}");
+    }
+}
+
+/// The page at `/`, until the web page issue replaces it.
+const INDEX: &str = r#"<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Firehose</title></head>
+<body>
+<h1>Firehose</h1>
+<p>One place to consume every event of an infrastructure.</p>
+<ul>
+<li>MQTT over WebSocket: <code>ws://</code> or <code>wss://</code> this host, path <code>/mqtt</code>, subprotocol <code>mqtt</code></li>
+<li>MQTT: port 1883, MQTT over TLS: port 8883 (if enabled)</li>
+<li><a href="/metrics">/metrics</a> (Prometheus), <a href="/healthz">/healthz</a></li>
+</ul>
+</body>
+</html>
+"#;
+
+async fn index() -> Html<&'static str> {
+    Html(INDEX)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn prometheus(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn mqtt_over_websocket(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let transport = if peer.secure { "wss" } else { "ws" };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            app.metrics.handshake_failed(transport, "upgrade");
+            debug!(peer = %peer.addr, "not a WebSocket upgrade: {rejection}");
+            return (
+                rejection.status(),
+                format!(
+                    "This is the MQTT over WebSocket endpoint (subprotocol \"mqtt\"): {}\n",
+                    rejection.body_text()
+                ),
+            )
+                .into_response();
+        }
+    };
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    let client = proxy::forwarded_client(peer.addr, &app.trusted_proxies, forwarded);
+    let permit = match app.broker.admit(client) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            info!(peer = %client, "refused WebSocket connection: {refusal}");
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{refusal}\n")).into_response();
+        }
+    };
+    let broker = app.broker.clone();
+    let metrics = app.metrics.clone();
+    let info = ConnectionInfo {
+        peer: client,
+        transport,
+        authenticated_user: peer.tls_user,
+    };
+    upgrade
+        .protocols(SUBPROTOCOLS)
+        .max_frame_size(app.max_ws_message)
+        .max_message_size(app.max_ws_message)
+        .on_failed_upgrade(move |error| debug!(peer = %client, "WebSocket upgrade failed: {error}"))
+        .on_upgrade(move |socket| async move {
+            let _guard = metrics.connection(transport);
+            broker.serve(WsStream::new(socket), info, permit).await;
+        })
+}

@@ -1,0 +1,314 @@
+//! `/metrics`: Prometheus text format, built with prometheus-client on a registry of our own
+//! (no global registry).
+//!
+//! Two kinds of metrics:
+//! - the broker's counters ([`crate::broker::stats::Stats`]), read at scrape time by a
+//!   [`Collector`], so the hot path keeps its plain atomics;
+//! - per-transport connection counts, kept here by the listeners through [`ConnectionGuard`].
+//!
+//! Every name carries its unit (`_bytes`, `_seconds`) and counters end in `_total`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::broker::Broker;
+
+/// The transports, as the `transport` label spells them.
+pub const TRANSPORTS: [&str; 4] = ["tcp", "tls", "ws", "wss"];
+
+/// The `transport` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabel {
+    transport: &'static str,
+}
+
+/// The `transport` and `stage` labels of a failed handshake.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabel {
+    transport: &'static str,
+    stage: &'static str,
+}
+
+/// The registry and the metrics the transports update.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    open: Family<TransportLabel, Gauge>,
+    accepted: Family<TransportLabel, Counter>,
+    failed: Family<HandshakeLabel, Counter>,
+    http_requests: Counter,
+}
+
+impl Metrics {
+    /// A registry with the broker's counters and the transport metrics.
+    pub fn new(broker: Broker) -> Metrics {
+        let mut registry = Registry::default();
+        let open = Family::<TransportLabel, Gauge>::default();
+        let accepted = Family::<TransportLabel, Counter>::default();
+        let failed = Family::<HandshakeLabel, Counter>::default();
+        let http_requests = Counter::default();
+        registry.register(
+            "firehose_connections_open",
+            "Client connections open now, by transport (before and after MQTT CONNECT)",
+            open.clone(),
+        );
+        registry.register(
+            "firehose_connections_accepted",
+            "Client connections accepted and admitted, by transport",
+            accepted.clone(),
+        );
+        registry.register(
+            "firehose_handshake_failures",
+            "Connections closed before MQTT started: stage is proxy (bad PROXY header), tls, \
+             or upgrade (refused WebSocket upgrade)",
+            failed.clone(),
+        );
+        registry.register(
+            "firehose_http_requests",
+            "HTTP requests received (WebSocket upgrades included)",
+            http_requests.clone(),
+        );
+        // Make every transport visible from the first scrape, at zero.
+        for transport in TRANSPORTS {
+            let label = TransportLabel { transport };
+            open.get_or_create(&label);
+            accepted.get_or_create(&label);
+        }
+        registry.register_collector(Box::new(BrokerCollector { broker }));
+        Metrics {
+            registry,
+            open,
+            accepted,
+            failed,
+            http_requests,
+        }
+    }
+
+    /// Counts a new connection of `transport` until the guard is dropped.
+    pub fn connection(&self, transport: &'static str) -> ConnectionGuard {
+        let label = TransportLabel { transport };
+        self.accepted.get_or_create(&label).inc();
+        let gauge = self.open.get_or_create(&label).clone();
+        gauge.inc();
+        ConnectionGuard { gauge }
+    }
+
+    /// Counts a connection that failed before MQTT started.
+    pub fn handshake_failed(&self, transport: &'static str, stage: &'static str) {
+        self.failed
+            .get_or_create(&HandshakeLabel { transport, stage })
+            .inc();
+    }
+
+    /// Counts one HTTP request.
+    pub fn http_request(&self) {
+        self.http_requests.inc();
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail; an encoder error would be a bug in a metric name.
+        if let Err(error) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::warn!("cannot encode metrics: {error}");
+        }
+        out
+    }
+}
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Decrements the open-connections gauge of its transport when dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Reads the broker's atomics at scrape time.
+#[derive(Debug)]
+struct BrokerCollector {
+    broker: Broker,
+}
+
+fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    let metric_encoder = encoder.encode_descriptor(name, help, unit, metric.metric_type())?;
+    metric.encode(metric_encoder)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    let metric_encoder = encoder.encode_descriptor(name, help, unit, metric.metric_type())?;
+    metric.encode(metric_encoder)
+}
+
+impl Collector for BrokerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.broker.stats();
+        let e = &mut encoder;
+        gauge(
+            e,
+            "firehose_clients_connected",
+            "MQTT clients that completed CONNECT and are connected",
+            None,
+            i64::try_from(read(&stats.clients_connected)).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            e,
+            "firehose_uptime",
+            "Time since the broker started",
+            Some(&Unit::Seconds),
+            i64::try_from(stats.started.elapsed().as_secs()).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            e,
+            "firehose_connections_refused",
+            "Connections refused by a connection limit before CONNECT",
+            None,
+            read(&stats.connections_refused),
+        )?;
+        counter(
+            e,
+            "firehose_messages_received",
+            "PUBLISH packets received from clients (accepted or not)",
+            None,
+            read(&stats.messages_received),
+        )?;
+        counter(
+            e,
+            "firehose_messages_sent",
+            "PUBLISH packets sent to clients",
+            None,
+            read(&stats.messages_sent),
+        )?;
+        counter(
+            e,
+            "firehose_received",
+            "Bytes read from client connections (MQTT packets)",
+            Some(&Unit::Bytes),
+            read(&stats.bytes_received),
+        )?;
+        counter(
+            e,
+            "firehose_sent",
+            "Bytes written to client connections (MQTT packets)",
+            Some(&Unit::Bytes),
+            read(&stats.bytes_sent),
+        )?;
+        counter(
+            e,
+            "firehose_messages_dropped_queue_full",
+            "Deliveries dropped because the client's send queue was full",
+            None,
+            read(&stats.dropped_queue_full),
+        )?;
+        counter(
+            e,
+            "firehose_messages_dropped_offline_qos0",
+            "QoS 0 deliveries not kept for offline sessions",
+            None,
+            read(&stats.dropped_offline_qos0),
+        )?;
+        counter(
+            e,
+            "firehose_messages_dropped_too_large",
+            "Deliveries skipped because they exceeded the client's Maximum Packet Size",
+            None,
+            read(&stats.dropped_too_large),
+        )?;
+        counter(
+            e,
+            "firehose_messages_dropped_expired",
+            "Deliveries skipped because their Message Expiry Interval had passed",
+            None,
+            read(&stats.dropped_expired),
+        )?;
+        counter(
+            e,
+            "firehose_publish_denied",
+            "PUBLISH packets refused by the access model",
+            None,
+            read(&stats.publish_denied),
+        )?;
+        counter(
+            e,
+            "firehose_protocol_errors",
+            "Connections closed for a protocol violation or malformed packet",
+            None,
+            read(&stats.protocol_errors),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Users;
+    use crate::config::Limits;
+
+    #[test]
+    fn names_carry_units_and_transports_start_at_zero() {
+        let metrics = Metrics::new(Broker::new(Limits::default(), Users::none()));
+        let guard = metrics.connection("ws");
+        metrics.handshake_failed("tls", "tls");
+        let text = metrics.render();
+        for line in [
+            "firehose_connections_open{transport=\"ws\"} 1",
+            "firehose_connections_open{transport=\"tcp\"} 0",
+            "firehose_connections_accepted_total{transport=\"ws\"} 1",
+            "firehose_handshake_failures_total{transport=\"tls\",stage=\"tls\"} 1",
+            "firehose_received_bytes_total 0",
+            "firehose_sent_bytes_total 0",
+            "firehose_messages_sent_total 0",
+            "firehose_clients_connected 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("# TYPE firehose_uptime_seconds gauge"),
+            "{text}"
+        );
+        drop(guard);
+        let text = metrics.render();
+        assert!(
+            text.lines()
+                .any(|l| l == "firehose_connections_open{transport=\"ws\"} 0"),
+            "{text}"
+        );
+    }
+}
