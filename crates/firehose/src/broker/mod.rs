@@ -112,8 +112,12 @@ impl Shared {
             }
             state.dirty = false;
             if state.expiry_interval == 0 {
+                if !std::mem::replace(&mut state.persisted, false) {
+                    return;
+                }
                 None
             } else {
+                state.persisted = true;
                 Some(StoredSession {
                     client_id: session.client_id.to_string(),
                     expiry_interval: state.expiry_interval,
@@ -154,9 +158,11 @@ impl Shared {
     /// Ends a session for good: out of the registry, the router and the store.
     pub(crate) fn end_session(&self, session: &Arc<session::Session>, generation: u64) -> bool {
         match self.registry.end_if_current(session, generation) {
-            Some(filters) => {
+            Some((filters, persisted)) => {
                 self.router.remove_all(session, &filters);
-                self.store.delete_session(&session.client_id);
+                if persisted {
+                    self.store.delete_session(&session.client_id);
+                }
                 true
             }
             None => false,
@@ -374,4 +380,19 @@ impl Broker {
         let store = self.shared.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
     }
+}
+
+/// A broker over a fresh store in a temporary directory, for unit tests elsewhere in the
+/// crate. Keep the directory alive as long as the broker.
+#[cfg(test)]
+pub(crate) fn test_broker(limits: Limits, users: Users) -> (Broker, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = Store::open(crate::store::StoreConfig {
+        data_dir: dir.path().to_owned(),
+        durability: crate::store::Durability::Process,
+        retention: Vec::new(),
+    })
+    .expect("store opens");
+    let broker = Broker::open(limits, users, store).expect("broker opens");
+    (broker, dir)
 }

@@ -78,6 +78,8 @@ pub struct SessionState {
     pub lagging: bool,
     /// Whether something worth saving changed since the session was last saved.
     pub dirty: bool,
+    /// Whether the store may hold a copy of this session (so ending it must delete that).
+    pub persisted: bool,
 }
 
 /// A session, shared by the registry, the subscription table and its connection.
@@ -123,6 +125,7 @@ impl Session {
                 cursor,
                 lagging: false,
                 dirty: false,
+                persisted: false,
             }),
             wake: Notify::new(),
         }
@@ -285,6 +288,7 @@ impl Registry {
     ) -> Attached {
         let mut sessions = self.lock();
         let mut discarded = None;
+        let mut old_persisted = false;
         if let Some(existing) = sessions.get(client_id).cloned() {
             let mut state = existing.lock();
             if let Some(old) = state.link.take() {
@@ -308,6 +312,8 @@ impl Registry {
             state.ended = true;
             state.queue.clear();
             state.inflight.clear();
+            // The new session replaces the stored copy (or deletes it when it is not persistent).
+            old_persisted = std::mem::replace(&mut state.persisted, false);
             let filters = state.subscriptions.drain().map(|(f, _)| f).collect();
             drop(state);
             existing.set_online(false);
@@ -324,6 +330,7 @@ impl Registry {
             let mut state = session.lock();
             state.generation = 1;
             state.link = Some(Link { generation: 1, kick });
+            state.persisted = old_persisted;
         }
         session.set_online(true);
         sessions.insert(client_id.clone(), session.clone());
@@ -337,13 +344,22 @@ impl Registry {
 
     /// Registers a session restored from the store (offline, lagging from its cursor).
     pub fn restore(&self, session: Arc<Session>) {
-        session.lock().lagging = true;
+        {
+            let mut state = session.lock();
+            state.lagging = true;
+            state.persisted = true;
+        }
         self.lock().insert(session.client_id.clone(), session);
     }
 
     /// Ends `session` if it is still the registered one and `generation` is still current and
     /// offline; returns the filters to remove from the router.
-    pub fn end_if_current(&self, session: &Arc<Session>, generation: u64) -> Option<Vec<String>> {
+    /// Also says whether the store may hold a copy to delete.
+    pub fn end_if_current(
+        &self,
+        session: &Arc<Session>,
+        generation: u64,
+    ) -> Option<(Vec<String>, bool)> {
         let mut sessions = self.lock();
         let mut state = session.lock();
         if state.ended || state.generation != generation || state.link.is_some() {
@@ -353,6 +369,7 @@ impl Registry {
         state.queue.clear();
         state.inflight.clear();
         let filters = state.subscriptions.drain().map(|(f, _)| f).collect();
+        let persisted = std::mem::replace(&mut state.persisted, false);
         drop(state);
         if sessions
             .get(&session.client_id)
@@ -360,7 +377,7 @@ impl Registry {
         {
             sessions.remove(&session.client_id);
         }
-        Some(filters)
+        Some((filters, persisted))
     }
 }
 

@@ -10,7 +10,29 @@
 //! - `writer`: the single writer thread: group commit, retained upserts, session saves,
 //!   incremental retention.
 //! - `read`: queries by id, topic filter and time, used by session catch-up and the history API.
-//! - `schema`: table definitions and migrations.
+//! - `schema`: table definitions and migrations, and the compact binary encoding of event
+//!   properties and session lists.
+//!
+//! # Behaviour
+//! - **Acknowledged means committed.** A completion runs only after its transaction
+//!   committed, in append order, on the writer thread. With [`Durability::Process`] (WAL,
+//!   `synchronous=NORMAL`) a committed event survives `kill -9`; with
+//!   [`Durability::PowerLoss`] (`synchronous=FULL`) also an OS crash or power loss.
+//! - **Group commit.** The writer takes everything queued (up to a few thousand operations)
+//!   into one transaction. If it fails, every completion of that batch gets the error, no id
+//!   is used up, and the writer reopens its connection before the next batch.
+//! - **Ids** increase by one per event and are never reused: the highest id ever assigned is
+//!   kept in the database, so deleting the newest events (retention) does not free their ids.
+//! - **Retention** runs on the writer between batches (and every 100 ms when idle), deleting
+//!   at most about a thousand events more than the batch appended, oldest first, per rule; the
+//!   first rule whose filter matches a topic governs it. Per-rule counts and bytes live in the
+//!   database; changing the rules makes the next open count them once (a scan of the log).
+//!   Retained messages are a separate copy and are never deleted by retention.
+//! - **Reads** use a pool of read-only connections: they see a consistent snapshot and never
+//!   block the writer. A page examines a bounded id window, so a rare topic costs many cheap
+//!   pages rather than one unbounded one; `scanned_to` always moves forward.
+//! - **Startup** checks: the lock file (`LOCK`, an OS lock released when the process dies), the
+//!   SQLite header, the schema version, and `PRAGMA quick_check` on databases up to 256 MiB.
 
 mod read;
 mod schema;
@@ -291,6 +313,9 @@ impl std::fmt::Debug for Inner {
 impl Inner {
     /// See [`Store::close`].
     fn close(&self) {
+        // Idle readers go first, so that the writer's connection is the last one and SQLite
+        // checkpoints and removes the WAL when it closes.
+        self.readers.clear();
         // Dropping the only sender lets the writer drain the queue and stop.
         drop(
             self.sender
@@ -313,7 +338,6 @@ impl Inner {
                 tracing::error!("the event log writer thread panicked");
             }
         }
-        self.readers.clear();
     }
 }
 
@@ -679,6 +703,13 @@ mod tests {
     }
 
     #[test]
+    fn store_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Store>();
+        assert_send_sync::<StoreError>();
+    }
+
+    #[test]
     fn appends_complete_in_order_with_increasing_ids() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
@@ -900,7 +931,10 @@ mod tests {
         let page = store
             .read_after(50, &filters(&["#"]), 10, 10)
             .expect("read_after");
-        assert_eq!((page.events.len(), page.scanned_to, page.more), (0, 50, false));
+        assert_eq!(
+            (page.events.len(), page.scanned_to, page.more),
+            (0, 50, false)
+        );
     }
 
     #[test]
@@ -911,9 +945,15 @@ mod tests {
         append_one(&store, ev("y", "p"));
         let y = filters(&["y"]);
         let page = store.read_after(0, &y, 10, 5).expect("read");
-        assert_eq!((page.events.len(), page.scanned_to, page.more), (0, 5, true));
+        assert_eq!(
+            (page.events.len(), page.scanned_to, page.more),
+            (0, 5, true)
+        );
         let page = store.read_after(5, &y, 10, 5).expect("read");
-        assert_eq!((page.events.len(), page.scanned_to, page.more), (0, 10, true));
+        assert_eq!(
+            (page.events.len(), page.scanned_to, page.more),
+            (0, 10, true)
+        );
         let page = store.read_after(10, &y, 10, 5).expect("read");
         assert_eq!(page.events.len(), 1);
         assert_eq!((page.scanned_to, page.more), (11, false));
@@ -927,7 +967,10 @@ mod tests {
         assert_eq!(page.events.len(), 7);
         assert_eq!((page.scanned_to, page.more), (11, false));
         let page = store.read_after(3, &x, 0, 100).expect("read");
-        assert_eq!((page.events.len(), page.scanned_to, page.more), (0, 3, true));
+        assert_eq!(
+            (page.events.len(), page.scanned_to, page.more),
+            (0, 3, true)
+        );
     }
 
     #[test]
@@ -1183,7 +1226,8 @@ mod tests {
         store.close();
         let late = append(&store, ev("t", "p"));
         assert!(matches!(
-            late.recv_timeout(Duration::from_secs(1)).expect("completed"),
+            late.recv_timeout(Duration::from_secs(1))
+                .expect("completed"),
             Err(StoreError::Closed)
         ));
         assert_eq!(store.backlog(), 0);
@@ -1191,6 +1235,38 @@ mod tests {
         let reopened = open(dir.path());
         assert_eq!(reopened.last_id(), 1);
         assert!(store.get(1).expect("get").is_some());
+    }
+
+    #[test]
+    fn a_failed_transaction_fails_its_appends_and_the_writer_recovers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        assert_eq!(append_one(&store, ev("ok", "1")), 1);
+        // Another connection makes the next inserts fail.
+        let conn = rusqlite::Connection::open(dir.path().join("events.db")).expect("side conn");
+        conn.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        conn.execute_batch(
+            "CREATE TRIGGER fail BEFORE INSERT ON events WHEN NEW.topic = 'fail'
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .expect("create trigger");
+        let failed = append(&store, ev("fail", "x"))
+            .recv_timeout(Duration::from_secs(10))
+            .expect("completion ran");
+        match failed {
+            Err(StoreError::Sqlite { message, .. }) => {
+                assert!(message.contains("injected failure"), "{message}")
+            }
+            other => panic!("expected a SQLite error, got {other:?}"),
+        }
+        conn.execute_batch("DROP TRIGGER fail")
+            .expect("drop trigger");
+        // The failed append used no id; the writer goes on.
+        assert_eq!(append_one(&store, ev("ok", "2")), 2);
+        assert_eq!(ids_of(&store, "#"), [1, 2]);
+        assert_eq!(store.stats().events, 2);
+        assert_eq!(store.stats().backlog, 0);
     }
 
     #[test]
@@ -1217,7 +1293,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn =
             rusqlite::Connection::open(dir.path().join("events.db")).expect("create foreign db");
-        conn.execute_batch("CREATE TABLE t (x)").expect("create table");
+        conn.execute_batch("CREATE TABLE t (x)")
+            .expect("create table");
         drop(conn);
         let err = Store::open(config(dir.path())).expect_err("foreign rejected");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
@@ -1288,7 +1365,11 @@ mod tests {
             }
         }
         child.wait().expect("reap child");
-        assert!(acknowledged.len() >= 3000, "child printed {}", acknowledged.len());
+        assert!(
+            acknowledged.len() >= 3000,
+            "child printed {}",
+            acknowledged.len()
+        );
         let store = open(dir.path());
         let stored = ids_of(&store, "crash/t");
         let missing: Vec<&u64> = acknowledged
@@ -1297,6 +1378,9 @@ mod tests {
             .collect();
         assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
         let expected: Vec<u64> = (1..=acknowledged.len() as u64).collect();
-        assert!(acknowledged == expected, "ids not acknowledged as 1, 2, 3...");
+        assert!(
+            acknowledged == expected,
+            "ids not acknowledged as 1, 2, 3..."
+        );
     }
 }

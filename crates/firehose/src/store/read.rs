@@ -122,7 +122,7 @@ impl Pool {
 pub(super) struct Scan<'a> {
     /// Only ids above this.
     pub(super) after: u64,
-    /// Topic filters, OR'ed; empty means `#`.
+    /// Topic filters, OR'ed; empty means `#`. `$share/<group>/` prefixes are ignored.
     pub(super) filters: &'a [String],
     /// Most events returned.
     pub(super) limit: usize,
@@ -179,7 +179,7 @@ fn narrow(filter: &str) -> Narrow {
 
 /// The SQL condition (with its parameters appended to `params`) that pre-filters rows for
 /// `filters`, or `None` when some filter cannot be narrowed.
-fn topic_condition(filters: &[String], params: &mut Vec<Value>) -> Option<String> {
+fn topic_condition(filters: &[&str], params: &mut Vec<Value>) -> Option<String> {
     let narrows: Vec<Narrow> = filters.iter().map(|f| narrow(f)).collect();
     if narrows.is_empty() || narrows.contains(&Narrow::Any) {
         return None;
@@ -194,7 +194,11 @@ fn topic_condition(filters: &[String], params: &mut Vec<Value>) -> Option<String
             Narrow::Prefix { lo, hi, parent } => {
                 params.push(Value::Text(lo));
                 params.push(Value::Text(hi));
-                let range = format!("(topic >= ?{} AND topic < ?{})", params.len() - 1, params.len());
+                let range = format!(
+                    "(topic >= ?{} AND topic < ?{})",
+                    params.len() - 1,
+                    params.len()
+                );
                 match parent {
                     Some(parent) => {
                         params.push(Value::Text(parent));
@@ -210,11 +214,50 @@ fn topic_condition(filters: &[String], params: &mut Vec<Value>) -> Option<String
 }
 
 /// Whether any filter matches (no filters: every non-`$` topic).
-fn matches_any(filters: &[String], topic: &str) -> bool {
+fn matches_any(filters: &[&str], topic: &str) -> bool {
     if filters.is_empty() {
         return !topic.starts_with('$');
     }
     filters.iter().any(|f| topic::matches(f, topic))
+}
+
+/// The statement that reads the rows of the window `(lo, window_end]` that may match.
+///
+/// The time conditions are written `+time_ms` so that SQLite cannot pick the time index for
+/// them: the rowid range is always the narrower, and it yields rows already in id order.
+fn scan_statement(
+    lo: u64,
+    window_end: u64,
+    scan: &Scan<'_>,
+    filters: &[&str],
+) -> (String, Vec<Value>) {
+    let mut params = vec![
+        Value::Integer(to_i64(lo)),
+        Value::Integer(to_i64(window_end)),
+    ];
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id > ?1 AND id <= ?2");
+    if let Some(since) = scan.since_ms {
+        params.push(Value::Integer(since));
+        sql.push_str(&format!(" AND +time_ms >= ?{}", params.len()));
+    }
+    if let Some(until) = scan.until_ms {
+        params.push(Value::Integer(until));
+        sql.push_str(&format!(" AND +time_ms < ?{}", params.len()));
+    }
+    if let Some(condition) = topic_condition(filters, &mut params) {
+        sql.push_str(" AND ");
+        sql.push_str(&condition);
+    }
+    sql.push_str(" ORDER BY id");
+    (sql, params)
+}
+
+/// The topic filter of a shared subscription (`$share/<group>/<filter>`) is `<filter>`.
+fn unshare(filter: &str) -> &str {
+    filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(filter, |(_group, filter)| filter)
 }
 
 /// Reads one page inside the caller's read transaction.
@@ -224,10 +267,11 @@ fn matches_any(filters: &[String], topic: &str) -> bool {
 /// become id bounds through the time index, widened by the largest step back the clock ever
 /// took (`time_skew_ms`), so they stay exact when time was not monotonic.
 fn read_page(conn: &Connection, scan: &Scan<'_>) -> rusqlite::Result<Page> {
-    let newest: i64 = conn
-        .prepare_cached("SELECT coalesce(max(id), 0) FROM events")?
-        .query_row([], |row| row.get(0))?;
-    let newest = to_u64(newest);
+    let newest: Option<i64> = conn
+        .prepare_cached("SELECT id FROM events ORDER BY id DESC LIMIT 1")?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    let newest = newest.map_or(0, to_u64);
     // Rows in (lo, hi] are candidates; everything outside is provably excluded.
     let mut lo = scan.after;
     let mut hi = newest;
@@ -275,8 +319,9 @@ fn read_page(conn: &Connection, scan: &Scan<'_>) -> rusqlite::Result<Page> {
         return Ok(done(scan.after.max(hi)));
     }
     let first: Option<i64> = conn
-        .prepare_cached("SELECT min(id) FROM events WHERE id > ?1")?
-        .query_row([to_i64(lo)], |row| row.get(0))?;
+        .prepare_cached("SELECT id FROM events WHERE id > ?1 ORDER BY id LIMIT 1")?
+        .query_row([to_i64(lo)], |row| row.get(0))
+        .optional()?;
     let first = match first.map(to_u64) {
         Some(first) if first <= hi => first,
         _ => return Ok(done(scan.after.max(hi))),
@@ -285,28 +330,15 @@ fn read_page(conn: &Connection, scan: &Scan<'_>) -> rusqlite::Result<Page> {
         .saturating_add(scan.scan_limit.max(1) as u64 - 1)
         .min(hi);
 
-    let mut params = vec![Value::Integer(to_i64(lo)), Value::Integer(to_i64(window_end))];
-    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id > ?1 AND id <= ?2");
-    if let Some(since) = scan.since_ms {
-        params.push(Value::Integer(since));
-        sql.push_str(&format!(" AND time_ms >= ?{}", params.len()));
-    }
-    if let Some(until) = scan.until_ms {
-        params.push(Value::Integer(until));
-        sql.push_str(&format!(" AND time_ms < ?{}", params.len()));
-    }
-    if let Some(condition) = topic_condition(scan.filters, &mut params) {
-        sql.push_str(" AND ");
-        sql.push_str(&condition);
-    }
-    sql.push_str(" ORDER BY id");
+    let filters: Vec<&str> = scan.filters.iter().map(|f| unshare(f)).collect();
+    let (sql, params) = scan_statement(lo, window_end, scan, &filters);
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     let mut events = Vec::new();
     let mut scanned_to = window_end;
     while let Some(row) = rows.next()? {
         let topic = row.get_ref(2)?.as_str()?;
-        if !matches_any(scan.filters, topic) {
+        if !matches_any(&filters, topic) {
             continue;
         }
         let event = schema::event_from_row(row)?;
@@ -328,6 +360,52 @@ fn read_page(conn: &Connection, scan: &Scan<'_>) -> rusqlite::Result<Page> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scans_walk_the_rowid_range() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.db");
+        let conn = schema::open_writer(&path, super::super::Durability::Process).expect("open");
+        // Statistics that make the time index look very selective must not change the plan.
+        conn.execute_batch(
+            "ANALYZE;
+             DELETE FROM sqlite_stat1;
+             INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES
+                 ('events', 'events_time', '10000000 1'), ('events', NULL, '10000000');
+             ANALYZE sqlite_schema;",
+        )
+        .expect("stats");
+        let filters = ["a/+", "b"];
+        let scan = Scan {
+            after: 0,
+            filters: &[],
+            limit: 10,
+            scan_limit: 10,
+            since_ms: Some(1),
+            until_ms: Some(2),
+        };
+        let (sql, params) = scan_statement(0, 10, &scan, &filters);
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(params), |row| row.get(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        let plan = plan.join("; ");
+        assert!(plan.contains("INTEGER PRIMARY KEY"), "{plan}");
+        assert!(!plan.contains("events_time"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    #[test]
+    fn shared_subscription_filters() {
+        assert_eq!(unshare("$share/g/a/#"), "a/#");
+        assert_eq!(unshare("$share/g"), "$share/g");
+        assert_eq!(unshare("a/b"), "a/b");
+        assert_eq!(unshare("$SYS/#"), "$SYS/#");
+    }
 
     #[test]
     fn narrowing() {

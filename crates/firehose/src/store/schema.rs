@@ -383,7 +383,10 @@ impl<'a> Dec<'a> {
     /// Takes `n` bytes.
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if self.0.len() < n {
-            return Err(format!("truncated: wanted {n} bytes, {} left", self.0.len()));
+            return Err(format!(
+                "truncated: wanted {n} bytes, {} left",
+                self.0.len()
+            ));
         }
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;

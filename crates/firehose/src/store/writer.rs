@@ -18,9 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection};
 
 use super::schema::{self, to_i64, to_u64, LogState};
-use super::{
-    Completion, Durability, NewEvent, RetentionRule, StoreError, StoredSession,
-};
+use super::{Completion, Durability, NewEvent, RetentionRule, StoreError, StoredSession};
 use crate::topic;
 
 /// Most operations written in one transaction. Large enough that a burst is written in few
@@ -42,7 +40,7 @@ const RETENTION_SCAN: usize = 2048;
 pub(super) struct Shared {
     /// Events committed since start.
     pub(super) appended: AtomicU64,
-    /// Transactions committed since start (batches and retention steps).
+    /// Batches committed since start (retention's own transactions are not counted).
     pub(super) commits: AtomicU64,
     /// Events deleted by retention since start.
     pub(super) retention_deleted: AtomicU64,
@@ -159,7 +157,7 @@ pub(super) struct Writer {
     broken: bool,
 }
 
-/// Elements of one batch after coalescing, with what they change in memory once committed.
+/// What a batch changes in the writer's memory once it has committed.
 struct BatchEffect {
     /// The log state after the batch.
     state: LogState,
@@ -259,7 +257,12 @@ impl Writer {
             tx.execute(
                 "INSERT INTO retention_rules (position, filter, count, bytes) \
                  VALUES (?1, ?2, ?3, ?4)",
-                params![position as i64, rule.filter, to_i64(t.count), to_i64(t.bytes)],
+                params![
+                    position as i64,
+                    rule.filter,
+                    to_i64(t.count),
+                    to_i64(t.bytes)
+                ],
             )?;
         }
         tx.commit()?;
@@ -415,7 +418,9 @@ impl Writer {
                             totals[rule].bytes += (event.topic.len() + event.payload.len()) as u64;
                         }
                     }
-                    Op::SaveSession(s, _) if last_session_op.get(s.client_id.as_str()) == Some(&i) => {
+                    Op::SaveSession(s, _)
+                        if last_session_op.get(s.client_id.as_str()) == Some(&i) =>
+                    {
                         write_session(&tx, s)?;
                     }
                     Op::DeleteSession(client_id)
@@ -464,7 +469,6 @@ impl Writer {
                 self.shared
                     .retention_deleted
                     .fetch_add(deleted, Ordering::Relaxed);
-                self.shared.commits.fetch_add(1, Ordering::Relaxed);
                 self.shared
                     .events
                     .store(self.state.event_count, Ordering::Relaxed);
@@ -635,7 +639,11 @@ fn write_totals(
             tx.prepare_cached(
                 "UPDATE retention_rules SET count = ?1, bytes = ?2 WHERE position = ?3",
             )?
-            .execute(params![to_i64(new.count), to_i64(new.bytes), position as i64])?;
+            .execute(params![
+                to_i64(new.count),
+                to_i64(new.bytes),
+                position as i64
+            ])?;
         }
     }
     Ok(())

@@ -280,7 +280,8 @@ mod tests {
 
     #[test]
     fn names_carry_units_and_transports_start_at_zero() {
-        let metrics = Metrics::new(Broker::new(Limits::default(), Users::none()));
+        let (broker, _dir) = crate::broker::test_broker(Limits::default(), Users::none());
+        let metrics = Metrics::new(broker);
         let guard = metrics.connection("ws");
         metrics.handshake_failed("tls", "tls");
         let text = metrics.render();

@@ -1092,3 +1092,6 @@ pub(crate) fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     std::fs::write(&path, content).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
     path
 }
+
+/// The durable-log harness: restartable data dirs, the HTTP listener, history and SSE clients.
+pub(crate) mod durable;
