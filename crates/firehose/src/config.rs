@@ -618,6 +618,22 @@ mod tests {
     }
 
     #[test]
+    fn production_config_loads() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/firehose.production.toml");
+        let config = Config::load(&path).expect("production config loads");
+        let port = |listen: Result<Listen, ConfigError>| match listen.expect("listen") {
+            Listen::On(addr) => addr.port(),
+            Listen::Off => 0,
+        };
+        assert_eq!(port(config.mqtt_listen()), 1883);
+        assert_eq!(port(config.mqtts_listen()), 8883);
+        assert_eq!(port(config.http_listen()), 80);
+        assert_eq!(port(config.https_listen()), 443);
+        assert!(config.tls.cert.is_some() && config.tls.key.is_some());
+    }
+
+    #[test]
     fn unknown_key_is_refused_with_its_name() {
         let err = toml::from_str::<Config>("[limits]\nmax_packet_sise = 3\n").expect_err("refused");
         assert!(err.to_string().contains("max_packet_sise"), "{err}");

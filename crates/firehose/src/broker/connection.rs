@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::message::{Delivery, Message};
 use super::outbox::Outbox;
 use super::router::{parse_filter, SubOptions};
-use super::session::{Inflight, Session, Stage};
+use super::session::{AttachRequest, Inflight, Session, Stage};
 use super::stats;
 use super::{Accepted, ConnectionInfo, Shared};
 use crate::auth::{AuthFailure, Identity};
@@ -142,7 +142,13 @@ where
     let mut outbox = Outbox::default();
     conn.start(&mut outbox);
     let end = conn
-        .serve(&mut reader, &mut writer, &mut rbuf, &mut outbox, &mut accepted)
+        .serve(
+            &mut reader,
+            &mut writer,
+            &mut rbuf,
+            &mut outbox,
+            &mut accepted,
+        )
         .await;
     conn.finish(end, &mut writer, &mut outbox).await;
 }
@@ -183,7 +189,10 @@ fn authenticate_by_transport(
     if connect_username.is_some_and(|name| name != user) {
         return Err(AuthFailure::BadCredentials);
     }
-    shared.users.identity_of(user).ok_or(AuthFailure::BadCredentials)
+    shared
+        .users
+        .identity_of(user)
+        .ok_or(AuthFailure::BadCredentials)
 }
 
 fn connack(reason: ReasonCode) -> Packet {
@@ -194,7 +203,11 @@ fn connack(reason: ReasonCode) -> Packet {
     })
 }
 
-async fn send_and_close<W: AsyncWrite + Unpin>(writer: &mut W, packet: &Packet, protocol: Protocol) {
+async fn send_and_close<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    packet: &Packet,
+    protocol: Protocol,
+) {
     let mut outbox = Outbox::default();
     if outbox.push_packet(packet, protocol).is_ok() {
         let _ = timeout(CLOSE_GRACE, outbox.write_all(writer)).await;
@@ -240,7 +253,11 @@ async fn handshake<W: AsyncWrite + Unpin>(
         return None;
     }
     let verdict = match &info.authenticated_user {
-        Some(user) => Ok(authenticate_by_transport(shared, user, connect.username.as_deref())),
+        Some(user) => Ok(authenticate_by_transport(
+            shared,
+            user,
+            connect.username.as_deref(),
+        )),
         None => {
             let users = shared.users.clone();
             let username = connect.username.clone();
@@ -315,12 +332,14 @@ async fn handshake<W: AsyncWrite + Unpin>(
     let kick = Arc::new(Notify::new());
     let attached = shared.registry.attach(
         &client_id,
-        connect.clean_start,
-        expiry,
-        protocol,
-        usize::try_from(limits.send_queue).unwrap_or(usize::MAX),
-        shared.store.last_id(),
-        kick.clone(),
+        AttachRequest {
+            clean_start: connect.clean_start,
+            expiry_interval: expiry,
+            protocol,
+            queue_limit: usize::try_from(limits.send_queue).unwrap_or(usize::MAX),
+            cursor: shared.store.last_id(),
+            kick: kick.clone(),
+        },
     );
     if let Some((old, filters)) = &attached.discarded {
         shared.router.remove_all(old, filters);
@@ -383,7 +402,10 @@ async fn handshake<W: AsyncWrite + Unpin>(
         aliases_in: HashMap::new(),
         aliases_out: HashMap::new(),
         alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
-        problem_information: connect.properties.request_problem_information.unwrap_or(true),
+        problem_information: connect
+            .properties
+            .request_problem_information
+            .unwrap_or(true),
     };
     stats::add(&shared.stats.clients_connected, 1);
     info!(
@@ -472,7 +494,10 @@ impl Connection {
                 Stage::AwaitPubAck | Stage::AwaitPubRec => self
                     .write_publish(&inflight.delivery, Some(id), true, now, outbox)
                     .map(|_| ()),
-                Stage::AwaitPubComp => self.push(outbox, &pub_response(Packet::PubRel, id, ReasonCode::Success)),
+                Stage::AwaitPubComp => self.push(
+                    outbox,
+                    &pub_response(Packet::PubRel, id, ReasonCode::Success),
+                ),
             };
             if let Err(error) = result {
                 warn!(client = %self.client_id, "cannot resend message {id}: {error}");
@@ -633,7 +658,9 @@ impl Connection {
             if !already_inflight && self.identity.may_receive(&event.event.topic) {
                 let message = Arc::new(Message::from_event(event));
                 match delivery_for(&state.subscriptions, message) {
-                    Some(d) if d.qos == QoS::AtMostOnce => stats::add(&stats.skipped_qos0_catchup, 1),
+                    Some(d) if d.qos == QoS::AtMostOnce => {
+                        stats::add(&stats.skipped_qos0_catchup, 1)
+                    }
                     Some(d) => {
                         state.queue.push_back(d);
                         delivered += 1;
@@ -683,9 +710,15 @@ impl Connection {
         }
         if done.qos == QoS::ExactlyOnce {
             self.session.lock().incoming_qos2.insert(id);
-            self.push_or_log(outbox, &pub_response(Packet::PubRec, id, ReasonCode::Success));
+            self.push_or_log(
+                outbox,
+                &pub_response(Packet::PubRec, id, ReasonCode::Success),
+            );
         } else {
-            self.push_or_log(outbox, &pub_response(Packet::PubAck, id, ReasonCode::Success));
+            self.push_or_log(
+                outbox,
+                &pub_response(Packet::PubAck, id, ReasonCode::Success),
+            );
         }
         None
     }
@@ -762,7 +795,10 @@ impl Connection {
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.push_or_log(outbox, &pub_response(Packet::PubComp, rel.packet_id, reason));
+                self.push_or_log(
+                    outbox,
+                    &pub_response(Packet::PubComp, rel.packet_id, reason),
+                );
             }
             Packet::PubComp(comp) => {
                 let mut state = self.session.lock();
@@ -845,7 +881,10 @@ impl Connection {
             let state = self.session.lock();
             if state.incoming_qos2.contains(&id) {
                 drop(state);
-                self.push_or_log(outbox, &pub_response(Packet::PubRec, id, ReasonCode::Success));
+                self.push_or_log(
+                    outbox,
+                    &pub_response(Packet::PubRec, id, ReasonCode::Success),
+                );
                 return None;
             }
             let unreleased = state.incoming_qos2.len() + self.uncommitted_qos2.len();
@@ -903,12 +942,17 @@ impl Connection {
         }
         // Refused. MQTT 3.1.1 has no negative acknowledgement: the message is acknowledged and
         // dropped, as Mosquitto does.
-        let ack_reason = if self.is_v5() { reason } else { ReasonCode::Success };
+        let ack_reason = if self.is_v5() {
+            reason
+        } else {
+            ReasonCode::Success
+        };
         let explain = |kind: fn(PubResponse) -> Packet| {
             let mut packet = pub_response(kind, id, ack_reason);
-            if let (Packet::PubAck(r) | Packet::PubRec(r), true) =
-                (&mut packet, self.problem_information && ack_reason.is_error())
-            {
+            if let (Packet::PubAck(r) | Packet::PubRec(r), true) = (
+                &mut packet,
+                self.problem_information && ack_reason.is_error(),
+            ) {
                 r.properties.reason_string = Some(match ack_reason {
                     ReasonCode::NotAuthorized => {
                         format!("{} may not publish to {topic}", self.identity.name())
@@ -944,7 +988,10 @@ impl Connection {
             if self.is_v5() && parsed.group.is_some() && sub.options.no_local {
                 return Some(End::violation(
                     ReasonCode::ProtocolError,
-                    format!("SUBSCRIBE: No Local set on shared subscription {:?}", sub.filter),
+                    format!(
+                        "SUBSCRIBE: No Local set on shared subscription {:?}",
+                        sub.filter
+                    ),
                 ));
             }
             if !self.identity.may_subscribe(&sub.filter) {
@@ -971,7 +1018,10 @@ impl Connection {
                 retain_as_published: v5 && sub.options.retain_as_published,
                 id: subscribe.subscription_identifier.filter(|_| v5),
             };
-            let existed = self.shared.router.subscribe(&self.session, &sub.filter, options);
+            let existed = self
+                .shared
+                .router
+                .subscribe(&self.session, &sub.filter, options);
             self.session
                 .lock()
                 .subscriptions
@@ -1033,7 +1083,11 @@ impl Connection {
     }
 
     fn on_disconnect(&mut self, disconnect: Disconnect) -> End {
-        if let Some(expiry) = disconnect.properties.session_expiry_interval.filter(|_| self.is_v5()) {
+        if let Some(expiry) = disconnect
+            .properties
+            .session_expiry_interval
+            .filter(|_| self.is_v5())
+        {
             if self.expiry == 0 && expiry != 0 {
                 // MQTT 5 section 3.14.2.2.2.
                 return End::violation(
@@ -1082,7 +1136,14 @@ impl Connection {
                         } else {
                             Stage::AwaitPubRec
                         };
-                        state.inflight.insert(id, Inflight { delivery, stage, seq });
+                        state.inflight.insert(
+                            id,
+                            Inflight {
+                                delivery,
+                                stage,
+                                seq,
+                            },
+                        );
                     }
                 }
                 Ok(false) => stats::add(&self.shared.stats.dropped_too_large, 1),
@@ -1174,7 +1235,10 @@ impl Connection {
         if let Ok(Ok(())) = timeout(CLOSE_GRACE, outbox.write_all(writer)).await {
             let _ = timeout(CLOSE_GRACE, writer.shutdown()).await;
         }
-        shared.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
+        shared
+            .stats
+            .clients_connected
+            .fetch_sub(1, Ordering::Relaxed);
         match &end {
             End::Client { .. } => {
                 debug!(client = %self.client_id, peer = %self.peer, "client disconnected")
@@ -1218,7 +1282,10 @@ impl Connection {
             None => {}
         }
 
-        if let (Some(will), true) = (self.will, end.publishes_will() && !matches!(end, End::Shutdown)) {
+        if let (Some(will), true) = (
+            self.will,
+            end.publishes_will() && !matches!(end, End::Shutdown),
+        ) {
             let delay = will.delay_interval.unwrap_or(0).min(self.expiry);
             let message = Message::new(
                 0,

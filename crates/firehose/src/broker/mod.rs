@@ -16,8 +16,8 @@
 
 pub mod connection;
 pub mod message;
-mod restore;
 pub mod outbox;
+mod restore;
 pub mod router;
 pub mod session;
 pub mod stats;
@@ -77,7 +77,12 @@ impl Shared {
 
     /// Appends an accepted message (after access checks) to the log; once it is durable it is
     /// routed, in log order, and `done` is told.
-    pub(crate) fn accept(self: &Arc<Self>, mut message: Message, publisher: &str, done: Option<Accepted>) {
+    pub(crate) fn accept(
+        self: &Arc<Self>,
+        mut message: Message,
+        publisher: &str,
+        done: Option<Accepted>,
+    ) {
         let event = message.to_new_event(now_ms(), publisher);
         let shared = self.clone();
         self.store.append(
@@ -170,7 +175,12 @@ impl Shared {
     }
 
     /// Ends `session` after `secs` unless a connection resumed it meanwhile.
-    pub(crate) fn schedule_expiry(self: &Arc<Self>, session: Arc<session::Session>, generation: u64, secs: u64) {
+    pub(crate) fn schedule_expiry(
+        self: &Arc<Self>,
+        session: Arc<session::Session>,
+        generation: u64,
+        secs: u64,
+    ) {
         let shared = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(secs)).await;

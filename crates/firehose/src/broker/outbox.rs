@@ -52,7 +52,11 @@ impl Outbox {
     ///
     /// # Errors
     /// [`EncodeError`] if the packet cannot be represented.
-    pub fn push_packet(&mut self, packet: &Packet, protocol: Protocol) -> Result<usize, EncodeError> {
+    pub fn push_packet(
+        &mut self,
+        packet: &Packet,
+        protocol: Protocol,
+    ) -> Result<usize, EncodeError> {
         self.reserve_scratch(64);
         encode(packet, protocol, &mut self.scratch)?;
         let bytes = self.scratch.split().freeze();
@@ -84,7 +88,10 @@ impl Outbox {
             writer.write_vectored(&slices[..count]).await?
         };
         if written == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "connection closed while writing",
+            ));
         }
         self.advance(written);
         Ok(written)

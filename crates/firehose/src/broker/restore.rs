@@ -84,7 +84,9 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
                     },
                 );
             }
-            state.incoming_qos2.extend(stored.incoming_qos2.iter().copied());
+            state
+                .incoming_qos2
+                .extend(stored.incoming_qos2.iter().copied());
         }
         for sub in &stored.subscriptions {
             let options = session.lock().subscriptions.get(&sub.filter).copied();
@@ -99,7 +101,10 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
         restored += 1;
     }
     if restored > 0 {
-        tracing::info!(sessions = restored, "restored persistent sessions from the store");
+        tracing::info!(
+            sessions = restored,
+            "restored persistent sessions from the store"
+        );
     }
     Ok(())
 }

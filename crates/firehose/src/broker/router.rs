@@ -186,7 +186,10 @@ impl Router {
 
     /// Number of retained messages.
     pub fn retained_count(&self) -> usize {
-        self.retained.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.retained
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Number of distinct filters with subscribers.
@@ -294,11 +297,21 @@ mod tests {
     use firehose_codec::{Protocol, PublishProperties};
     use tokio::sync::Notify;
 
-    use crate::broker::session::Registry;
+    use crate::broker::session::{AttachRequest, Registry};
 
     fn online(registry: &Registry, id: &str) -> Arc<Session> {
         registry
-            .attach(&Arc::from(id), true, 0, Protocol::V5, 100, 0, Arc::new(Notify::new()))
+            .attach(
+                &Arc::from(id),
+                AttachRequest {
+                    clean_start: true,
+                    expiry_interval: 0,
+                    protocol: Protocol::V5,
+                    queue_limit: 100,
+                    cursor: 0,
+                    kick: Arc::new(Notify::new()),
+                },
+            )
             .session
     }
 
@@ -329,7 +342,13 @@ mod tests {
             .lock()
             .queue
             .iter()
-            .map(|d| (d.message.topic.to_string(), d.qos, d.subscription_ids.clone()))
+            .map(|d| {
+                (
+                    d.message.topic.to_string(),
+                    d.qos,
+                    d.subscription_ids.clone(),
+                )
+            })
             .collect()
     }
 
@@ -339,12 +358,33 @@ mod tests {
         let router = Router::default();
         let stats = Stats::new();
         let a = online(&registry, "a");
-        router.subscribe(&a, "x/+", SubOptions { id: Some(1), ..opts(QoS::AtMostOnce) });
-        router.subscribe(&a, "x/#", SubOptions { id: Some(2), ..opts(QoS::AtLeastOnce) });
-        assert_eq!(router.publish(&message("x/y", QoS::ExactlyOnce, false, b"1"), &stats), 1);
+        router.subscribe(
+            &a,
+            "x/+",
+            SubOptions {
+                id: Some(1),
+                ..opts(QoS::AtMostOnce)
+            },
+        );
+        router.subscribe(
+            &a,
+            "x/#",
+            SubOptions {
+                id: Some(2),
+                ..opts(QoS::AtLeastOnce)
+            },
+        );
+        assert_eq!(
+            router.publish(&message("x/y", QoS::ExactlyOnce, false, b"1"), &stats),
+            1
+        );
         let got = queued(&a);
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].1, QoS::AtLeastOnce, "highest granted QoS, capped by the message");
+        assert_eq!(
+            got[0].1,
+            QoS::AtLeastOnce,
+            "highest granted QoS, capped by the message"
+        );
         let mut ids = got[0].2.clone();
         ids.sort_unstable();
         assert_eq!(ids, vec![1, 2]);
@@ -365,8 +405,18 @@ mod tests {
         let registry = Registry::default();
         let router = Router::default();
         let me = online(&registry, "publisher");
-        router.subscribe(&me, "t", SubOptions { no_local: true, ..opts(QoS::AtLeastOnce) });
-        assert_eq!(router.publish(&message("t", QoS::AtLeastOnce, false, b"1"), &Stats::new()), 0);
+        router.subscribe(
+            &me,
+            "t",
+            SubOptions {
+                no_local: true,
+                ..opts(QoS::AtLeastOnce)
+            },
+        );
+        assert_eq!(
+            router.publish(&message("t", QoS::AtLeastOnce, false, b"1"), &Stats::new()),
+            0
+        );
         assert!(queued(&me).is_empty());
     }
 
@@ -380,7 +430,10 @@ mod tests {
         router.subscribe(&a, "$share/g/jobs/#", opts(QoS::AtLeastOnce));
         router.subscribe(&b, "$share/g/jobs/#", opts(QoS::AtLeastOnce));
         for _ in 0..10 {
-            assert_eq!(router.publish(&message("jobs/1", QoS::AtLeastOnce, false, b"1"), &stats), 1);
+            assert_eq!(
+                router.publish(&message("jobs/1", QoS::AtLeastOnce, false, b"1"), &stats),
+                1
+            );
         }
         assert_eq!(queued(&a).len(), 5);
         assert_eq!(queued(&b).len(), 5);
@@ -408,7 +461,10 @@ mod tests {
         let router = Router::default();
         let a = online(&registry, "a");
         assert!(!router.subscribe(&a, "a/b", opts(QoS::AtMostOnce)));
-        assert!(router.subscribe(&a, "a/b", opts(QoS::AtLeastOnce)), "second time it existed");
+        assert!(
+            router.subscribe(&a, "a/b", opts(QoS::AtLeastOnce)),
+            "second time it existed"
+        );
         router.subscribe(&a, "$share/g/a/b", opts(QoS::AtMostOnce));
         assert!(router.unsubscribe(&a, "a/b"));
         assert!(!router.unsubscribe(&a, "a/b"));
@@ -423,15 +479,30 @@ mod tests {
         let router = Router::default();
         let a = online(&registry, "a");
         router.subscribe(&a, "#", opts(QoS::AtLeastOnce));
-        assert_eq!(router.publish(&message("$SYS/x", QoS::AtLeastOnce, false, b"1"), &Stats::new()), 0);
+        assert_eq!(
+            router.publish(
+                &message("$SYS/x", QoS::AtLeastOnce, false, b"1"),
+                &Stats::new()
+            ),
+            0
+        );
     }
 
     #[test]
     fn parse_filter_splits_shared_subscriptions() {
         assert_eq!(
             parse_filter("$share/g/a/#"),
-            ParsedFilter { group: Some("g"), filter: "a/#" }
+            ParsedFilter {
+                group: Some("g"),
+                filter: "a/#"
+            }
         );
-        assert_eq!(parse_filter("a/#"), ParsedFilter { group: None, filter: "a/#" });
+        assert_eq!(
+            parse_filter("a/#"),
+            ParsedFilter {
+                group: None,
+                filter: "a/#"
+            }
+        );
     }
 }

@@ -134,7 +134,9 @@ impl Session {
     /// Locks the state. A poisoned lock (a panic elsewhere while holding it) still yields the
     /// state: session data stays consistent at every unlock point.
     pub fn lock(&self) -> MutexGuard<'_, SessionState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether a connection is attached.
@@ -233,8 +235,11 @@ impl SessionState {
 
     /// Inflight messages in the order they were first sent.
     pub fn inflight_in_order(&self) -> Vec<(u16, Inflight)> {
-        let mut all: Vec<(u16, Inflight)> =
-            self.inflight.iter().map(|(id, f)| (*id, f.clone())).collect();
+        let mut all: Vec<(u16, Inflight)> = self
+            .inflight
+            .iter()
+            .map(|(id, f)| (*id, f.clone()))
+            .collect();
         all.sort_by_key(|(_, f)| f.seq);
         all
     }
@@ -244,6 +249,23 @@ impl SessionState {
 #[derive(Debug, Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+}
+
+/// What a new connection asks of the registry.
+#[derive(Debug)]
+pub struct AttachRequest {
+    /// Discard any existing session.
+    pub clean_start: bool,
+    /// Session Expiry Interval granted, in seconds.
+    pub expiry_interval: u32,
+    /// Protocol of the connection.
+    pub protocol: Protocol,
+    /// Most deliveries queued for the session.
+    pub queue_limit: usize,
+    /// Log position a new session starts from.
+    pub cursor: u64,
+    /// Woken to close the connection if another takes the session over.
+    pub kick: Arc<Notify>,
 }
 
 /// Result of attaching a new connection to a session.
@@ -261,7 +283,9 @@ pub struct Attached {
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
-        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Number of sessions, connected or not.
@@ -276,16 +300,15 @@ impl Registry {
 
     /// Attaches a connection to the session of `client_id`: resumes it unless `clean_start`,
     /// and kicks any connection already attached (client-id takeover).
-    pub fn attach(
-        &self,
-        client_id: &Arc<str>,
-        clean_start: bool,
-        expiry_interval: u32,
-        protocol: Protocol,
-        queue_limit: usize,
-        cursor: u64,
-        kick: Arc<Notify>,
-    ) -> Attached {
+    pub fn attach(&self, client_id: &Arc<str>, request: AttachRequest) -> Attached {
+        let AttachRequest {
+            clean_start,
+            expiry_interval,
+            protocol,
+            queue_limit,
+            cursor,
+            kick,
+        } = request;
         let mut sessions = self.lock();
         let mut discarded = None;
         let mut old_persisted = false;
@@ -329,7 +352,10 @@ impl Registry {
         {
             let mut state = session.lock();
             state.generation = 1;
-            state.link = Some(Link { generation: 1, kick });
+            state.link = Some(Link {
+                generation: 1,
+                kick,
+            });
             state.persisted = old_persisted;
         }
         session.set_online(true);
@@ -409,7 +435,17 @@ mod tests {
 
     fn attach(registry: &Registry, clean: bool) -> (Attached, Arc<Notify>) {
         let kick = Arc::new(Notify::new());
-        let attached = registry.attach(&Arc::from("c"), clean, 60, Protocol::V5, 2, 0, kick.clone());
+        let attached = registry.attach(
+            &Arc::from("c"),
+            AttachRequest {
+                clean_start: clean,
+                expiry_interval: 60,
+                protocol: Protocol::V5,
+                queue_limit: 2,
+                cursor: 0,
+                kick: kick.clone(),
+            },
+        );
         (attached, kick)
     }
 
@@ -420,7 +456,12 @@ mod tests {
         assert!(!first.session_present);
         first.session.lock().subscriptions.insert(
             "t".into(),
-            SubOptions { qos: QoS::AtLeastOnce, no_local: false, retain_as_published: false, id: None },
+            SubOptions {
+                qos: QoS::AtLeastOnce,
+                no_local: false,
+                retain_as_published: false,
+                id: None,
+            },
         );
         let (second, _) = attach(&registry, false);
         assert!(second.session_present);
@@ -489,7 +530,11 @@ mod tests {
         let state = attached.session.lock();
         assert_eq!(state.queue.len(), 1);
         assert_eq!(state.cursor, 6);
-        assert_eq!(state.acknowledged_cursor(), 5, "event 6 is not acknowledged yet");
+        assert_eq!(
+            state.acknowledged_cursor(),
+            5,
+            "event 6 is not acknowledged yet"
+        );
     }
 
     #[test]
@@ -499,7 +544,9 @@ mod tests {
         let (attached, _) = attach(&registry, false);
         attached.session.lock().link = None;
         attached.session.offer(logged(1), &stats);
-        attached.session.enqueue_direct(delivery(QoS::AtLeastOnce), &stats);
+        attached
+            .session
+            .enqueue_direct(delivery(QoS::AtLeastOnce), &stats);
         assert!(attached.session.lock().queue.is_empty());
     }
 
@@ -509,9 +556,13 @@ mod tests {
         let (first, _) = attach(&registry, false);
         first.session.lock().link = None;
         let (second, _) = attach(&registry, false);
-        assert!(registry.end_if_current(&first.session, first.generation).is_none());
+        assert!(registry
+            .end_if_current(&first.session, first.generation)
+            .is_none());
         second.session.lock().link = None;
-        assert!(registry.end_if_current(&second.session, second.generation).is_some());
+        assert!(registry
+            .end_if_current(&second.session, second.generation)
+            .is_some());
         assert!(registry.is_empty());
     }
 
@@ -522,7 +573,14 @@ mod tests {
         let mut state = attached.session.lock();
         state.next_packet_id = u16::MAX;
         assert_eq!(state.allocate_packet_id(), u16::MAX);
-        state.inflight.insert(1, Inflight { delivery: delivery(QoS::AtLeastOnce), stage: Stage::AwaitPubAck, seq: 0 });
+        state.inflight.insert(
+            1,
+            Inflight {
+                delivery: delivery(QoS::AtLeastOnce),
+                stage: Stage::AwaitPubAck,
+                seq: 0,
+            },
+        );
         assert_eq!(state.allocate_packet_id(), 2);
     }
 }

@@ -33,23 +33,47 @@ pub(crate) fn snapshot(shared: &Shared) -> Vec<(&'static str, String)> {
         + get(&s.dropped_too_large)
         + get(&s.dropped_expired);
     vec![
-        ("version", format!("firehose version {}", env!("CARGO_PKG_VERSION"))),
-        ("uptime", format!("{} seconds", s.started.elapsed().as_secs())),
+        (
+            "version",
+            format!("firehose version {}", env!("CARGO_PKG_VERSION")),
+        ),
+        (
+            "uptime",
+            format!("{} seconds", s.started.elapsed().as_secs()),
+        ),
         ("clients/connected", connected.to_string()),
         ("clients/active", connected.to_string()),
         ("clients/total", total.max(connected).to_string()),
-        ("clients/disconnected", total.saturating_sub(connected).to_string()),
+        (
+            "clients/disconnected",
+            total.saturating_sub(connected).to_string(),
+        ),
         ("messages/received", get(&s.messages_received).to_string()),
         ("messages/sent", get(&s.messages_sent).to_string()),
-        ("publish/messages/received", get(&s.messages_received).to_string()),
+        (
+            "publish/messages/received",
+            get(&s.messages_received).to_string(),
+        ),
         ("publish/messages/sent", get(&s.messages_sent).to_string()),
         ("publish/messages/dropped", dropped.to_string()),
-        ("publish/messages/denied", get(&s.publish_denied).to_string()),
+        (
+            "publish/messages/denied",
+            get(&s.publish_denied).to_string(),
+        ),
         ("bytes/received", get(&s.bytes_received).to_string()),
         ("bytes/sent", get(&s.bytes_sent).to_string()),
-        ("subscriptions/count", shared.router.filter_count().to_string()),
-        ("retained messages/count", shared.router.retained_count().to_string()),
-        ("connections/refused", get(&s.connections_refused).to_string()),
+        (
+            "subscriptions/count",
+            shared.router.filter_count().to_string(),
+        ),
+        (
+            "retained messages/count",
+            shared.router.retained_count().to_string(),
+        ),
+        (
+            "connections/refused",
+            get(&s.connections_refused).to_string(),
+        ),
         ("protocol/errors", get(&s.protocol_errors).to_string()),
     ]
 }

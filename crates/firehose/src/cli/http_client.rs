@@ -27,7 +27,11 @@ impl HttpClient {
         }
     }
 
-    async fn send(&self, url: &str, headers: &[(&str, String)]) -> anyhow::Result<Response<Incoming>> {
+    async fn send(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+    ) -> anyhow::Result<Response<Incoming>> {
         if !url.starts_with("http://") {
             bail!("only http:// servers are supported by this command, got {url}");
         }
@@ -44,7 +48,12 @@ impl HttpClient {
             .with_context(|| format!("cannot reach {url}"))?;
         if !response.status().is_success() {
             let status = response.status();
-            let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             let message = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
@@ -80,7 +89,9 @@ impl HttpClient {
         let mut parser = SseParser::default();
         while let Some(frame) = body.frame().await {
             let frame = frame.with_context(|| format!("the stream from {url} broke"))?;
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             for (id, data) in parser.push(&data) {
                 if !on_event(id, &data)? {
                     return Ok(());
@@ -142,7 +153,10 @@ mod tests {
         let events = parser.push(b"ta: {\"a\":1}\n\nid: 8\ndata: x\ndata: y\n\n");
         assert_eq!(
             events,
-            vec![(Some(7), "{\"a\":1}".to_owned()), (Some(8), "x\ny".to_owned())]
+            vec![
+                (Some(7), "{\"a\":1}".to_owned()),
+                (Some(8), "x\ny".to_owned())
+            ]
         );
     }
 }

@@ -114,11 +114,16 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let start = match cursor {
         Some(id) => id,
         None => {
-            let position = client.get_json(&format!("{base}/api/v1/events?limit=1&after=0")).await;
+            let position = client
+                .get_json(&format!("{base}/api/v1/events?limit=1&after=0"))
+                .await;
             position.ok().and(None).unwrap_or(0)
         }
     };
-    let url = format!("{base}/api/v1/stream?{}", args.query(&[("after", start.to_string())]));
+    let url = format!(
+        "{base}/api/v1/stream?{}",
+        args.query(&[("after", start.to_string())])
+    );
     client
         .follow_sse(&url, None, |_, data| {
             let mut out = stdout.lock();

@@ -562,9 +562,6 @@ impl Store {
 }
 
 /// Creates and exclusively locks the lock file; the lock is held while the file stays open.
-// `File::try_lock` is stable since 1.89; the toolchain is pinned to 1.95 while the workspace's
-// `rust-version` still says 1.85.
-#[allow(clippy::incompatible_msrv)]
 fn lock(path: &std::path::Path) -> Result<File, StoreError> {
     let io = |source| StoreError::Io {
         path: path.to_path_buf(),

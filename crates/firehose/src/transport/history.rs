@@ -94,7 +94,9 @@ fn parse_params(raw: Option<&str>, allowed: &[&str]) -> Result<Params, BadReques
             "until" => params.until_ms = Some(parse_time("until", &value)?),
             "after" => {
                 params.after = Some(value.parse().map_err(|_| {
-                    BadRequest(format!("parameter after: expected an event id, got {value:?}"))
+                    BadRequest(format!(
+                        "parameter after: expected an event id, got {value:?}"
+                    ))
                 })?)
             }
             "limit" => {
@@ -109,9 +111,15 @@ fn parse_params(raw: Option<&str>, allowed: &[&str]) -> Result<Params, BadReques
                 params.limit = Some(limit);
             }
             "heartbeat" => {
-                let secs: u64 = value.parse().ok().filter(|s| (1..=300).contains(s)).ok_or_else(
-                    || BadRequest(format!("parameter heartbeat: expected 1 to 300 seconds, got {value:?}")),
-                )?;
+                let secs: u64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=300).contains(s))
+                    .ok_or_else(|| {
+                        BadRequest(format!(
+                            "parameter heartbeat: expected 1 to 300 seconds, got {value:?}"
+                        ))
+                    })?;
                 params.heartbeat = Some(Duration::from_secs(secs));
             }
             _ => {}
@@ -290,11 +298,15 @@ async fn stream(
         Some(Ok(text)) => match text.trim().parse::<u64>() {
             Ok(id) => Some(id),
             Err(_) => {
-                return BadRequest(format!("header Last-Event-ID: expected an event id, got {text:?}"))
-                    .into_response()
+                return BadRequest(format!(
+                    "header Last-Event-ID: expected an event id, got {text:?}"
+                ))
+                .into_response()
             }
         },
-        Some(Err(_)) => return BadRequest("header Last-Event-ID is not text".into()).into_response(),
+        Some(Err(_)) => {
+            return BadRequest("header Last-Event-ID is not text".into()).into_response()
+        }
     };
     let start = match (last_event_id.or(params.after), params.since_ms) {
         (Some(id), _) => id,
@@ -322,7 +334,9 @@ async fn stream(
     let keep_alive = KeepAlive::new()
         .interval(params.heartbeat.unwrap_or(Duration::from_secs(15)))
         .text("heartbeat");
-    Sse::new(follower.into_stream()).keep_alive(keep_alive).into_response()
+    Sse::new(follower.into_stream())
+        .keep_alive(keep_alive)
+        .into_response()
 }
 
 /// Reads the log from a cursor and then waits for new events: the whole SSE stream.
@@ -385,8 +399,11 @@ mod tests {
 
     #[test]
     fn params_are_validated_with_the_parameter_named() {
-        let p = parse_params(Some("topic=a%2F%23&topic=b/%2B&after=7&limit=5"), &["topic", "after", "limit"])
-            .expect("valid");
+        let p = parse_params(
+            Some("topic=a%2F%23&topic=b/%2B&after=7&limit=5"),
+            &["topic", "after", "limit"],
+        )
+        .expect("valid");
         assert_eq!(p.filters, vec!["a/#".to_owned(), "b/+".to_owned()]);
         assert_eq!((p.after, p.limit), (Some(7), Some(5)));
         for (query, word) in [
@@ -398,19 +415,25 @@ mod tests {
             ("colour=red", "unknown parameter"),
             ("topic=%zz", "percent"),
         ] {
-            let err = parse_params(Some(query), &["topic", "after", "limit", "since"])
-                .expect_err(query);
+            let err =
+                parse_params(Some(query), &["topic", "after", "limit", "since"]).expect_err(query);
             assert!(err.0.contains(word), "{query}: {}", err.0);
         }
     }
 
     #[test]
     fn times_accept_rfc3339_and_durations() {
-        assert_eq!(parse_time("since", "1970-01-01T00:00:01Z").expect("rfc3339"), 1000);
+        assert_eq!(
+            parse_time("since", "1970-01-01T00:00:01Z").expect("rfc3339"),
+            1000
+        );
         let two_hours_ago = parse_time("since", "2h").expect("duration");
         let expected = now_ms() - 7_200_000;
         assert!((two_hours_ago - expected).abs() < 5_000);
-        let p = parse_params(Some("since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z"), &["since", "until"]);
+        let p = parse_params(
+            Some("since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z"),
+            &["since", "until"],
+        );
         assert!(p.expect_err("since after until").0.contains("until"));
     }
 
@@ -433,8 +456,17 @@ mod tests {
         assert_eq!(json["payload_encoding"], "json");
         assert_eq!(json["time"], "1970-01-01T00:00:00.000Z");
         let text = event_json(&event(b"hello world"));
-        assert_eq!((text["payload"].as_str(), text["payload_encoding"].as_str()), (Some("hello world"), Some("text")));
+        assert_eq!(
+            (text["payload"].as_str(), text["payload_encoding"].as_str()),
+            (Some("hello world"), Some("text"))
+        );
         let binary = event_json(&event(&[0xff, 0x00, 0x10]));
-        assert_eq!((binary["payload"].as_str(), binary["payload_encoding"].as_str()), (Some("/wAQ"), Some("base64")));
+        assert_eq!(
+            (
+                binary["payload"].as_str(),
+                binary["payload_encoding"].as_str()
+            ),
+            (Some("/wAQ"), Some("base64"))
+        );
     }
 }

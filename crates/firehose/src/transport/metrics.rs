@@ -77,8 +77,8 @@ impl Metrics {
         // Make every transport visible from the first scrape, at zero.
         for transport in TRANSPORTS {
             let label = TransportLabel { transport };
-            open.get_or_create(&label);
-            accepted.get_or_create(&label);
+            let _ = open.get_or_create(&label);
+            let _ = accepted.get_or_create(&label);
         }
         registry.register_collector(Box::new(BrokerCollector { broker }));
         Metrics {

@@ -1095,3 +1095,23 @@ pub(crate) fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
 
 /// The durable-log harness: restartable data dirs, the HTTP listener, history and SSE clients.
 pub(crate) mod durable;
+
+// ---------------------------------------------------------------------------------------------
+// Signals (transport tests)
+// ---------------------------------------------------------------------------------------------
+
+impl Server {
+    /// The process id of the running server.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server still owned").id()
+    }
+
+    /// Sends SIGHUP (the server reloads its TLS certificate).
+    pub(crate) fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+}
