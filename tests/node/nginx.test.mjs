@@ -1,6 +1,6 @@
-// Firehose behind a real nginx reverse proxy on loopback: MQTT over WebSocket through the proxy
-// (with X-Forwarded-For from a trusted proxy), /healthz, and an SSE-like stream that must reach
-// the client event by event (the proxy settings docs/transports.md gives for SSE).
+// Firehose behind a real nginx reverse proxy on loopback, configured as docs/transports.md says:
+// MQTT over WebSocket through the proxy (with X-Forwarded-For from a trusted proxy), /healthz,
+// /metrics, and Firehose's SSE stream, which must reach the client event by event.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -19,10 +19,8 @@ let server;
 let nginx;
 let nginxPort;
 let nginxLog;
-let stream;
-let releaseSecond;
 
-function nginxConfig(dir, firehose, streamPort) {
+function nginxConfig(dir, firehose) {
   const t = (name) => path.join(dir, name);
   return `
 worker_processes 1;
@@ -51,21 +49,16 @@ http {
       proxy_read_timeout 1h;
       proxy_send_timeout 1h;
     }
-    # Streaming responses (SSE): no buffering, long reads (as in docs/transports.md)
-    location /stream {
-      proxy_pass http://127.0.0.1:${streamPort};
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_cache off;
-      proxy_read_timeout 1h;
-    }
+    # History API, SSE, metrics: no buffering, so SSE passes event by event
     location / {
       proxy_pass http://${firehose};
       proxy_http_version 1.1;
+      proxy_set_header Connection "";
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_buffering off;
+      proxy_cache off;
+      proxy_read_timeout 1h;
     }
   }
 }
@@ -85,20 +78,10 @@ function get(urlPath) {
 
 before(async () => {
   server = await startFirehose({ config: '[http]\nlisten = "off"\ntrusted_proxies = ["127.0.0.1"]\n' });
-  // An SSE-like stream: the second event is sent only after the test saw the first, so a
-  // buffering proxy would hold the first back and the test would time out.
-  const gate = new Promise((resolve) => { releaseSecond = resolve; });
-  stream = http.createServer(async (req, res) => {
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
-    res.write('id: 1\ndata: first\n\n');
-    await gate;
-    res.end('id: 2\ndata: second\n\n');
-  });
-  await new Promise((resolve) => stream.listen(0, '127.0.0.1', resolve));
   nginxPort = await freePort();
   const dir = tempDir('nginx');
   const firehose = `127.0.0.1:${server.addrs.HTTP.port}`;
-  fs.writeFileSync(path.join(dir, 'nginx.conf'), nginxConfig(dir, firehose, stream.address().port));
+  fs.writeFileSync(path.join(dir, 'nginx.conf'), nginxConfig(dir, firehose));
   nginxLog = path.join(dir, 'error.log');
   nginx = spawn(NGINX, ['-p', dir, '-c', path.join(dir, 'nginx.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
@@ -122,8 +105,6 @@ after(async () => {
     nginx.kill('SIGQUIT');
     await withTimeout(exited, 'nginx exit').catch(() => nginx.kill('SIGKILL'));
   }
-  releaseSecond?.();
-  stream?.close();
   const code = await server?.stop();
   assert.equal(code, 0);
 });
@@ -156,17 +137,44 @@ test('MQTT over WebSocket through nginx, client address from X-Forwarded-For', a
   assert.doesNotMatch(fs.readFileSync(nginxLog, 'utf8'), /\[(error|crit|alert|emerg)\]/);
 });
 
-test('an SSE-like stream passes nginx event by event', async () => {
-  const events = await withTimeout(new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port: nginxPort, path: '/stream' }, (res) => {
-      assert.equal(res.headers['content-type'], 'text/event-stream');
-      let text = '';
-      res.on('data', (chunk) => {
-        text += chunk;
-        if (text.includes('data: first\n\n')) releaseSecond();
-      });
-      res.on('end', () => resolve(text));
-    }).on('error', reject);
-  }), 'both events through nginx (a buffering proxy would hold the first back)');
-  assert.equal(events, 'id: 1\ndata: first\n\nid: 2\ndata: second\n\n');
+test('the SSE stream passes nginx event by event', async () => {
+  const pub = await connect(`ws://127.0.0.1:${nginxPort}/mqtt`, { protocolVersion: 5, ...PUB });
+  let request;
+  try {
+    // Each event is published only after the previous one arrived through nginx: a buffering
+    // proxy would hold the first back and the test would time out.
+    const payloads = await withTimeout(new Promise((resolve, reject) => {
+      request = http.get(
+        { host: '127.0.0.1', port: nginxPort, path: '/api/v1/stream?topic=nginx-sse/%23' },
+        (res) => {
+          if (res.statusCode !== 200) reject(new Error(`SSE status ${res.statusCode}`));
+          assert.match(res.headers['content-type'], /^text\/event-stream/);
+          const got = [];
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk) => {
+            text += chunk;
+            let end;
+            while ((end = text.indexOf('\n\n')) >= 0) {
+              const block = text.slice(0, end);
+              text = text.slice(end + 2);
+              const data = block.split('\n').filter((l) => l.startsWith('data:'))
+                .map((l) => l.slice(5).trim()).join('\n');
+              if (!data || data === 'heartbeat') continue;
+              got.push(JSON.parse(data).payload);
+              if (got.length === 3) resolve(got);
+              else pub.publishAsync(`nginx-sse/${got.length}`, `event ${got.length}`, { qos: 1 }).catch(reject);
+            }
+          });
+          res.on('error', reject);
+          // Headers are through: the stream is open, publish the first event.
+          pub.publishAsync('nginx-sse/0', 'event 0', { qos: 1 }).catch(reject);
+        },
+      ).on('error', reject);
+    }), 'three SSE events through nginx, one at a time');
+    assert.deepEqual(payloads, ['event 0', 'event 1', 'event 2']);
+  } finally {
+    request?.destroy();
+    await closeAll(pub);
+  }
 });

@@ -140,10 +140,18 @@ def users_toml() -> str:
     return text
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    # Lets fixtures see whether the test failed (item.rep_call), to show the broker's log.
+    rep = yield
+    setattr(item, "rep_" + rep.when, rep)
+    return rep
+
+
 @pytest.fixture
-def broker_factory(tmp_path, users_toml):
+def broker_factory(request, tmp_path, users_toml):
     """Starts brokers with extra config TOML; stops them after the test and checks that SIGTERM
-    made them exit with status 0."""
+    made them exit with status 0. The broker's log is printed when the test failed."""
     started: list[Broker] = []
 
     def start(extra_config: str = "") -> Broker:
@@ -153,8 +161,12 @@ def broker_factory(tmp_path, users_toml):
         return b
 
     yield start
+    rep = getattr(request.node, "rep_call", None)
     for b in started:
         code = b.stop()
+        if rep is not None and rep.failed:
+            print(f"---- log of broker on port {b.port} (last 60 lines) ----")
+            print("".join(b.lines[-60:]))
         assert code == 0, f"firehose serve exited with {code} on SIGTERM; log:\n{b.log()}"
 
 

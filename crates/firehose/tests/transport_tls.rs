@@ -376,3 +376,52 @@ fn mosquitto_clients_over_tls() {
     let messages = sub.wait_for_payload("hello over tls");
     assert_eq!(messages.last().map(|m| m.topic.as_str()), Some("tls/m"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_header_before_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pki, _, options) = tls_server(
+        &dir,
+        "[mqtts]\nlisten = \"off\"\nproxy_protocol = true\n[limits]\nconnect_timeout_secs = 2",
+    );
+    let (server, addrs) = start(options, ALL_TLS);
+    let config = client_config(&pki.ca, None);
+    // The header comes first, in clear, then the TLS handshake on the same connection.
+    let mut tcp = tokio::net::TcpStream::connect(addrs.mqtts())
+        .await
+        .expect("connect");
+    tcp.write_all(b"PROXY TCP4 198.51.100.77 127.0.0.1 50000 8883\r\n")
+        .await
+        .expect("PROXY header");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .expect("TLS after the PROXY header");
+    let mut client = MqttConn::stream(Box::new(tls));
+    client.anonymous(true).await;
+    client.ping().await;
+    wait_for_log(&server, "peer=198.51.100.77:50000");
+    // Without the header, the TLS ClientHello is not a PROXY header: closed.
+    let refused = match tls_connect(addrs.mqtts(), config).await {
+        Err(_) => true,
+        Ok(tls) => {
+            let mut conn = MqttConn::stream(Box::new(tls));
+            conn.send(&ConnectOpts::new(false, "no-header").encode())
+                .await;
+            matches!(conn.read(common::TIMEOUT).await, Read::Closed(_))
+        }
+    };
+    assert!(refused, "a TLS client without PROXY header was served");
+    client.ping().await;
+    // The HTTPS listener does not use the PROXY protocol.
+    let tls = tls_connect(addrs.https(), client_config(&pki.ca, None))
+        .await
+        .expect("HTTPS without a PROXY header");
+    let (status, _) = http_request(
+        Box::new(tls),
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+}

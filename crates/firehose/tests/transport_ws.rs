@@ -39,8 +39,9 @@ async fn health_metrics_and_index() {
 
     let mut ws = MqttConn::ws(addrs.http()).await;
     ws.anonymous(true).await;
-    let mut tcp_client = RawClient::anonymous(addrs.mqtt, false, "metrics");
-    tcp_client.ping();
+    let mut tcp_client = RawClient::publisher(addrs.mqtt, false);
+    let reason = tcp_client.publish(common::wire::PublishOut::new("metrics/a", b"x").qos(1, 1));
+    assert_eq!(reason, 0);
     let (status, body) = http_get(addrs.http(), "/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -70,6 +71,13 @@ async fn health_metrics_and_index() {
         body.contains("# TYPE firehose_uptime_seconds gauge"),
         "{body}"
     );
+    for name in [
+        "firehose_messages_received_total",
+        "firehose_log_appended_total",
+        "firehose_log_size_bytes",
+    ] {
+        assert!(metric(&body, name).unwrap_or(0.0) >= 1.0, "{name}: {body}");
+    }
 }
 
 async fn ws_pubsub(v5: bool) {
@@ -335,6 +343,8 @@ async fn slow_request_headers_are_closed() {
             }
         }
     });
+    // A connection that sends nothing at all is closed too.
+    let mut idle = tcp(addrs.http()).await;
     // Meanwhile everyone else is served.
     let (status, _) = http_get(addrs.http(), "/healthz").await;
     assert_eq!(status, 200);
@@ -343,8 +353,46 @@ async fn slow_request_headers_are_closed() {
         slow_task.await.expect("slow client task"),
         "the slow client was not closed within {TIMEOUT:?}"
     );
+    transport_support::expect_eof(&mut idle).await;
     let (status, _) = http_get(addrs.http(), "/healthz").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_disconnects_websocket_clients_and_exits_cleanly() {
+    let (mut server, addrs) = start(ServerOptions::standard(), HTTP);
+    let mut v5 = MqttConn::ws(addrs.http()).await;
+    v5.anonymous(true).await;
+    let mut v311 = MqttConn::ws(addrs.http()).await;
+    v311.anonymous(false).await;
+    // An HTTP keep-alive connection in the middle of nothing.
+    let mut keep_alive = tcp(addrs.http()).await;
+    keep_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = [0u8; 12];
+    keep_alive
+        .read_exact(&mut response)
+        .await
+        .expect("response");
+    assert_eq!(&response, b"HTTP/1.1 200");
+    let terminated = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (server, status)
+    });
+    // MQTT 5 clients are told why (server shutting down, 0x8B); both see the end.
+    let packet = v5.packet().await;
+    assert_eq!(packet.disconnect_reason(), Ok(0x8B), "{packet:?}");
+    v5.expect_closed().await;
+    v311.expect_closed().await;
+    transport_support::expect_eof(&mut keep_alive).await;
+    let (server, status) = terminated.await.expect("terminate");
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        server.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

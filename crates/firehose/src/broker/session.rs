@@ -317,7 +317,9 @@ impl Registry {
             if let Some(old) = state.link.take() {
                 old.kick.notify_one();
             }
-            if !clean_start && !state.ended {
+            // A session with expiry 0 ends with its connection, even when a takeover closes
+            // that connection: it is never resumed.
+            if !clean_start && !state.ended && state.expiry_interval != 0 {
                 state.generation += 1;
                 let generation = state.generation;
                 state.link = Some(Link { generation, kick });

@@ -1,6 +1,7 @@
 //! The `firehose` command line: `serve` runs the broker, `passwd` hashes a password for the
 //! users file, `replay` prints history from a server's HTTP API. The only module that wires transports to the broker; `anyhow` lives here.
 
+mod bench;
 mod http_client;
 pub mod passwd;
 mod replay;
@@ -35,6 +36,9 @@ enum Command {
     /// Print the history of topics as JSON lines (from a server's HTTP API), then optionally
     /// follow live.
     Replay(replay::ReplayArgs),
+    /// Load-test an MQTT broker (this one, Mosquitto, rumqttd): fan-out, fan-in, idle
+    /// connections, the durable path; or build the comparison report.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the command line and turns any error into a message on stderr and exit status 1.
@@ -54,6 +58,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Passwd(args) => passwd::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

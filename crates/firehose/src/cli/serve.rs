@@ -146,6 +146,8 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Handle SIGHUP before any listener is announced: its default action would end the process.
+    let reloader = tokio::spawn(reload_on_sighup(tls.clone())?);
     let store_config = StoreConfig {
         data_dir: config.data_dir.clone(),
         durability: config.log.durability,
@@ -223,7 +225,6 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
     if let Some(interval) = config.sys_interval() {
         broker.spawn_sys(interval);
     }
-    let reloader = tokio::spawn(reload_on_sighup(tls)?);
     wait_for_signal().await?;
     info!("shutting down");
     reloader.abort();
@@ -237,7 +238,7 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
 }
 
 /// Reloads the TLS certificate and key on every SIGHUP (new connections get the new ones).
-/// Listening starts before this returns, so a SIGHUP right after start is not fatal.
+/// The handler is registered when this returns, before the future runs.
 fn reload_on_sighup(
     tls: Option<Arc<TlsSettings>>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {

@@ -268,6 +268,85 @@ impl Collector for BrokerCollector {
             None,
             read(&stats.protocol_errors),
         )?;
+        counter(
+            e,
+            "firehose_sessions_lagging",
+            "Times a live session's send queue filled and it switched to catching up from the log",
+            None,
+            read(&stats.lagging_switches),
+        )?;
+        counter(
+            e,
+            "firehose_catchup_delivered",
+            "Events delivered from the log by catch-up rather than live routing",
+            None,
+            read(&stats.catchup_delivered),
+        )?;
+        counter(
+            e,
+            "firehose_catchup_skipped_qos0",
+            "QoS 0 events a lagging or offline session skipped during catch-up",
+            None,
+            read(&stats.skipped_qos0_catchup),
+        )?;
+        counter(
+            e,
+            "firehose_store_errors",
+            "Events the log failed to store",
+            None,
+            read(&stats.store_errors),
+        )?;
+        let log = self.broker.store().stats();
+        let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        gauge(
+            e,
+            "firehose_log_events",
+            "Events currently in the log",
+            None,
+            signed(log.events),
+        )?;
+        gauge(
+            e,
+            "firehose_log_size",
+            "Size of the log's database files (database and write-ahead log)",
+            Some(&Unit::Bytes),
+            signed(log.bytes),
+        )?;
+        gauge(
+            e,
+            "firehose_log_backlog",
+            "Appends queued for the log writer and not yet committed",
+            None,
+            signed(log.backlog),
+        )?;
+        gauge(
+            e,
+            "firehose_log_last_event_id",
+            "Id of the newest committed event",
+            None,
+            signed(log.last_id),
+        )?;
+        counter(
+            e,
+            "firehose_log_appended",
+            "Events appended to the log since start",
+            None,
+            log.appended,
+        )?;
+        counter(
+            e,
+            "firehose_log_commits",
+            "Log transactions committed since start (appended / commits = mean group size)",
+            None,
+            log.commits,
+        )?;
+        counter(
+            e,
+            "firehose_log_retention_deleted",
+            "Events deleted by retention rules since start",
+            None,
+            log.retention_deleted,
+        )?;
         Ok(())
     }
 }
@@ -294,6 +373,10 @@ mod tests {
             "firehose_sent_bytes_total 0",
             "firehose_messages_sent_total 0",
             "firehose_clients_connected 0",
+            "firehose_log_events 0",
+            "firehose_log_backlog 0",
+            "firehose_log_appended_total 0",
+            "firehose_store_errors_total 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

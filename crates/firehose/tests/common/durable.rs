@@ -153,8 +153,7 @@ impl DataDir {
                 panic!("firehose serve did not log both listener addresses within {TIMEOUT:?}; log:\n{text}");
             }
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(()) | Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                }
+                Ok(()) | Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
             }
         }
     }
@@ -369,11 +368,17 @@ pub(crate) fn history(addr: SocketAddr, query: &str, limit: usize) -> Vec<Value>
         let batch = page["events"]
             .as_array()
             .unwrap_or_else(|| panic!("GET {target}: no events array: {page}"));
-        assert!(batch.len() <= limit, "GET {target}: more than {limit} events");
+        assert!(
+            batch.len() <= limit,
+            "GET {target}: more than {limit} events"
+        );
         events.extend(batch.iter().cloned());
         match &page["next_after"] {
             Value::Null => {
-                assert_eq!(page["more"], false, "GET {target}: next_after null but more");
+                assert_eq!(
+                    page["more"], false,
+                    "GET {target}: next_after null but more"
+                );
                 return events;
             }
             next => {
@@ -395,7 +400,11 @@ pub(crate) fn history(addr: SocketAddr, query: &str, limit: usize) -> Vec<Value>
 pub(crate) fn ids(events: &[Value]) -> Vec<u64> {
     events
         .iter()
-        .map(|e| e["id"].as_u64().unwrap_or_else(|| panic!("event without id: {e}")))
+        .map(|e| {
+            e["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("event without id: {e}"))
+        })
         .collect()
 }
 
@@ -488,14 +497,23 @@ impl Sse {
                             let text = data.join("\n");
                             let data = serde_json::from_str(&text)
                                 .unwrap_or_else(|_| Value::String(text.clone()));
-                            if tx.send(SseItem::Event { id: id.take(), data }).is_err() {
+                            if tx
+                                .send(SseItem::Event {
+                                    id: id.take(),
+                                    data,
+                                })
+                                .is_err()
+                            {
                                 return;
                             }
                         }
                         data.clear();
                         id = None;
                     } else if let Some(comment) = line.strip_prefix(':') {
-                        if tx.send(SseItem::Comment(comment.trim().to_string())).is_err() {
+                        if tx
+                            .send(SseItem::Comment(comment.trim().to_string()))
+                            .is_err()
+                        {
                             return;
                         }
                     } else if let Some(value) = line.strip_prefix("id:") {

@@ -346,10 +346,11 @@ impl Server {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
                         let text = String::from_utf8_lossy(&line).into_owned();
+                        // Log first: whoever hears of the address may read the log at once.
+                        log_writer.lock().expect("log lock").push_str(&text);
                         if let Some(addr) = parse_bound_addr(&text) {
                             let _ = tx.send(addr);
                         }
-                        log_writer.lock().expect("log lock").push_str(&text);
                     }
                 }
             }
