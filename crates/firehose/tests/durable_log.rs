@@ -155,7 +155,7 @@ fn crash_publisher(addr: SocketAddr, v5: bool, qos: u8, tag: String, acked: Acke
                 let ack = p.ack(wire::PUBCOMP).expect("PUBCOMP");
                 inflight.remove(&ack.packet_id);
             }
-            other => panic!("{tag}: unexpected {}", wire::type_name(other)),
+            _ => panic!("{tag}: unexpected {} {:02x?}", p.name(), p.to_bytes()),
         }
     }
 }
@@ -184,11 +184,23 @@ fn acknowledged_events_survive_kill9(v5: bool) {
         })
         .collect();
     // Kill once every publisher has had a good number of acknowledgements.
-    eventually(Duration::from_secs(60), "200 acks per publisher", || {
-        publishers
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts: Vec<usize> = publishers
             .iter()
-            .all(|(_, _, acked)| acked.lock().expect("acked").len() >= 200)
-    });
+            .map(|(_, _, acked)| acked.lock().expect("acked").len())
+            .collect();
+        if counts.iter().all(|&n| n >= 200) {
+            break;
+        }
+        let finished: Vec<bool> = threads.iter().map(|t| t.is_finished()).collect();
+        assert!(
+            Instant::now() < deadline && !finished.iter().any(|&f| f),
+            "publishers stalled: acks {counts:?}, finished {finished:?}; server log:\n{}",
+            node.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     node.kill9();
     for t in threads {
         t.join().expect("publisher thread");
@@ -1708,4 +1720,58 @@ fn retention_max_count_keeps_the_newest() {
         history(node.http, &format!("topic={}", enc("keep/#")), 1000).len(),
         5
     );
+}
+
+#[test]
+fn retention_max_age_and_max_bytes() {
+    let dd = DataDir::standard(
+        "[[log.retention]]\nfilter = \"tmp/#\"\nmax_age = \"1s\"\n\
+         [[log.retention]]\nfilter = \"big/#\"\nmax_bytes = 1000\n",
+    );
+    let node = dd.start();
+    let mut publisher = RawClient::publisher(node.mqtt, false);
+    for i in 0..3 {
+        publish1(&mut publisher, "tmp/x", format!("tmp{i}").as_bytes());
+    }
+    // Topic "big/x" (5 bytes) + 300 bytes of payload: three fit in 1000 bytes, four do not.
+    for i in 0..10 {
+        publish1(
+            &mut publisher,
+            "big/x",
+            format!("{i}{}", "b".repeat(299)).as_bytes(),
+        );
+    }
+    publish1(&mut publisher, "keep/x", b"kept");
+    let tmp = format!("topic={}", enc("tmp/#"));
+    eventually(
+        Duration::from_secs(30),
+        "tmp/# older than 1s deleted",
+        || history(node.http, &tmp, 1000).is_empty(),
+    );
+    let big = format!("topic={}", enc("big/#"));
+    eventually(Duration::from_secs(30), "big/# within 1000 bytes", || {
+        history(node.http, &big, 1000).len() <= 3
+    });
+    let firsts: Vec<char> = payloads(&history(node.http, &big, 1000))
+        .iter()
+        .map(|p| p.chars().next().expect("payload"))
+        .collect();
+    assert_eq!(firsts, ['7', '8', '9'], "not the newest kept");
+    assert_eq!(
+        payloads(&history(node.http, &format!("topic={}", enc("keep/#")), 10)),
+        ["kept"]
+    );
+    // Visible in /metrics.
+    let (status, metrics) = http_get(node.http, "/metrics");
+    assert_eq!(status, 200);
+    let deleted = metrics
+        .lines()
+        .find(|l| l.starts_with("firehose_log_retention_deleted"))
+        .unwrap_or_else(|| panic!("no retention metric in /metrics:\n{metrics}"));
+    let value: f64 = deleted
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric line {deleted:?}"));
+    assert!(value >= 10.0, "{deleted}");
 }

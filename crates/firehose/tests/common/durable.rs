@@ -221,6 +221,15 @@ impl Drop for Node {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            if thread::panicking() {
+                // The test failed: the server's side of the story goes with the failure.
+                eprintln!(
+                    "---- firehose serve log (mqtt {}, http {}) ----\n{}---- end of log ----",
+                    self.mqtt,
+                    self.http,
+                    self.log()
+                );
+            }
         }
     }
 }

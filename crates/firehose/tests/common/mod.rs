@@ -426,6 +426,14 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if thread::panicking() {
+            // The test failed: the server's side of the story goes with the failure.
+            eprintln!(
+                "---- firehose serve log ({}) ----\n{}---- end of log ----",
+                self.addr,
+                self.log()
+            );
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 //! the ratio of the subject (Firehose) to the baseline (Mosquitto) and the targets of the
 //! performance issue marked met or not met.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
