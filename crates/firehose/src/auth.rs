@@ -15,7 +15,11 @@
 //! password = "$argon2id$v=19$m=19456,t=2,p=1$..."
 //! publish = ["gerrit/#"]      # topic filters this user may publish to
 //! subscribe = ["gerrit/#"]    # optional; without it the user may subscribe to anything
+//! token = "$argon2id$v=19$m=19456,t=2,p=1$..."  # optional: hash of a bearer token (HTTP publish)
 //! ```
+//!
+//! Bridges publish as internal identities ([`Identity::internal`]): a user that exists only
+//! inside the process, with the ACL of its bridge configuration and no password.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -185,6 +189,8 @@ struct UserEntry {
     publish: Vec<Spanned<String>>,
     /// Filters the user may subscribe to; absent means everything.
     subscribe: Option<Vec<Spanned<String>>>,
+    /// The PHC argon2 hash of a bearer token for the HTTP publish API; absent means none.
+    token: Option<Spanned<String>>,
 }
 
 /// A list of topic filters granted to a user, kept both as written (for the subset check on
@@ -232,8 +238,11 @@ impl Acl {
 pub struct User {
     /// The MQTT user name.
     name: String,
-    /// The parsed PHC hash, checked when the file was loaded.
-    hash: PasswordHash,
+    /// The parsed PHC hash, checked when the file was loaded; `None` for an internal identity
+    /// (a bridge), which nobody can log in as.
+    hash: Option<PasswordHash>,
+    /// The parsed PHC hash of the user's bearer token, if it has one.
+    token: Option<PasswordHash>,
     /// Filters the user may publish to.
     publish: Acl,
     /// Filters the user may subscribe to; `None` means everything.
@@ -285,6 +294,32 @@ impl Identity {
             Identity::Anonymous => ANONYMOUS,
             Identity::User(user) => &user.name,
         }
+    }
+
+    /// An internal publisher (a bridge): named `name`, allowed to publish to `publish`, to
+    /// subscribe to nothing, and unknown to the users file, so that nobody can log in as it.
+    ///
+    /// # Errors
+    /// The first filter that is not a valid MQTT topic filter, with the rule it breaks.
+    pub fn internal(name: &str, publish: &[String]) -> Result<Identity, (String, InvalidFilter)> {
+        let mut trie = TopicTrie::new();
+        for filter in publish {
+            topic::check_filter(filter).map_err(|reason| (filter.clone(), reason))?;
+            trie.insert(filter, ());
+        }
+        Ok(Identity::User(Arc::new(User {
+            name: name.to_owned(),
+            hash: None,
+            token: None,
+            publish: Acl {
+                filters: publish.to_vec(),
+                trie,
+            },
+            subscribe: Some(Acl {
+                filters: Vec::new(),
+                trie: TopicTrie::new(),
+            }),
+        })))
     }
 
     /// Whether the client connected without credentials.
@@ -422,6 +457,16 @@ impl Users {
                     user: name.clone(),
                     reason,
                 })?;
+            let token = match &entry.token {
+                Some(token) => Some(parse_hash(token.get_ref()).map_err(|reason| {
+                    AuthError::BadHash {
+                        at: location(text, token.span().start),
+                        user: name.clone(),
+                        reason: format!("(in `token`) {reason}"),
+                    }
+                })?),
+                None => None,
+            };
             let publish = Acl::parse(entry.publish, &name, "publish", text)?;
             let subscribe = match entry.subscribe {
                 Some(filters) => Some(Acl::parse(filters, &name, "subscribe", text)?),
@@ -432,7 +477,8 @@ impl Users {
                 name.clone(),
                 Arc::new(User {
                     name,
-                    hash,
+                    hash: Some(hash),
+                    token,
                     publish,
                     subscribe,
                 }),
@@ -483,7 +529,9 @@ impl Users {
             (None, Some(_)) | (Some(_), None) => return Err(AuthFailure::BadCredentials),
         };
         match self.by_name.get(name) {
-            Some(user) if verify(password, &user.hash) => Ok(Identity::User(Arc::clone(user))),
+            Some(user) if user.hash.as_ref().is_some_and(|hash| verify(password, hash)) => {
+                Ok(Identity::User(Arc::clone(user)))
+            }
             Some(_) => Err(AuthFailure::BadCredentials),
             None => {
                 // Spend the same time as for a real user.
@@ -493,6 +541,34 @@ impl Users {
                 Err(AuthFailure::BadCredentials)
             }
         }
+    }
+
+    /// Decides who presents the bearer token `token` (HTTP publish): the user whose `token`
+    /// hash it verifies against.
+    ///
+    /// CPU-heavy like [`Users::authenticate`], and more so: the token is checked against every
+    /// user that has one (argon2 salts are per hash, so there is no index). Run it on a
+    /// blocking thread and cache successes.
+    ///
+    /// # Errors
+    /// [`AuthFailure::BadCredentials`] when no user's token matches.
+    pub fn authenticate_token(&self, token: &[u8]) -> Result<Identity, AuthFailure> {
+        let mut holders = self
+            .by_name
+            .values()
+            .filter_map(|user| user.token.as_ref().map(|hash| (user, hash)))
+            .peekable();
+        if holders.peek().is_none() {
+            // Spend the same time as for one real check.
+            if let Some(dummy) = dummy_hash() {
+                verify(token, dummy);
+            }
+            return Err(AuthFailure::BadCredentials);
+        }
+        holders
+            .find(|(_, hash)| verify(token, hash))
+            .map(|(user, _)| Identity::User(Arc::clone(user)))
+            .ok_or(AuthFailure::BadCredentials)
     }
 }
 
@@ -868,6 +944,44 @@ subscribe = ["private/#", "gerrit/+/comment-added", "$SYS/broker/#"]
                 path.display()
             )
         );
+    }
+
+    #[test]
+    fn tokens_and_internal_identities() {
+        let (gerrit, token) = hashes();
+        let text = format!(
+            "[[user]]\nname = \"ci\"\npassword = \"{gerrit}\"\ntoken = \"{token}\"\n\
+             publish = [\"ci/#\"]\n[[user]]\nname = \"other\"\npassword = \"{gerrit}\"\n"
+        );
+        let users = Users::parse(&text).expect("parses");
+        let ci = users.authenticate_token(b"other pass").expect("token verifies");
+        assert_eq!(ci.name(), "ci");
+        assert!(ci.may_publish("ci/x"));
+        assert_eq!(
+            users.authenticate_token(b"s3cret").map(|_| ()),
+            Err(AuthFailure::BadCredentials),
+            "a password is not a token"
+        );
+        assert_eq!(
+            Users::none().authenticate_token(b"x").map(|_| ()),
+            Err(AuthFailure::BadCredentials)
+        );
+        let bad = format!("[[user]]\nname = \"a\"\npassword = \"{gerrit}\"\ntoken = \"plain\"\n");
+        let message = error(&bad);
+        assert!(message.starts_with("users file, line 4: user \"a\""), "{message}");
+        assert!(message.contains("(in `token`)"), "{message}");
+
+        let bridge = Identity::internal("bridge:review", &["gerrit/#".to_owned()])
+            .expect("valid filters");
+        assert_eq!(bridge.name(), "bridge:review");
+        assert!(bridge.may_publish("gerrit/nova/comment-added"));
+        assert!(!bridge.may_publish("webhooks/x"));
+        assert!(!bridge.may_subscribe("#"));
+        let Identity::User(user) = &bridge else {
+            panic!("internal identities are users")
+        };
+        assert!(users.identity_of(user.name()).is_none());
+        assert!(Identity::internal("x", &["a/#/b".to_owned()]).is_err());
     }
 
     #[test]

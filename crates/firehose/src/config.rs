@@ -123,6 +123,8 @@ pub struct Config {
     pub sys: SysConfig,
     /// The event log.
     pub log: LogConfig,
+    /// Bridges that turn foreign events (Gerrit, webhooks) into publishes.
+    pub bridge: BridgesConfig,
 }
 
 impl Default for Config {
@@ -150,6 +152,7 @@ impl Default for Config {
             limits: Limits::default(),
             sys: SysConfig::default(),
             log: LogConfig::default(),
+            bridge: BridgesConfig::default(),
         }
     }
 }
@@ -440,6 +443,264 @@ impl LogConfig {
     }
 }
 
+/// `[bridge]`: every bridge, each an internal publisher with its own ACL.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgesConfig {
+    /// `[[bridge.gerrit]]`: one table per Gerrit server.
+    pub gerrit: Vec<GerritBridgeConfig>,
+    /// `[bridge.webhooks]`: GitHub, GitLab and Gitea/Forgejo webhooks on the HTTP listener.
+    pub webhooks: WebhooksConfig,
+}
+
+/// One Gerrit server streamed over SSH (`gerrit stream-events`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GerritBridgeConfig {
+    /// The bridge's name: one topic level (letters, digits, `-`, `_`, `.`), unique among the
+    /// bridges. Names the publisher (`bridge:<name>`), the status topic
+    /// `firehose/bridges/<name>/status` and the metrics' `bridge` label.
+    pub name: String,
+    /// Gerrit's SSH host.
+    pub host: String,
+    /// Gerrit's SSH port.
+    #[serde(default = "default_gerrit_port")]
+    pub port: u16,
+    /// The Gerrit user that runs `stream-events` (it needs the "Stream Events" capability).
+    pub user: String,
+    /// That user's private key file (OpenSSH format; Ed25519, ECDSA or RSA), unencrypted.
+    pub private_key: PathBuf,
+    /// A known_hosts file (`ssh-keyscan -p 29418 host`) holding the server's host key. One of
+    /// `known_hosts` and `host_key_fingerprint` is required: unknown host keys are refused.
+    pub known_hosts: Option<PathBuf>,
+    /// The server's host key fingerprint, `SHA256:...` as `ssh-keygen -lf` prints it.
+    pub host_key_fingerprint: Option<String>,
+    /// First topic levels; events go to `<topic_prefix>/<project>/<type>`.
+    #[serde(default = "default_gerrit_prefix")]
+    pub topic_prefix: String,
+    /// The command run on the server.
+    #[serde(default = "default_gerrit_command")]
+    pub command: String,
+    /// Base URL of the events-log plugin's REST API (e.g.
+    /// `http://review.example.org/a/plugins/events-log/`); after a reconnect the events missed
+    /// meanwhile are read from it. Without it, the gap is announced in the status event.
+    pub events_log_url: Option<String>,
+    /// User for the events-log REST API (HTTP basic authentication).
+    pub events_log_user: Option<String>,
+    /// File holding that user's HTTP password.
+    pub events_log_password_file: Option<PathBuf>,
+    /// Seconds of silence from the server after which an SSH keepalive is sent.
+    #[serde(default = "default_keepalive_secs")]
+    pub keepalive_secs: u64,
+    /// Unanswered keepalives after which the connection is considered dead.
+    #[serde(default = "default_keepalive_max")]
+    pub keepalive_max: usize,
+    /// First delay before reconnecting, in milliseconds; doubled after every failed attempt.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Longest delay between reconnection attempts, in seconds (each delay gets up to 20%
+    /// random jitter).
+    #[serde(default = "default_backoff_max_secs")]
+    pub backoff_max_secs: u64,
+}
+
+fn default_gerrit_port() -> u16 {
+    29418
+}
+fn default_gerrit_prefix() -> String {
+    "gerrit".into()
+}
+fn default_gerrit_command() -> String {
+    "gerrit stream-events".into()
+}
+fn default_keepalive_secs() -> u64 {
+    15
+}
+fn default_keepalive_max() -> usize {
+    3
+}
+fn default_backoff_initial_ms() -> u64 {
+    1000
+}
+fn default_backoff_max_secs() -> u64 {
+    60
+}
+
+/// `[bridge.webhooks]`: `POST /hooks/github`, `/hooks/gitlab`, `/hooks/gitea` on the HTTP
+/// listener. A source without a table is not served (404).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// GitHub: `X-Hub-Signature-256` (HMAC-SHA256 of the body with the secret).
+    pub github: Option<WebhookSourceConfig>,
+    /// GitLab: `X-Gitlab-Token` (the secret itself).
+    pub gitlab: Option<WebhookSourceConfig>,
+    /// Gitea and Forgejo: `X-Gitea-Signature` / `X-Forgejo-Signature` (HMAC-SHA256, hex).
+    pub gitea: Option<WebhookSourceConfig>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            max_body_bytes: 1024 * 1024,
+            github: None,
+            gitlab: None,
+            gitea: None,
+        }
+    }
+}
+
+/// The secret of one webhook source: `secret` or `secret_file`, exactly one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSourceConfig {
+    /// The shared secret, as entered in the forge's webhook settings.
+    pub secret: Option<String>,
+    /// A file holding the secret (surrounding whitespace is ignored).
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Whether `name` can be a bridge name: one topic level of letters, digits, `-`, `_`, `.`.
+pub fn valid_bridge_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl BridgesConfig {
+    /// The names of the webhook sources that are configured, as bridge names.
+    pub fn webhook_names(&self) -> Vec<&'static str> {
+        let w = &self.webhooks;
+        [
+            (w.github.is_some(), "webhooks-github"),
+            (w.gitlab.is_some(), "webhooks-gitlab"),
+            (w.gitea.is_some(), "webhooks-gitea"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+
+    /// Checks names, prefixes, host key settings and secrets.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the bridge and the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut names: Vec<&str> = self.webhook_names();
+        for gerrit in &self.gerrit {
+            let bad = |message: String| ConfigError::Invalid {
+                field: "bridge.gerrit",
+                message: format!("bridge {:?}: {message}", gerrit.name),
+            };
+            if !valid_bridge_name(&gerrit.name) {
+                return Err(bad(
+                    "name must be 1 to 64 letters, digits, '-', '_' or '.' (it becomes a topic level)"
+                        .into(),
+                ));
+            }
+            if names.contains(&gerrit.name.as_str()) {
+                return Err(bad("another bridge has this name; names must be unique".into()));
+            }
+            names.push(&gerrit.name);
+            if gerrit.host.trim().is_empty() || gerrit.user.trim().is_empty() {
+                return Err(bad("host and user must not be empty".into()));
+            }
+            match (&gerrit.known_hosts, &gerrit.host_key_fingerprint) {
+                (None, None) => {
+                    return Err(bad(
+                        "set known_hosts (a file, e.g. from `ssh-keyscan -p 29418 HOST`) or                          host_key_fingerprint (\"SHA256:...\" as `ssh-keygen -lf` prints it):                          unknown host keys are refused"
+                            .into(),
+                    ))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        "set only one of known_hosts and host_key_fingerprint".into(),
+                    ))
+                }
+                (None, Some(fingerprint)) => {
+                    let digest = fingerprint.strip_prefix("SHA256:").unwrap_or("");
+                    if digest.len() != 43 {
+                        return Err(bad(format!(
+                            "host_key_fingerprint {fingerprint:?}: expected \"SHA256:\" and 43 \
+                             base64 characters, as `ssh-keygen -lf KEY` prints"
+                        )));
+                    }
+                }
+                (Some(_), None) => {}
+            }
+            let prefix = &gerrit.topic_prefix;
+            if prefix.is_empty()
+                || prefix.ends_with('/')
+                || prefix.starts_with('$')
+                || prefix.contains(['+', '#', '\0'])
+            {
+                return Err(bad(format!(
+                    "topic_prefix {prefix:?}: expected topic levels without wildcards, not \
+                     starting with '$' or ending with '/' (e.g. \"gerrit\")"
+                )));
+            }
+            if gerrit.command.trim().is_empty() {
+                return Err(bad("command must not be empty".into()));
+            }
+            if let Some(url) = &gerrit.events_log_url {
+                if !url.starts_with("http://") {
+                    return Err(bad(format!(
+                        "events_log_url {url:?}: expected an http:// URL (for https, put a TLS \
+                         proxy such as stunnel or nginx in front)"
+                    )));
+                }
+            }
+            if gerrit.events_log_user.is_some() != gerrit.events_log_password_file.is_some() {
+                return Err(bad(
+                    "events_log_user and events_log_password_file go together".into(),
+                ));
+            }
+            if gerrit.keepalive_secs == 0 || gerrit.keepalive_max == 0 {
+                return Err(bad("keepalive_secs and keepalive_max must be at least 1".into()));
+            }
+            if gerrit.backoff_initial_ms == 0
+                || gerrit.backoff_max_secs == 0
+                || gerrit.backoff_initial_ms > gerrit.backoff_max_secs.saturating_mul(1000)
+            {
+                return Err(bad(
+                    "backoff_initial_ms must be at least 1 and at most backoff_max_secs".into(),
+                ));
+            }
+        }
+        let w = &self.webhooks;
+        if w.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                field: "bridge.webhooks.max_body_bytes",
+                message: "must be at least 1".into(),
+            });
+        }
+        for (field, source) in [
+            ("bridge.webhooks.github", &w.github),
+            ("bridge.webhooks.gitlab", &w.gitlab),
+            ("bridge.webhooks.gitea", &w.gitea),
+        ] {
+            let Some(source) = source else { continue };
+            match (&source.secret, &source.secret_file) {
+                (Some(secret), None) if !secret.is_empty() => {}
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        field,
+                        message: "set exactly one of secret and secret_file (a non-empty \
+                                  shared secret is required: unsigned webhooks are refused)"
+                            .into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     ///
@@ -467,6 +728,7 @@ impl Config {
         self.mqtt_listen()?;
         self.http_listen()?;
         self.log.retention_rules()?;
+        self.bridge.validate()?;
         let https = self.https_listen()?;
         self.trusted_proxies()?;
         let path = &self.http.ws_path;
@@ -718,6 +980,64 @@ mod tests {
             .expect_err("no limit")
             .to_string()
             .contains("logs/#"));
+    }
+
+    #[test]
+    fn bridges_parse_and_validate() {
+        let text = r#"
+[[bridge.gerrit]]
+name = "review"
+host = "review.example.org"
+user = "firehose"
+private_key = "/etc/firehose/id_ed25519"
+host_key_fingerprint = "SHA256:huPqT1PMM1W2RS0oXTRGwUr/sEzzThQ5fR7OvF7HWws"
+
+[bridge.webhooks.github]
+secret = "s"
+"#;
+        let config: Config = toml::from_str(text).expect("parses");
+        config.validate().expect("valid");
+        let gerrit = &config.bridge.gerrit[0];
+        assert_eq!(gerrit.port, 29418);
+        assert_eq!(gerrit.topic_prefix, "gerrit");
+        assert_eq!(gerrit.command, "gerrit stream-events");
+        assert_eq!(config.bridge.webhook_names(), ["webhooks-github"]);
+
+        let check = |edit: &dyn Fn(&mut Config), expected: &str| {
+            let mut bad = config.clone();
+            edit(&mut bad);
+            let err = bad.validate().expect_err(expected).to_string();
+            assert!(err.contains(expected), "{err}");
+        };
+        check(&|c| c.bridge.gerrit[0].name = "a/b".into(), "name must be");
+        check(
+            &|c| c.bridge.gerrit[0].name = "webhooks-github".into(),
+            "unique",
+        );
+        check(
+            &|c| c.bridge.gerrit[0].host_key_fingerprint = None,
+            "unknown host keys are refused",
+        );
+        check(
+            &|c| c.bridge.gerrit[0].host_key_fingerprint = Some("MD5:aa".into()),
+            "host_key_fingerprint",
+        );
+        check(&|c| c.bridge.gerrit[0].topic_prefix = "g/#".into(), "topic_prefix");
+        check(
+            &|c| c.bridge.gerrit[0].events_log_url = Some("ftp://x".into()),
+            "events_log_url",
+        );
+        check(
+            &|c| {
+                if let Some(github) = &mut c.bridge.webhooks.github {
+                    github.secret = None;
+                }
+            },
+            "bridge.webhooks.github",
+        );
+        let err = toml::from_str::<Config>("[[bridge.gerrit]]\nname = \"x\"\nhots = \"y\"\n")
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("hots"), "{err}");
     }
 
     #[test]

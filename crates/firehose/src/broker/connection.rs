@@ -4,7 +4,7 @@
 //! Every way a connection can end goes through [`End`], which decides the will, the session's
 //! fate and the final DISCONNECT an MQTT 5 client is owed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -135,8 +135,7 @@ where
             return;
         }
     };
-    let Some((mut conn, mut accepted)) = handshake(&shared, connect, &info, &mut writer).await
-    else {
+    let Some((mut conn, mut events)) = handshake(&shared, connect, &info, &mut writer).await else {
         return;
     };
     let mut outbox = Outbox::default();
@@ -147,7 +146,7 @@ where
             &mut writer,
             &mut rbuf,
             &mut outbox,
-            &mut accepted,
+            &mut events,
         )
         .await;
     conn.finish(end, &mut writer, &mut outbox).await;
@@ -236,7 +235,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
     connect: Connect,
     info: &ConnectionInfo,
     writer: &mut W,
-) -> Option<(Connection, mpsc::UnboundedReceiver<AcceptedPublish>)> {
+) -> Option<(Connection, mpsc::UnboundedReceiver<ConnEvent>)> {
     let peer = info.peer;
     let protocol = connect.protocol;
     let limits = &shared.limits;
@@ -344,7 +343,16 @@ async fn handshake<W: AsyncWrite + Unpin>(
     if let Some((old, filters)) = &attached.discarded {
         shared.router.remove_all(old, filters);
     }
-    shared.save_session(&attached.session, true);
+    // CONNACK says "session present": the stored session must agree if we crash right after.
+    let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
+    shared.save_session(
+        &attached.session,
+        true,
+        Some(Box::new(move || {
+            let _ = saved_tx.send(());
+        })),
+    );
+    let _ = timeout(CLOSE_GRACE, saved_rx).await;
 
     let mut properties = ConnAckProperties::default();
     if protocol == Protocol::V5 {
@@ -371,9 +379,12 @@ async fn handshake<W: AsyncWrite + Unpin>(
         }
         Err(e) => Err(e.to_string()),
     };
-    let (accepted_tx, accepted_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let conn = Connection {
-        accepted_tx,
+        events_tx,
+        save_ticket: 0,
+        unsaved_publishes: 0,
+        deferred: VecDeque::new(),
         pending_acks: 0,
         uncommitted_qos2: HashSet::new(),
         saved_cursor: 0,
@@ -424,7 +435,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
         conn.finish(end, writer, &mut empty).await;
         return None;
     }
-    Some((conn, accepted_rx))
+    Some((conn, events_rx))
 }
 
 /// The state of one connected client.
@@ -454,14 +465,30 @@ struct Connection {
     alias_out_max: u16,
     /// MQTT 5 Request Problem Information.
     problem_information: bool,
-    /// Where the log tells this connection that its publishes are durable, in order.
-    accepted_tx: mpsc::UnboundedSender<AcceptedPublish>,
+    /// Where the log tells this connection that its publishes and session saves are durable.
+    events_tx: mpsc::UnboundedSender<ConnEvent>,
+    /// The last session save requested (tickets increase by one per save).
+    save_ticket: u64,
+    /// QoS 2 deliveries waiting for their record to be durable before they are sent.
+    unsaved_publishes: usize,
+    /// SUBACK/UNSUBACK of a persistent session held until the save that records the change is
+    /// durable, with the retained messages to send after a SUBACK.
+    deferred: VecDeque<(u64, Packet, Vec<Delivery>)>,
     /// QoS 1/2 publishes appended to the log but not yet acknowledged.
     pending_acks: usize,
     /// QoS 2 packet ids appended but not yet committed (a DUP resend waits for the first).
     uncommitted_qos2: HashSet<u16>,
     /// The cursor saved last, to save the session again only when it moved.
     saved_cursor: u64,
+}
+
+/// What the log's writer thread tells a connection.
+#[derive(Debug)]
+enum ConnEvent {
+    /// A publish was committed (or failed).
+    Accepted(AcceptedPublish),
+    /// The session save with this ticket is durable.
+    Saved(u64),
 }
 
 /// A publish of this connection that the log committed (or failed to).
@@ -490,15 +517,27 @@ impl Connection {
         let pending = self.session.lock().inflight_in_order();
         let now = std::time::Instant::now();
         for (id, inflight) in pending {
+            // A previous connection's unsaved stages were either saved by now or lost with it:
+            // resend as if they had been sent.
             let result = match inflight.stage {
-                Stage::AwaitPubAck | Stage::AwaitPubRec => self
+                Stage::AwaitPubAck | Stage::AwaitPubRec | Stage::PublishUnsaved { .. } => self
                     .write_publish(&inflight.delivery, Some(id), true, now, outbox)
                     .map(|_| ()),
-                Stage::AwaitPubComp => self.push(
+                Stage::AwaitPubComp | Stage::ReleaseUnsaved { .. } => self.push(
                     outbox,
                     &pub_response(Packet::PubRel, id, ReasonCode::Success),
                 ),
             };
+            let settled = match inflight.stage {
+                Stage::PublishUnsaved { .. } => Some(Stage::AwaitPubRec),
+                Stage::ReleaseUnsaved { .. } => Some(Stage::AwaitPubComp),
+                _ => None,
+            };
+            if let Some(stage) = settled {
+                if let Some(f) = self.session.lock().inflight.get_mut(&id) {
+                    f.stage = stage;
+                }
+            }
             if let Err(error) = result {
                 warn!(client = %self.client_id, "cannot resend message {id}: {error}");
             }
@@ -511,7 +550,7 @@ impl Connection {
         writer: &mut W,
         rbuf: &mut BytesMut,
         outbox: &mut Outbox,
-        accepted: &mut mpsc::UnboundedReceiver<AcceptedPublish>,
+        events: &mut mpsc::UnboundedReceiver<ConnEvent>,
     ) -> End
     where
         R: AsyncRead + Unpin,
@@ -549,11 +588,14 @@ impl Connection {
                     Ok(n) => stats::add(&self.shared.stats.bytes_sent, n as u64),
                     Err(error) => return End::Lost(format!("write failed: {error}")),
                 },
-                Some(done) = accepted.recv() => {
-                    if let Some(end) = self.on_accepted(done, outbox) {
-                        return end;
+                Some(event) = events.recv() => match event {
+                    ConnEvent::Accepted(done) => {
+                        if let Some(end) = self.on_accepted(done, outbox) {
+                            return end;
+                        }
                     }
-                }
+                    ConnEvent::Saved(ticket) => self.on_saved(ticket, outbox),
+                },
                 page = async {
                     match catchup.as_mut() {
                         Some(c) => (&mut c.read).await,
@@ -600,7 +642,79 @@ impl Connection {
         };
         if cursor != self.saved_cursor {
             self.saved_cursor = cursor;
-            self.shared.save_session(&self.session, true);
+            self.shared.save_session(&self.session, true, None);
+        }
+    }
+
+    /// Whether changes to this session must be durable before the client is told about them.
+    fn is_persistent(&self) -> bool {
+        self.session.lock().expiry_interval > 0
+    }
+
+    /// Saves the session; `ConnEvent::Saved(ticket)` arrives once it is durable.
+    fn request_save(&mut self) -> u64 {
+        self.save_ticket += 1;
+        let ticket = self.save_ticket;
+        let tx = self.events_tx.clone();
+        self.shared.save_session(
+            &self.session,
+            true,
+            Some(Box::new(move || {
+                let _ = tx.send(ConnEvent::Saved(ticket));
+            })),
+        );
+        ticket
+    }
+
+    /// Sends what waited for the session save `ticket`: SUBACK/UNSUBACK (and retained messages),
+    /// QoS 2 PUBLISH and PUBREL packets.
+    fn on_saved(&mut self, ticket: u64, outbox: &mut Outbox) {
+        while self.deferred.front().is_some_and(|(t, _, _)| *t <= ticket) {
+            let Some((_, ack, retained)) = self.deferred.pop_front() else {
+                break;
+            };
+            self.push_or_log(outbox, &ack);
+            for delivery in retained {
+                self.session.enqueue_direct(delivery, &self.shared.stats);
+            }
+        }
+        let ready: Vec<(u16, Inflight)> = self
+            .session
+            .lock()
+            .inflight_in_order()
+            .into_iter()
+            .filter(|(_, f)| match f.stage {
+                Stage::PublishUnsaved { ticket: t } | Stage::ReleaseUnsaved { ticket: t } => {
+                    t <= ticket
+                }
+                _ => false,
+            })
+            .collect();
+        let now = std::time::Instant::now();
+        for (id, inflight) in ready {
+            let next = match inflight.stage {
+                Stage::PublishUnsaved { .. } => {
+                    self.unsaved_publishes = self.unsaved_publishes.saturating_sub(1);
+                    match self.write_publish(&inflight.delivery, Some(id), false, now, outbox) {
+                        Ok(true) => stats::add(&self.shared.stats.messages_sent, 1),
+                        Ok(false) => stats::add(&self.shared.stats.dropped_too_large, 1),
+                        Err(error) => {
+                            warn!(client = %self.client_id, "cannot encode PUBLISH: {error}")
+                        }
+                    }
+                    Stage::AwaitPubRec
+                }
+                _ => {
+                    self.push_or_log(
+                        outbox,
+                        &pub_response(Packet::PubRel, id, ReasonCode::Success),
+                    );
+                    Stage::AwaitPubComp
+                }
+            };
+            if let Some(f) = self.session.lock().inflight.get_mut(&id) {
+                f.stage = next;
+            }
         }
     }
 
@@ -651,10 +765,11 @@ impl Connection {
                 full = true;
                 break;
             }
-            let already_inflight = state
-                .inflight
-                .values()
-                .any(|f| f.delivery.from_log && f.delivery.message.id == event.id);
+            let already_inflight = state.delivered_ahead.contains(&event.id)
+                || state
+                    .inflight
+                    .values()
+                    .any(|f| f.delivery.from_log && f.delivery.message.id == event.id);
             if !already_inflight && self.identity.may_receive(&event.event.topic) {
                 let message = Arc::new(Message::from_event(event));
                 match delivery_for(&state.subscriptions, message) {
@@ -672,6 +787,13 @@ impl Connection {
         }
         if !full {
             state.cursor = state.cursor.max(page.scanned_to);
+        }
+        if !state.delivered_ahead.is_empty() {
+            let above = state.cursor + 1;
+            let keep = state.delivered_ahead.split_off(&above);
+            state.delivered_ahead = keep;
+        }
+        if !full {
             if !page.more && state.cursor >= self.shared.routing_started.load(Ordering::SeqCst) {
                 state.lagging = false;
             }
@@ -769,21 +891,35 @@ impl Connection {
                 }
             }
             Packet::PubRec(rec) => {
+                let persistent = self.is_persistent();
+                let next_ticket = self.save_ticket + 1;
+                let mut save = false;
                 let mut state = self.session.lock();
                 let reply = match state.inflight.get_mut(&rec.packet_id) {
                     Some(f) if f.stage == Stage::AwaitPubRec => {
                         if rec.reason.is_error() {
                             state.inflight.remove(&rec.packet_id);
                             None
+                        } else if persistent && f.delivery.from_log {
+                            // PUBREL leaves once the store knows the client has the message.
+                            f.stage = Stage::ReleaseUnsaved {
+                                ticket: next_ticket,
+                            };
+                            save = true;
+                            None
                         } else {
                             f.stage = Stage::AwaitPubComp;
                             Some(ReasonCode::Success)
                         }
                     }
+                    Some(f) if matches!(f.stage, Stage::ReleaseUnsaved { .. }) => None,
                     Some(f) if f.stage == Stage::AwaitPubComp => Some(ReasonCode::Success),
                     _ => Some(ReasonCode::PacketIdentifierNotFound),
                 };
                 drop(state);
+                if save {
+                    self.request_save();
+                }
                 if let Some(reason) = reply {
                     self.push_or_log(outbox, &pub_response(Packet::PubRel, rec.packet_id, reason));
                 }
@@ -927,13 +1063,13 @@ impl Connection {
                     if qos == QoS::ExactlyOnce {
                         self.uncommitted_qos2.insert(id);
                     }
-                    let tx = self.accepted_tx.clone();
-                    Some(Box::new(move |stored| {
-                        let _ = tx.send(AcceptedPublish {
+                    let tx = self.events_tx.clone();
+                    Some(Box::new(move |event_id| {
+                        let _ = tx.send(ConnEvent::Accepted(AcceptedPublish {
                             packet_id: id,
                             qos,
-                            stored,
-                        });
+                            stored: event_id.is_some(),
+                        }));
                     }))
                 }
             };
@@ -1054,12 +1190,24 @@ impl Connection {
             reasons,
             properties: AckProperties::default(),
         });
+        self.acknowledge_change(ack, retained, outbox);
+        None
+    }
+
+    /// Sends a SUBACK or UNSUBACK (then the retained messages a SUBACK brings). For a
+    /// persistent session it waits until the changed session is durable, so that a client told
+    /// "subscribed" keeps its subscription across a crash.
+    fn acknowledge_change(&mut self, ack: Packet, retained: Vec<Delivery>, outbox: &mut Outbox) {
+        if self.is_persistent() {
+            let ticket = self.request_save();
+            self.deferred.push_back((ticket, ack, retained));
+            return;
+        }
+        self.shared.save_session(&self.session, true, None);
         self.push_or_log(outbox, &ack);
         for delivery in retained {
             self.session.enqueue_direct(delivery, &self.shared.stats);
         }
-        self.shared.save_session(&self.session, true);
-        None
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, outbox: &mut Outbox) {
@@ -1078,8 +1226,7 @@ impl Connection {
             reasons,
             properties: AckProperties::default(),
         });
-        self.push_or_log(outbox, &ack);
-        self.shared.save_session(&self.session, true);
+        self.acknowledge_change(ack, Vec::new(), outbox);
     }
 
     fn on_disconnect(&mut self, disconnect: Disconnect) -> End {
@@ -1108,12 +1255,20 @@ impl Connection {
     fn drain(&mut self, outbox: &mut Outbox) {
         let now = std::time::Instant::now();
         let mut sent = 0;
+        let next_ticket = self.save_ticket + 1;
+        let mut save = false;
         let session = self.session.clone();
         let mut state = session.lock();
+        let persistent = state.expiry_interval > 0;
         while outbox.pending_bytes() < WRITE_HIGH_WATER {
             let Some(front) = state.queue.front() else {
                 break;
             };
+            // Nothing overtakes a QoS 2 message waiting for its record to be durable.
+            let qos2_run = front.qos == QoS::ExactlyOnce && front.from_log && persistent;
+            if self.unsaved_publishes > 0 && !(save && qos2_run) {
+                break;
+            }
             if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.window {
                 break;
             }
@@ -1125,6 +1280,28 @@ impl Connection {
                 continue;
             }
             let id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
+            if let (Some(id), QoS::ExactlyOnce, true, true) =
+                (id, delivery.qos, persistent, delivery.from_log)
+            {
+                // Recorded before it is sent, so that after a crash it is resent with the same
+                // packet id instead of as a new message.
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                let stage = Stage::PublishUnsaved {
+                    ticket: next_ticket,
+                };
+                state.inflight.insert(
+                    id,
+                    Inflight {
+                        delivery,
+                        stage,
+                        seq,
+                    },
+                );
+                self.unsaved_publishes += 1;
+                save = true;
+                continue;
+            }
             match self.write_publish(&delivery, id, false, now, outbox) {
                 Ok(true) => {
                     sent += 1;
@@ -1155,6 +1332,9 @@ impl Connection {
         }
         drop(state);
         stats::add(&self.shared.stats.messages_sent, sent);
+        if save {
+            self.request_save();
+        }
     }
 
     /// Queues one PUBLISH; `Ok(false)` when it exceeds the client's Maximum Packet Size and
@@ -1218,6 +1398,41 @@ impl Connection {
     /// Sends what the end owes the client, closes, then settles the will and the session.
     async fn finish<W: AsyncWrite + Unpin>(self, end: End, writer: &mut W, outbox: &mut Outbox) {
         let shared = &self.shared;
+        // The session first, so that a client reconnecting as soon as it sees the close finds
+        // it settled. A takeover leaves it to the new connection.
+        let mut expiry = None;
+        {
+            let mut state = self.session.lock();
+            if state.generation == self.generation && !state.ended {
+                state.link = None;
+                state.lagging = true;
+                self.session.set_online(false);
+                expiry = Some(state.expiry_interval);
+            }
+        }
+        match expiry {
+            Some(0) => {
+                shared.end_session(&self.session, self.generation);
+            }
+            Some(secs) => {
+                // Durable before the socket closes: a client that saw the close may rely on
+                // the session's disconnect time (its expiry) even if the broker crashes next.
+                let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
+                shared.save_session(
+                    &self.session,
+                    false,
+                    Some(Box::new(move || {
+                        let _ = saved_tx.send(());
+                    })),
+                );
+                let _ = timeout(CLOSE_GRACE, saved_rx).await;
+                if secs != u32::MAX {
+                    shared.schedule_expiry(self.session.clone(), self.generation, secs.into());
+                }
+            }
+            None => {}
+        }
+
         if let Some(reason) = end.disconnect_reason().filter(|_| self.is_v5()) {
             let reason_string = match &end {
                 End::Violation { message, .. } if self.problem_information => Some(message.clone()),
@@ -1256,30 +1471,6 @@ impl Connection {
             End::TakenOver => info!(client = %self.client_id, peer = %self.peer,
                 "closing connection: client id taken over by a new connection"),
             End::Shutdown => debug!(client = %self.client_id, "closing connection: shutdown"),
-        }
-
-        // The session: a takeover leaves it to the new connection.
-        let mut expiry = None;
-        {
-            let mut state = self.session.lock();
-            if state.generation == self.generation && !state.ended {
-                state.link = None;
-                state.lagging = true;
-                self.session.set_online(false);
-                expiry = Some(state.expiry_interval);
-            }
-        }
-        match expiry {
-            Some(0) => {
-                shared.end_session(&self.session, self.generation);
-            }
-            Some(secs) => {
-                shared.save_session(&self.session, false);
-                if secs != u32::MAX {
-                    shared.schedule_expiry(self.session.clone(), self.generation, secs.into());
-                }
-            }
-            None => {}
         }
 
         if let (Some(will), true) = (

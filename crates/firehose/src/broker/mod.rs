@@ -32,9 +32,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 
-use crate::auth::Users;
+use crate::auth::{Identity, Users};
 use crate::config::Limits;
 use crate::store::{Store, StoreError, StoredInflight, StoredSession, StoredSubscription};
+use firehose_codec::topic::validate_topic_name;
+use firehose_codec::{PublishProperties, QoS};
 use message::{now_ms, Message};
 use router::Router;
 use session::Registry;
@@ -66,8 +68,11 @@ pub(crate) struct Shared {
     log_advanced: Notify,
 }
 
-/// Called once an accepted message is durable (`true`) or could not be stored (`false`).
-pub(crate) type Accepted = Box<dyn FnOnce(bool) + Send>;
+/// Called once a session save is durable.
+pub(crate) type SaveDone = Box<dyn FnOnce() + Send>;
+
+/// Called once an accepted message is durable (with its event id) or could not be stored.
+pub(crate) type Accepted = Box<dyn FnOnce(Option<u64>) + Send>;
 
 impl Shared {
     /// Routes a message that is not logged (`$SYS` statistics).
@@ -94,31 +99,44 @@ impl Shared {
                     shared.router.publish(&Arc::new(message), &shared.stats);
                     shared.log_advanced.notify_waiters();
                     if let Some(done) = done {
-                        done(true);
+                        done(Some(id));
                     }
                 }
                 Err(error) => {
                     tracing::error!(topic = %message.topic, "cannot store event: {error}");
                     stats::add(&shared.stats.store_errors, 1);
                     if let Some(done) = done {
-                        done(false);
+                        done(None);
                     }
                 }
             }),
         );
     }
 
-    /// Saves a persistent session (or forgets one whose expiry is 0).
-    pub(crate) fn save_session(&self, session: &session::Session, connected: bool) {
+    /// Saves a persistent session (or forgets one whose expiry is 0). `done` runs once the save
+    /// is durable, or at once when there is nothing to save.
+    pub(crate) fn save_session(
+        &self,
+        session: &session::Session,
+        connected: bool,
+        done: Option<SaveDone>,
+    ) {
+        let finish = |done: Option<SaveDone>| {
+            if let Some(done) = done {
+                done();
+            }
+        };
         let stored = {
             let mut state = session.lock();
             if state.ended {
-                return;
+                drop(state);
+                return finish(done);
             }
             state.dirty = false;
             if state.expiry_interval == 0 {
                 if !std::mem::replace(&mut state.persisted, false) {
-                    return;
+                    drop(state);
+                    return finish(done);
                 }
                 None
             } else {
@@ -147,16 +165,41 @@ impl Shared {
                             packet_id,
                             event_id: f.delivery.message.id,
                             qos: f.delivery.qos as u8,
-                            stage: u8::from(f.stage == session::Stage::AwaitPubComp),
+                            stage: u8::from(f.stage.is_release()),
                         })
+                        .chain(
+                            // Completed out of order after a restart: only remembered so that
+                            // catch-up skips them (stage 2).
+                            state
+                                .delivered_ahead
+                                .iter()
+                                .filter(|id| {
+                                    !state
+                                        .inflight
+                                        .values()
+                                        .any(|f| f.delivery.message.id == **id)
+                                })
+                                .map(|&event_id| StoredInflight {
+                                    packet_id: 0,
+                                    event_id,
+                                    qos: 2,
+                                    stage: 2,
+                                }),
+                        )
                         .collect(),
                     incoming_qos2: state.incoming_qos2.iter().copied().collect(),
                 })
             }
         };
         match stored {
-            Some(stored) => self.store.save_session(stored, None),
-            None => self.store.delete_session(&session.client_id),
+            Some(stored) => self.store.save_session(
+                stored,
+                done.map(|done| -> crate::store::Completion { Box::new(move |_| done()) }),
+            ),
+            None => {
+                self.store.delete_session(&session.client_id);
+                finish(done);
+            }
         }
     }
 
@@ -218,6 +261,25 @@ impl ConnectionInfo {
 #[derive(Debug, Clone)]
 pub struct Broker {
     shared: Arc<Shared>,
+}
+
+/// Why an in-process publish was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The topic is not within the publisher's ACL.
+    #[error("{user} may not publish to {topic}")]
+    NotAuthorized {
+        /// The publisher.
+        user: String,
+        /// The topic.
+        topic: String,
+    },
+    /// Not a valid MQTT topic name.
+    #[error("invalid topic name: {0}")]
+    InvalidTopic(String),
+    /// The log could not store the event.
+    #[error("the event log could not store the event")]
+    NotStored,
 }
 
 /// Why a new connection was refused before it could speak MQTT.
@@ -348,6 +410,58 @@ impl Broker {
     /// Counters, for tests and metrics.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// Publishes as `publisher` from inside the process (bridges, HTTP publish), with the same
+    /// access checks as MQTT. Resolves once the event is durable, with its id.
+    ///
+    /// # Errors
+    /// [`PublishError`] for a topic the publisher may not write, an invalid topic name, or a
+    /// log that could not store the event.
+    pub async fn publish(
+        &self,
+        publisher: &Identity,
+        topic: &str,
+        payload: bytes::Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: PublishProperties,
+    ) -> Result<u64, PublishError> {
+        validate_topic_name(topic).map_err(|e| PublishError::InvalidTopic(e.to_string()))?;
+        if !publisher.may_publish(topic) {
+            stats::add(&self.shared.stats.publish_denied, 1);
+            return Err(PublishError::NotAuthorized {
+                user: publisher.name().to_owned(),
+                topic: topic.to_owned(),
+            });
+        }
+        let message = Message::new(
+            0,
+            topic.into(),
+            payload,
+            qos,
+            retain,
+            properties,
+            publisher.name().into(),
+        );
+        stats::add(&self.shared.stats.messages_received, 1);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.accept(
+            message,
+            publisher.name(),
+            Some(Box::new(move |id| {
+                let _ = tx.send(id);
+            })),
+        );
+        match rx.await {
+            Ok(Some(id)) => Ok(id),
+            _ => Err(PublishError::NotStored),
+        }
+    }
+
+    /// The users file, for transports and bridges that authenticate on their own.
+    pub fn users(&self) -> &Users {
+        &self.shared.users
     }
 
     /// The event log, for the history API.

@@ -57,6 +57,10 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
                 state.subscriptions.insert(sub.filter.clone(), options);
             }
             for inflight in &stored.inflight {
+                if inflight.stage == 2 {
+                    state.delivered_ahead.insert(inflight.event_id);
+                    continue;
+                }
                 let Some(event) = shared.store.get(inflight.event_id)? else {
                     continue; // deleted by retention meanwhile
                 };
@@ -69,6 +73,7 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
                 };
                 let seq = state.next_seq;
                 state.next_seq += 1;
+                state.delivered_ahead.insert(inflight.event_id);
                 state.inflight.insert(
                     inflight.packet_id,
                     Inflight {

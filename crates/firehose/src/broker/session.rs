@@ -16,14 +16,35 @@ use super::router::SubOptions;
 use super::stats::{self, Stats};
 
 /// Where an outgoing QoS 1/2 message stands in its handshake.
+///
+/// For a persistent session, a QoS 2 message is recorded in the store before its PUBLISH and
+/// again before its PUBREL leave (`*Unsaved` stages wait for that), so that after a crash it is
+/// resent with the same packet id and never delivered twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// QoS 1 sent, waiting for PUBACK.
     AwaitPubAck,
+    /// QoS 2 PUBLISH waiting for its record to be durable before it is sent.
+    PublishUnsaved {
+        /// The save that makes it durable.
+        ticket: u64,
+    },
     /// QoS 2 sent, waiting for PUBREC.
     AwaitPubRec,
+    /// PUBREC received; PUBREL waits for the new stage to be durable.
+    ReleaseUnsaved {
+        /// The save that makes it durable.
+        ticket: u64,
+    },
     /// PUBREL sent, waiting for PUBCOMP.
     AwaitPubComp,
+}
+
+impl Stage {
+    /// Whether the PUBLISH has been acknowledged (PUBREC) and only the release remains.
+    pub fn is_release(self) -> bool {
+        matches!(self, Stage::ReleaseUnsaved { .. } | Stage::AwaitPubComp)
+    }
 }
 
 /// An outgoing message that the client has not finished acknowledging.
@@ -80,6 +101,9 @@ pub struct SessionState {
     pub dirty: bool,
     /// Whether the store may hold a copy of this session (so ending it must delete that).
     pub persisted: bool,
+    /// Logged events above the cursor that were already delivered out of order (resent from a
+    /// stored inflight record after a restart): catch-up must not send them again.
+    pub delivered_ahead: std::collections::BTreeSet<u64>,
 }
 
 /// A session, shared by the registry, the subscription table and its connection.
@@ -126,6 +150,7 @@ impl Session {
                 lagging: false,
                 dirty: false,
                 persisted: false,
+                delivered_ahead: std::collections::BTreeSet::new(),
             }),
             wake: Notify::new(),
         }

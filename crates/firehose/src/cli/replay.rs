@@ -75,20 +75,18 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let base = args.server.trim_end_matches('/').to_owned();
     let stdout = std::io::stdout();
     let mut cursor = args.after;
+    // Where the history stopped: the highest id the server examined, matching or not.
+    let mut scanned_to = args.after.unwrap_or(0);
     loop {
         let mut extra = vec![("limit", "1000".to_owned())];
         if let Some(after) = cursor {
             extra.push(("after", after.to_string()));
-        } else if let Some(since) = &args.since {
+        }
+        if let Some(since) = &args.since {
             extra.push(("since", since.clone()));
         }
         if let Some(until) = &args.until {
             extra.push(("until", until.clone()));
-        }
-        if cursor.is_some() {
-            if let Some(since) = &args.since {
-                extra.push(("since", since.clone()));
-            }
         }
         let url = format!("{base}/api/v1/events?{}", args.query(&extra));
         let page = client.get_json(&url).await?;
@@ -101,6 +99,8 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             }
             out.flush().context("cannot write to stdout")?;
         }
+        scanned_to = scanned_to.max(page["scanned_to"].as_u64().unwrap_or(0));
+        scanned_to = scanned_to.max(cursor.unwrap_or(0));
         match page["next_after"].as_u64() {
             Some(next) if page["more"].as_bool() == Some(true) => cursor = Some(next),
             _ => break,
@@ -111,15 +111,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     // Follow from exactly where the history stopped: the stream starts after that id, so the
     // switch neither skips nor repeats an event.
-    let start = match cursor {
-        Some(id) => id,
-        None => {
-            let position = client
-                .get_json(&format!("{base}/api/v1/events?limit=1&after=0"))
-                .await;
-            position.ok().and(None).unwrap_or(0)
-        }
-    };
+    let start = scanned_to;
     let url = format!(
         "{base}/api/v1/stream?{}",
         args.query(&[("after", start.to_string())])

@@ -121,6 +121,12 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => Users::none(),
     };
     tls::install_provider();
+    if config.data_dir.exists() && !config.data_dir.is_dir() {
+        anyhow::bail!(
+            "data directory {} exists but is not a directory (set --data-dir or data_dir)",
+            config.data_dir.display()
+        );
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -132,6 +138,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
+    let mut termination = Termination::register()?;
     if users.is_empty() {
         info!("no users file: every client is anonymous and read-only");
     }
@@ -225,7 +232,7 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
     if let Some(interval) = config.sys_interval() {
         broker.spawn_sys(interval);
     }
-    wait_for_signal().await?;
+    termination.wait().await;
     info!("shutting down");
     reloader.abort();
     stop.send_replace(true);
@@ -259,15 +266,26 @@ fn reload_on_sighup(
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        _ = term.recv() => info!("received SIGTERM"),
-        result = tokio::signal::ctrl_c() => {
-            result.context("cannot listen for SIGINT")?;
-            info!("received SIGINT");
+/// SIGTERM and SIGINT, registered before anything binds: a signal that arrives while the
+/// listeners start is then a clean shutdown, not the default (immediate death).
+struct Termination {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    fn register() -> anyhow::Result<Termination> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Termination {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("received SIGTERM"),
+            _ = self.int.recv() => info!("received SIGINT"),
         }
     }
-    Ok(())
 }

@@ -199,7 +199,8 @@ pub struct StoredInflight {
     pub event_id: u64,
     /// QoS of the delivery (1 or 2).
     pub qos: u8,
-    /// 0 = PUBLISH sent awaiting PUBACK/PUBREC, 1 = PUBREL sent awaiting PUBCOMP.
+    /// 0 = PUBLISH sent awaiting PUBACK/PUBREC, 1 = PUBREL sent awaiting PUBCOMP, 2 = completed
+    /// out of log order (kept only so that catch-up does not deliver it again).
     pub stage: u8,
 }
 

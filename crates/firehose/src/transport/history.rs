@@ -80,7 +80,7 @@ fn parse_params(raw: Option<&str>, allowed: &[&str]) -> Result<Params, BadReques
         let value = percent_decode(value).map_err(BadRequest)?;
         if !allowed.contains(&key.as_str()) {
             return Err(BadRequest(format!(
-                "unknown parameter {key:?}; expected one of {}",
+                "parameter {key}: unknown; expected one of {}",
                 allowed.join(", ")
             )));
         }
@@ -139,15 +139,78 @@ fn parse_time(name: &str, value: &str) -> Result<i64, BadRequest> {
         let ago_ms = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
         return Ok(now_ms().saturating_sub(ago_ms));
     }
-    humantime::parse_rfc3339_weak(value)
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .ok_or_else(|| {
-            BadRequest(format!(
-                "parameter {name}: expected an RFC 3339 time (2026-01-31T12:00:00Z) or a duration (90s, 30m, 2h, 7d), got {value:?}"
-            ))
-        })
+    parse_rfc3339_ms(value).ok_or_else(|| {
+        BadRequest(format!(
+            "parameter {name}: expected an RFC 3339 time (2026-01-31T12:00:00Z or with an offset like +02:00) or a duration (90s, 30m, 2h, 7d), got {value:?}"
+        ))
+    })
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 time: `YYYY-MM-DDTHH:MM:SS[.frac]` then `Z`
+/// or `+HH:MM`/`-HH:MM` (a space may replace the `T`).
+fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut millis = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let padded = format!("{:0<3}", &frac[..digits.min(3)]);
+        millis = padded.parse::<i64>().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_minutes = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let ob = rest.as_bytes();
+            if ob.len() != 6 || ob[3] != b':' {
+                return None;
+            }
+            let sign = match ob[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let hours: i64 = rest.get(1..3)?.parse().ok()?;
+            let minutes: i64 = rest.get(4..6)?.parse().ok()?;
+            sign * (hours * 60 + minutes)
+        }
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
+    Some(seconds * 1000 + millis)
 }
 
 fn now_ms() -> i64 {
@@ -162,7 +225,8 @@ fn percent_decode(text: &str) -> Result<String, String> {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
+            // `+` stays `+`: it is the MQTT single-level wildcard, and this API takes no HTML
+            // form posts (write a space as %20).
             b'%' => {
                 let hex = bytes
                     .get(i + 1..i + 3)
@@ -230,6 +294,7 @@ fn page_json(page: &Page, limit: usize) -> Value {
         "events": events,
         "next_after": if more { Some(page.scanned_to) } else { None },
         "more": more,
+        "scanned_to": page.scanned_to,
     })
 }
 
@@ -412,7 +477,7 @@ mod tests {
             ("limit=0", "limit"),
             ("limit=100000", "limit"),
             ("since=yesterday", "since"),
-            ("colour=red", "unknown parameter"),
+            ("colour=red", "parameter colour: unknown"),
             ("topic=%zz", "percent"),
         ] {
             let err =
@@ -427,6 +492,22 @@ mod tests {
             parse_time("since", "1970-01-01T00:00:01Z").expect("rfc3339"),
             1000
         );
+        let cases = [
+            ("1970-01-01T02:00:01.5+02:00", 1500),
+            ("2000-03-01T00:00:00-01:30", 951_874_200_000),
+            ("2026-11-25T09:10:43.205Z", 1_795_597_843_205),
+            ("2024-02-29 23:59:59z", 1_709_251_199_000),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(parse_time("since", text).expect(text), ms, "{text}");
+        }
+        for bad in [
+            "2026-13-01T00:00:00Z",
+            "2026-01-01T00:00:00",
+            "2026-01-01T00:00:00+0200",
+        ] {
+            assert!(parse_time("since", bad).is_err(), "{bad}");
+        }
         let two_hours_ago = parse_time("since", "2h").expect("duration");
         let expected = now_ms() - 7_200_000;
         assert!((two_hours_ago - expected).abs() < 5_000);

@@ -783,11 +783,21 @@ impl RawClient {
         self.publish(PublishOut::new(topic, payload));
     }
 
-    /// Reads the next packet, which must be a PUBLISH, without acknowledging it.
+    /// Reads the next packet, which must be a PUBLISH, without acknowledging it. A PUBREL that
+    /// a resumed session resends for a QoS 2 exchange left half done is answered with PUBCOMP
+    /// on the way, as a real client does.
     pub(crate) fn expect_publish_raw(&mut self) -> PublishIn {
-        let p = self.expect_packet();
-        p.publish(self.v5)
-            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+        loop {
+            let p = self.expect_packet();
+            if p.kind() == wire::PUBREL && p.body.len() >= 2 {
+                let id = u16::from_be_bytes([p.body[0], p.body[1]]);
+                self.send(&wire::ack(wire::PUBCOMP, id));
+                continue;
+            }
+            return p
+                .publish(self.v5)
+                .unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        }
     }
 
     /// Reads the next PUBLISH and acknowledges it (PUBACK, or PUBREC/PUBREL/PUBCOMP).

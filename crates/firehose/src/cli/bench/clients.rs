@@ -32,6 +32,8 @@ pub(crate) struct Progress {
     pub(crate) published_in_window: AtomicU64,
     /// Messages received with a send time in the window (all subscribers).
     pub(crate) received_of_window: AtomicU64,
+    /// Messages received (all subscribers), to tell a run still draining from a finished one.
+    pub(crate) received: AtomicU64,
     /// Publishers that stopped writing.
     pub(crate) writers_done: AtomicU64,
     /// QoS 1 publishes sent and not yet acknowledged (all publishers).
@@ -105,7 +107,7 @@ pub(crate) async fn subscriber(
         }
         let now = clock.now_ns();
         let arrived_in_window = window.contains(now);
-        let before = received.of_window;
+        let (before, total_before) = (received.of_window, received.total);
         let mut disconnected = false;
         let scanned = scan(&conn.rbuf, protocol, |frame| match frame {
             Frame::Publish {
@@ -141,6 +143,9 @@ pub(crate) async fn subscriber(
         progress
             .received_of_window
             .fetch_add(received.of_window - before, Ordering::Relaxed);
+        progress
+            .received
+            .fetch_add(received.total - total_before, Ordering::Relaxed);
         if disconnected {
             received.fail("the broker sent DISCONNECT to a subscriber".into());
             break;
@@ -343,8 +348,10 @@ async fn write_publishes(
         if acks.is_some() {
             progress.unacked.fetch_add(count, Ordering::Relaxed);
         }
+        // A broker that stopped reading must not keep the run beyond its window.
         let written = tokio::select! {
             written = writer.write_all(&out) => written,
+            _ = sleep_until_ns(&clock, end_ns) => break,
             _ = stop.changed() => break,
         };
         if let Err(error) = written {

@@ -43,7 +43,7 @@ pub(crate) async fn run(args: DurableArgs) -> anyhow::Result<RunReport> {
     let topic = common.run_topic("durable");
     let pid = std::process::id();
     let persistent = Role {
-        authenticated: false,
+        publisher: false,
         clean: false,
     };
     let sub_id = |i: usize| format!("fhb{pid}d{i}");
@@ -64,7 +64,7 @@ pub(crate) async fn run(args: DurableArgs) -> anyhow::Result<RunReport> {
         let topic = &topic;
         async move {
             let role = Role {
-                authenticated: true,
+                publisher: true,
                 clean: true,
             };
             let conn = Conn::connect(target, Transport::Tcp, &format!("fhb{pid}p{i}"), role, None)
@@ -108,7 +108,7 @@ pub(crate) async fn run(args: DurableArgs) -> anyhow::Result<RunReport> {
 /// persistent session (and stops keeping messages for it).
 async fn forget_session(target: &Target, client_id: &str) -> anyhow::Result<()> {
     let role = Role {
-        authenticated: false,
+        publisher: false,
         clean: true,
     };
     let mut conn = Conn::connect(target, Transport::Tcp, client_id, role, None).await?;

@@ -51,7 +51,7 @@ pub(crate) async fn run(args: FaninArgs) -> anyhow::Result<RunReport> {
         Transport::Tcp,
         &format!("fhb{pid}s0"),
         Role {
-            authenticated: false,
+            publisher: false,
             clean: true,
         },
         None,
@@ -64,7 +64,7 @@ pub(crate) async fn run(args: FaninArgs) -> anyhow::Result<RunReport> {
         let topic = &topic;
         async move {
             let role = Role {
-                authenticated: true,
+                publisher: true,
                 clean: true,
             };
             let id = format!("fhb{pid}p{i}");

@@ -55,7 +55,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<RunReport> {
         let topic = &topic;
         async move {
             let role = Role {
-                authenticated: false,
+                publisher: false,
                 clean: true,
             };
             let id = format!("fhb{pid}s{i}");
@@ -70,7 +70,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<RunReport> {
         Transport::Tcp,
         &format!("fhb{pid}p0"),
         Role {
-            authenticated: true,
+            publisher: true,
             clean: true,
         },
         None,

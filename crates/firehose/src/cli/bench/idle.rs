@@ -55,7 +55,7 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<RunReport> {
         let source = source_for(&target.host, args.connections, args.per_source, i);
         async move {
             let role = Role {
-                authenticated: false,
+                publisher: false,
                 clean: true,
             };
             let id = format!("fhb{pid}i{i}");

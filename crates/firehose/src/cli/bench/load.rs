@@ -12,6 +12,10 @@ use super::report::RunReport;
 use super::wire::{Clock, Conn, PublishTemplate};
 use super::{sleep_until_ns, Common, Monitor, Usage, Window};
 
+/// After publishing stops, a run waiting for messages in flight gives up once nothing has
+/// arrived for this long.
+const QUIET: Duration = Duration::from_secs(1);
+
 /// One publisher to start.
 #[derive(Debug)]
 pub(crate) struct PublisherSpec {
@@ -141,14 +145,25 @@ pub(crate) async fn run(
     sleep_until_ns(&clock, window.end_ns).await;
     let usage = monitor.end_window()?;
 
-    // Let what was published in the window arrive, within the drain time.
+    // Let what was published in the window arrive: until everything has, or nothing more
+    // arrives for a while (the rest is lost), or the drain time is up.
     let deadline = tokio::time::Instant::now() + common.drain;
+    let mut last = (u64::MAX, u64::MAX);
+    let mut last_change = tokio::time::Instant::now();
     loop {
+        let now = tokio::time::Instant::now();
         let writers_done = progress.writers_done.load(Ordering::Relaxed) == publisher_count;
         let expected = progress.published_in_window.load(Ordering::Relaxed) * copies;
-        let arrived = progress.received_of_window.load(Ordering::Relaxed) >= expected;
-        let acked = progress.unacked.load(Ordering::Relaxed) == 0;
-        if (writers_done && arrived && acked) || tokio::time::Instant::now() >= deadline {
+        let received = progress.received_of_window.load(Ordering::Relaxed);
+        let unacked = progress.unacked.load(Ordering::Relaxed);
+        let moving = (progress.received.load(Ordering::Relaxed), unacked);
+        if moving != last {
+            last = moving;
+            last_change = now;
+        }
+        let done = writers_done && received >= expected && unacked == 0;
+        let quiet = writers_done && now - last_change >= QUIET;
+        if done || quiet || now >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -122,9 +122,10 @@ pub(crate) struct Common {
     /// Load before the measurement starts (not counted).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Longest wait, after publishing stops, for messages still on their way (they count as
-    /// lost after it).
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    /// Longest wait, after publishing stops, for messages still on their way: in queues and
+    /// socket buffers (what has not arrived when nothing more arrives for a second, or after
+    /// this, counts as lost).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     drain: Duration,
     /// Process id of the broker, to report its CPU and memory from /proc.
     #[arg(long)]

@@ -32,6 +32,8 @@ const MAX_PACKET: usize = 16 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
+/// Socket send buffer of publishers, bytes (the kernel doubles it).
+const PUBLISHER_SNDBUF: u32 = 64 * 1024;
 
 /// Bytes at the start of every payload the generator publishes: send time, sequence number and
 /// publisher index, so a receiver knows latency and loss without any other channel.
@@ -198,8 +200,9 @@ pub(crate) struct Conn {
 /// What a connection is for, which decides its credentials and session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Role {
-    /// Log in with the target's credentials (publishers must; subscribers stay anonymous).
-    pub(crate) authenticated: bool,
+    /// A publisher: logs in with the target's credentials (subscribers stay anonymous) and
+    /// gets a small socket send buffer.
+    pub(crate) publisher: bool,
     /// MQTT clean session / clean start.
     pub(crate) clean: bool,
 }
@@ -211,6 +214,7 @@ async fn open(
     target: &Target,
     transport: Transport,
     source: Option<IpAddr>,
+    publisher: bool,
 ) -> anyhow::Result<Stream> {
     let port = match transport {
         Transport::Tcp => target.port,
@@ -226,6 +230,12 @@ async fn open(
     } else {
         TcpSocket::new_v6()?
     };
+    if publisher {
+        // A small send buffer keeps an open-loop publisher from parking seconds of messages in
+        // the kernel when the broker cannot keep up: they would show up as latency and, cut off
+        // by the drain time, as loss, though the broker never saw them.
+        socket.set_send_buffer_size(PUBLISHER_SNDBUF)?;
+    }
     if let Some(ip) = source {
         socket
             .bind(SocketAddr::new(ip, 0))
@@ -264,7 +274,8 @@ impl Conn {
         role: Role,
         source: Option<IpAddr>,
     ) -> anyhow::Result<Conn> {
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, open(target, transport, source))
+        let opening = open(target, transport, source, role.publisher);
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, opening)
             .await
             .context("connecting timed out")??;
         let mut conn = Conn {
@@ -272,7 +283,7 @@ impl Conn {
             rbuf: BytesMut::with_capacity(4096),
             protocol: target.protocol,
         };
-        let (username, password) = match (&target.credentials, role.authenticated) {
+        let (username, password) = match (&target.credentials, role.publisher) {
             (Some((user, pass)), true) => (
                 Some(user.clone()),
                 Some(Bytes::copy_from_slice(pass.as_bytes())),
