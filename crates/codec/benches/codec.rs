@@ -92,7 +92,9 @@ fn bench_split(c: &mut Criterion) {
         let publish = publish(qos, protocol);
         group.throughput(Throughput::Bytes(PAYLOAD as u64));
         group.bench_function(name(protocol, qos), |b| {
-            b.iter(|| black_box(encode_publish_split(black_box(&publish), protocol).expect("encodes")))
+            b.iter(|| {
+                black_box(encode_publish_split(black_box(&publish), protocol).expect("encodes"))
+            })
         });
     }
     group.finish();

@@ -36,7 +36,11 @@ const EVENTS: [&str; 10] = [
 fn filters() -> Vec<String> {
     let mut all = Vec::with_capacity(100_000);
     for i in 0..60_000 {
-        all.push(format!("gerrit/project-{}/{}", i % 6_000, EVENTS[i / 6_000]));
+        all.push(format!(
+            "gerrit/project-{}/{}",
+            i % 6_000,
+            EVENTS[i / 6_000]
+        ));
     }
     for i in 0..20_000 {
         all.push(format!("logs/host-{i}/+"));

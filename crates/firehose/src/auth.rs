@@ -458,13 +458,15 @@ impl Users {
                     reason,
                 })?;
             let token = match &entry.token {
-                Some(token) => Some(parse_hash(token.get_ref()).map_err(|reason| {
-                    AuthError::BadHash {
-                        at: location(text, token.span().start),
-                        user: name.clone(),
-                        reason: format!("(in `token`) {reason}"),
-                    }
-                })?),
+                Some(token) => {
+                    Some(
+                        parse_hash(token.get_ref()).map_err(|reason| AuthError::BadHash {
+                            at: location(text, token.span().start),
+                            user: name.clone(),
+                            reason: format!("(in `token`) {reason}"),
+                        })?,
+                    )
+                }
                 None => None,
             };
             let publish = Acl::parse(entry.publish, &name, "publish", text)?;
@@ -529,7 +531,12 @@ impl Users {
             (None, Some(_)) | (Some(_), None) => return Err(AuthFailure::BadCredentials),
         };
         match self.by_name.get(name) {
-            Some(user) if user.hash.as_ref().is_some_and(|hash| verify(password, hash)) => {
+            Some(user)
+                if user
+                    .hash
+                    .as_ref()
+                    .is_some_and(|hash| verify(password, hash)) =>
+            {
                 Ok(Identity::User(Arc::clone(user)))
             }
             Some(_) => Err(AuthFailure::BadCredentials),
@@ -954,7 +961,9 @@ subscribe = ["private/#", "gerrit/+/comment-added", "$SYS/broker/#"]
              publish = [\"ci/#\"]\n[[user]]\nname = \"other\"\npassword = \"{gerrit}\"\n"
         );
         let users = Users::parse(&text).expect("parses");
-        let ci = users.authenticate_token(b"other pass").expect("token verifies");
+        let ci = users
+            .authenticate_token(b"other pass")
+            .expect("token verifies");
         assert_eq!(ci.name(), "ci");
         assert!(ci.may_publish("ci/x"));
         assert_eq!(
@@ -968,11 +977,14 @@ subscribe = ["private/#", "gerrit/+/comment-added", "$SYS/broker/#"]
         );
         let bad = format!("[[user]]\nname = \"a\"\npassword = \"{gerrit}\"\ntoken = \"plain\"\n");
         let message = error(&bad);
-        assert!(message.starts_with("users file, line 4: user \"a\""), "{message}");
+        assert!(
+            message.starts_with("users file, line 4: user \"a\""),
+            "{message}"
+        );
         assert!(message.contains("(in `token`)"), "{message}");
 
-        let bridge = Identity::internal("bridge:review", &["gerrit/#".to_owned()])
-            .expect("valid filters");
+        let bridge =
+            Identity::internal("bridge:review", &["gerrit/#".to_owned()]).expect("valid filters");
         assert_eq!(bridge.name(), "bridge:review");
         assert!(bridge.may_publish("gerrit/nova/comment-added"));
         assert!(!bridge.may_publish("webhooks/x"));

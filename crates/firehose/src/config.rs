@@ -603,7 +603,9 @@ impl BridgesConfig {
                 ));
             }
             if names.contains(&gerrit.name.as_str()) {
-                return Err(bad("another bridge has this name; names must be unique".into()));
+                return Err(bad(
+                    "another bridge has this name; names must be unique".into()
+                ));
             }
             names.push(&gerrit.name);
             if gerrit.host.trim().is_empty() || gerrit.user.trim().is_empty() {
@@ -612,13 +614,15 @@ impl BridgesConfig {
             match (&gerrit.known_hosts, &gerrit.host_key_fingerprint) {
                 (None, None) => {
                     return Err(bad(
-                        "set known_hosts (a file, e.g. from `ssh-keyscan -p 29418 HOST`) or                          host_key_fingerprint (\"SHA256:...\" as `ssh-keygen -lf` prints it):                          unknown host keys are refused"
+                        "set known_hosts (a file, e.g. from `ssh-keyscan -p 29418 HOST`) or \
+                         host_key_fingerprint (\"SHA256:...\" as `ssh-keygen -lf` prints it): \
+                         unknown host keys are refused"
                             .into(),
                     ))
                 }
                 (Some(_), Some(_)) => {
                     return Err(bad(
-                        "set only one of known_hosts and host_key_fingerprint".into(),
+                        "set only one of known_hosts and host_key_fingerprint".into()
                     ))
                 }
                 (None, Some(fingerprint)) => {
@@ -660,7 +664,9 @@ impl BridgesConfig {
                 ));
             }
             if gerrit.keepalive_secs == 0 || gerrit.keepalive_max == 0 {
-                return Err(bad("keepalive_secs and keepalive_max must be at least 1".into()));
+                return Err(bad(
+                    "keepalive_secs and keepalive_max must be at least 1".into()
+                ));
             }
             if gerrit.backoff_initial_ms == 0
                 || gerrit.backoff_max_secs == 0
@@ -1022,7 +1028,10 @@ secret = "s"
             &|c| c.bridge.gerrit[0].host_key_fingerprint = Some("MD5:aa".into()),
             "host_key_fingerprint",
         );
-        check(&|c| c.bridge.gerrit[0].topic_prefix = "g/#".into(), "topic_prefix");
+        check(
+            &|c| c.bridge.gerrit[0].topic_prefix = "g/#".into(),
+            "topic_prefix",
+        );
         check(
             &|c| c.bridge.gerrit[0].events_log_url = Some("ftp://x".into()),
             "events_log_url",

@@ -8,12 +8,14 @@
 //!    event log, retained messages and persistent sessions (SQLite).
 //! 3. [`broker`]: sessions, routing, retained messages, QoS, wills, `$SYS` statistics. It serves
 //!    any `AsyncRead + AsyncWrite` stream and knows nothing of sockets.
-//! 4. [`transport`]: listeners that accept connections and hand streams to the broker.
+//! 4. [`transport`]: listeners that accept connections and hand streams to the broker;
+//!    [`bridge`]: Gerrit, webhooks and other sources turned into publishes.
 //! 5. [`cli`]: the `firehose` command (`serve`, `passwd`); `main.rs` only calls it.
 //!
 //! The MQTT wire format lives in the separate `firehose-codec` crate.
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod cli;
 pub mod config;

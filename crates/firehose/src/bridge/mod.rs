@@ -335,7 +335,14 @@ impl BridgeContext {
     ) -> Result<u64, PublishError> {
         match self
             .broker
-            .publish(&self.identity, topic, payload, QoS::AtLeastOnce, false, properties)
+            .publish(
+                &self.identity,
+                topic,
+                payload,
+                QoS::AtLeastOnce,
+                false,
+                properties,
+            )
             .await
         {
             Ok(id) => {
@@ -364,14 +371,14 @@ impl BridgeContext {
         self.state.detail().last_error = Some(message.into());
     }
 
-    /// Sets the state (`connecting`, `connected`, `disconnected`, `listening`...) and
-    /// publishes the status event. `connected` counts as a reconnection when it is not the
-    /// bridge's first.
-    pub async fn set_state(&self, state: &'static str, connected: bool) {
+    /// Sets the state (`connecting`, `connected`, `disconnected`, `listening`...) and, if it
+    /// changed, publishes the status event and returns true. `connected` counts as a
+    /// reconnection when it is not the bridge's first.
+    pub async fn set_state(&self, state: &'static str, connected: bool) -> bool {
         {
             let mut detail = self.state.detail();
             if detail.state == state {
-                return;
+                return false;
             }
             if state == "connected" && self.state.ever_connected.swap(true, Ordering::Relaxed) {
                 self.state.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -381,6 +388,7 @@ impl BridgeContext {
         }
         self.state.connected.store(connected, Ordering::Relaxed);
         self.report().await;
+        true
     }
 
     /// Records a gap and publishes the status event.
@@ -453,7 +461,7 @@ pub fn build(config: &BridgesConfig, broker: &Broker) -> Result<Built, BridgeErr
 
     let (stop, stopped) = watch::channel(false);
     let mut states = Vec::new();
-    let mut routes = Router::new();
+    let mut routes = schemas::router();
     let mut tasks = Vec::new();
     let mut contexts = Vec::new();
     for bridge in configs {
@@ -461,12 +469,13 @@ pub fn build(config: &BridgesConfig, broker: &Broker) -> Result<Built, BridgeErr
         let status_topic = status_topic(&name);
         let mut acl = bridge.topics();
         acl.push(status_topic.clone());
-        let identity = Identity::internal(&format!("bridge:{name}"), &acl).map_err(
-            |(filter, reason)| BridgeError::Invalid {
-                bridge: name.clone(),
-                message: format!("topic filter {filter:?} is invalid: {reason}"),
-            },
-        )?;
+        let identity =
+            Identity::internal(&format!("bridge:{name}"), &acl).map_err(|(filter, reason)| {
+                BridgeError::Invalid {
+                    bridge: name.clone(),
+                    message: format!("topic filter {filter:?} is invalid: {reason}"),
+                }
+            })?;
         let state = Arc::new(BridgeState::new(&name, bridge.kind()));
         let cx = BridgeContext {
             broker: broker.clone(),

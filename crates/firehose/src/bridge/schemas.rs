@@ -59,7 +59,11 @@ async fn list() -> Response {
 async fn one(Path(family): Path<String>) -> Response {
     let name = family.strip_suffix(".json").unwrap_or(&family);
     match FAMILIES.iter().find(|f| f.name == name) {
-        Some(f) => ([(header::CONTENT_TYPE, "application/schema+json")], f.schema).into_response(),
+        Some(f) => (
+            [(header::CONTENT_TYPE, "application/schema+json")],
+            f.schema,
+        )
+            .into_response(),
         None => {
             let known: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
             (

@@ -344,15 +344,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
         shared.router.remove_all(old, filters);
     }
     // CONNACK says "session present": the stored session must agree if we crash right after.
-    let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
-    shared.save_session(
-        &attached.session,
-        true,
-        Some(Box::new(move || {
-            let _ = saved_tx.send(());
-        })),
-    );
-    let _ = timeout(CLOSE_GRACE, saved_rx).await;
+    save_and_wait(shared, &attached.session, true).await;
 
     let mut properties = ConnAckProperties::default();
     if protocol == Protocol::V5 {
@@ -793,10 +785,9 @@ impl Connection {
             let keep = state.delivered_ahead.split_off(&above);
             state.delivered_ahead = keep;
         }
-        if !full {
-            if !page.more && state.cursor >= self.shared.routing_started.load(Ordering::SeqCst) {
-                state.lagging = false;
-            }
+        if !full && !page.more && state.cursor >= self.shared.routing_started.load(Ordering::SeqCst)
+        {
+            state.lagging = false;
         }
         drop(state);
         stats::add(&stats.catchup_delivered, delivered);
@@ -1417,15 +1408,7 @@ impl Connection {
             Some(secs) => {
                 // Durable before the socket closes: a client that saw the close may rely on
                 // the session's disconnect time (its expiry) even if the broker crashes next.
-                let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
-                shared.save_session(
-                    &self.session,
-                    false,
-                    Some(Box::new(move || {
-                        let _ = saved_tx.send(());
-                    })),
-                );
-                let _ = timeout(CLOSE_GRACE, saved_rx).await;
+                save_and_wait(shared, &self.session, false).await;
                 if secs != u32::MAX {
                     shared.schedule_expiry(self.session.clone(), self.generation, secs.into());
                 }
@@ -1506,6 +1489,21 @@ impl Connection {
                 });
             }
         }
+    }
+}
+
+/// Saves a session and waits (a bounded time) until the save is durable.
+async fn save_and_wait(shared: &Shared, session: &Session, connected: bool) {
+    let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
+    shared.save_session(
+        session,
+        connected,
+        Some(Box::new(move || {
+            let _ = saved_tx.send(());
+        })),
+    );
+    if timeout(CLOSE_GRACE, saved_rx).await.is_err() {
+        warn!(client = %session.client_id, "session save not confirmed within {CLOSE_GRACE:?}");
     }
 }
 

@@ -1,6 +1,7 @@
-//! A small HTTP client for the commands that read a Firehose server's history API (`replay`):
-//! JSON pages and Server-Sent Event streams over plain HTTP.
+//! A small HTTP client for the commands that read a Firehose server's history API (`replay`,
+//! `sub`): JSON pages and Server-Sent Event streams over HTTP or HTTPS.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -10,7 +11,9 @@ use hyper::body::Incoming;
 use hyper::Response;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::net::{self, ServerUrl, TlsOptions};
 
 /// How long a server may take to answer a page request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -18,13 +21,56 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The client, shared by every request of one command.
 pub(crate) struct HttpClient {
     client: Client<HttpConnector, Empty<Bytes>>,
+    tls: TlsOptions,
 }
 
 impl HttpClient {
     pub(crate) fn new() -> HttpClient {
+        HttpClient::with_tls(TlsOptions::default())
+    }
+
+    /// A client that also speaks `https://`, trusting `tls`'s roots.
+    pub(crate) fn with_tls(tls: TlsOptions) -> HttpClient {
         HttpClient {
             client: Client::builder(TokioExecutor::new()).build_http(),
+            tls,
         }
+    }
+
+    /// One request over a fresh TLS connection (the pooled client speaks plain HTTP only).
+    async fn send_tls(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+    ) -> anyhow::Result<Response<Incoming>> {
+        let server = ServerUrl::parse(url)?;
+        let after_authority = url
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .unwrap_or_default();
+        let target = after_authority
+            .find('/')
+            .map(|at| &after_authority[at..])
+            .unwrap_or("/");
+        let stream = net::connect(&server, &self.tls).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .with_context(|| format!("HTTP handshake with {url} failed"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut request = hyper::Request::get(target).header("host", server.authority());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request
+            .body(Empty::new())
+            .with_context(|| format!("invalid URL {url}"))?;
+        tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(request))
+            .await
+            .with_context(|| format!("no answer from {url} within {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| format!("cannot reach {url}"))
     }
 
     async fn send(
@@ -32,20 +78,24 @@ impl HttpClient {
         url: &str,
         headers: &[(&str, String)],
     ) -> anyhow::Result<Response<Incoming>> {
-        if !url.starts_with("http://") {
-            bail!("only http:// servers are supported by this command, got {url}");
-        }
-        let mut request = hyper::Request::get(url);
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        let request = request
-            .body(Empty::new())
-            .with_context(|| format!("invalid URL {url}"))?;
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
-            .await
-            .with_context(|| format!("no answer from {url} within {REQUEST_TIMEOUT:?}"))?
-            .with_context(|| format!("cannot reach {url}"))?;
+        let response = if url.starts_with("https://") {
+            self.send_tls(url, headers).await?
+        } else {
+            if !url.starts_with("http://") {
+                bail!("expected an http:// or https:// server, got {url}");
+            }
+            let mut request = hyper::Request::get(url);
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            let request = request
+                .body(Empty::new())
+                .with_context(|| format!("invalid URL {url}"))?;
+            tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+                .await
+                .with_context(|| format!("no answer from {url} within {REQUEST_TIMEOUT:?}"))?
+                .with_context(|| format!("cannot reach {url}"))?
+        };
         if !response.status().is_success() {
             let status = response.status();
             let body = response
@@ -99,6 +149,58 @@ impl HttpClient {
             }
         }
         bail!("{url} closed the stream")
+    }
+}
+
+impl HttpClient {
+    /// Opens a Server-Sent Events stream to read event by event.
+    ///
+    /// # Errors
+    /// Unreachable server or an error answer (with the server's message).
+    pub(crate) async fn open_sse(
+        &self,
+        url: &str,
+        last_event_id: Option<u64>,
+    ) -> anyhow::Result<SseStream> {
+        let headers: Vec<(&str, String)> = last_event_id
+            .map(|id| vec![("last-event-id", id.to_string())])
+            .unwrap_or_default();
+        let body = self.send(url, &headers).await?.into_body();
+        Ok(SseStream {
+            body,
+            parser: SseParser::default(),
+            ready: VecDeque::new(),
+            url: url.to_owned(),
+        })
+    }
+}
+
+/// An open Server-Sent Events stream.
+pub(crate) struct SseStream {
+    body: Incoming,
+    parser: SseParser,
+    ready: VecDeque<(Option<u64>, String)>,
+    url: String,
+}
+
+impl SseStream {
+    /// The next event as `(id, data)`. Cancel-safe: parsed events wait in a queue.
+    ///
+    /// # Errors
+    /// The stream broke or the server ended it.
+    pub(crate) async fn next(&mut self) -> anyhow::Result<(Option<u64>, String)> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(event);
+            }
+            let Some(frame) = self.body.frame().await else {
+                bail!("{} closed the stream", self.url);
+            };
+            let frame = frame.with_context(|| format!("the stream from {} broke", self.url))?;
+            if let Ok(data) = frame.into_data() {
+                self.ready.extend(self.parser.push(&data));
+            }
+        }
     }
 }
 

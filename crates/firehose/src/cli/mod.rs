@@ -2,10 +2,15 @@
 //! users file, `replay` prints history from a server's HTTP API. The only module that wires transports to the broker; `anyhow` lives here.
 
 mod bench;
+mod event_filter;
 mod http_client;
+mod mqtt_client;
+mod net;
 pub mod passwd;
+mod publish;
 mod replay;
 mod serve;
+mod sub;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -36,6 +41,11 @@ enum Command {
     /// Print the history of topics as JSON lines (from a server's HTTP API), then optionally
     /// follow live.
     Replay(replay::ReplayArgs),
+    /// Subscribe over MQTT or Server-Sent Events: print events as JSON lines, or run a command
+    /// per event, resuming after a restart exactly where the last run stopped.
+    Sub(sub::SubArgs),
+    /// Publish one message over MQTT; exit status 1 with the reason when it is refused.
+    Pub(publish::PubArgs),
     /// Load-test an MQTT broker (this one, Mosquitto, rumqttd): fan-out, fan-in, idle
     /// connections, the durable path; or build the comparison report.
     Bench(bench::BenchArgs),
@@ -58,6 +68,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Passwd(args) => passwd::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Sub(args) => sub::run(args),
+        Command::Pub(args) => publish::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -165,7 +165,9 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
         .context("the store could not be opened")??;
     info!(data_dir = %config.data_dir.display(), last_event = store.last_id(), "event log opened");
     let broker = Broker::open(config.limits.clone(), users.clone(), store)?;
-    let metrics = Arc::new(Metrics::new(broker.clone()));
+    // Bridges read their keys and secrets now, so a bad file stops the start before any bind.
+    let bridges = crate::bridge::build(&config.bridge, &broker)?;
+    let metrics = Arc::new(Metrics::new(broker.clone()).with_bridges(bridges.states()));
     let handshake_timeout = Duration::from_secs(config.limits.connect_timeout_secs);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut listeners = Vec::new();
@@ -215,6 +217,9 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             handshake_timeout,
             max_ws_message,
+            max_publish_body: config.limits.max_packet_size as usize,
+            bridges: bridges.states(),
+            routes: bridges.routes(),
         };
         let listener = HttpListener::bind(addr, broker.clone(), options)
             .await
@@ -232,6 +237,7 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
     if let Some(interval) = config.sys_interval() {
         broker.spawn_sys(interval);
     }
+    let bridges = bridges.spawn();
     termination.wait().await;
     info!("shutting down");
     reloader.abort();
@@ -239,6 +245,7 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
     for listener in listeners {
         let _ = listener.await;
     }
+    bridges.shutdown().await;
     broker.shutdown(SHUTDOWN_GRACE).await;
     info!("stopped");
     Ok(())

@@ -1,5 +1,6 @@
 //! The HTTP listener (and HTTPS, the same service over TLS): MQTT over WebSocket at `/mqtt`,
-//! `/healthz`, `/metrics` and the page at `/`.
+//! `/healthz`, `/metrics`, the page at `/`, the history and publish APIs, and the routes of the
+//! bridges that listen here (webhooks, topic schemas).
 //!
 //! The accept loop is ours rather than `axum::serve`, so that each connection can get its TLS
 //! handshake, its peer address and a bound on how long its request headers may take (slow
@@ -14,7 +15,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use hyper::body::Incoming;
@@ -26,6 +27,7 @@ use tokio::time::timeout;
 use tower_service::Service as _;
 use tracing::{debug, info, warn};
 
+use crate::bridge::Bridges;
 use crate::broker::{Broker, ConnectionInfo};
 use crate::config::IpBlock;
 use crate::transport::metrics::{self, Metrics};
@@ -55,6 +57,12 @@ pub struct HttpOptions {
     pub handshake_timeout: Duration,
     /// Largest WebSocket frame and message accepted, in bytes.
     pub max_ws_message: usize,
+    /// Largest payload of `POST /api/v1/publish/<topic>` (`limits.max_packet_size`).
+    pub max_publish_body: usize,
+    /// The bridges' states, for `/healthz` and `/metrics`.
+    pub bridges: Bridges,
+    /// Routes of the bridges that listen on HTTP (webhooks, schemas).
+    pub routes: Router,
 }
 
 /// What every handler may use.
@@ -64,6 +72,7 @@ struct App {
     metrics: Arc<Metrics>,
     trusted_proxies: Vec<IpBlock>,
     max_ws_message: usize,
+    bridges: Bridges,
 }
 
 /// What the listener knows about the connection a request came on.
@@ -99,19 +108,23 @@ impl HttpListener {
     ) -> std::io::Result<HttpListener> {
         let listener = TcpListener::bind(addr).await?;
         let history = super::history::router(broker.clone());
+        let publish = super::publish_api::router(broker.clone(), options.max_publish_body);
         let app = Arc::new(App {
             broker,
             metrics: options.metrics.clone(),
             trusted_proxies: options.trusted_proxies,
             max_ws_message: options.max_ws_message,
+            bridges: options.bridges,
         });
         let router = Router::new()
-            .route("/", get(index))
             .route("/healthz", get(healthz))
             .route("/metrics", get(prometheus))
             .route(&options.ws_path, any(mqtt_over_websocket))
             .with_state(app)
-            .merge(history);
+            .merge(history)
+            .merge(super::web::router())
+            .merge(publish)
+            .merge(options.routes);
         Ok(HttpListener {
             listener,
             router,
@@ -238,28 +251,25 @@ async fn serve_http<S>(
     }
 }
 
-/// The page at `/`, until the web page issue replaces it.
-const INDEX: &str = r#"<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Firehose</title></head>
-<body>
-<h1>Firehose</h1>
-<p>One place to consume every event of an infrastructure.</p>
-<ul>
-<li>MQTT over WebSocket: <code>ws://</code> or <code>wss://</code> this host, path <code>/mqtt</code>, subprotocol <code>mqtt</code></li>
-<li>MQTT: port 1883, MQTT over TLS: port 8883 (if enabled)</li>
-<li><a href="/metrics">/metrics</a> (Prometheus), <a href="/healthz">/healthz</a></li>
-</ul>
-</body>
-</html>
-"#;
-
-async fn index() -> Html<&'static str> {
-    Html(INDEX)
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok`, then one line per bridge; `?format=json` gives the bridges' status events as JSON.
+/// Always 200 while the broker serves: a bridge whose source is down is reported, and does not
+/// make a load balancer drop this node.
+async fn healthz(
+    State(app): State<Arc<App>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    if query.as_deref() == Some("format=json") {
+        let bridges: Vec<serde_json::Value> =
+            app.bridges.iter().map(|state| state.to_json()).collect();
+        return axum::Json(serde_json::json!({ "status": "ok", "bridges": bridges }))
+            .into_response();
+    }
+    let mut text = String::from("ok\n");
+    for state in app.bridges.iter() {
+        text.push_str(&state.summary());
+        text.push('\n');
+    }
+    text.into_response()
 }
 
 async fn prometheus(State(app): State<Arc<App>>) -> Response {

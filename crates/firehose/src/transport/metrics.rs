@@ -17,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::bridge::Bridges;
 use crate::broker::Broker;
 
 /// The transports, as the `transport` label spells them.
@@ -88,6 +89,13 @@ impl Metrics {
             failed,
             http_requests,
         }
+    }
+
+    /// Adds the bridges' states (`firehose_bridge_*{bridge}`), read at scrape time.
+    pub fn with_bridges(mut self, bridges: Bridges) -> Metrics {
+        self.registry
+            .register_collector(Box::new(BridgeCollector { bridges }));
+        self
     }
 
     /// Counts a new connection of `transport` until the guard is dropped.
@@ -347,6 +355,94 @@ impl Collector for BrokerCollector {
             None,
             log.retention_deleted,
         )?;
+        Ok(())
+    }
+}
+
+/// The `bridge` and `kind` labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BridgeLabel {
+    bridge: String,
+    kind: &'static str,
+}
+
+/// Reads the bridges' states at scrape time.
+#[derive(Debug)]
+struct BridgeCollector {
+    bridges: Bridges,
+}
+
+impl Collector for BridgeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.bridges.is_empty() {
+            return Ok(());
+        }
+        type Read = fn(&crate::bridge::BridgeState) -> i64;
+        type Count = fn(&crate::bridge::BridgeState) -> u64;
+        let gauges: [(&str, &str, Option<Unit>, Read); 2] = [
+            (
+                "firehose_bridge_connected",
+                "1 when the bridge is connected to its source (webhooks: listening), else 0",
+                None,
+                |s| i64::from(s.connected()),
+            ),
+            (
+                "firehose_bridge_last_event_timestamp",
+                "When the bridge last published an event, seconds since the epoch (0: never)",
+                Some(Unit::Seconds),
+                |s| s.last_event_ms().unwrap_or(0) / 1000,
+            ),
+        ];
+        for (name, help, unit, read) in gauges {
+            let family = Family::<BridgeLabel, Gauge>::default();
+            for state in self.bridges.iter() {
+                family
+                    .get_or_create(&BridgeLabel {
+                        bridge: state.name().to_owned(),
+                        kind: state.kind(),
+                    })
+                    .set(read(state));
+            }
+            let metric_encoder =
+                encoder.encode_descriptor(name, help, unit.as_ref(), family.metric_type())?;
+            family.encode(metric_encoder)?;
+        }
+        let counters: [(&str, &str, Count); 4] = [
+            (
+                "firehose_bridge_events",
+                "Events the bridge published",
+                crate::bridge::BridgeState::events_in,
+            ),
+            (
+                "firehose_bridge_reconnects",
+                "Connections the bridge re-established after losing one",
+                crate::bridge::BridgeState::reconnects,
+            ),
+            (
+                "firehose_bridge_errors",
+                "Failed or lost connections and events the log refused",
+                crate::bridge::BridgeState::errors,
+            ),
+            (
+                "firehose_bridge_rejected",
+                "Inputs refused as invalid: non-JSON lines, bad signatures, oversized bodies",
+                crate::bridge::BridgeState::rejected,
+            ),
+        ];
+        for (name, help, read) in counters {
+            let family = Family::<BridgeLabel, Counter>::default();
+            for state in self.bridges.iter() {
+                family
+                    .get_or_create(&BridgeLabel {
+                        bridge: state.name().to_owned(),
+                        kind: state.kind(),
+                    })
+                    .inc_by(read(state));
+            }
+            let metric_encoder =
+                encoder.encode_descriptor(name, help, None, family.metric_type())?;
+            family.encode(metric_encoder)?;
+        }
         Ok(())
     }
 }

@@ -9,11 +9,20 @@
 //! - [`tls`]: rustls configurations from PEM files, SIGHUP reload, client certificates.
 //! - [`proxy`]: the client address behind proxies (PROXY protocol, `X-Forwarded-For`).
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`publish_api`]: `POST /api/v1/publish/<topic>` for authenticated publishers.
+//! - [`web`]: the web page at `/` and `/events/<id>` (live tail, history, permalinks), its
+//!   assets embedded in the binary.
+//!
+//! The HTTP listener also serves the routes of the bridges that listen on it (webhooks, the
+//! topic schemas) and reads the bridges' states for `/healthz` and `/metrics`: the only uses
+//! of [`crate::bridge`] here, given by `cli` through [`http::HttpOptions`].
 
 pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod publish_api;
 pub mod tcp;
 pub mod tls;
+pub mod web;
 pub mod ws;

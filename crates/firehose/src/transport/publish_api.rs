@@ -93,7 +93,9 @@ impl Credentials {
     fn parse(headers: &HeaderMap) -> Result<Credentials, &'static str> {
         let value = headers
             .get(header::AUTHORIZATION)
-            .ok_or("authentication required: HTTP basic (user name and password) or a bearer token")?
+            .ok_or(
+                "authentication required: HTTP basic (user name and password) or a bearer token",
+            )?
             .to_str()
             .map_err(|_| "the Authorization header is not text")?;
         let (scheme, rest) = value
@@ -201,11 +203,7 @@ fn options(query: Option<&str>) -> Result<(QoS, bool), String> {
                     }
                 }
             }
-            _ => {
-                return Err(format!(
-                    "unknown parameter {key:?}; expected qos or retain"
-                ))
-            }
+            _ => return Err(format!("unknown parameter {key:?}; expected qos or retain")),
         }
     }
     Ok((qos, retain))

@@ -59,11 +59,13 @@ pub(crate) fn parse_line(prefix: &str, line: &[u8]) -> Line {
 /// The project of an event: `project` (a string, or an object with `name` as some plugins
 /// send), else `change.project`, else `refUpdate.project`.
 fn project_of(value: &Value) -> Option<&str> {
-    let name = |v: &Value| match v {
-        Value::String(s) => Some(s.as_str()),
-        Value::Object(o) => o.get("name").and_then(Value::as_str),
-        _ => None,
-    };
+    fn name(v: &Value) -> Option<&str> {
+        match v {
+            Value::String(s) => Some(s.as_str()),
+            Value::Object(o) => o.get("name").and_then(Value::as_str),
+            _ => None,
+        }
+    }
     value
         .get("project")
         .and_then(name)
@@ -150,7 +152,8 @@ impl Recent {
 /// the raw bytes of each object, in order. Stops at the first invalid value.
 pub(crate) fn split_objects(body: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    let mut stream = serde_json::Deserializer::from_slice(body).into_iter::<serde::de::IgnoredAny>();
+    let mut stream =
+        serde_json::Deserializer::from_slice(body).into_iter::<serde::de::IgnoredAny>();
     let mut start = 0;
     while let Some(Ok(_)) = stream.next() {
         let end = stream.byte_offset();
@@ -206,7 +209,10 @@ mod tests {
             topic(r#"{"type":"project-created","project":{"name":"p"}}"#),
             "gerrit/p/project-created"
         );
-        assert_eq!(topic(r#"{"type":"dropped-output"}"#), "gerrit/-/dropped-output");
+        assert_eq!(
+            topic(r#"{"type":"dropped-output"}"#),
+            "gerrit/-/dropped-output"
+        );
         assert_eq!(topic(r#"{"type":"a+b","project":"x#y"}"#), "gerrit/x_y/a_b");
         assert!(matches!(parse_line("g", b"not json"), Line::Invalid(_)));
         assert!(matches!(parse_line("g", b"[1]"), Line::Invalid(_)));
@@ -216,8 +222,8 @@ mod tests {
     #[test]
     fn digests_ignore_key_order_and_spacing() {
         let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,2],"x":"s"}}"#).expect("json");
-        let b: Value =
-            serde_json::from_str("{ \"a\": {\"x\": \"s\", \"y\": [1, 2]}, \"b\": 1 }").expect("json");
+        let b: Value = serde_json::from_str("{ \"a\": {\"x\": \"s\", \"y\": [1, 2]}, \"b\": 1 }")
+            .expect("json");
         assert_eq!(canonical_digest(&a), canonical_digest(&b));
         let c: Value = serde_json::from_str(r#"{"b":2,"a":{"y":[1,2],"x":"s"}}"#).expect("json");
         assert_ne!(canonical_digest(&a), canonical_digest(&c));
@@ -230,7 +236,10 @@ mod tests {
     fn events_log_answers_and_times() {
         let body = b"{\"type\":\"a\"}\n{\n \"type\": \"b\"\n}\n\n";
         let objects = split_objects(body);
-        assert_eq!(objects, vec![&b"{\"type\":\"a\"}"[..], &b"{\n \"type\": \"b\"\n}"[..]]);
+        assert_eq!(
+            objects,
+            vec![&b"{\"type\":\"a\"}"[..], &b"{\n \"type\": \"b\"\n}"[..]]
+        );
         assert_eq!(events_log_time(1_700_000_000), "2023-11-14 22:13:20");
     }
 }

@@ -188,10 +188,11 @@ impl Backoff {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         let mut random = [0u8; 2];
-        let jitter = match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random) {
-            Ok(()) => f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX) * 0.2,
-            Err(_) => 0.1,
-        };
+        let jitter =
+            match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random) {
+                Ok(()) => f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX) * 0.2,
+                Err(_) => 0.1,
+            };
         base.mul_f64(1.0 + jitter)
     }
 }
@@ -223,27 +224,33 @@ impl Runner {
             Duration::from_secs(c.backoff_max_secs),
         );
         let mut memory = Memory::default();
-        let mut connected_before = false;
+        // Retries of a server that stays unreachable publish a status event only when the
+        // reason changes, so that a long outage does not fill the log with status events.
+        let mut reported: Option<String> = None;
+        self.cx.set_state("connecting", false).await;
         while !self.cx.stopping() {
-            self.cx.set_state("connecting", false).await;
             let started = Instant::now();
             let outcome = tokio::select! {
-                outcome = self.session(&mut memory, connected_before) => outcome,
+                outcome = self.session(&mut memory) => outcome,
                 _ = self.cx.shutdown() => return,
             };
             let (published, error) = match outcome {
-                Ok(published) => (published, format!("{}:{}: the stream ended", c.host, c.port)),
-                Err(SessionError { connected, published, message }) => {
-                    connected_before |= connected;
-                    (published, message)
-                }
+                Ok(published) => (
+                    published,
+                    format!("{}:{}: the stream ended", c.host, c.port),
+                ),
+                Err(SessionError { published, message }) => (published, message),
             };
             if published > 0 || started.elapsed() >= STABLE {
                 backoff.reset();
             }
             warn!(bridge = %c.name, "{error}");
-            self.cx.error(error);
-            self.cx.set_state("disconnected", false).await;
+            self.cx.error(error.clone());
+            let changed = self.cx.set_state("disconnected", false).await;
+            if !changed && reported.as_deref() != Some(error.as_str()) {
+                self.cx.report().await;
+            }
+            reported = Some(error);
             let delay = backoff.next_delay();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -254,38 +261,28 @@ impl Runner {
 
     /// One connection, from the TCP connect to the end of the stream. Returns the number of
     /// events published when the stream ends.
-    async fn session(
-        &self,
-        memory: &mut Memory,
-        connected_before: bool,
-    ) -> Result<u64, SessionError> {
-        let fail = |connected, published, message: String| SessionError {
-            connected,
-            published,
-            message,
-        };
+    async fn session(&self, memory: &mut Memory) -> Result<u64, SessionError> {
+        let fail = |published, message: String| SessionError { published, message };
         let mut stream = self
             .session
             .open()
             .await
-            .map_err(|message| fail(false, 0, message))?;
+            .map_err(|message| fail(0, message))?;
         let reconnected_at = now_ms();
         self.cx.set_state("connected", true).await;
         info!(bridge = %self.config.name, host = %self.config.host, port = self.config.port, "streaming Gerrit events");
         let mut published = 0u64;
-        if connected_before || memory.last_seen_ms.is_some() {
-            let from = memory.last_seen_ms.unwrap_or(reconnected_at);
-            published += self.fill_gap(memory, from, reconnected_at).await;
-        }
-        if memory.last_seen_ms.is_none() {
-            memory.last_seen_ms = Some(reconnected_at);
+        match memory.last_seen_ms {
+            // Connected before: what happened since the last event may be missing.
+            Some(from) => published += self.fill_gap(memory, from, reconnected_at).await,
+            None => memory.last_seen_ms = Some(reconnected_at),
         }
         let mut pending: Vec<u8> = Vec::new();
         loop {
             let chunk = match stream.next_chunk().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
-                Err(message) => return Err(fail(true, published, message)),
+                Err(message) => return Err(fail(published, message)),
             };
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
@@ -311,7 +308,7 @@ impl Runner {
             warn!(bridge = %self.config.name, "dropped an incomplete last line ({} bytes)", pending.len());
         }
         match stream.finish() {
-            Some(message) => Err(fail(true, published, message)),
+            Some(message) => Err(fail(published, message)),
             None => Ok(published),
         }
     }
@@ -332,7 +329,11 @@ impl Runner {
             } => {
                 memory.last_seen_ms = Some(now_ms());
                 if let Some(created_on) = created_on {
-                    memory.last_created_on = Some(memory.last_created_on.map_or(created_on, |t| t.max(created_on)));
+                    memory.last_created_on = Some(
+                        memory
+                            .last_created_on
+                            .map_or(created_on, |t| t.max(created_on)),
+                    );
                 }
                 if !memory.recent.insert(digest) {
                     return false;
@@ -386,8 +387,6 @@ impl Runner {
 /// Why a session ended with an error.
 #[derive(Debug)]
 struct SessionError {
-    /// Whether the connection was established (host key and login accepted).
-    connected: bool,
     /// Events it published before it ended.
     published: u64,
     /// What happened.
@@ -405,7 +404,10 @@ mod tests {
         let bases = [100, 200, 350, 350, 350];
         for (delay, base) in delays.iter().zip(bases) {
             let base = Duration::from_millis(base);
-            assert!(*delay >= base && *delay <= base.mul_f64(1.2), "{delay:?} vs {base:?}");
+            assert!(
+                *delay >= base && *delay <= base.mul_f64(1.2),
+                "{delay:?} vs {base:?}"
+            );
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(120));

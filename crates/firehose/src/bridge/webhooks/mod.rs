@@ -80,13 +80,12 @@ impl Source {
     }
 
     /// The delivery id that identifies redeliveries of one event.
-    fn delivery<'a>(self, headers: &'a HeaderMap) -> Option<&'a str> {
+    fn delivery(self, headers: &HeaderMap) -> Option<&str> {
         match self {
             Source::GitHub => header(headers, "x-github-delivery"),
             Source::GitLab => header(headers, "idempotency-key"),
-            Source::Gitea => {
-                header(headers, "x-forgejo-delivery").or_else(|| header(headers, "x-gitea-delivery"))
-            }
+            Source::Gitea => header(headers, "x-forgejo-delivery")
+                .or_else(|| header(headers, "x-gitea-delivery")),
         }
     }
 
@@ -102,7 +101,8 @@ impl Source {
                 secret.verify_hmac(body, hex)
             }
             Source::GitLab => {
-                let token = header(headers, "x-gitlab-token").ok_or("missing X-Gitlab-Token header")?;
+                let token =
+                    header(headers, "x-gitlab-token").ok_or("missing X-Gitlab-Token header")?;
                 secret.verify_token(token.as_bytes())
             }
             Source::Gitea => {
@@ -197,7 +197,10 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     }
     (0..hex.len())
         .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
         .collect()
 }
 
@@ -400,7 +403,10 @@ async fn receive(
     if let Err(reason) = hook.source.verify(&hook.secret, &headers, &body) {
         cx.rejected();
         info!(bridge = %cx.state().name(), "webhook refused: {reason}");
-        return refuse(StatusCode::UNAUTHORIZED, format!("{source} webhook refused: {reason}"));
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            format!("{source} webhook refused: {reason}"),
+        );
     }
     let Some(event) = hook.source.event(&headers) else {
         cx.rejected();
@@ -506,7 +512,10 @@ mod tests {
     #[test]
     fn gitlab_token_and_event() {
         let secret = Secret::new(b"tok").expect("secret");
-        let ok = headers(&[("x-gitlab-token", "tok"), ("x-gitlab-event", "Merge Request Hook")]);
+        let ok = headers(&[
+            ("x-gitlab-token", "tok"),
+            ("x-gitlab-event", "Merge Request Hook"),
+        ]);
         assert_eq!(Source::GitLab.verify(&secret, &ok, b""), Ok(()));
         assert_eq!(Source::GitLab.event(&ok).as_deref(), Some("merge_request"));
         let bad = headers(&[("x-gitlab-token", "tok2")]);
@@ -521,14 +530,20 @@ mod tests {
             ("octo-org".into(), "hello-world".into())
         );
         let org = json!({"organization": {"login": "octo-org"}});
-        assert_eq!(Source::GitHub.repository(&org), ("octo-org".into(), "-".into()));
+        assert_eq!(
+            Source::GitHub.repository(&org),
+            ("octo-org".into(), "-".into())
+        );
         let gitlab = json!({"project": {"path_with_namespace": "group/sub/proj"}});
         assert_eq!(
             Source::GitLab.repository(&gitlab),
             ("group/sub".into(), "proj".into())
         );
         assert_eq!(topic_level("a+b#c"), "a_b_c");
-        assert_eq!(Source::GitHub.repository(&json!({})), ("-".into(), "-".into()));
+        assert_eq!(
+            Source::GitHub.repository(&json!({})),
+            ("-".into(), "-".into())
+        );
     }
 
     #[test]

@@ -267,8 +267,11 @@ pub(crate) async fn publisher(
             stop.clone(),
         ))
     });
+    // The write half lives until the PUBACKs are in: dropping it shuts the socket down for
+    // writing, and a broker reading end-of-stream closes the connection.
+    let mut writer = writer;
     let mut published = write_publishes(
-        writer,
+        &mut writer,
         template,
         plan,
         clock,
@@ -284,6 +287,7 @@ pub(crate) async fn publisher(
             Err(error) => published.fail(format!("PUBACK reader failed: {error}")),
         }
     }
+    drop(writer);
     published
 }
 

@@ -67,8 +67,8 @@ pub(crate) async fn run(args: DurableArgs) -> anyhow::Result<RunReport> {
                 publisher: true,
                 clean: true,
             };
-            let conn = Conn::connect(target, Transport::Tcp, &format!("fhb{pid}p{i}"), role, None)
-                .await?;
+            let conn =
+                Conn::connect(target, Transport::Tcp, &format!("fhb{pid}p{i}"), role, None).await?;
             let template = PublishTemplate::new(
                 &format!("{topic}/{i}"),
                 args.payload,
@@ -96,9 +96,10 @@ pub(crate) async fn run(args: DurableArgs) -> anyhow::Result<RunReport> {
     outcome.fill(&mut report);
     for i in 0..args.subscribers {
         if let Err(error) = forget_session(&target, &sub_id(i)).await {
-            report
-                .notes
-                .push(format!("could not remove the persistent session {}: {error:#}", sub_id(i)));
+            report.notes.push(format!(
+                "could not remove the persistent session {}: {error:#}",
+                sub_id(i)
+            ));
         }
     }
     Ok(report)

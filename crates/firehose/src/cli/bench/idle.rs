@@ -33,7 +33,9 @@ fn source_for(host: &str, connections: usize, per_source: usize, i: usize) -> Op
         return None;
     }
     let n = u32::try_from(i / per_source).ok()?;
-    Some(IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 1)) + n)))
+    Some(IpAddr::V4(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(127, 0, 0, 1)) + n,
+    )))
 }
 
 /// Runs `bench idle`.
@@ -67,7 +69,9 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<RunReport> {
         }
     })
     .await
-    .map_err(|e| e.context("opening idle connections (is `ulimit -n` high enough on both sides?)"))?;
+    .map_err(|e| {
+        e.context("opening idle connections (is `ulimit -n` high enough on both sides?)")
+    })?;
     let connect_seconds = started.elapsed().as_secs_f64();
 
     let window = Window::after(clock.now_ns(), common.warmup, common.duration);
@@ -89,7 +93,9 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<RunReport> {
     }
     report.apply_usage(&usage);
     // Idle: the generator's CPU says nothing about saturation here.
-    report.notes.retain(|n| !n.starts_with("the generator used"));
+    report
+        .notes
+        .retain(|n| !n.starts_with("the generator used"));
     Ok(report)
 }
 

@@ -139,6 +139,10 @@ pub(crate) struct Common {
     /// Topic prefix; each run adds a unique level so runs never see each other's messages.
     #[arg(long, default_value = "bench")]
     topic_prefix: String,
+    /// Keep alive of every connection, seconds (some brokers refuse 0). The generator sends
+    /// nothing to keep connections alive, so runs must end before 1.5 times this.
+    #[arg(long, default_value_t = 600)]
+    keep_alive: u16,
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 100)]
     connect_concurrency: usize,
@@ -152,6 +156,7 @@ impl Common {
             ws_port: self.ws_port,
             ws_path: self.ws_path.clone(),
             protocol: self.mqtt.protocol(),
+            keep_alive: self.keep_alive,
             credentials: self.username.clone().map(|user| {
                 let password = self.password.clone().unwrap_or_default();
                 (user, password)
@@ -175,10 +180,7 @@ impl Common {
     fn report(&self, scenario: &str) -> RunReport {
         RunReport {
             scenario: scenario.to_string(),
-            case: self
-                .case
-                .clone()
-                .unwrap_or_else(|| scenario.to_string()),
+            case: self.case.clone().unwrap_or_else(|| scenario.to_string()),
             broker: self.broker.clone(),
             mqtt: self.mqtt.label().to_string(),
             duration_s: self.duration.as_secs_f64(),
@@ -421,8 +423,7 @@ mod tests {
             "x durable --publishers 2 --inflight 10",
             "x report results.jsonl",
         ] {
-            Top::try_parse_from(line.split_whitespace())
-                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            Top::try_parse_from(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}"));
         }
     }
 }

@@ -113,9 +113,9 @@ impl RunReport {
     /// The run as a human-readable table.
     pub(crate) fn table(&self) -> String {
         let mut t = String::new();
-        let rate = self
-            .rate
-            .map_or("max".to_string(), |r| format!("{} publishes/s", group(r as f64)));
+        let rate = self.rate.map_or("max".to_string(), |r| {
+            format!("{} publishes/s", group(r as f64))
+        });
         let _ = writeln!(
             t,
             "{} [{}] against {}: MQTT {} over {}, QoS {}, {} B payload, {} publisher(s) -> {} \
@@ -162,7 +162,10 @@ impl RunReport {
             row("PUBACKs/s", group(acked));
             row("ack latency ms", latency_text(self.ack_latency.as_ref()));
         }
-        row("broker CPU", opt(self.broker_cpu_pct, |v| format!("{v:.1} %")));
+        row(
+            "broker CPU",
+            opt(self.broker_cpu_pct, |v| format!("{v:.1} %")),
+        );
         row(
             "broker RSS",
             match (self.broker_rss_mib, self.broker_rss_max_mib) {
@@ -293,7 +296,11 @@ impl Case<'_> {
 }
 
 /// A metric row: its name, how to read it from a run, and how to show it.
-type Metric = (&'static str, fn(&RunReport) -> Option<f64>, fn(f64) -> String);
+type Metric = (
+    &'static str,
+    fn(&RunReport) -> Option<f64>,
+    fn(f64) -> String,
+);
 
 fn metrics(scenario: &str) -> Vec<Metric> {
     let count: fn(f64) -> String = group;
@@ -306,7 +313,11 @@ fn metrics(scenario: &str) -> Vec<Metric> {
     if scenario == "idle" {
         rows.push(("connections", |r| r.connections.map(|c| c as f64), count));
         rows.push(("connects/s", |r| r.connect_per_s, count));
-        rows.push(("broker RSS per connection (KiB)", |r| r.rss_per_connection_kib, kib));
+        rows.push((
+            "broker RSS per connection (KiB)",
+            |r| r.rss_per_connection_kib,
+            kib,
+        ));
         rows.push(("broker RSS (MiB)", |r| r.broker_rss_mib, mib));
         rows.push(("broker CPU while idle", |r| r.broker_cpu_pct, pct));
         rows.push(("generator CPU", |r| Some(r.generator_cpu_pct), pct));
@@ -314,9 +325,21 @@ fn metrics(scenario: &str) -> Vec<Metric> {
     }
     if scenario == "durable" {
         rows.push(("PUBACKs/s", |r| r.acked_per_s, count));
-        rows.push(("ack latency p50 (ms)", |r| r.ack_latency.map(|l| l.p50_ms), ms));
-        rows.push(("ack latency p99 (ms)", |r| r.ack_latency.map(|l| l.p99_ms), ms));
-        rows.push(("ack latency max (ms)", |r| r.ack_latency.map(|l| l.max_ms), ms));
+        rows.push((
+            "ack latency p50 (ms)",
+            |r| r.ack_latency.map(|l| l.p50_ms),
+            ms,
+        ));
+        rows.push((
+            "ack latency p99 (ms)",
+            |r| r.ack_latency.map(|l| l.p99_ms),
+            ms,
+        ));
+        rows.push((
+            "ack latency max (ms)",
+            |r| r.ack_latency.map(|l| l.max_ms),
+            ms,
+        ));
     }
     rows.push(("published/s", |r| Some(r.published_per_s), count));
     rows.push(("delivered/s", |r| Some(r.delivered_per_s), count));
@@ -346,9 +369,11 @@ fn describe(run: &RunReport) -> String {
             run.mqtt
         );
     }
-    let rate = run.rate.map_or("as fast as the broker takes them".into(), |r| {
-        format!("{} publishes/s", group(r as f64))
-    });
+    let rate = run
+        .rate
+        .map_or("as fast as the broker takes them".into(), |r| {
+            format!("{} publishes/s", group(r as f64))
+        });
     format!(
         "{}: {} publisher(s) -> {} subscriber(s) over {}, MQTT {}, QoS {}, {} B payload, {rate}, \
          {} s measured after {} s warm-up",
@@ -365,7 +390,12 @@ fn describe(run: &RunReport) -> String {
 }
 
 /// The Markdown: one table per case, then the targets.
-pub(crate) fn markdown(runs: &[RunReport], subject: &str, baseline: &str, send_queue: u64) -> String {
+pub(crate) fn markdown(
+    runs: &[RunReport],
+    subject: &str,
+    baseline: &str,
+    send_queue: u64,
+) -> String {
     let cases = cases(runs);
     let mut md = String::new();
     for case in &cases {
@@ -391,7 +421,10 @@ pub(crate) fn markdown(runs: &[RunReport], subject: &str, baseline: &str, send_q
                 let _ = write!(md, " {} |", read(run).map_or("-".into(), show));
             }
             if ratio {
-                let r = match (case.get(subject).and_then(read), case.get(baseline).and_then(read)) {
+                let r = match (
+                    case.get(subject).and_then(read),
+                    case.get(baseline).and_then(read),
+                ) {
                     (Some(s), Some(b)) if b != 0.0 => format!("{:.2}", s / b),
                     _ => "-".into(),
                 };
@@ -531,7 +564,8 @@ fn targets(cases: &[Case<'_>], subject: &str, baseline: &str, send_queue: u64) -
     rows.push(match subject_run("fanout-q0-rate100") {
         Some(run) => match run.latency {
             Some(l) => Target {
-                what: "100 publishes/s to 1000 subscribers (100k deliveries/s): p99 <= 10 ms".into(),
+                what: "100 publishes/s to 1000 subscribers (100k deliveries/s): p99 <= 10 ms"
+                    .into(),
                 measured: format!(
                     "p99 {:.3} ms at {} delivered/s, {} lost",
                     l.p99_ms,
@@ -587,20 +621,25 @@ fn targets(cases: &[Case<'_>], subject: &str, baseline: &str, send_queue: u64) -
     });
     rows.extend(idle_targets(case("idle"), subject, baseline));
     rows.push(memory_target(cases, subject, send_queue));
-    rows.push(match (subject_run("ws-fanout-q0-max"), subject_run("fanout-q0-max")) {
-        (Some(ws), Some(tcp)) if tcp.delivered_per_s > 0.0 => Target {
-            what: "WebSocket fan-out >= 80% of TCP".into(),
-            measured: format!(
-                "{} vs {} delivered/s: {:.0} %{}",
-                group(ws.delivered_per_s),
-                group(tcp.delivered_per_s),
-                ws.delivered_per_s / tcp.delivered_per_s * 100.0,
-                bound_note(ws)
-            ),
-            verdict: Verdict::from(ws.delivered_per_s >= 0.8 * tcp.delivered_per_s),
+    rows.push(
+        match (
+            subject_run("ws-fanout-q0-max"),
+            subject_run("fanout-q0-max"),
+        ) {
+            (Some(ws), Some(tcp)) if tcp.delivered_per_s > 0.0 => Target {
+                what: "WebSocket fan-out >= 80% of TCP".into(),
+                measured: format!(
+                    "{} vs {} delivered/s: {:.0} %{}",
+                    group(ws.delivered_per_s),
+                    group(tcp.delivered_per_s),
+                    ws.delivered_per_s / tcp.delivered_per_s * 100.0,
+                    bound_note(ws)
+                ),
+                verdict: Verdict::from(ws.delivered_per_s >= 0.8 * tcp.delivered_per_s),
+            },
+            _ => not_measured("WebSocket fan-out >= 80% of TCP"),
         },
-        _ => not_measured("WebSocket fan-out >= 80% of TCP"),
-    });
+    );
     rows.push(ratio_target(
         cases,
         "durable-q1",
@@ -653,14 +692,16 @@ fn idle_targets(case: Option<&Case<'_>>, subject: &str, baseline: &str) -> Vec<T
             Verdict::NotMeasured
         },
     });
-    rows.push(match (run.connect_per_s, base.and_then(|b| b.connect_per_s)) {
-        (Some(a), Some(b)) => Target {
-            what: "connect rate >= Mosquitto's".into(),
-            measured: format!("{} vs {} connects/s", group(a), group(b)),
-            verdict: Verdict::from(a >= b),
+    rows.push(
+        match (run.connect_per_s, base.and_then(|b| b.connect_per_s)) {
+            (Some(a), Some(b)) => Target {
+                what: "connect rate >= Mosquitto's".into(),
+                measured: format!("{} vs {} connects/s", group(a), group(b)),
+                verdict: Verdict::from(a >= b),
+            },
+            _ => not_measured("connect rate >= Mosquitto's"),
         },
-        _ => not_measured("connect rate >= Mosquitto's"),
-    });
+    );
     rows
 }
 
@@ -754,7 +795,10 @@ mod tests {
             md.contains("| metric | firehose | mosquitto | rumqttd | firehose/mosquitto |"),
             "{md}"
         );
-        assert!(md.contains("| delivered/s | 2,000,000 | 100,000 | 2,500,000 | 20.00 |"), "{md}");
+        assert!(
+            md.contains("| delivered/s | 2,000,000 | 100,000 | 2,500,000 | 20.00 |"),
+            "{md}"
+        );
         assert!(md.contains("20.00x | **met** |"), "{md}");
         assert!(md.contains("| ... and >= rumqttd | firehose 2,000,000 vs rumqttd 2,500,000: 0.80x | **not met** |"), "{md}");
         assert!(md.contains("| fan-in 100→1: >= 3x Mosquitto delivered/s | needs case `fanin-q0-max` for firehose and mosquitto | not measured |"), "{md}");
@@ -782,7 +826,10 @@ mod tests {
         fast.generator_cpu_pct = 99.0;
         let runs = vec![fast, run("fanout-q0-max", "mosquitto", 100_000.0)];
         let md = markdown(&runs, "firehose", "mosquitto", 10_000);
-        assert!(md.contains("30.00x (generator-bound: a lower bound)"), "{md}");
+        assert!(
+            md.contains("30.00x (generator-bound: a lower bound)"),
+            "{md}"
+        );
     }
 
     #[test]
@@ -800,8 +847,14 @@ mod tests {
             rate,
         ];
         let md = markdown(&runs, "firehose", "mosquitto", 10_000);
-        assert!(md.contains("850,000 vs 1,000,000 delivered/s: 85 % | **met** |"), "{md}");
-        assert!(md.contains("p99 12.000 ms at 100,000 delivered/s, 0 lost | **not met** |"), "{md}");
+        assert!(
+            md.contains("850,000 vs 1,000,000 delivered/s: 85 % | **met** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("p99 12.000 ms at 100,000 delivered/s, 0 lost | **not met** |"),
+            "{md}"
+        );
     }
 
     #[test]
@@ -830,8 +883,19 @@ mod tests {
         m.connect_per_s = Some(25_000.0);
         let md = markdown(&[f, m], "firehose", "mosquitto", 10_000);
         assert!(md.contains("| idle connections: <= 2 KiB RSS each | 1.50 KiB over 10,000 connections | **met** |"), "{md}");
-        assert!(md.contains("| connect rate >= Mosquitto's | 20,000 vs 25,000 connects/s | **not met** |"), "{md}");
-        assert!(md.contains("| 100k connections on one node | 10,000 held | not measured |"), "{md}");
-        assert!(md.contains("| broker RSS per connection (KiB) | 1.50 | 1.50 | 1.00 |"), "{md}");
+        assert!(
+            md.contains(
+                "| connect rate >= Mosquitto's | 20,000 vs 25,000 connects/s | **not met** |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 100k connections on one node | 10,000 held | not measured |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| broker RSS per connection (KiB) | 1.50 | 1.50 | 1.00 |"),
+            "{md}"
+        );
     }
 }

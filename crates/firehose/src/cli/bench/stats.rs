@@ -248,8 +248,14 @@ mod tests {
         assert_eq!(h.len(), 10_000);
         let p50 = h.quantile(0.5).expect("not empty");
         let p99 = h.quantile(0.99).expect("not empty");
-        assert!((5_000_000..=5_000_000 + 5_000_000 / 32).contains(&p50), "p50 {p50}");
-        assert!((9_900_000..=9_900_000 + 9_900_000 / 32).contains(&p99), "p99 {p99}");
+        assert!(
+            (5_000_000..=5_000_000 + 5_000_000 / 32).contains(&p50),
+            "p50 {p50}"
+        );
+        assert!(
+            (9_900_000..=9_900_000 + 9_900_000 / 32).contains(&p99),
+            "p99 {p99}"
+        );
         assert_eq!(h.quantile(1.0), Some(10_000_000));
         assert_eq!(h.max(), 10_000_000);
         let p0 = h.quantile(0.0).expect("not empty");

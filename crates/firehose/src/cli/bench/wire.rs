@@ -120,6 +120,8 @@ pub(crate) struct Target {
     pub(crate) ws_path: String,
     /// MQTT version of every connection.
     pub(crate) protocol: Protocol,
+    /// Keep alive asked for in CONNECT, seconds.
+    pub(crate) keep_alive: u16,
     /// User name and password of publishers.
     pub(crate) credentials: Option<(String, String)>,
 }
@@ -293,7 +295,7 @@ impl Conn {
         let mut connect = Connect {
             protocol: target.protocol,
             clean_start: role.clean,
-            keep_alive: 0,
+            keep_alive: target.keep_alive,
             client_id: client_id.to_string(),
             username,
             password,
@@ -654,7 +656,12 @@ mod tests {
 
     #[test]
     fn scan_refuses_garbage() {
-        assert!(scan(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], Protocol::V311, |_| {}).is_err());
+        assert!(scan(
+            &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            Protocol::V311,
+            |_| {}
+        )
+        .is_err());
         // A PUBLISH whose topic length runs past its end.
         assert!(scan(&[0x30, 0x02, 0x00, 0x09], Protocol::V311, |_| {}).is_err());
     }

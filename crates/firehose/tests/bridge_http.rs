@@ -1,0 +1,459 @@
+//! The bridges that listen on the HTTP listener, against the real binary: `POST
+//! /api/v1/publish/<topic>` (basic auth, bearer tokens, ACL, limits), GitHub, GitLab and
+//! Gitea/Forgejo webhooks with the services' documented example payloads and real HMAC
+//! signatures (made with `openssl`), and the JSON Schemas at `/api/v1/schemas`.
+
+mod bridge_support;
+mod common;
+
+use base64::Engine;
+use serde_json::Value;
+
+use bridge_support::{fixture, get, hmac_hex, node_with, post, user_toml, wait_until};
+use common::durable::http_json;
+use common::wire::prop;
+use common::{RawClient, QUIET};
+
+const CI_PASSWORD: &str = "ci password";
+const CI_TOKEN: &str = "fh_7c1d2a9e4b6f8a0c3e5d7b9f1a2c4e6d";
+const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+const GITLAB_SECRET: &str = "gitlab-shared-token";
+const GITEA_SECRET: &str = "gitea secret";
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// A refused publish: target, headers, body, expected status and message.
+type Refusal = (
+    &'static str,
+    Vec<(&'static str, String)>,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
+/// A refused webhook: headers, body, expected message.
+type BadHook<'a> = (Vec<(&'a str, &'a str)>, &'a [u8], &'a str);
+
+fn users() -> String {
+    user_toml("ci", CI_PASSWORD, Some(CI_TOKEN), &["ci/#"])
+        + &user_toml("reader", "reader pw", None, &[])
+}
+
+#[test]
+fn http_publish_with_basic_auth_or_token_once_durable() {
+    let (_dir, node) = node_with(&users(), "[limits]\nmax_packet_size = 4096\n");
+    let mut sub = RawClient::anonymous(node.mqtt, true, "http-sub");
+    sub.subscribe("#", 1);
+    let auth = basic("ci", CI_PASSWORD);
+
+    // Binary payload, byte-exact, with its id once stored.
+    let payload: Vec<u8> = vec![0, 159, 146, 150, b'{', 0xff, b'\n'];
+    let answer = post(
+        node.http,
+        "/api/v1/publish/ci/builds/42",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        &payload,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let id = answer.json()["id"].as_u64().expect("event id");
+    assert_eq!(answer.json()["topic"], "ci/builds/42");
+    let got = sub.expect_publish();
+    assert_eq!(
+        (got.topic.as_str(), &got.payload),
+        ("ci/builds/42", &payload)
+    );
+    let event = http_json(node.http, &format!("/api/v1/events/{id}"));
+    assert_eq!(event["topic"], "ci/builds/42");
+    assert_eq!(event["publisher"], "ci");
+
+    // A bearer token, QoS and retain from the query.
+    let bearer = format!("Bearer {CI_TOKEN}");
+    let answer = post(
+        node.http,
+        "/api/v1/publish/ci/status?qos=0&retain=true",
+        &[("Authorization", &bearer)],
+        b"{\"state\":\"green\"}",
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.json()["id"].as_u64() > Some(id));
+    let got = sub.expect_publish();
+    assert_eq!(got.topic, "ci/status");
+    let mut late = RawClient::anonymous(node.mqtt, false, "late");
+    late.subscribe("ci/status", 0);
+    let retained = late.expect_publish();
+    assert!(retained.retain);
+    assert_eq!(retained.payload, b"{\"state\":\"green\"}");
+
+    // Refusals, each with a message that says what is wrong, and nothing published.
+    let refusals: [Refusal; 8] = [
+        (
+            "/api/v1/publish/ci/x",
+            vec![],
+            b"x".to_vec(),
+            401,
+            "authentication required",
+        ),
+        (
+            "/api/v1/publish/ci/x",
+            vec![("Authorization", basic("ci", "wrong"))],
+            b"x".to_vec(),
+            401,
+            "bad user name, password or token",
+        ),
+        (
+            "/api/v1/publish/ci/x",
+            vec![("Authorization", basic("nobody", CI_PASSWORD))],
+            b"x".to_vec(),
+            401,
+            "bad user name",
+        ),
+        (
+            "/api/v1/publish/ci/x",
+            vec![("Authorization", "Bearer not-a-token".to_owned())],
+            b"x".to_vec(),
+            401,
+            "token",
+        ),
+        (
+            "/api/v1/publish/gerrit/nova/comment-added",
+            vec![("Authorization", auth.clone())],
+            b"x".to_vec(),
+            403,
+            "ci may not publish to gerrit/nova/comment-added",
+        ),
+        (
+            "/api/v1/publish/ci/x",
+            vec![("Authorization", basic("reader", "reader pw"))],
+            b"x".to_vec(),
+            403,
+            "may not publish",
+        ),
+        (
+            "/api/v1/publish/ci/+/x",
+            vec![("Authorization", auth.clone())],
+            b"x".to_vec(),
+            400,
+            "invalid topic",
+        ),
+        (
+            "/api/v1/publish/ci/big",
+            vec![("Authorization", auth.clone())],
+            vec![b'x'; 5000],
+            413,
+            "max_packet_size",
+        ),
+    ];
+    for (target, headers, body, status, message) in refusals {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let answer = post(node.http, target, &headers, &body);
+        assert_eq!(
+            answer.status,
+            status,
+            "{target} {headers:?}: {}",
+            answer.text()
+        );
+        let error = answer.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            error.contains(message),
+            "{target}: {error:?} lacks {message:?}"
+        );
+        if status == 401 {
+            assert!(
+                answer
+                    .header("www-authenticate")
+                    .is_some_and(|v| v.contains("Basic")),
+                "{:?}",
+                answer.headers
+            );
+        }
+    }
+    sub.expect_silence(QUIET);
+    let history = http_json(node.http, "/api/v1/events?topic=%23");
+    let topics: Vec<&str> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["topic"].as_str())
+        .filter(|t| !t.starts_with("firehose/"))
+        .collect();
+    assert_eq!(topics, ["ci/builds/42", "ci/status"]);
+}
+
+/// The config for the webhook sources, with the Gitea secret in a file.
+fn webhook_config(dir: &std::path::Path) -> String {
+    let secret_file = dir.join("gitea-secret");
+    std::fs::write(&secret_file, format!("{GITEA_SECRET}\n")).expect("secret file");
+    format!(
+        "[bridge.webhooks]\nmax_body_bytes = 65536\n\
+         [bridge.webhooks.github]\nsecret = \"{GITHUB_SECRET}\"\n\
+         [bridge.webhooks.gitlab]\nsecret = \"{GITLAB_SECRET}\"\n\
+         [bridge.webhooks.gitea]\nsecret_file = \"{}\"\n",
+        secret_file.display()
+    )
+}
+
+#[test]
+fn webhooks_are_verified_published_and_deduplicated() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (_dir, node) = node_with(&users(), &webhook_config(scratch.path()));
+    let mut sub = RawClient::anonymous(node.mqtt, true, "hook-sub");
+    sub.subscribe("webhooks/#", 1);
+
+    // GitHub: signature over the exact body, event and delivery headers.
+    let github = fixture("webhooks/github-push.json");
+    let signature = format!("sha256={}", hmac_hex(GITHUB_SECRET, &github));
+    let delivery = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
+    let github_headers = [
+        ("Content-Type", "application/json"),
+        ("X-GitHub-Event", "push"),
+        ("X-GitHub-Delivery", delivery),
+        ("X-Hub-Signature-256", signature.as_str()),
+    ];
+    let answer = post(node.http, "/hooks/github", &github_headers, &github);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        answer.json()["topic"],
+        "webhooks/github/Codertocat/Hello-World/push"
+    );
+    let got = sub.expect_publish();
+    assert_eq!(got.topic, "webhooks/github/Codertocat/Hello-World/push");
+    assert_eq!(got.payload, github, "the body exactly as received");
+    assert_eq!(
+        got.props.string(prop::CONTENT_TYPE),
+        Some("application/json")
+    );
+    let pairs: Vec<(String, String)> = got
+        .props
+        .all(prop::USER_PROPERTY)
+        .into_iter()
+        .filter_map(|v| match v {
+            common::wire::Value::Pair(k, v) => Some((k.clone(), v.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        pairs.contains(&("delivery".into(), delivery.into())),
+        "{pairs:?}"
+    );
+    assert!(
+        pairs.contains(&("event".into(), "push".into())),
+        "{pairs:?}"
+    );
+
+    // A redelivery is acknowledged and not published again.
+    let again = post(node.http, "/hooks/github", &github_headers, &github);
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["duplicate"], true);
+
+    // Bad, missing or malformed signatures: 401, nothing published.
+    let wrong = format!("sha256={}", hmac_hex("another secret", &github));
+    let tampered_body = [&github[..], b" "].concat();
+    let bad: [BadHook; 5] = [
+        (
+            vec![("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &wrong)],
+            &github,
+            "does not match",
+        ),
+        (
+            vec![("X-GitHub-Event", "push")],
+            &github,
+            "missing X-Hub-Signature-256",
+        ),
+        (
+            vec![
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", &signature),
+            ],
+            &tampered_body,
+            "does not match",
+        ),
+        (
+            vec![
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", "sha256=zz"),
+            ],
+            &github,
+            "hex",
+        ),
+        (
+            vec![
+                ("X-GitHub-Event", "push"),
+                (
+                    "X-Hub-Signature-256",
+                    signature.trim_start_matches("sha256="),
+                ),
+            ],
+            &github,
+            "sha256=",
+        ),
+    ];
+    for (headers, body, message) in bad {
+        let answer = post(node.http, "/hooks/github", &headers, body);
+        assert_eq!(answer.status, 401, "{headers:?}: {}", answer.text());
+        let error = answer.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(error.contains(message), "{error:?} lacks {message:?}");
+    }
+    // Signed but without an event header: 400. Over the body limit: 413.
+    let no_event = post(
+        node.http,
+        "/hooks/github",
+        &[("X-Hub-Signature-256", signature.as_str())],
+        &github,
+    );
+    assert_eq!(no_event.status, 400, "{}", no_event.text());
+    let big = vec![b' '; 70_000];
+    let big_signature = format!("sha256={}", hmac_hex(GITHUB_SECRET, &big));
+    let too_big = post(
+        node.http,
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", &big_signature),
+        ],
+        &big,
+    );
+    assert_eq!(too_big.status, 413, "{}", too_big.text());
+
+    // GitLab: the token itself; "Push Hook" becomes "push"; namespaces keep their slashes.
+    let gitlab = fixture("webhooks/gitlab-push.json");
+    let answer = post(
+        node.http,
+        "/hooks/gitlab",
+        &[
+            ("X-Gitlab-Event", "Push Hook"),
+            ("X-Gitlab-Token", GITLAB_SECRET),
+        ],
+        &gitlab,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let got = sub.expect_publish();
+    assert_eq!(got.topic, "webhooks/gitlab/mike/diaspora/push");
+    assert_eq!(got.payload, gitlab);
+    for token in [None, Some("gitlab-shared-tokeN"), Some("")] {
+        let mut headers = vec![("X-Gitlab-Event", "Push Hook")];
+        if let Some(token) = token {
+            headers.push(("X-Gitlab-Token", token));
+        }
+        let answer = post(node.http, "/hooks/gitlab", &headers, &gitlab);
+        assert_eq!(answer.status, 401, "{token:?}: {}", answer.text());
+    }
+
+    // Gitea and Forgejo: hex HMAC without prefix, each with its own header names.
+    let gitea = fixture("webhooks/gitea-push.json");
+    let gitea_signature = hmac_hex(GITEA_SECRET, &gitea);
+    let answer = post(
+        node.http,
+        "/hooks/gitea",
+        &[
+            ("X-Gitea-Event", "push"),
+            ("X-Gitea-Delivery", "f6266f16-1bf3-46a5-9ea4-602e06ead473"),
+            ("X-Gitea-Signature", &gitea_signature),
+        ],
+        &gitea,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let got = sub.expect_publish();
+    assert_eq!(got.topic, "webhooks/gitea/gitea/webhooks/push");
+    assert_eq!(got.payload, gitea);
+    let answer = post(
+        node.http,
+        "/hooks/gitea",
+        &[
+            ("X-Forgejo-Event", "push"),
+            ("X-Forgejo-Delivery", "0d2e3c4b-5a69-4788-97a6-b5c4d3e2f100"),
+            ("X-Forgejo-Signature", &gitea_signature),
+        ],
+        &gitea,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        sub.expect_publish().topic,
+        "webhooks/gitea/gitea/webhooks/push"
+    );
+    let wrong = hmac_hex("not the secret", &gitea);
+    for headers in [
+        vec![
+            ("X-Gitea-Event", "push"),
+            ("X-Gitea-Signature", wrong.as_str()),
+        ],
+        vec![("X-Forgejo-Event", "push")],
+    ] {
+        let answer = post(node.http, "/hooks/gitea", &headers, &gitea);
+        assert_eq!(answer.status, 401, "{headers:?}: {}", answer.text());
+    }
+    sub.expect_silence(QUIET);
+
+    // Each source is a bridge with its status, health line and metrics.
+    let mut status_sub = RawClient::anonymous(node.mqtt, true, "status-sub");
+    status_sub.subscribe("firehose/bridges/webhooks-github/status", 1);
+    let status: Value =
+        serde_json::from_slice(&status_sub.expect_publish().payload).expect("status JSON");
+    assert_eq!(status["kind"], "webhook");
+    assert_eq!(status["state"], "listening");
+    let health = get(node.http, "/healthz").text();
+    assert!(
+        health.contains("bridge webhooks-github (webhook): listening, 1 events in"),
+        "{health}"
+    );
+    let metrics = get(node.http, "/metrics").text();
+    for line in [
+        "firehose_bridge_events_total{bridge=\"webhooks-github\",kind=\"webhook\"} 1",
+        "firehose_bridge_rejected_total{bridge=\"webhooks-github\",kind=\"webhook\"} 7",
+        "firehose_bridge_events_total{bridge=\"webhooks-gitlab\",kind=\"webhook\"} 1",
+        "firehose_bridge_rejected_total{bridge=\"webhooks-gitlab\",kind=\"webhook\"} 3",
+        "firehose_bridge_events_total{bridge=\"webhooks-gitea\",kind=\"webhook\"} 2",
+        "firehose_bridge_connected{bridge=\"webhooks-gitea\",kind=\"webhook\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in:\n{metrics}"
+        );
+    }
+}
+
+#[test]
+fn unconfigured_sources_and_schemas() {
+    let (_dir, node) = node_with(&users(), "[sys]\ninterval_secs = 0\n");
+    let answer = post(
+        node.http,
+        "/hooks/github",
+        &[("X-GitHub-Event", "ping")],
+        b"{}",
+    );
+    assert_eq!(answer.status, 404, "{}", answer.text());
+    assert_eq!(get(node.http, "/healthz").text(), "ok\n");
+
+    let list = http_json(node.http, "/api/v1/schemas");
+    let families: Vec<&str> = list["families"]
+        .as_array()
+        .expect("families")
+        .iter()
+        .filter_map(|f| f["family"].as_str())
+        .collect();
+    assert_eq!(families, ["gerrit", "webhooks", "bridge-status"]);
+    for family in families {
+        let schema = wait_until("schema", || {
+            let answer = get(node.http, &format!("/api/v1/schemas/{family}"));
+            (answer.status == 200).then(|| answer.json())
+        });
+        assert_eq!(schema["$id"], format!("/api/v1/schemas/{family}"));
+        assert!(schema["$schema"]
+            .as_str()
+            .is_some_and(|s| s.contains("json-schema.org")));
+    }
+    assert_eq!(get(node.http, "/api/v1/schemas/nope").status, 404);
+}

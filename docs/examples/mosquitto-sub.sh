@@ -1,0 +1,5 @@
+#!/bin/sh
+# Every Gerrit event with mosquitto_sub, as a persistent MQTT 5 session: the server keeps this
+# client id's place in its log for a week, so a restart receives what was published meanwhile.
+exec mosquitto_sub -h "${FIREHOSE_HOST:-firehose.example.org}" -p "${FIREHOSE_PORT:-1883}" \
+  -V mqttv5 -i "${CLIENT_ID:-my-ci-$(hostname)}" -c -x 604800 -q 1 -t 'gerrit/#' -v "$@"
