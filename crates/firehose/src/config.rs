@@ -451,6 +451,60 @@ pub struct BridgesConfig {
     pub gerrit: Vec<GerritBridgeConfig>,
     /// `[bridge.webhooks]`: GitHub, GitLab and Gitea/Forgejo webhooks on the HTTP listener.
     pub webhooks: WebhooksConfig,
+    /// `[[bridge.syslog]]`: syslog (UDP, TCP) and JSON-lines listeners, one table each.
+    pub syslog: Vec<SyslogBridgeConfig>,
+}
+
+/// One syslog bridge: listeners for RFC 3164 / RFC 5424 messages over UDP and TCP (RFC 6587
+/// octet counting or newline framing) and for JSON lines over TCP, publishing to
+/// `logs/<host>/<app>`. At least one listener is required; port 0 binds a free port (logged).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogBridgeConfig {
+    /// The bridge's name (see [`GerritBridgeConfig::name`]).
+    pub name: String,
+    /// UDP address for syslog datagrams, one message each (e.g. `"127.0.0.1:5514"`).
+    pub udp: Option<SocketAddr>,
+    /// TCP address for syslog streams, framed by octet counting or newlines (RFC 6587).
+    pub tcp: Option<SocketAddr>,
+    /// TCP address for JSON lines (one object per line) from log shippers.
+    pub json_tcp: Option<SocketAddr>,
+    /// Longest message (line, frame or datagram) accepted, in bytes; longer ones are counted
+    /// as refused inputs and dropped.
+    #[serde(default = "default_syslog_max_line")]
+    pub max_line_bytes: usize,
+    /// Most TCP connections open at once (both TCP listeners together); more wait to be
+    /// accepted.
+    #[serde(default = "default_syslog_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_syslog_max_line() -> usize {
+    64 * 1024
+}
+fn default_syslog_max_connections() -> usize {
+    1024
+}
+
+impl SyslogBridgeConfig {
+    /// Checks the listeners and limits.
+    fn validate(&self) -> Result<(), String> {
+        if self.udp.is_none() && self.tcp.is_none() && self.json_tcp.is_none() {
+            return Err(
+                "set at least one of udp, tcp and json_tcp (e.g. udp = \"127.0.0.1:5514\")".into(),
+            );
+        }
+        if self.max_line_bytes < 480 || self.max_line_bytes > 16 * 1024 * 1024 {
+            return Err(format!(
+                "max_line_bytes {}: expected 480 (RFC 3164's minimum) to 16 MiB",
+                self.max_line_bytes
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// One Gerrit server streamed over SSH (`gerrit stream-events`).
@@ -676,6 +730,25 @@ impl BridgesConfig {
                     "backoff_initial_ms must be at least 1 and at most backoff_max_secs".into(),
                 ));
             }
+        }
+        for syslog in &self.syslog {
+            let bad = |message: String| ConfigError::Invalid {
+                field: "bridge.syslog",
+                message: format!("bridge {:?}: {message}", syslog.name),
+            };
+            if !valid_bridge_name(&syslog.name) {
+                return Err(bad(
+                    "name must be 1 to 64 letters, digits, '-', '_' or '.' (it becomes a topic level)"
+                        .into(),
+                ));
+            }
+            if names.contains(&syslog.name.as_str()) {
+                return Err(bad(
+                    "another bridge has this name; names must be unique".into()
+                ));
+            }
+            names.push(&syslog.name);
+            syslog.validate().map_err(bad)?;
         }
         let w = &self.webhooks;
         if w.max_body_bytes == 0 {
@@ -986,6 +1059,35 @@ mod tests {
             .expect_err("no limit")
             .to_string()
             .contains("logs/#"));
+    }
+
+    #[test]
+    fn syslog_bridges_parse_and_validate() {
+        let text = "[[bridge.syslog]]\nname = \"logs\"\nudp = \"127.0.0.1:5514\"\n";
+        let config: Config = toml::from_str(text).expect("parses");
+        config.validate().expect("valid");
+        let syslog = &config.bridge.syslog[0];
+        assert_eq!(syslog.max_line_bytes, 65536);
+        assert_eq!(syslog.tcp, None);
+        let check = |edit: &dyn Fn(&mut Config), expected: &str| {
+            let mut bad = config.clone();
+            edit(&mut bad);
+            let err = bad.validate().expect_err(expected).to_string();
+            assert!(err.contains(expected), "{err}");
+        };
+        check(&|c| c.bridge.syslog[0].udp = None, "at least one of udp");
+        check(
+            &|c| c.bridge.syslog[0].max_line_bytes = 10,
+            "max_line_bytes",
+        );
+        check(&|c| c.bridge.syslog[0].name = "a b".into(), "name must be");
+        check(
+            &|c| c.bridge.syslog.push(c.bridge.syslog[0].clone()),
+            "unique",
+        );
+        assert!(
+            toml::from_str::<Config>("[[bridge.syslog]]\nname = \"x\"\nudp = \"nope\"\n").is_err()
+        );
     }
 
     #[test]

@@ -444,7 +444,7 @@ fn unconfigured_sources_and_schemas() {
         .iter()
         .filter_map(|f| f["family"].as_str())
         .collect();
-    assert_eq!(families, ["gerrit", "webhooks", "bridge-status"]);
+    assert_eq!(families, ["gerrit", "webhooks", "logs", "bridge-status"]);
     for family in families {
         let schema = wait_until("schema", || {
             let answer = get(node.http, &format!("/api/v1/schemas/{family}"));

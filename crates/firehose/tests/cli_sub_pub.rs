@@ -617,3 +617,47 @@ fn docs_example_curl_sse_resumes_after_the_last_event() {
     let second = run(1);
     assert_eq!(payloads(&second), [r#"{"n":3}"#]);
 }
+
+#[test]
+fn docs_example_mosquitto_sub_resumes_its_session() {
+    assert!(
+        common::have_mosquitto_clients(),
+        "mosquitto_sub not found: install mosquitto-clients (scripts/test does)"
+    );
+    let data = DataDir::standard("");
+    let node = data.start();
+    let port = node.mqtt.port().to_string();
+    let client_id = format!("docs-mosquitto-{}", std::process::id());
+    let run = move |count: &str| {
+        let mut cmd = shell_example("mosquitto-sub.sh");
+        cmd.args(["-C", count, "-W", "20"])
+            .env("FIREHOSE_HOST", "127.0.0.1")
+            .env("FIREHOSE_PORT", &port)
+            .env("CLIENT_ID", &client_id);
+        let out = run_with_timeout(&mut cmd, b"", TIMEOUT);
+        assert!(
+            out.status.success(),
+            "mosquitto-sub.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = {
+        let run = run.clone();
+        thread::spawn(move || run("1"))
+    };
+    wait_clients(&node, 1);
+    publish_ok(&node, "gerrit/a/comment-added", r#"{"n":1}"#);
+    assert_eq!(
+        first.join().expect("first run"),
+        "gerrit/a/comment-added {\"n\":1}\n"
+    );
+    // Published while it is down: the persistent session gets exactly these on restart.
+    publish_ok(&node, "gerrit/a/comment-added", r#"{"n":2}"#);
+    publish_ok(&node, "gerrit/b/patchset-created", r#"{"n":3}"#);
+    publish_ok(&node, "other/topic", r#"{"n":4}"#);
+    assert_eq!(
+        run("2"),
+        "gerrit/a/comment-added {\"n\":2}\ngerrit/b/patchset-created {\"n\":3}\n"
+    );
+}

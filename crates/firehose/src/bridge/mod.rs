@@ -15,6 +15,7 @@
 //!   status event on `firehose/bridges/<name>/status`.
 //! - [`gerrit`] (cargo feature `gerrit`): `gerrit stream-events` over SSH.
 //! - [`webhooks`]: `POST /hooks/github`, `/hooks/gitlab`, `/hooks/gitea` on the HTTP listener.
+//! - [`syslog`]: syslog over UDP and TCP, JSON lines over TCP, to `logs/<host>/<app>`.
 //! - [`schemas`]: the JSON Schemas of the topic families, served at `/api/v1/schemas`.
 
 use std::future::Future;
@@ -37,6 +38,7 @@ use crate::config::BridgesConfig;
 #[cfg(feature = "gerrit")]
 pub mod gerrit;
 pub mod schemas;
+pub mod syslog;
 pub mod webhooks;
 
 /// How long bridges get to stop at shutdown before their tasks are dropped.
@@ -458,6 +460,9 @@ pub fn build(config: &BridgesConfig, broker: &Broker) -> Result<Built, BridgeErr
         });
     }
     configs.extend(webhooks::configs(&config.webhooks));
+    for syslog in &config.syslog {
+        configs.push(Box::new(syslog::SyslogBridge::new(syslog.clone())));
+    }
 
     let (stop, stopped) = watch::channel(false);
     let mut states = Vec::new();

@@ -17,7 +17,7 @@ struct Family {
 }
 
 /// Every family, in the order of `docs/topics.md`.
-const FAMILIES: [Family; 3] = [
+const FAMILIES: [Family; 4] = [
     Family {
         name: "gerrit",
         topic: "gerrit/<project>/<event-type>",
@@ -27,6 +27,11 @@ const FAMILIES: [Family; 3] = [
         name: "webhooks",
         topic: "webhooks/<source>/<owner>/<repo>/<event>",
         schema: include_str!("schemas/webhooks.json"),
+    },
+    Family {
+        name: "logs",
+        topic: "logs/<host>/<app>",
+        schema: include_str!("schemas/logs.json"),
     },
     Family {
         name: "bridge-status",

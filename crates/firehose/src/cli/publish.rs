@@ -166,6 +166,10 @@ async fn publish(args: PubArgs) -> anyhow::Result<()> {
     let tls = TlsOptions {
         ca_file: args.ca_file.clone(),
     };
+    if servers.iter().any(|s| s.scheme.tls()) {
+        // Said once, not once per server.
+        tls.connector()?;
+    }
     let connect = Connect {
         protocol,
         clean_start: true,

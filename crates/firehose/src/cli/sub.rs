@@ -442,6 +442,13 @@ async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| ServerUrl::parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let tls = TlsOptions {
+        ca_file: args.ca_file.clone(),
+    };
+    if servers.iter().any(|s| s.scheme.tls()) {
+        // A bad --ca-file is a mistake to report now, not a server to retry forever.
+        tls.connector()?;
+    }
     if (args.since.is_some() || args.after.is_some()) && servers.iter().any(|s| s.scheme.mqtt()) {
         bail!("--since and --after read the history over HTTP: use --server http(s)://HOST:PORT");
     }
@@ -474,9 +481,6 @@ async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let session = MqttSession::new(&args, &mut runner)?;
-    let tls = TlsOptions {
-        ca_file: args.ca_file.clone(),
-    };
     let http = HttpClient::with_tls(tls.clone());
     // Where the SSE stream resumes: the resume file, else --after; --since only at first.
     let mut cursor = runner.state.last_event_id.or(args.after);
