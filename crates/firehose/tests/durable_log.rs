@@ -18,8 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::durable::{
-    enc, eventually, history, http_get, http_get_with, http_json, ids, payloads, DataDir, Node,
-    Sse, SseItem,
+    enc, eventually, history, http_get, http_get_headers, http_get_with, http_json, ids, payloads,
+    DataDir, Node, Sse, SseItem,
 };
 use common::wire::{self, prop, ConnectOpts, PropsOut, PublishIn, PublishOut};
 use common::{
@@ -1144,6 +1144,25 @@ fn openapi_document_is_json() {
         paths.keys().any(|k| k.starts_with("/api/v1/events/")),
         "event by id not documented"
     );
+}
+
+/// The public, read-only history may be read by pages served from anywhere (dashboards).
+#[test]
+fn history_and_stream_allow_any_origin() {
+    let dd = DataDir::standard("");
+    let node = dd.start();
+    for target in [
+        "/api/v1/events",
+        "/api/v1/events/1",
+        "/api/v1/stream?heartbeat=1",
+    ] {
+        let (_, headers) = http_get_headers(node.http, target);
+        let allowed = headers
+            .iter()
+            .find(|(name, _)| name == "access-control-allow-origin")
+            .map(|(_, value)| value.as_str());
+        assert_eq!(allowed, Some("*"), "{target}: {headers:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

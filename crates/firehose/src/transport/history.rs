@@ -33,6 +33,9 @@ const SCAN_LIMIT: usize = 50_000;
 const STREAM_BATCH: usize = 256;
 
 /// The routes of the history API, ready to merge into the HTTP server.
+///
+/// Everything here is public and read-only, so any web page may read it from the browser:
+/// responses allow every origin (CORS), which is what dashboards served elsewhere need.
 pub fn router(broker: Broker) -> Router {
     Router::new()
         .route("/api/v1/events", get(list_events))
@@ -40,6 +43,15 @@ pub fn router(broker: Broker) -> Router {
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/openapi.json", get(openapi))
         .with_state(broker)
+        .layer(axum::middleware::map_response(allow_any_origin))
+}
+
+async fn allow_any_origin(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
+    response
 }
 
 /// A 400 answer naming the parameter that is wrong.

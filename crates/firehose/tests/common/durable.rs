@@ -579,3 +579,17 @@ impl Drop for Sse {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
+
+/// `GET target`; returns the status and the response headers (names in lower case), without
+/// reading the body (so it also works on an endless stream).
+///
+/// # Panics
+/// On a connection error, or no answer within [`TIMEOUT`].
+pub(crate) fn http_get_headers(addr: SocketAddr, target: &str) -> (u16, Vec<(String, String)>) {
+    let stream = request(addr, target, &[]);
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("set_read_timeout");
+    let mut reader = BufReader::new(stream);
+    read_head(&mut reader, target)
+}
