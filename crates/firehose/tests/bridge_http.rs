@@ -444,7 +444,10 @@ fn unconfigured_sources_and_schemas() {
         .iter()
         .filter_map(|f| f["family"].as_str())
         .collect();
-    assert_eq!(families, ["gerrit", "webhooks", "logs", "bridge-status"]);
+    assert_eq!(
+        families,
+        ["gerrit", "webhooks", "logs", "ansible", "bridge-status"]
+    );
     for family in families {
         let schema = wait_until("schema", || {
             let answer = get(node.http, &format!("/api/v1/schemas/{family}"));

@@ -17,7 +17,7 @@ struct Family {
 }
 
 /// Every family, in the order of `docs/topics.md`.
-const FAMILIES: [Family; 4] = [
+const FAMILIES: [Family; 5] = [
     Family {
         name: "gerrit",
         topic: "gerrit/<project>/<event-type>",
@@ -32,6 +32,11 @@ const FAMILIES: [Family; 4] = [
         name: "logs",
         topic: "logs/<host>/<app>",
         schema: include_str!("schemas/logs.json"),
+    },
+    Family {
+        name: "ansible",
+        topic: "ansible/playbook/<uuid>/...",
+        schema: include_str!("schemas/ansible.json"),
     },
     Family {
         name: "bridge-status",
