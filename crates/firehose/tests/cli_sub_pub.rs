@@ -254,6 +254,35 @@ fn sub_over_mqtt_prints_json_lines_and_stops_at_count() {
     sub.wait_success();
 }
 
+/// `--format pretty` is for people: id, time and topic on one line, the payload indented below
+/// (no colour when stdout is not a terminal).
+#[test]
+fn sub_pretty_format_shows_id_time_topic_and_indented_payload() {
+    let data = DataDir::standard("");
+    let node = data.start();
+    publish_ok(&node, "p/a", r#"{"change":{"project":"nova"}}"#);
+    let http = format!("http://{}", node.http);
+    let mut cmd = firehose();
+    cmd.args([
+        "sub", "--server", &http, "p/#", "--after", "0", "--count", "1",
+    ])
+    .args(["--format", "pretty"]);
+    let out = run_with_timeout(&mut cmd, b"", TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let head = lines.next().expect("a heading line");
+    assert!(head.starts_with("#1 "), "{text}");
+    assert!(head.ends_with(" p/a"), "{text}");
+    assert!(!text.contains('\x1b'), "colour on a pipe: {text:?}");
+    let body: Vec<&str> = lines.collect();
+    assert!(body.iter().all(|l| l.starts_with("  ")), "{text}");
+    assert!(
+        body.iter().any(|l| l.contains("\"project\": \"nova\"")),
+        "{text}"
+    );
+}
+
 #[test]
 fn sub_over_sse_replays_since_then_follows_with_no_gap() {
     let data = DataDir::standard("");
