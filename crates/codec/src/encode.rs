@@ -242,7 +242,7 @@ fn body<S: Sink>(packet: &Packet, protocol: Protocol, s: &mut S) -> Result<(), E
         Packet::Publish(publish) => {
             put_string(s, &publish.topic)?;
             if publish.qos != QoS::AtMostOnce {
-                let id = publish.packet_id.ok_or(EncodeError::Invalid {
+                let id = publish.packet_id.ok_or_else(|| EncodeError::Invalid {
                     packet: "PUBLISH",
                     reason: format!(
                         "QoS {} needs a packet identifier, got none",

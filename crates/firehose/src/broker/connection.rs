@@ -34,8 +34,10 @@ use crate::topic;
 /// Stop reading from a client while this many bytes wait to be written to it, so a client that
 /// floods without reading cannot grow our memory.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-/// Read buffer growth step.
+/// Read buffer growth step while data flows.
 const READ_CHUNK: usize = 16 * 1024;
+/// Read buffer of an idle connection: most clients send small packets now and then.
+const IDLE_READ: usize = 1024;
 /// How long final packets may take to leave before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -98,7 +100,7 @@ where
 {
     let peer = info.peer;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut rbuf = BytesMut::with_capacity(IDLE_READ);
     let connect_timeout = Duration::from_secs(shared.limits.connect_timeout_secs);
     let first = timeout(
         connect_timeout,
@@ -252,35 +254,22 @@ async fn handshake<W: AsyncWrite + Unpin>(
         return None;
     }
     let verdict = match &info.authenticated_user {
-        Some(user) => Ok(authenticate_by_transport(
-            shared,
-            user,
-            connect.username.as_deref(),
-        )),
+        Some(user) => authenticate_by_transport(shared, user, connect.username.as_deref()),
         None => {
-            let users = shared.users.clone();
-            let username = connect.username.clone();
-            let password = connect.password.clone();
-            tokio::task::spawn_blocking(move || {
-                users.authenticate(username.as_deref(), password.as_deref())
-            })
-            .await
+            shared
+                .passwords
+                .check(connect.username.as_deref(), connect.password.as_deref())
+                .await
         }
     };
     let identity = match verdict {
-        Ok(Ok(identity)) => identity,
-        Ok(Err(failure)) => {
+        Ok(identity) => identity,
+        Err(failure) => {
             let why = format!(
                 "{failure} (user {:?})",
                 connect.username.as_deref().unwrap_or("")
             );
             let packet = refuse(ReasonCode::BadUserNameOrPassword, &why);
-            send_and_close(writer, &packet, protocol).await;
-            return None;
-        }
-        Err(join_error) => {
-            warn!(%peer, "password check failed: {join_error}");
-            let packet = refuse(ReasonCode::ServerUnavailable, "password check failed");
             send_and_close(writer, &packet, protocol).await;
             return None;
         }
@@ -568,8 +557,17 @@ impl Connection {
             let read_open = outbox.pending_bytes() < WRITE_HIGH_WATER
                 && self.pending_acks < usize::from(self.shared.limits.receive_maximum)
                 && !store_busy;
-            if read_open && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-                rbuf.reserve(READ_CHUNK);
+            if read_open {
+                if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
+                    // Done with a large packet or burst: an idle connection keeps little.
+                    *rbuf = BytesMut::with_capacity(IDLE_READ);
+                } else if rbuf.capacity() - rbuf.len() < IDLE_READ / 2 {
+                    rbuf.reserve(if rbuf.is_empty() {
+                        IDLE_READ
+                    } else {
+                        READ_CHUNK
+                    });
+                }
             }
             let deadline = self.keep_alive.map_or(far_future, |ka| last_seen + ka);
             tokio::select! {
@@ -616,7 +614,7 @@ impl Connection {
                     Err(error) => return End::Lost(format!("read failed: {error}")),
                 },
                 _ = session.wake.notified() => {}
-                _ = save_tick.tick() => self.save_if_moved(),
+                _ = save_tick.tick(), if self.expiry > 0 => self.save_if_moved(),
                 _ = tokio::time::sleep(Duration::from_millis(5)), if store_busy => {}
                 _ = sleep_until(deadline), if self.keep_alive.is_some() => return End::KeepAliveTimeout,
             }
@@ -723,8 +721,13 @@ impl Connection {
                 .filter(|f| parse_filter(f).group.is_none())
                 .cloned()
                 .collect();
-            if filters.is_empty() {
-                // Nothing to read: back to live routing from the current position.
+            let only_qos0 = state
+                .subscriptions
+                .values()
+                .all(|o| o.qos == QoS::AtMostOnce);
+            if filters.is_empty() || only_qos0 {
+                // Nothing to read (catch-up replays QoS >= 1 only): back to live routing from
+                // the current position.
                 state.cursor = state.cursor.max(self.shared.store.last_id());
                 state.lagging = false;
                 return None;
@@ -1320,6 +1323,10 @@ impl Connection {
                         "cannot encode PUBLISH: {error}");
                 }
             }
+        }
+        if state.queue.is_empty() && state.queue.capacity() > 1024 {
+            // A burst is over: give its memory back.
+            state.queue.shrink_to(64);
         }
         drop(state);
         stats::add(&self.shared.stats.messages_sent, sent);

@@ -17,6 +17,7 @@
 pub mod connection;
 pub mod message;
 pub mod outbox;
+mod passwords;
 mod restore;
 pub mod router;
 pub mod session;
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// Users and their ACLs.
     pub(crate) users: Arc<Users>,
+    /// Bounded, remembered password checks for CONNECT.
+    pub(crate) passwords: passwords::PasswordChecks,
     /// Subscriptions and retained messages.
     pub(crate) router: Router,
     /// Sessions by client id.
@@ -95,12 +98,18 @@ impl Shared {
             Box::new(move |result| match result {
                 Ok(id) => {
                     message.id = id;
-                    shared.routing_started.store(id, Ordering::SeqCst);
-                    shared.router.publish(&Arc::new(message), &shared.stats);
-                    shared.log_advanced.notify_waiters();
+                    let message = Arc::new(message);
+                    // A publisher told "stored" must find its retained message in place...
+                    if message.retain {
+                        shared.router.retain(&message);
+                    }
+                    // ...but need not wait for the fan-out to many subscribers.
                     if let Some(done) = done {
                         done(Some(id));
                     }
+                    shared.routing_started.store(id, Ordering::SeqCst);
+                    shared.router.deliver(&message, &shared.stats);
+                    shared.log_advanced.notify_waiters();
                 }
                 Err(error) => {
                     tracing::error!(topic = %message.topic, "cannot store event: {error}");
@@ -359,9 +368,11 @@ impl Broker {
     pub fn open(limits: Limits, users: Users, store: Store) -> Result<Broker, StoreError> {
         let (shutdown, _) = watch::channel(false);
         let last_id = store.last_id();
+        let users = Arc::new(users);
         let shared = Arc::new(Shared {
             limits,
-            users: Arc::new(users),
+            passwords: passwords::PasswordChecks::new(users.clone()),
+            users,
             router: Router::default(),
             registry: Registry::default(),
             stats: Stats::new(),

@@ -67,7 +67,9 @@ impl Outbox {
 
     fn reserve_scratch(&mut self, at_least: usize) {
         if self.scratch.capacity() < at_least {
-            self.scratch.reserve(at_least.max(8 * 1024));
+            // Small to start: an idle connection only ever writes small control packets here
+            // (shared PUBLISH encodings are not copied into it).
+            self.scratch.reserve(at_least.max(1024));
         }
     }
 

@@ -217,9 +217,16 @@ impl Router {
         if message.retain {
             self.retain(message);
         }
+        self.deliver(message, stats)
+    }
+
+    /// [`Router::publish`] without storing the retained message (the caller did).
+    pub fn deliver(&self, message: &Arc<Message>, stats: &Stats) -> usize {
         let mut targets: Vec<(&Arc<Session>, SubOptions)> = Vec::new();
+        let mut entries = 0;
         let table = self.read();
         table.for_each_match(&message.topic, |_, entry| {
+            entries += 1 + entry.shared.len();
             for sub in &entry.direct {
                 if sub.options.no_local && *sub.session.client_id == *message.publisher {
                     continue;
@@ -232,8 +239,10 @@ impl Router {
                 }
             }
         });
-        if targets.len() > 1 {
-            targets.sort_by_key(|(s, _)| Arc::as_ptr(s) as usize);
+        // One session appears twice only if several filters (or groups) matched; then its
+        // deliveries are merged into one.
+        if entries > 1 && targets.len() > 1 {
+            targets.sort_unstable_by_key(|(s, _)| Arc::as_ptr(s) as usize);
         }
         let mut reached = 0;
         let mut i = 0;

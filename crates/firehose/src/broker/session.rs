@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use firehose_codec::Protocol;
+use firehose_codec::{Protocol, QoS};
 use tokio::sync::Notify;
 
 use super::message::Delivery;
@@ -195,7 +195,9 @@ impl Session {
             return;
         }
         if state.queue.len() >= self.queue_limit {
-            if id == 0 {
+            // QoS 0 is at most once and catch-up would skip it anyway: drop it (counted). A
+            // logged QoS >= 1 delivery is never dropped: the session reads it from the log.
+            if id == 0 || delivery.qos == QoS::AtMostOnce {
                 stats::add(&stats.dropped_queue_full, 1);
             } else {
                 state.lagging = true;
@@ -438,7 +440,7 @@ impl Registry {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use firehose_codec::{PublishProperties, QoS};
+    use firehose_codec::PublishProperties;
 
     use crate::broker::message::Message;
 
