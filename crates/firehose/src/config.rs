@@ -453,6 +453,98 @@ pub struct BridgesConfig {
     pub webhooks: WebhooksConfig,
     /// `[[bridge.syslog]]`: syslog (UDP, TCP) and JSON-lines listeners, one table each.
     pub syslog: Vec<SyslogBridgeConfig>,
+    /// `[[bridge.mail]]`: IMAP mailboxes watched with IDLE, one table each.
+    pub mail: Vec<MailBridgeConfig>,
+}
+
+/// What the mail bridge does with a message once its event is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnProcessed {
+    /// Set the `\Seen` flag (the message stays in the mailbox).
+    #[default]
+    Seen,
+    /// Set `\Deleted` and expunge the message.
+    Delete,
+}
+
+/// One IMAP mailbox watched with IDLE: unseen messages become events (Launchpad bug mail to
+/// `launchpad/<project>/<event-type>/<bug>`, other mail to `mail/<name>/...`), and each is
+/// marked seen (or deleted) only once its event is durable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailBridgeConfig {
+    /// The bridge's name (see [`GerritBridgeConfig::name`]); other mail goes to `mail/<name>/...`.
+    pub name: String,
+    /// The IMAP server.
+    pub host: String,
+    /// Its port (default 143, or 993 with `tls = true`).
+    pub port: Option<u16>,
+    /// The IMAP user.
+    pub user: String,
+    /// The password; set exactly one of `password` and `password_file`.
+    pub password: Option<String>,
+    /// A file holding the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// The mailbox watched.
+    #[serde(default = "default_mail_mailbox")]
+    pub mailbox: String,
+    /// Implicit TLS (IMAPS, rustls); plain TCP otherwise.
+    #[serde(default)]
+    pub tls: bool,
+    /// With `tls`: a PEM file of the CA certificates to trust (else the system CA bundle).
+    pub ca_file: Option<PathBuf>,
+    /// What to do with a message once its event is durable: `"seen"` or `"delete"`.
+    #[serde(default)]
+    pub on_processed: OnProcessed,
+    /// Seconds after which IDLE is re-issued (servers drop it after 29 minutes).
+    #[serde(default = "default_mail_idle_secs")]
+    pub idle_secs: u64,
+    /// First delay before reconnecting, in milliseconds; doubled after every failed attempt.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Longest delay between reconnection attempts, in seconds.
+    #[serde(default = "default_backoff_max_secs")]
+    pub backoff_max_secs: u64,
+}
+
+fn default_mail_mailbox() -> String {
+    "INBOX".into()
+}
+fn default_mail_idle_secs() -> u64 {
+    25 * 60
+}
+
+impl MailBridgeConfig {
+    /// The port, defaulted by `tls`.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.tls { 993 } else { 143 })
+    }
+
+    /// Checks the server, credentials and timers.
+    fn validate(&self) -> Result<(), String> {
+        if self.host.trim().is_empty() || self.user.is_empty() || self.mailbox.is_empty() {
+            return Err("host, user and mailbox must not be empty".into());
+        }
+        if self.password.is_some() == self.password_file.is_some() {
+            return Err("set exactly one of password and password_file".into());
+        }
+        if self.idle_secs == 0 || self.idle_secs > 29 * 60 {
+            return Err(format!(
+                "idle_secs {}: expected 1 to 1740 (servers end IDLE after 29 minutes)",
+                self.idle_secs
+            ));
+        }
+        if self.backoff_initial_ms == 0
+            || self.backoff_max_secs == 0
+            || self.backoff_initial_ms > self.backoff_max_secs.saturating_mul(1000)
+        {
+            return Err(
+                "backoff_initial_ms must be at least 1 and at most backoff_max_secs".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// One syslog bridge: listeners for RFC 3164 / RFC 5424 messages over UDP and TCP (RFC 6587
@@ -749,6 +841,25 @@ impl BridgesConfig {
             }
             names.push(&syslog.name);
             syslog.validate().map_err(bad)?;
+        }
+        for mail in &self.mail {
+            let bad = |message: String| ConfigError::Invalid {
+                field: "bridge.mail",
+                message: format!("bridge {:?}: {message}", mail.name),
+            };
+            if !valid_bridge_name(&mail.name) {
+                return Err(bad(
+                    "name must be 1 to 64 letters, digits, '-', '_' or '.' (it becomes a topic level)"
+                        .into(),
+                ));
+            }
+            if names.contains(&mail.name.as_str()) {
+                return Err(bad(
+                    "another bridge has this name; names must be unique".into()
+                ));
+            }
+            names.push(&mail.name);
+            mail.validate().map_err(bad)?;
         }
         let w = &self.webhooks;
         if w.max_body_bytes == 0 {
@@ -1059,6 +1170,40 @@ mod tests {
             .expect_err("no limit")
             .to_string()
             .contains("logs/#"));
+    }
+
+    #[test]
+    fn mail_bridges_parse_and_validate() {
+        let text = "[[bridge.mail]]\nname = \"lp\"\nhost = \"127.0.0.1\"\nuser = \"u\"\n\
+                    password = \"p\"\n";
+        let config: Config = toml::from_str(text).expect("parses");
+        config.validate().expect("valid");
+        let mail = &config.bridge.mail[0];
+        assert_eq!(mail.mailbox, "INBOX");
+        assert_eq!(mail.port(), 143);
+        assert_eq!(mail.on_processed, OnProcessed::Seen);
+        assert_eq!(mail.idle_secs, 1500);
+        let check = |change: &dyn Fn(&mut Config), needle: &str| {
+            let mut bad = config.clone();
+            change(&mut bad);
+            let error = bad.validate().expect_err(needle).to_string();
+            assert!(error.contains(needle), "{error}");
+        };
+        check(
+            &|c| c.bridge.mail[0].password = None,
+            "exactly one of password",
+        );
+        check(
+            &|c| c.bridge.mail[0].password_file = Some("/p".into()),
+            "exactly one of password",
+        );
+        check(&|c| c.bridge.mail[0].idle_secs = 0, "idle_secs");
+        check(&|c| c.bridge.mail.push(c.bridge.mail[0].clone()), "unique");
+        let delete = format!("{text}on_processed = \"delete\"\ntls = true\n");
+        let config: Config = toml::from_str(&delete).expect("parses");
+        assert_eq!(config.bridge.mail[0].on_processed, OnProcessed::Delete);
+        assert_eq!(config.bridge.mail[0].port(), 993);
+        assert!(toml::from_str::<Config>(&format!("{text}on_processed = \"x\"\n")).is_err());
     }
 
     #[test]

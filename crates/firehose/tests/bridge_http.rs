@@ -446,7 +446,15 @@ fn unconfigured_sources_and_schemas() {
         .collect();
     assert_eq!(
         families,
-        ["gerrit", "webhooks", "logs", "ansible", "bridge-status"]
+        [
+            "gerrit",
+            "webhooks",
+            "logs",
+            "launchpad",
+            "mail",
+            "ansible",
+            "bridge-status"
+        ]
     );
     for family in families {
         let schema = wait_until("schema", || {

@@ -16,6 +16,7 @@
 //! - [`gerrit`] (cargo feature `gerrit`): `gerrit stream-events` over SSH.
 //! - [`webhooks`]: `POST /hooks/github`, `/hooks/gitlab`, `/hooks/gitea` on the HTTP listener.
 //! - [`syslog`]: syslog over UDP and TCP, JSON lines over TCP, to `logs/<host>/<app>`.
+//! - [`mail`]: an IMAP mailbox (IDLE) to `launchpad/...` and `mail/<name>/...`.
 //! - [`schemas`]: the JSON Schemas of the topic families, served at `/api/v1/schemas`.
 
 use std::future::Future;
@@ -37,6 +38,7 @@ use crate::config::BridgesConfig;
 
 #[cfg(feature = "gerrit")]
 pub mod gerrit;
+pub mod mail;
 pub mod schemas;
 pub mod syslog;
 pub mod webhooks;
@@ -462,6 +464,9 @@ pub fn build(config: &BridgesConfig, broker: &Broker) -> Result<Built, BridgeErr
     configs.extend(webhooks::configs(&config.webhooks));
     for syslog in &config.syslog {
         configs.push(Box::new(syslog::SyslogBridge::new(syslog.clone())));
+    }
+    for mail in &config.mail {
+        configs.push(Box::new(mail::MailBridge::new(mail.clone())));
     }
 
     let (stop, stopped) = watch::channel(false);

@@ -17,7 +17,7 @@ struct Family {
 }
 
 /// Every family, in the order of `docs/topics.md`.
-const FAMILIES: [Family; 5] = [
+const FAMILIES: [Family; 7] = [
     Family {
         name: "gerrit",
         topic: "gerrit/<project>/<event-type>",
@@ -32,6 +32,16 @@ const FAMILIES: [Family; 5] = [
         name: "logs",
         topic: "logs/<host>/<app>",
         schema: include_str!("schemas/logs.json"),
+    },
+    Family {
+        name: "launchpad",
+        topic: "launchpad/<project>/<event-type>/<bug-number>",
+        schema: include_str!("schemas/launchpad.json"),
+    },
+    Family {
+        name: "mail",
+        topic: "mail/<bridge>/<sender-domain>",
+        schema: include_str!("schemas/mail.json"),
     },
     Family {
         name: "ansible",
