@@ -561,12 +561,15 @@ fn session_resumes_with_dup_redelivery(v5: bool) {
         .iter()
         .find(|p| p.payload == b"offline-1")
         .expect("offline QoS 1 message");
-    assert_eq!((o1.qos, o1.dup), (1, false));
+    // The broker may not have seen the dropped connection yet when these were published; then
+    // it sent them into the dead socket and resends them now with DUP set, as it must. Only the
+    // QoS is certain.
+    assert_eq!(o1.qos, 1);
     let o2 = got
         .iter()
         .find(|p| p.payload == b"offline-2")
         .expect("offline QoS 2 message");
-    assert_eq!((o2.qos, o2.dup), (2, false));
+    assert_eq!(o2.qos, 2);
     assert_eq!(o2.topic, "test/sess2");
 
     // The subscriptions survived too: live delivery continues.

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tower_service::Service as _;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::bridge::Bridges;
 use crate::broker::{Broker, ConnectionInfo};
@@ -145,19 +145,7 @@ impl HttpListener {
     /// Accepts connections until `shutdown` becomes true, one task per connection. WebSocket
     /// connections then belong to the broker, which closes them at its own shutdown.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            let accepted = tokio::select! {
-                accepted = self.listener.accept() => accepted,
-                _ = shutdown.changed() => return,
-            };
-            let (stream, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    warn!("accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        while let Some((stream, peer)) = super::accept(&self.listener, &mut shutdown).await {
             tokio::spawn(connection(
                 stream,
                 peer,

@@ -26,3 +26,25 @@ pub mod tcp;
 pub mod tls;
 pub mod web;
 pub mod ws;
+
+/// The next accepted connection, or `None` once `shutdown` turns true. Accept errors (usually
+/// EMFILE: out of file descriptors) are logged and retried after a short pause instead of
+/// spinning or stopping the listener.
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return None,
+        };
+        match accepted {
+            Ok(pair) => return Some(pair),
+            Err(error) => {
+                tracing::warn!("accept failed: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::timeout;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::broker::{Broker, ConnectionInfo};
 use crate::transport::metrics::Metrics;
@@ -69,20 +69,7 @@ impl MqttListener {
 
     /// Accepts connections until `shutdown` becomes true, one task per connection.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            let accepted = tokio::select! {
-                accepted = self.listener.accept() => accepted,
-                _ = shutdown.changed() => return,
-            };
-            let (stream, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // Usually EMFILE: back off briefly instead of spinning.
-                    warn!("accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        while let Some((stream, peer)) = super::accept(&self.listener, &mut shutdown).await {
             let broker = self.broker.clone();
             let options = self.options.clone();
             tokio::spawn(handle(stream, peer, broker, options));
