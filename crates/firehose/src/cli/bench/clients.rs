@@ -52,9 +52,43 @@ pub(crate) struct Received {
     /// Send-to-receive time of the messages that arrived within the window, nanoseconds.
     pub(crate) latency: Histogram,
     /// Subscribers whose connection failed or was closed by the broker.
-    pub(crate) failed: u64,
-    /// The first such failure.
-    pub(crate) first_error: Option<String>,
+    pub(crate) failures: Failures,
+}
+
+/// Clients whose connection failed, and the first reason, for the run's notes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Failures {
+    /// How many failed.
+    pub(crate) count: u64,
+    /// The first failure.
+    pub(crate) first: Option<String>,
+}
+
+impl Failures {
+    /// Counts one more failure, keeping the first reason.
+    fn record(&mut self, error: String) {
+        self.count += 1;
+        self.first.get_or_insert(error);
+    }
+
+    /// Adds another client's failures.
+    fn merge(&mut self, other: &Failures) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first.clone_from(&other.first);
+        }
+    }
+
+    /// A note for the report (`None` when nothing failed); `who` names the kind of client.
+    pub(crate) fn note(&self, who: &str) -> Option<String> {
+        (self.count > 0).then(|| {
+            format!(
+                "{} {who} connection(s) failed: {}",
+                self.count,
+                self.first.as_deref().unwrap_or("?")
+            )
+        })
+    }
 }
 
 impl Received {
@@ -64,15 +98,11 @@ impl Received {
         self.of_window += other.of_window;
         self.total += other.total;
         self.latency.merge(&other.latency);
-        self.failed += other.failed;
-        if self.first_error.is_none() {
-            self.first_error.clone_from(&other.first_error);
-        }
+        self.failures.merge(&other.failures);
     }
 
     fn fail(&mut self, error: String) {
-        self.failed += 1;
-        self.first_error.get_or_insert(error);
+        self.failures.record(error);
     }
 }
 
@@ -186,9 +216,7 @@ pub(crate) struct Published {
     /// Publish-to-PUBACK time of those, nanoseconds.
     pub(crate) ack_latency: Histogram,
     /// Publishers whose connection failed.
-    pub(crate) failed: u64,
-    /// The first failure.
-    pub(crate) first_error: Option<String>,
+    pub(crate) failures: Failures,
 }
 
 impl Published {
@@ -198,15 +226,11 @@ impl Published {
         self.in_window += other.in_window;
         self.acked_in_window += other.acked_in_window;
         self.ack_latency.merge(&other.ack_latency);
-        self.failed += other.failed;
-        if self.first_error.is_none() {
-            self.first_error.clone_from(&other.first_error);
-        }
+        self.failures.merge(&other.failures);
     }
 
     fn fail(&mut self, error: String) {
-        self.failed += 1;
-        self.first_error.get_or_insert(error);
+        self.failures.record(error);
     }
 }
 
@@ -460,10 +484,20 @@ mod tests {
         b.fail("closed".into());
         a.merge(&b);
         assert_eq!(
-            (a.delivered_in_window, a.of_window, a.total, a.failed),
+            (
+                a.delivered_in_window,
+                a.of_window,
+                a.total,
+                a.failures.count
+            ),
             (2, 4, 6, 1)
         );
         assert_eq!(a.latency.len(), 2);
-        assert_eq!(a.first_error.as_deref(), Some("closed"));
+        assert_eq!(a.failures.first.as_deref(), Some("closed"));
+        assert_eq!(
+            a.failures.note("subscriber").as_deref(),
+            Some("1 subscriber connection(s) failed: closed")
+        );
+        assert_eq!(Failures::default().note("publisher"), None);
     }
 }

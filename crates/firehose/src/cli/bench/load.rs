@@ -67,20 +67,12 @@ impl Outcome {
             report.ack_latency = super::stats::Latency::from_nanos(&self.published.ack_latency);
         }
         report.apply_usage(&self.usage);
-        if self.received.failed > 0 {
-            report.notes.push(format!(
-                "{} subscriber connection(s) failed: {}",
-                self.received.failed,
-                self.received.first_error.as_deref().unwrap_or("?")
-            ));
-        }
-        if self.published.failed > 0 {
-            report.notes.push(format!(
-                "{} publisher connection(s) failed: {}",
-                self.published.failed,
-                self.published.first_error.as_deref().unwrap_or("?")
-            ));
-        }
+        report
+            .notes
+            .extend(self.received.failures.note("subscriber"));
+        report
+            .notes
+            .extend(self.published.failures.note("publisher"));
         if self.copies > 0 && self.published.in_window > 0 && self.received.total == 0 {
             report.notes.push(
                 "nothing was delivered: does the broker let this publisher publish? (Firehose \
