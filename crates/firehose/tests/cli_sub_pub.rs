@@ -6,27 +6,18 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cli::{firehose, payloads, Sub};
 use common::durable::{eventually, history, http_get, DataDir, Node};
-use common::{firehose_bin, run_with_timeout, wait_with_timeout, PUB_PASSWORD, TIMEOUT};
+use common::{firehose_bin, run_with_timeout, PUB_PASSWORD, TIMEOUT};
 use serde_json::Value;
 
 fn mqtt_url(node: &Node) -> String {
     format!("mqtt://{}", node.mqtt)
-}
-
-fn firehose() -> Command {
-    let mut cmd = Command::new(firehose_bin());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("FIREHOSE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
 }
 
 /// `firehose pub --server mqtt://node` with `args`, `stdin` as input.
@@ -53,61 +44,6 @@ fn publish_ok(node: &Node, topic: &str, payload: &str) {
     );
 }
 
-/// A running `firehose sub` whose stdout lines arrive on a channel.
-struct Sub {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Sub {
-    fn start(args: &[&str]) -> Sub {
-        let mut child = firehose()
-            .arg("sub")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start firehose sub");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Sub { child, lines }
-    }
-
-    /// The next `n` lines as JSON.
-    fn events(&self, n: usize) -> Vec<Value> {
-        (0..n)
-            .map(|i| {
-                let line = self
-                    .lines
-                    .recv_timeout(TIMEOUT)
-                    .unwrap_or_else(|_| panic!("sub printed {i} lines of {n} within {TIMEOUT:?}"));
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-            })
-            .collect()
-    }
-
-    fn wait_success(&mut self) {
-        let status = wait_with_timeout(&mut self.child, TIMEOUT, "firehose sub");
-        assert!(status.success(), "firehose sub exited with {status}");
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Waits until the server counts `n` connected MQTT clients (so a subscriber is in place).
 fn wait_clients(node: &Node, n: usize) {
     let want = format!("firehose_clients_connected {n}");
@@ -117,16 +53,6 @@ fn wait_clients(node: &Node, n: usize) {
     });
     // SUBSCRIBE follows CONNACK on the same connection: give it a moment to be routed.
     thread::sleep(Duration::from_millis(200));
-}
-
-fn payloads(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| match &e["payload"] {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect()
 }
 
 #[test]

@@ -6,18 +6,16 @@
 mod common;
 mod transport_support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::Output;
 use std::thread;
 use std::time::Duration;
 
+use common::cli::{firehose, payloads, Sub};
 use common::durable::{eventually, http_get};
-use common::{firehose_bin, run_with_timeout, wait_with_timeout, ServerOptions, PUB_PASSWORD};
+use common::{run_with_timeout, ServerOptions, PUB_PASSWORD};
 use common::{Server, TIMEOUT};
-use serde_json::Value;
 use transport_support::{start, tls_toml, Addrs, Listeners, Pki};
 
 /// A server with every listener, and the CA that signed its certificate.
@@ -77,16 +75,6 @@ impl Tls {
     }
 }
 
-fn firehose() -> Command {
-    let mut cmd = Command::new(firehose_bin());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("FIREHOSE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
 /// `firehose pub --server URL ARGS...` as the standard publisher.
 fn publish(server: &str, args: &[&str]) -> Output {
     let mut cmd = firehose();
@@ -102,70 +90,6 @@ fn publish_ok(server: &str, ca: &str, topic: &str, payload: &str) {
         "pub to {server}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A running `firehose sub` whose stdout lines arrive on a channel.
-struct Sub {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Sub {
-    fn start(args: &[&str]) -> Sub {
-        let mut child = firehose()
-            .arg("sub")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start firehose sub");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Sub { child, lines }
-    }
-
-    /// The next `n` lines as JSON.
-    fn events(&self, n: usize) -> Vec<Value> {
-        (0..n)
-            .map(|i| {
-                let line = self
-                    .lines
-                    .recv_timeout(TIMEOUT)
-                    .unwrap_or_else(|_| panic!("sub printed {i} lines of {n} within {TIMEOUT:?}"));
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-            })
-            .collect()
-    }
-
-    fn wait_success(&mut self) {
-        let status = wait_with_timeout(&mut self.child, TIMEOUT, "firehose sub");
-        assert!(status.success(), "firehose sub exited with {status}");
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn payloads(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| match &e["payload"] {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect()
 }
 
 /// `sub` and `pub` over one MQTT transport: live delivery, then the next message.

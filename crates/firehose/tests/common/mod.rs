@@ -1113,6 +1113,7 @@ pub(crate) fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
 }
 
 /// The durable-log harness: restartable data dirs, the HTTP listener, history and SSE clients.
+pub(crate) mod cli;
 pub(crate) mod durable;
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+//! Running the `firehose` command line in tests: a clean environment, and `firehose sub` with
+//! its output lines on a channel. Shared by the `sub`/`pub` tests over every transport.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+
+use serde_json::Value;
+
+use super::{firehose_bin, wait_with_timeout, TIMEOUT};
+
+/// The `firehose` binary, without the `FIREHOSE_*` variables of the test's own environment.
+pub(crate) fn firehose() -> Command {
+    let mut cmd = Command::new(firehose_bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FIREHOSE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A running `firehose sub` whose stdout lines arrive on a channel.
+pub(crate) struct Sub {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Sub {
+    /// Starts `firehose sub ARGS...`.
+    pub(crate) fn start(args: &[&str]) -> Sub {
+        let mut child = firehose()
+            .arg("sub")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start firehose sub");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Sub { child, lines }
+    }
+
+    /// The next `n` lines as JSON.
+    pub(crate) fn events(&self, n: usize) -> Vec<Value> {
+        (0..n)
+            .map(|i| {
+                let line = self
+                    .lines
+                    .recv_timeout(TIMEOUT)
+                    .unwrap_or_else(|_| panic!("sub printed {i} lines of {n} within {TIMEOUT:?}"));
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) for the command to exit, which must be a success.
+    pub(crate) fn wait_success(&mut self) {
+        let status = wait_with_timeout(&mut self.child, TIMEOUT, "firehose sub");
+        assert!(status.success(), "firehose sub exited with {status}");
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Payloads of printed events as text (JSON ones in their JSON form).
+pub(crate) fn payloads(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match &e["payload"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}
