@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
-use super::message::{Delivery, Message};
+use super::message::{Delivery, Message, Variant};
 use super::outbox::Outbox;
 use super::router::{parse_filter, SubOptions};
 use super::session::{AttachRequest, Inflight, Session, Stage};
@@ -483,8 +483,10 @@ struct AcceptedPublish {
 /// Most events one catch-up read returns, and most rows it examines.
 const CATCHUP_BATCH: usize = 1000;
 const CATCHUP_SCAN: usize = 20_000;
-/// Stop reading from clients while this many appends wait for the log writer.
-const MAX_STORE_BACKLOG: usize = 100_000;
+/// Stop reading from clients while this many accepted messages wait for the log writer or the
+/// routing task: four of the writer's largest batches, so it always has a full one waiting,
+/// while the messages held in memory stay few.
+const MAX_STORE_BACKLOG: usize = 16_384;
 /// How often a connected persistent session saves its cursor when it moved.
 const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -550,10 +552,14 @@ impl Connection {
         save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain(outbox);
+            if outbox.is_empty() {
+                // Nothing was left to move into it: the session is caught up.
+                outbox.release_if_idle();
+            }
             if catchup.is_none() {
                 catchup = self.start_catchup();
             }
-            let store_busy = self.shared.store.backlog() >= MAX_STORE_BACKLOG;
+            let store_busy = self.shared.delivery_backlog() >= MAX_STORE_BACKLOG;
             let read_open = outbox.pending_bytes() < WRITE_HIGH_WATER
                 && self.pending_acks < usize::from(self.shared.limits.receive_maximum)
                 && !store_busy;
@@ -728,7 +734,9 @@ impl Connection {
             if filters.is_empty() || only_qos0 {
                 // Nothing to read (catch-up replays QoS >= 1 only): back to live routing from
                 // the current position.
-                state.cursor = state.cursor.max(self.shared.store.last_id());
+                state.cursor = state
+                    .cursor
+                    .max(self.shared.routing_started.load(Ordering::SeqCst));
                 state.lagging = false;
                 return None;
             }
@@ -1352,15 +1360,16 @@ impl Connection {
                     || message.expires_at.is_some()
                     || self.alias_out_max > 0));
         if !per_delivery {
-            let parts = message.shared_parts(self.protocol, delivery.qos, delivery.retain)?;
+            let variant = Variant {
+                protocol: self.protocol,
+                qos: delivery.qos,
+                retain: delivery.retain,
+            };
+            let parts = message.shared_parts(variant)?;
             if parts.len(packet_id.is_some()) > self.client_max_packet {
                 return Ok(false);
             }
-            outbox.push(parts.head.clone());
-            if let Some(id) = packet_id {
-                outbox.push_packet_id(id);
-            }
-            outbox.push(parts.tail.clone());
+            outbox.push_shared(message, variant, packet_id)?;
             return Ok(true);
         }
         let mut publish = message.to_publish(delivery.qos, delivery.retain);

@@ -33,16 +33,31 @@ pub struct Message {
     pub publisher: Arc<str>,
     /// When the message expires (MQTT 5 Message Expiry Interval), if ever.
     pub expires_at: Option<Instant>,
-    /// Cached encodings, indexed by [`variant_index`].
-    encoded: [OnceLock<PublishParts>; 12],
+    /// Cached encodings, indexed by [`Variant`]. Boxed: most messages use one variant, and
+    /// twelve inline slots would make every message (also those waiting for the log) three
+    /// times larger.
+    encoded: [OnceLock<Box<PublishParts>>; 12],
 }
 
-fn variant_index(protocol: Protocol, qos: QoS, retain: bool) -> usize {
-    let p = match protocol {
-        Protocol::V311 => 0,
-        Protocol::V5 => 1,
-    };
-    p * 6 + (qos as usize) * 2 + usize::from(retain)
+/// Which of a message's shared encodings a delivery uses: protocol version x QoS x retain flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    /// Protocol of the receiving connection.
+    pub protocol: Protocol,
+    /// QoS of the delivery.
+    pub qos: QoS,
+    /// Retain flag sent.
+    pub retain: bool,
+}
+
+impl Variant {
+    fn index(self) -> usize {
+        let p = match self.protocol {
+            Protocol::V311 => 0,
+            Protocol::V5 => 1,
+        };
+        p * 6 + (self.qos as usize) * 2 + usize::from(self.retain)
+    }
 }
 
 impl Message {
@@ -89,25 +104,26 @@ impl Message {
         })
     }
 
-    /// The shared encoding for one variant. Only valid for messages without an expiry (whose
-    /// forwarded interval changes with time) and for deliveries that add no per-subscriber
-    /// properties.
+    /// The shared encoding for one variant, made on first use. Only valid for messages without
+    /// an expiry (whose forwarded interval changes with time) and for deliveries that add no
+    /// per-subscriber properties.
     ///
     /// # Errors
     /// [`EncodeError`] if the message cannot be represented (cannot happen for a message that
     /// was decoded, but is not assumed).
-    pub fn shared_parts(
-        &self,
-        protocol: Protocol,
-        qos: QoS,
-        retain: bool,
-    ) -> Result<&PublishParts, EncodeError> {
-        let slot = &self.encoded[variant_index(protocol, qos, retain)];
+    pub fn shared_parts(&self, variant: Variant) -> Result<&PublishParts, EncodeError> {
+        let slot = &self.encoded[variant.index()];
         if let Some(parts) = slot.get() {
             return Ok(parts);
         }
-        let parts = encode_publish_split(&self.to_publish(qos, retain), protocol)?;
+        let publish = self.to_publish(variant.qos, variant.retain);
+        let parts = Box::new(encode_publish_split(&publish, variant.protocol)?);
         Ok(slot.get_or_init(|| parts))
+    }
+
+    /// The shared encoding for one variant if [`Message::shared_parts`] made it already.
+    pub fn encoded_parts(&self, variant: Variant) -> Option<&PublishParts> {
+        self.encoded[variant.index()].get().map(|parts| &**parts)
     }
 
     /// The PUBLISH packet for one delivery (packet id unset), for the per-subscriber path.

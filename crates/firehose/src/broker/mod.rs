@@ -26,12 +26,12 @@ pub mod sys;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::auth::{Identity, Users};
 use crate::config::Limits;
@@ -69,6 +69,44 @@ pub(crate) struct Shared {
     pub(crate) routing_started: AtomicU64,
     /// Woken after every logged event is routed, for readers that follow the log.
     log_advanced: Notify,
+    /// Committed events on their way from the log's writer thread to the routing task.
+    to_route: mpsc::UnboundedSender<Arc<Message>>,
+    /// Events sent to the routing task and not yet routed; counted with the store's backlog
+    /// when connections decide whether to keep reading.
+    routing_backlog: AtomicUsize,
+}
+
+/// Most committed events the routing task takes from its queue at once.
+const ROUTE_BATCH: usize = 256;
+
+/// Routes committed events, in log order, on the runtime.
+///
+/// Why a task and not the writer thread: fan-out wakes every subscriber's connection task, and
+/// a wake from inside the runtime is a push onto the worker's own queue, while a wake from a
+/// foreign thread goes through the shared injection queue and unparks a worker, once per
+/// subscriber. On a machine with more cores, SQLite commits and fan-out also overlap. The task
+/// holds the broker weakly so that it ends with the broker.
+async fn route_committed(
+    shared: Weak<Shared>,
+    mut committed: mpsc::UnboundedReceiver<Arc<Message>>,
+) {
+    let mut batch = Vec::with_capacity(ROUTE_BATCH);
+    while committed.recv_many(&mut batch, ROUTE_BATCH).await > 0 {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        for message in batch.drain(..) {
+            shared.routing_started.store(message.id, Ordering::SeqCst);
+            shared.router.deliver(&message, &shared.stats);
+            shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
+        }
+        shared.log_advanced.notify_waiters();
+        if batch.capacity() > ROUTE_BATCH {
+            batch.shrink_to(ROUTE_BATCH);
+        }
+        // Let the connections just woken write before the next batch is routed.
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Called once a session save is durable.
@@ -83,8 +121,13 @@ impl Shared {
         self.router.publish(&Arc::new(message), &self.stats);
     }
 
-    /// Appends an accepted message (after access checks) to the log; once it is durable it is
-    /// routed, in log order, and `done` is told.
+    /// Events accepted but not yet routed (in the log's queue or the routing task's).
+    pub(crate) fn delivery_backlog(&self) -> usize {
+        self.store.backlog() + self.routing_backlog.load(Ordering::Acquire)
+    }
+
+    /// Appends an accepted message (after access checks) to the log; once it is durable `done`
+    /// is told and the routing task routes it, in log order.
     pub(crate) fn accept(
         self: &Arc<Self>,
         mut message: Message,
@@ -107,9 +150,11 @@ impl Shared {
                     if let Some(done) = done {
                         done(Some(id));
                     }
-                    shared.routing_started.store(id, Ordering::SeqCst);
-                    shared.router.deliver(&message, &shared.stats);
-                    shared.log_advanced.notify_waiters();
+                    shared.routing_backlog.fetch_add(1, Ordering::AcqRel);
+                    if shared.to_route.send(message).is_err() {
+                        // Only when the runtime is gone: nobody is left to deliver to.
+                        shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
                 Err(error) => {
                     tracing::error!(topic = %message.topic, "cannot store event: {error}");
@@ -361,7 +406,7 @@ impl Admission {
 impl Broker {
     /// A broker with these limits and users over an opened store, restoring the retained
     /// messages and persistent sessions the store holds. Must run inside a Tokio runtime
-    /// (restored sessions get expiry timers).
+    /// (it starts the routing task; restored sessions get expiry timers).
     ///
     /// # Errors
     /// [`StoreError`] when the stored state cannot be read.
@@ -369,6 +414,7 @@ impl Broker {
         let (shutdown, _) = watch::channel(false);
         let last_id = store.last_id();
         let users = Arc::new(users);
+        let (to_route, committed) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             limits,
             passwords: passwords::PasswordChecks::new(users.clone()),
@@ -381,7 +427,10 @@ impl Broker {
             store,
             routing_started: AtomicU64::new(last_id),
             log_advanced: Notify::new(),
+            to_route,
+            routing_backlog: AtomicUsize::new(0),
         });
+        tokio::spawn(route_committed(Arc::downgrade(&shared), committed));
         restore::retained(&shared)?;
         restore::sessions(&shared)?;
         Ok(Broker { shared })

@@ -222,15 +222,31 @@ impl Router {
 
     /// [`Router::publish`] without storing the retained message (the caller did).
     pub fn deliver(&self, message: &Arc<Message>, stats: &Stats) -> usize {
-        let mut targets: Vec<(&Arc<Session>, SubOptions)> = Vec::new();
-        let mut entries = 0;
         let table = self.read();
-        table.for_each_match(&message.topic, |_, entry| {
-            entries += 1 + entry.shared.len();
-            for sub in &entry.direct {
-                if sub.options.no_local && *sub.session.client_id == *message.publisher {
-                    continue;
+        let mut entries: Vec<&FilterEntry> = Vec::new();
+        table.for_each_match(&message.topic, |_, entry| entries.push(entry));
+        let wanted = |sub: &&Subscriber| {
+            !(sub.options.no_local && *sub.session.client_id == *message.publisher)
+        };
+        if let [entry] = entries[..] {
+            if entry.shared.is_empty() {
+                // The common case: one filter matched, so no session appears twice (an entry
+                // holds one subscriber per session) and nothing needs merging.
+                let mut reached = 0;
+                for sub in entry.direct.iter().filter(wanted) {
+                    offer(message, &sub.session, sub.options, Vec::new(), stats);
+                    reached += 1;
                 }
+                return reached;
+            }
+        }
+        let capacity = entries
+            .iter()
+            .map(|e| e.direct.len() + e.shared.len())
+            .sum();
+        let mut targets: Vec<(&Arc<Session>, SubOptions)> = Vec::with_capacity(capacity);
+        for entry in &entries {
+            for sub in entry.direct.iter().filter(wanted) {
                 targets.push((&sub.session, sub.options));
             }
             for group in &entry.shared {
@@ -238,42 +254,55 @@ impl Router {
                     targets.push((&sub.session, sub.options));
                 }
             }
-        });
-        // One session appears twice only if several filters (or groups) matched; then its
-        // deliveries are merged into one.
-        if entries > 1 && targets.len() > 1 {
-            targets.sort_unstable_by_key(|(s, _)| Arc::as_ptr(s) as usize);
         }
+        // A session appears more than once when several of its filters (or groups) matched;
+        // its deliveries are merged into one.
+        targets.sort_unstable_by_key(|(s, _)| Arc::as_ptr(s) as usize);
         let mut reached = 0;
         let mut i = 0;
         while i < targets.len() {
             let (session, first) = targets[i];
-            let mut qos = first.qos;
-            let mut retain_as_published = first.retain_as_published;
-            let mut ids: Vec<u32> = first.id.into_iter().collect();
+            let mut options = first;
+            let mut ids: Vec<u32> = Vec::new();
             let mut j = i + 1;
             while j < targets.len() && Arc::ptr_eq(targets[j].0, session) {
                 let more = targets[j].1;
-                qos = qos.max(more.qos);
-                retain_as_published |= more.retain_as_published;
+                options.qos = options.qos.max(more.qos);
+                options.retain_as_published |= more.retain_as_published;
                 ids.extend(more.id);
                 j += 1;
             }
             i = j;
-            session.offer(
-                Delivery {
-                    message: message.clone(),
-                    qos: qos.min(message.qos),
-                    retain: message.retain && retain_as_published,
-                    subscription_ids: ids,
-                    from_log: message.id != 0,
-                },
-                stats,
-            );
+            offer(message, session, options, ids, stats);
             reached += 1;
         }
         reached
     }
+}
+
+/// Offers `message` to one session with the (merged) options of its matching subscriptions;
+/// `more_ids` are the subscription identifiers of the other matching subscriptions.
+fn offer(
+    message: &Arc<Message>,
+    session: &Session,
+    options: SubOptions,
+    more_ids: Vec<u32>,
+    stats: &Stats,
+) {
+    let mut subscription_ids = more_ids;
+    if let Some(id) = options.id {
+        subscription_ids.insert(0, id);
+    }
+    session.offer(
+        Delivery {
+            message: message.clone(),
+            qos: options.qos.min(message.qos),
+            retain: message.retain && options.retain_as_published,
+            subscription_ids,
+            from_log: message.id != 0,
+        },
+        stats,
+    );
 }
 
 fn remove_member(list: &mut Vec<Subscriber>, session: &Arc<Session>) -> bool {

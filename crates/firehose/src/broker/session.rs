@@ -117,7 +117,10 @@ pub struct Session {
     queue_limit: usize,
     /// Everything else.
     state: Mutex<SessionState>,
-    /// Woken when deliveries are queued or the inflight window opens.
+    /// Woken when the queue goes from empty to non-empty. Only that transition wakes: the
+    /// connection looks at the queue again after everything else it does (writes, reads,
+    /// acknowledgements), so a queue that already held something needs no second wake, and a
+    /// wake per message would cost one scheduling per delivery.
     pub wake: Notify,
 }
 
@@ -205,12 +208,15 @@ impl Session {
             }
             return;
         }
+        let was_empty = state.queue.is_empty();
         state.queue.push_back(delivery);
         if id != 0 {
             state.cursor = id;
         }
         drop(state);
-        self.wake.notify_one();
+        if was_empty {
+            self.wake.notify_one();
+        }
     }
 
     /// Queues a delivery outside log order (a retained message sent on subscribe), or drops
@@ -224,9 +230,12 @@ impl Session {
             stats::add(&stats.dropped_queue_full, 1);
             return;
         }
+        let was_empty = state.queue.is_empty();
         state.queue.push_back(delivery);
         drop(state);
-        self.wake.notify_one();
+        if was_empty {
+            self.wake.notify_one();
+        }
     }
 }
 

@@ -453,8 +453,8 @@ mod tests {
     use crate::auth::Users;
     use crate::config::Limits;
 
-    #[test]
-    fn names_carry_units_and_transports_start_at_zero() {
+    #[tokio::test]
+    async fn names_carry_units_and_transports_start_at_zero() {
         let (broker, _dir) = crate::broker::test_broker(Limits::default(), Users::none());
         let metrics = Metrics::new(broker);
         let guard = metrics.connection("ws");

@@ -525,13 +525,13 @@ fn ratio_target(
 }
 
 /// Design bound of Firehose's memory under a flood, MiB: every subscriber's queue full
-/// (`send_queue` deliveries of about 64 bytes) with a full 256 KiB outbox, the store's backlog
-/// of 100,000 events, each message (about 1 KiB of bookkeeping plus payload) held once, and
+/// (`send_queue` deliveries of about 64 bytes) with a full 256 KiB outbox, the backlog of
+/// 16,384 events waiting for the log or the routing task, each message (about 1 KiB of bookkeeping plus payload) held once, and
 /// 64 MiB for the process itself.
 fn memory_bound_mib(run: &RunReport, send_queue: u64) -> f64 {
     let subscribers = run.subscribers.max(1) as f64;
     let per_subscriber = send_queue as f64 * 64.0 + 256.0 * 1024.0;
-    let messages = (send_queue + 100_000) as f64 * (1024.0 + run.payload_bytes as f64);
+    let messages = (send_queue + 16_384) as f64 * (1024.0 + run.payload_bytes as f64);
     64.0 + (subscribers * per_subscriber + messages) / (1024.0 * 1024.0)
 }
 
