@@ -4,6 +4,7 @@
 //! Every way a connection can end goes through [`End`], which decides the will, the session's
 //! fate and the final DISCONNECT an MQTT 5 client is owed.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -884,12 +885,10 @@ impl Connection {
             Packet::Publish(publish) => return self.on_publish(publish, outbox),
             Packet::PubAck(ack) => {
                 let mut state = self.session.lock();
-                if state
-                    .inflight
-                    .get(&ack.packet_id)
-                    .is_some_and(|f| f.stage == Stage::AwaitPubAck)
-                {
-                    state.inflight.remove(&ack.packet_id);
+                if let Entry::Occupied(entry) = state.inflight.entry(ack.packet_id) {
+                    if entry.get().stage == Stage::AwaitPubAck {
+                        entry.remove();
+                    }
                 }
             }
             Packet::PubRec(rec) => {

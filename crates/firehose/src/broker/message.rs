@@ -111,11 +111,18 @@ impl Message {
     /// # Errors
     /// [`EncodeError`] if the message cannot be represented (cannot happen for a message that
     /// was decoded, but is not assumed).
+    #[inline]
     pub fn shared_parts(&self, variant: Variant) -> Result<&PublishParts, EncodeError> {
-        let slot = &self.encoded[variant.index()];
-        if let Some(parts) = slot.get() {
-            return Ok(parts);
+        match self.encoded[variant.index()].get() {
+            Some(parts) => Ok(parts),
+            None => self.encode_variant(variant),
         }
+    }
+
+    /// The first use of a variant: encodes it (once, whoever wins a race).
+    #[cold]
+    fn encode_variant(&self, variant: Variant) -> Result<&PublishParts, EncodeError> {
+        let slot = &self.encoded[variant.index()];
         let publish = self.to_publish(variant.qos, variant.retain);
         let parts = Box::new(encode_publish_split(&publish, variant.protocol)?);
         Ok(slot.get_or_init(|| parts))

@@ -47,6 +47,36 @@ impl Stage {
     }
 }
 
+/// Hashing for maps keyed by packet identifier.
+///
+/// Packet ids are handed out in sequence and mostly acknowledged in sequence, so the id itself
+/// picks the slot: consecutive messages sit side by side in memory, and an acknowledgement finds
+/// its entry in a cache line the previous one already brought in. (With a random hash every
+/// PUBACK of a fan-out was a cache miss: the largest cost of QoS 1 fan-out.) The id is repeated
+/// in the top bits, which the table uses to tell entries of one group apart.
+pub type PacketIds = std::hash::BuildHasherDefault<PacketIdHasher>;
+
+/// See [`PacketIds`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PacketIdHasher(u64);
+
+impl std::hash::Hasher for PacketIdHasher {
+    fn finish(&self) -> u64 {
+        self.0 | (self.0 << 57)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u16` keys use this hasher; any other input still hashes, just not as well.
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)) & 0xffff;
+        }
+    }
+
+    fn write_u16(&mut self, id: u16) {
+        self.0 = u64::from(id);
+    }
+}
+
 /// An outgoing message that the client has not finished acknowledging.
 #[derive(Debug, Clone)]
 pub struct Inflight {
@@ -75,7 +105,7 @@ pub struct SessionState {
     /// Deliveries waiting to be sent, oldest first.
     pub queue: VecDeque<Delivery>,
     /// Sent QoS 1/2 deliveries awaiting acknowledgement, by packet id.
-    pub inflight: HashMap<u16, Inflight>,
+    pub inflight: HashMap<u16, Inflight, PacketIds>,
     /// Next send sequence number.
     pub next_seq: u64,
     /// Next packet id to try for an outgoing message.
@@ -140,7 +170,7 @@ impl Session {
             state: Mutex::new(SessionState {
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
-                inflight: HashMap::new(),
+                inflight: HashMap::default(),
                 next_seq: 0,
                 next_packet_id: 1,
                 incoming_qos2: HashSet::new(),
