@@ -74,7 +74,16 @@ pub(crate) struct Shared {
     /// Events sent to the routing task and not yet routed; counted with the store's backlog
     /// when connections decide whether to keep reading.
     routing_backlog: AtomicUsize,
+    /// Until when (milliseconds after `started`) publishing connections are not read, because
+    /// most subscribers of a recent message were behind.
+    publishers_wait_until: AtomicU64,
+    /// The broker's clock origin.
+    started: std::time::Instant,
 }
+
+/// How long publishers pause when most subscribers of a message are behind. Short: they read
+/// again after it and pause again only if the subscribers are still behind.
+const PUBLISHER_PAUSE_MS: u64 = 5;
 
 /// Most committed events the routing task takes from its queue at once.
 const ROUTE_BATCH: usize = 256;
@@ -97,8 +106,11 @@ async fn route_committed(
         };
         for message in batch.drain(..) {
             shared.routing_started.store(message.id, Ordering::SeqCst);
-            shared.router.deliver(&message, &shared.stats);
+            let fanout = shared.router.deliver(&message, &shared.stats);
             shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
+            if fanout.mostly_behind() {
+                shared.slow_publishers();
+            }
         }
         shared.log_advanced.notify_waiters();
         if batch.capacity() > ROUTE_BATCH {
@@ -119,6 +131,29 @@ impl Shared {
     /// Routes a message that is not logged (`$SYS` statistics).
     pub(crate) fn route_unlogged(&self, message: Message) {
         self.router.publish(&Arc::new(message), &self.stats);
+    }
+
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Pauses publishing connections for a moment: most subscribers of a message are behind
+    /// (their queues half full or reading from the log).
+    ///
+    /// Why: without it a publisher faster than the fan-out fills every queue and the broker
+    /// then drops QoS 0 messages for everyone (two thirds of them at the maximum rate) and
+    /// holds seconds of backlog. Mosquitto, single threaded, slows publishers the same way
+    /// implicitly. A stuck minority of subscribers never slows anyone: they fill their own
+    /// queue and lose their own messages.
+    fn slow_publishers(&self) {
+        let until = self.clock_ms().saturating_add(PUBLISHER_PAUSE_MS);
+        self.publishers_wait_until
+            .fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Whether connections that publish should stop reading for now (see `slow_publishers`).
+    pub(crate) fn publishers_wait(&self) -> bool {
+        self.publishers_wait_until.load(Ordering::Acquire) > self.clock_ms()
     }
 
     /// Events accepted but not yet routed (in the log's queue or the routing task's).
@@ -429,6 +464,8 @@ impl Broker {
             log_advanced: Notify::new(),
             to_route,
             routing_backlog: AtomicUsize::new(0),
+            publishers_wait_until: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         });
         tokio::spawn(route_committed(Arc::downgrade(&shared), committed));
         restore::retained(&shared)?;

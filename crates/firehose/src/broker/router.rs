@@ -213,7 +213,7 @@ impl Router {
     ///
     /// Logged messages must be routed in id order (the store's commit order): sessions use the
     /// id as their cursor into the log.
-    pub fn publish(&self, message: &Arc<Message>, stats: &Stats) -> usize {
+    pub fn publish(&self, message: &Arc<Message>, stats: &Stats) -> Fanout {
         if message.retain {
             self.retain(message);
         }
@@ -221,7 +221,7 @@ impl Router {
     }
 
     /// [`Router::publish`] without storing the retained message (the caller did).
-    pub fn deliver(&self, message: &Arc<Message>, stats: &Stats) -> usize {
+    pub fn deliver(&self, message: &Arc<Message>, stats: &Stats) -> Fanout {
         let table = self.read();
         let mut entries: Vec<&FilterEntry> = Vec::new();
         table.for_each_match(&message.topic, |_, entry| entries.push(entry));
@@ -232,12 +232,11 @@ impl Router {
             if entry.shared.is_empty() {
                 // The common case: one filter matched, so no session appears twice (an entry
                 // holds one subscriber per session) and nothing needs merging.
-                let mut reached = 0;
+                let mut fanout = Fanout::default();
                 for sub in entry.direct.iter().filter(wanted) {
-                    offer(message, &sub.session, sub.options, Vec::new(), stats);
-                    reached += 1;
+                    fanout.add(offer(message, &sub.session, sub.options, Vec::new(), stats));
                 }
-                return reached;
+                return fanout;
             }
         }
         let capacity = entries
@@ -258,7 +257,7 @@ impl Router {
         // A session appears more than once when several of its filters (or groups) matched;
         // its deliveries are merged into one.
         targets.sort_unstable_by_key(|(s, _)| Arc::as_ptr(s) as usize);
-        let mut reached = 0;
+        let mut fanout = Fanout::default();
         let mut i = 0;
         while i < targets.len() {
             let (session, first) = targets[i];
@@ -273,10 +272,30 @@ impl Router {
                 j += 1;
             }
             i = j;
-            offer(message, session, options, ids, stats);
-            reached += 1;
+            fanout.add(offer(message, session, options, ids, stats));
         }
-        reached
+        fanout
+    }
+}
+
+/// What routing one message found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// Sessions the message was offered to.
+    pub reached: usize,
+    /// Of those, connected sessions that are behind (see [`Session::offer`]).
+    pub behind: usize,
+}
+
+impl Fanout {
+    fn add(&mut self, behind: bool) {
+        self.reached += 1;
+        self.behind += usize::from(behind);
+    }
+
+    /// Whether most of the sessions reached are behind: then publishers should wait.
+    pub fn mostly_behind(&self) -> bool {
+        self.reached > 0 && self.behind * 2 > self.reached
     }
 }
 
@@ -288,7 +307,7 @@ fn offer(
     options: SubOptions,
     more_ids: Vec<u32>,
     stats: &Stats,
-) {
+) -> bool {
     let mut subscription_ids = more_ids;
     if let Some(id) = options.id {
         subscription_ids.insert(0, id);
@@ -302,7 +321,7 @@ fn offer(
             from_log: message.id != 0,
         },
         stats,
-    );
+    )
 }
 
 fn remove_member(list: &mut Vec<Subscriber>, session: &Arc<Session>) -> bool {
@@ -413,7 +432,9 @@ mod tests {
             },
         );
         assert_eq!(
-            router.publish(&message("x/y", QoS::ExactlyOnce, false, b"1"), &stats),
+            router
+                .publish(&message("x/y", QoS::ExactlyOnce, false, b"1"), &stats)
+                .reached,
             1
         );
         let got = queued(&a);
@@ -452,7 +473,9 @@ mod tests {
             },
         );
         assert_eq!(
-            router.publish(&message("t", QoS::AtLeastOnce, false, b"1"), &Stats::new()),
+            router
+                .publish(&message("t", QoS::AtLeastOnce, false, b"1"), &Stats::new())
+                .reached,
             0
         );
         assert!(queued(&me).is_empty());
@@ -469,7 +492,9 @@ mod tests {
         router.subscribe(&b, "$share/g/jobs/#", opts(QoS::AtLeastOnce));
         for _ in 0..10 {
             assert_eq!(
-                router.publish(&message("jobs/1", QoS::AtLeastOnce, false, b"1"), &stats),
+                router
+                    .publish(&message("jobs/1", QoS::AtLeastOnce, false, b"1"), &stats)
+                    .reached,
                 1
             );
         }
@@ -518,10 +543,12 @@ mod tests {
         let a = online(&registry, "a");
         router.subscribe(&a, "#", opts(QoS::AtLeastOnce));
         assert_eq!(
-            router.publish(
-                &message("$SYS/x", QoS::AtLeastOnce, false, b"1"),
-                &Stats::new()
-            ),
+            router
+                .publish(
+                    &message("$SYS/x", QoS::AtLeastOnce, false, b"1"),
+                    &Stats::new()
+                )
+                .reached,
             0
         );
     }

@@ -215,17 +215,24 @@ impl Session {
     /// Offers a routed delivery, in log order. It is queued unless the session is offline or
     /// lagging (the log has it: catch-up will read it), or already has it. A full queue switches
     /// the session to lagging instead of dropping a logged message.
-    pub fn offer(&self, delivery: Delivery, stats: &Stats) {
+    ///
+    /// Returns whether the connected session is behind: lagging, or with its queue at least
+    /// half full. When most subscribers of a message are behind, publishers are slowed down
+    /// (see `Shared::publishers_wait`) rather than their messages dropped.
+    pub fn offer(&self, delivery: Delivery, stats: &Stats) -> bool {
         let mut state = self.lock();
         let id = delivery.message.id;
-        if state.ended || state.link.is_none() || state.lagging {
+        if state.ended || state.link.is_none() {
             if id == 0 {
                 stats::add(&stats.dropped_offline_qos0, 1);
             }
-            return;
+            return false;
+        }
+        if state.lagging {
+            return true;
         }
         if id != 0 && id <= state.cursor {
-            return;
+            return false;
         }
         if state.queue.len() >= self.queue_limit {
             // QoS 0 is at most once and catch-up would skip it anyway: drop it (counted). A
@@ -236,17 +243,19 @@ impl Session {
                 state.lagging = true;
                 stats::add(&stats.lagging_switches, 1);
             }
-            return;
+            return true;
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(delivery);
         if id != 0 {
             state.cursor = id;
         }
+        let behind = state.queue.len() * 2 >= self.queue_limit;
         drop(state);
         if was_empty {
             self.wake.notify_one();
         }
+        behind
     }
 
     /// Queues a delivery outside log order (a retained message sent on subscribe), or drops
