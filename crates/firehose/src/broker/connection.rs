@@ -5,9 +5,13 @@
 //! fate and the final DISCONNECT an MQTT 5 client is owed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -16,7 +20,7 @@ use firehose_codec::{
     DisconnectProperties, EncodeError, Packet, Protocol, PubResponse, Publish, QoS, ReasonCode,
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
@@ -34,10 +38,11 @@ use crate::topic;
 /// Stop reading from a client while this many bytes wait to be written to it, so a client that
 /// floods without reading cannot grow our memory.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-/// Read buffer growth step while data flows.
+/// Read buffer growth step while a packet is incomplete, and the most one read of a connection
+/// with an empty read buffer takes.
 const READ_CHUNK: usize = 16 * 1024;
-/// Read buffer of an idle connection: most clients send small packets now and then.
-const IDLE_READ: usize = 1024;
+/// Free space below which the read buffer of an incomplete packet grows by [`READ_CHUNK`].
+const MIN_READ_SPACE: usize = 512;
 /// How long final packets may take to leave before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -100,7 +105,8 @@ where
 {
     let peer = info.peer;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut rbuf = BytesMut::with_capacity(IDLE_READ);
+    // No capacity: `read_some` allocates only for bytes that arrived.
+    let mut rbuf = BytesMut::new();
     let connect_timeout = Duration::from_secs(shared.limits.connect_timeout_secs);
     let first = timeout(
         connect_timeout,
@@ -154,6 +160,33 @@ where
     conn.finish(end, &mut writer, &mut outbox).await;
 }
 
+/// Reads what is available into `rbuf`; returns the number of bytes read (0 at end of stream).
+///
+/// Why not `read_buf` into a buffer kept per connection: tens of thousands of connections wait
+/// for their next packet most of the time, and a buffer each would be most of their memory.
+/// When `rbuf` is empty (no incomplete packet) the read lands in a buffer on the stack, which
+/// exists only while the read is polled, and just the bytes that arrived are copied into `rbuf`;
+/// its old capacity is given back first. Only an incomplete packet keeps a buffer between reads.
+async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) -> io::Result<usize> {
+    if !rbuf.is_empty() {
+        if rbuf.capacity() - rbuf.len() < MIN_READ_SPACE {
+            rbuf.reserve(READ_CHUNK);
+        }
+        return reader.read_buf(rbuf).await;
+    }
+    if rbuf.capacity() > 0 {
+        *rbuf = BytesMut::new();
+    }
+    std::future::poll_fn(|cx| {
+        let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut storage);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
+        rbuf.extend_from_slice(buf.filled());
+        Poll::Ready(Ok(buf.filled().len()))
+    })
+    .await
+}
+
 #[derive(Debug)]
 enum FirstPacketError {
     Closed,
@@ -171,8 +204,9 @@ async fn read_first_packet<R: AsyncRead + Unpin>(
         if let Some(packet) = decode(rbuf, Protocol::V311, max).map_err(FirstPacketError::Decode)? {
             return Ok(packet);
         }
-        rbuf.reserve(READ_CHUNK);
-        let n = reader.read_buf(rbuf).await.map_err(FirstPacketError::Io)?;
+        let n = read_some(reader, rbuf)
+            .await
+            .map_err(FirstPacketError::Io)?;
         if n == 0 {
             return Err(FirstPacketError::Closed);
         }
@@ -557,18 +591,6 @@ impl Connection {
             let read_open = outbox.pending_bytes() < WRITE_HIGH_WATER
                 && self.pending_acks < usize::from(self.shared.limits.receive_maximum)
                 && !store_busy;
-            if read_open {
-                if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
-                    // Done with a large packet or burst: an idle connection keeps little.
-                    *rbuf = BytesMut::with_capacity(IDLE_READ);
-                } else if rbuf.capacity() - rbuf.len() < IDLE_READ / 2 {
-                    rbuf.reserve(if rbuf.is_empty() {
-                        IDLE_READ
-                    } else {
-                        READ_CHUNK
-                    });
-                }
-            }
             let deadline = self.keep_alive.map_or(far_future, |ka| last_seen + ka);
             tokio::select! {
                 biased;
@@ -602,7 +624,7 @@ impl Connection {
                         Err(error) => warn!(client = %self.client_id, "catch-up read failed: {error}"),
                     }
                 }
-                read = reader.read_buf(rbuf), if read_open => match read {
+                read = read_some(reader, rbuf), if read_open => match read {
                     Ok(0) => return End::Lost("connection closed without DISCONNECT".into()),
                     Ok(n) => {
                         stats::add(&self.shared.stats.bytes_received, n as u64);
