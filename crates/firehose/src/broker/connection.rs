@@ -132,7 +132,7 @@ where
             if let DecodeError::UnsupportedProtocol(_) = error {
                 // 3.1.1 section 3.1.2.2: answer return code 1, then close.
                 let refusal = connack(ReasonCode::UnsupportedProtocolVersion);
-                send_and_close(&mut writer, &refusal, Protocol::V311).await;
+                Box::pin(send_and_close(&mut writer, &refusal, Protocol::V311)).await;
             }
             return;
         }
@@ -143,7 +143,11 @@ where
             return;
         }
     };
-    let Some((mut conn, mut events)) = handshake(&shared, connect, &info, &mut writer).await else {
+    // The handshake and the end are boxed: their futures are several KiB and live only for a
+    // moment, while this task (and the future inlined in it) lives as long as the connection.
+    let Some((mut conn, mut events)) =
+        Box::pin(handshake(&shared, connect, &info, &mut writer)).await
+    else {
         return;
     };
     let mut outbox = Outbox::default();
@@ -157,7 +161,7 @@ where
             &mut events,
         )
         .await;
-    conn.finish(end, &mut writer, &mut outbox).await;
+    Box::pin(conn.finish(end, &mut writer, &mut outbox)).await;
 }
 
 /// Reads what is available into `rbuf`; returns the number of bytes read (0 at end of stream).

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::info;
 
-use crate::broker::{Broker, ConnectionInfo};
+use crate::broker::{Broker, ConnectionInfo, Permit};
 use crate::transport::metrics::Metrics;
 use crate::transport::proxy;
 use crate::transport::tls::{Service, TlsSettings};
@@ -112,12 +112,28 @@ async fn handle(
         }
     };
     let _guard = options.metrics.connection(transport);
-    let Some(tls) = &options.tls else {
-        broker
-            .serve(stream, ConnectionInfo::new(peer, transport), permit)
-            .await;
-        return;
-    };
+    match &options.tls {
+        None => {
+            broker
+                .serve(stream, ConnectionInfo::new(peer, transport), permit)
+                .await
+        }
+        // Boxed: a TLS stream and its handshake make a future several KiB larger, and the
+        // task of every plain TCP connection would carry that space for its whole life.
+        Some(tls) => Box::pin(serve_tls(stream, peer, tls, &broker, &options, permit)).await,
+    }
+}
+
+/// The TLS handshake, then MQTT over it.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &TlsSettings,
+    broker: &Broker,
+    options: &MqttOptions,
+    permit: Permit,
+) {
+    let transport = "tls";
     let acceptor = tls.acceptor(Service::Mqtt);
     let stream = match timeout(options.handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
