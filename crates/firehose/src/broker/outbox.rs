@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 
 use bytes::{Buf, Bytes, BytesMut};
 use firehose_codec::{encode, EncodeError, Packet, Protocol};
@@ -80,15 +81,18 @@ impl Outbox {
     /// # Errors
     /// The I/O error, or `WriteZero` when the peer stopped reading for good.
     pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> io::Result<usize> {
-        let written = {
+        // The slices are gathered on every poll, on the stack: held across the await they would
+        // be 1 KiB in the task of every connection, idle ones included.
+        let written = std::future::poll_fn(|cx| {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
             for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
                 *slot = IoSlice::new(chunk);
                 count += 1;
             }
-            writer.write_vectored(&slices[..count]).await?
-        };
+            Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
         if written == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
