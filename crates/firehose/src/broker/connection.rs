@@ -584,8 +584,10 @@ impl Connection {
         let mut last_seen = Instant::now();
         let far_future = Instant::now() + Duration::from_secs(86400 * 365);
         let mut catchup: Option<CatchUp> = None;
-        let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
-        save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer serves the keep alive, the periodic save and the pause while the store is
+        // busy: each timer in the loop is space in every connection's task. The first save
+        // check is due at once, then one each SAVE_INTERVAL.
+        let mut next_save = Instant::now();
         loop {
             self.drain(outbox);
             if catchup.is_none() {
@@ -596,6 +598,14 @@ impl Connection {
                 && self.pending_acks < usize::from(self.shared.limits.receive_maximum)
                 && !store_busy;
             let deadline = self.keep_alive.map_or(far_future, |ka| last_seen + ka);
+            let saves = self.expiry > 0;
+            let mut wake_at = deadline;
+            if saves {
+                wake_at = wake_at.min(next_save);
+            }
+            if store_busy {
+                wake_at = wake_at.min(Instant::now() + Duration::from_millis(5));
+            }
             tokio::select! {
                 biased;
                 _ = kick.notified() => return End::TakenOver,
@@ -640,9 +650,16 @@ impl Connection {
                     Err(error) => return End::Lost(format!("read failed: {error}")),
                 },
                 _ = session.wake.notified() => {}
-                _ = save_tick.tick(), if self.expiry > 0 => self.save_if_moved(),
-                _ = tokio::time::sleep(Duration::from_millis(5)), if store_busy => {}
-                _ = sleep_until(deadline), if self.keep_alive.is_some() => return End::KeepAliveTimeout,
+                _ = sleep_until(wake_at), if saves || store_busy || self.keep_alive.is_some() => {
+                    let now = Instant::now();
+                    if saves && now >= next_save {
+                        self.save_if_moved();
+                        next_save = now + SAVE_INTERVAL;
+                    }
+                    if self.keep_alive.is_some() && now >= deadline {
+                        return End::KeepAliveTimeout;
+                    }
+                }
             }
         }
     }
