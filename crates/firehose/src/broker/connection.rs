@@ -145,21 +145,13 @@ where
     };
     // The handshake and the end are boxed: their futures are several KiB and live only for a
     // moment, while this task (and the future inlined in it) lives as long as the connection.
-    let Some((mut conn, mut events)) =
-        Box::pin(handshake(&shared, connect, &info, &mut writer)).await
-    else {
+    let Some(mut conn) = Box::pin(handshake(&shared, connect, &info, &mut writer)).await else {
         return;
     };
     let mut outbox = Outbox::default();
     conn.start(&mut outbox);
     let end = conn
-        .serve(
-            &mut reader,
-            &mut writer,
-            &mut rbuf,
-            &mut outbox,
-            &mut events,
-        )
+        .serve(&mut reader, &mut writer, &mut rbuf, &mut outbox)
         .await;
     Box::pin(conn.finish(end, &mut writer, &mut outbox)).await;
 }
@@ -275,7 +267,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
     connect: Connect,
     info: &ConnectionInfo,
     writer: &mut W,
-) -> Option<(Connection, mpsc::UnboundedReceiver<ConnEvent>)> {
+) -> Option<Connection> {
     let peer = info.peer;
     let protocol = connect.protocol;
     let limits = &shared.limits;
@@ -398,9 +390,9 @@ async fn handshake<W: AsyncWrite + Unpin>(
         }
         Err(e) => Err(e.to_string()),
     };
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let conn = Connection {
-        events_tx,
+        events_tx: None,
+        new_events: None,
         save_ticket: 0,
         unsaved_publishes: 0,
         deferred: VecDeque::new(),
@@ -454,7 +446,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
         conn.finish(end, writer, &mut empty).await;
         return None;
     }
-    Some((conn, events_rx))
+    Some(conn)
 }
 
 /// The state of one connected client.
@@ -485,7 +477,11 @@ struct Connection {
     /// MQTT 5 Request Problem Information.
     problem_information: bool,
     /// Where the log tells this connection that its publishes and session saves are durable.
-    events_tx: mpsc::UnboundedSender<ConnEvent>,
+    /// Made on first use ([`Connection::events_sender`]): an unbounded channel allocates a
+    /// block up front, and a connection that only subscribes never needs one.
+    events_tx: Option<mpsc::UnboundedSender<ConnEvent>>,
+    /// The receiving end of a channel just made, until the serve loop takes it.
+    new_events: Option<mpsc::UnboundedReceiver<ConnEvent>>,
     /// The last session save requested (tickets increase by one per save).
     save_ticket: u64,
     /// QoS 2 deliveries waiting for their record to be durable before they are sent.
@@ -569,7 +565,6 @@ impl Connection {
         writer: &mut W,
         rbuf: &mut BytesMut,
         outbox: &mut Outbox,
-        events: &mut mpsc::UnboundedReceiver<ConnEvent>,
     ) -> End
     where
         R: AsyncRead + Unpin,
@@ -588,6 +583,7 @@ impl Connection {
         // busy: each timer in the loop is space in every connection's task. The first save
         // check is due at once, then one each SAVE_INTERVAL.
         let mut next_save = Instant::now();
+        let mut events = None;
         loop {
             self.drain(outbox);
             if catchup.is_none() {
@@ -597,6 +593,10 @@ impl Connection {
             let read_open = outbox.pending_bytes() < WRITE_HIGH_WATER
                 && self.pending_acks < usize::from(self.shared.limits.receive_maximum)
                 && !store_busy;
+            // After everything above that may have made the channel (drain saves sessions).
+            if let Some(receiver) = self.new_events.take() {
+                events = Some(receiver);
+            }
             let deadline = self.keep_alive.map_or(far_future, |ka| last_seen + ka);
             let saves = self.expiry > 0;
             let mut wake_at = deadline;
@@ -614,7 +614,7 @@ impl Connection {
                     Ok(n) => stats::add(&self.shared.stats.bytes_sent, n as u64),
                     Err(error) => return End::Lost(format!("write failed: {error}")),
                 },
-                Some(event) = events.recv() => match event {
+                Some(event) = next_event(&mut events), if events.is_some() => match event {
                     ConnEvent::Accepted(done) => {
                         if let Some(end) = self.on_accepted(done, outbox) {
                             return end;
@@ -664,6 +664,17 @@ impl Connection {
         }
     }
 
+    /// A sender for this connection's events, making the channel on first use.
+    fn events_sender(&mut self) -> mpsc::UnboundedSender<ConnEvent> {
+        if let Some(tx) = &self.events_tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events_tx = Some(tx.clone());
+        self.new_events = Some(rx);
+        tx
+    }
+
     /// Saves a persistent session when its acknowledged cursor moved.
     fn save_if_moved(&mut self) {
         let cursor = {
@@ -688,7 +699,7 @@ impl Connection {
     fn request_save(&mut self) -> u64 {
         self.save_ticket += 1;
         let ticket = self.save_ticket;
-        let tx = self.events_tx.clone();
+        let tx = self.events_sender();
         self.shared.save_session(
             &self.session,
             true,
@@ -1100,7 +1111,7 @@ impl Connection {
                     if qos == QoS::ExactlyOnce {
                         self.uncommitted_qos2.insert(id);
                     }
-                    let tx = self.events_tx.clone();
+                    let tx = self.events_sender();
                     Some(Box::new(move |event_id| {
                         let _ = tx.send(ConnEvent::Accepted(AcceptedPublish {
                             packet_id: id,
@@ -1540,6 +1551,11 @@ impl Connection {
             }
         }
     }
+}
+
+/// The next event of a connection's channel; `None` when it has none (yet).
+async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<ConnEvent>>) -> Option<ConnEvent> {
+    events.as_mut()?.recv().await
 }
 
 /// Saves a session and waits (a bounded time) until the save is durable.
