@@ -170,9 +170,8 @@ async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) ->
         }
         return reader.read_buf(rbuf).await;
     }
-    if rbuf.capacity() > 0 {
-        *rbuf = BytesMut::new();
-    }
+    // Even at zero capacity an emptied buffer may still hold the allocation it was split from.
+    *rbuf = BytesMut::new();
     std::future::poll_fn(|cx| {
         let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut storage);
@@ -611,7 +610,10 @@ impl Connection {
                 _ = kick.notified() => return End::TakenOver,
                 _ = shutdown.changed() => return End::Shutdown,
                 written = outbox.write_some(writer), if !outbox.is_empty() => match written {
-                    Ok(n) => stats::add(&self.shared.stats.bytes_sent, n as u64),
+                    Ok(n) => {
+                        stats::add(&self.shared.stats.bytes_sent, n as u64);
+                        outbox.release_if_empty();
+                    }
                     Err(error) => return End::Lost(format!("write failed: {error}")),
                 },
                 Some(event) = next_event(&mut events), if events.is_some() => match event {

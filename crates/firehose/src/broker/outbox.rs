@@ -114,6 +114,16 @@ impl Outbox {
         writer.flush().await
     }
 
+    /// Gives back the memory of an outbox that has been written out: its scratch buffer and
+    /// its queue's capacity. Why: a connection that goes idle right after a write (a subscriber
+    /// after its SUBACK) would otherwise keep them for as long as it stays connected.
+    pub fn release_if_empty(&mut self) {
+        if self.is_empty() {
+            self.scratch = BytesMut::new();
+            self.chunks = Default::default();
+        }
+    }
+
     fn advance(&mut self, mut n: usize) {
         self.pending -= n;
         while n > 0 {
