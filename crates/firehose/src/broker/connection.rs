@@ -103,49 +103,13 @@ pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, info: ConnectionInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let peer = info.peer;
     let (mut reader, mut writer) = tokio::io::split(stream);
     // No capacity: `read_some` allocates only for bytes that arrived.
     let mut rbuf = BytesMut::new();
-    let connect_timeout = Duration::from_secs(shared.limits.connect_timeout_secs);
-    let first = timeout(
-        connect_timeout,
-        read_first_packet(&shared, &mut reader, &mut rbuf),
-    )
-    .await;
-    let connect = match first {
-        Err(_) => {
-            info!(%peer, "closing connection: no CONNECT within {}s", connect_timeout.as_secs());
-            return;
-        }
-        Ok(Err(FirstPacketError::Closed)) => {
-            debug!(%peer, "connection closed before CONNECT");
-            return;
-        }
-        Ok(Err(FirstPacketError::Io(error))) => {
-            debug!(%peer, "connection failed before CONNECT: {error}");
-            return;
-        }
-        Ok(Err(FirstPacketError::Decode(error))) => {
-            stats::add(&shared.stats.protocol_errors, 1);
-            info!(%peer, "closing connection: {error}");
-            if let DecodeError::UnsupportedProtocol(_) = error {
-                // 3.1.1 section 3.1.2.2: answer return code 1, then close.
-                let refusal = connack(ReasonCode::UnsupportedProtocolVersion);
-                Box::pin(send_and_close(&mut writer, &refusal, Protocol::V311)).await;
-            }
-            return;
-        }
-        Ok(Ok(Packet::Connect(connect))) => *connect,
-        Ok(Ok(other)) => {
-            stats::add(&shared.stats.protocol_errors, 1);
-            info!(%peer, "closing connection: expected CONNECT as first packet, got {}", other.name());
-            return;
-        }
-    };
-    // The handshake and the end are boxed: their futures are several KiB and live only for a
+    // The opening and the end are boxed: their futures are several KiB and live only for a
     // moment, while this task (and the future inlined in it) lives as long as the connection.
-    let Some(mut conn) = Box::pin(handshake(&shared, connect, &info, &mut writer)).await else {
+    let opened = Box::pin(open(&shared, &mut reader, &mut writer, &mut rbuf, info)).await;
+    let Some(mut conn) = opened else {
         return;
     };
     let mut outbox = Outbox::default();
@@ -154,6 +118,55 @@ where
         .serve(&mut reader, &mut writer, &mut rbuf, &mut outbox)
         .await;
     Box::pin(conn.finish(end, &mut writer, &mut outbox)).await;
+}
+
+/// Reads the CONNECT and does the handshake. Returns `None` when the connection ended (and
+/// was answered as it should be).
+async fn open<R, W>(
+    shared: &Arc<Shared>,
+    reader: &mut R,
+    writer: &mut W,
+    rbuf: &mut BytesMut,
+    info: ConnectionInfo,
+) -> Option<Connection>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let peer = info.peer;
+    let connect_timeout = Duration::from_secs(shared.limits.connect_timeout_secs);
+    let first = timeout(connect_timeout, read_first_packet(shared, reader, rbuf)).await;
+    let connect = match first {
+        Err(_) => {
+            info!(%peer, "closing connection: no CONNECT within {}s", connect_timeout.as_secs());
+            return None;
+        }
+        Ok(Err(FirstPacketError::Closed)) => {
+            debug!(%peer, "connection closed before CONNECT");
+            return None;
+        }
+        Ok(Err(FirstPacketError::Io(error))) => {
+            debug!(%peer, "connection failed before CONNECT: {error}");
+            return None;
+        }
+        Ok(Err(FirstPacketError::Decode(error))) => {
+            stats::add(&shared.stats.protocol_errors, 1);
+            info!(%peer, "closing connection: {error}");
+            if let DecodeError::UnsupportedProtocol(_) = error {
+                // 3.1.1 section 3.1.2.2: answer return code 1, then close.
+                let refusal = connack(ReasonCode::UnsupportedProtocolVersion);
+                send_and_close(writer, &refusal, Protocol::V311).await;
+            }
+            return None;
+        }
+        Ok(Ok(Packet::Connect(connect))) => *connect,
+        Ok(Ok(other)) => {
+            stats::add(&shared.stats.protocol_errors, 1);
+            info!(%peer, "closing connection: expected CONNECT as first packet, got {}", other.name());
+            return None;
+        }
+    };
+    handshake(shared, connect, &info, writer).await
 }
 
 /// Reads what is available into `rbuf`; returns the number of bytes read (0 at end of stream).
@@ -337,7 +350,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
     }
 
     let will = match connect.will {
-        Some(will) if identity.may_publish(&will.topic) => Some(will),
+        Some(will) if identity.may_publish(&will.topic) => Some(Box::new(will)),
         Some(will) => {
             debug!(%peer, client = %client_id, topic = %will.topic,
                 "will refused by the access model: it will never be published");
@@ -458,7 +471,8 @@ struct Connection {
     client_id: Arc<str>,
     identity: Identity,
     peer: SocketAddr,
-    will: Option<Will>,
+    /// Boxed: most clients have none, and this struct lives as long as the connection.
+    will: Option<Box<Will>>,
     /// Session expiry in seconds; a v5 DISCONNECT may change it.
     expiry: u32,
     /// 1.5 times the keep alive, `None` when disabled.

@@ -87,7 +87,12 @@ async fn handle(
     let _ = stream.set_nodelay(true);
     let transport = if options.tls.is_some() { "tls" } else { "tcp" };
     let peer = if options.proxy_protocol {
-        match timeout(options.handshake_timeout, proxy::read_header(&mut stream)).await {
+        // Boxed, like the TLS path: this task lives as long as the connection.
+        let header = Box::pin(timeout(
+            options.handshake_timeout,
+            proxy::read_header(&mut stream),
+        ));
+        match header.await {
             Ok(Ok(Some(client))) => client,
             Ok(Ok(None)) => socket_peer,
             Ok(Err(error)) => {
