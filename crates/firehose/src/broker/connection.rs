@@ -6,9 +6,13 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -17,7 +21,7 @@ use firehose_codec::{
     DisconnectProperties, EncodeError, Packet, Protocol, PubResponse, Publish, QoS, ReasonCode,
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
@@ -35,10 +39,11 @@ use crate::topic;
 /// Stop reading from a client while this many bytes wait to be written to it, so a client that
 /// floods without reading cannot grow our memory.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-/// Read buffer growth step while data flows.
+/// Read buffer growth step while a packet is incomplete, and the most one read of a connection
+/// with an empty read buffer takes.
 const READ_CHUNK: usize = 16 * 1024;
-/// Read buffer of an idle connection: most clients send small packets now and then.
-const IDLE_READ: usize = 1024;
+/// Free space below which the read buffer of an incomplete packet grows by [`READ_CHUNK`].
+const MIN_READ_SPACE: usize = 512;
 /// How long final packets may take to leave before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -99,27 +104,51 @@ pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, info: ConnectionInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let peer = info.peer;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut rbuf = BytesMut::with_capacity(IDLE_READ);
+    // No capacity: `read_some` allocates only for bytes that arrived.
+    let mut rbuf = BytesMut::new();
+    // The opening and the end are boxed: their futures are several KiB and live only for a
+    // moment, while this task (and the future inlined in it) lives as long as the connection.
+    let opened = Box::pin(open(&shared, &mut reader, &mut writer, &mut rbuf, info)).await;
+    let Some(mut conn) = opened else {
+        return;
+    };
+    let mut outbox = Outbox::default();
+    conn.start(&mut outbox);
+    let end = conn
+        .serve(&mut reader, &mut writer, &mut rbuf, &mut outbox)
+        .await;
+    Box::pin(conn.finish(end, &mut writer, &mut outbox)).await;
+}
+
+/// Reads the CONNECT and does the handshake. Returns `None` when the connection ended (and
+/// was answered as it should be).
+async fn open<R, W>(
+    shared: &Arc<Shared>,
+    reader: &mut R,
+    writer: &mut W,
+    rbuf: &mut BytesMut,
+    info: ConnectionInfo,
+) -> Option<Connection>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let peer = info.peer;
     let connect_timeout = Duration::from_secs(shared.limits.connect_timeout_secs);
-    let first = timeout(
-        connect_timeout,
-        read_first_packet(&shared, &mut reader, &mut rbuf),
-    )
-    .await;
+    let first = timeout(connect_timeout, read_first_packet(shared, reader, rbuf)).await;
     let connect = match first {
         Err(_) => {
             info!(%peer, "closing connection: no CONNECT within {}s", connect_timeout.as_secs());
-            return;
+            return None;
         }
         Ok(Err(FirstPacketError::Closed)) => {
             debug!(%peer, "connection closed before CONNECT");
-            return;
+            return None;
         }
         Ok(Err(FirstPacketError::Io(error))) => {
             debug!(%peer, "connection failed before CONNECT: {error}");
-            return;
+            return None;
         }
         Ok(Err(FirstPacketError::Decode(error))) => {
             stats::add(&shared.stats.protocol_errors, 1);
@@ -127,32 +156,44 @@ where
             if let DecodeError::UnsupportedProtocol(_) = error {
                 // 3.1.1 section 3.1.2.2: answer return code 1, then close.
                 let refusal = connack(ReasonCode::UnsupportedProtocolVersion);
-                send_and_close(&mut writer, &refusal, Protocol::V311).await;
+                send_and_close(writer, &refusal, Protocol::V311).await;
             }
-            return;
+            return None;
         }
         Ok(Ok(Packet::Connect(connect))) => *connect,
         Ok(Ok(other)) => {
             stats::add(&shared.stats.protocol_errors, 1);
             info!(%peer, "closing connection: expected CONNECT as first packet, got {}", other.name());
-            return;
+            return None;
         }
     };
-    let Some((mut conn, mut events)) = handshake(&shared, connect, &info, &mut writer).await else {
-        return;
-    };
-    let mut outbox = Outbox::default();
-    conn.start(&mut outbox);
-    let end = conn
-        .serve(
-            &mut reader,
-            &mut writer,
-            &mut rbuf,
-            &mut outbox,
-            &mut events,
-        )
-        .await;
-    conn.finish(end, &mut writer, &mut outbox).await;
+    handshake(shared, connect, &info, writer).await
+}
+
+/// Reads what is available into `rbuf`; returns the number of bytes read (0 at end of stream).
+///
+/// Why not `read_buf` into a buffer kept per connection: tens of thousands of connections wait
+/// for their next packet most of the time, and a buffer each would be most of their memory.
+/// When `rbuf` is empty (no incomplete packet) the read lands in a buffer on the stack, which
+/// exists only while the read is polled, and just the bytes that arrived are copied into `rbuf`;
+/// its old capacity is given back first. Only an incomplete packet keeps a buffer between reads.
+async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) -> io::Result<usize> {
+    if !rbuf.is_empty() {
+        if rbuf.capacity() - rbuf.len() < MIN_READ_SPACE {
+            rbuf.reserve(READ_CHUNK);
+        }
+        return reader.read_buf(rbuf).await;
+    }
+    // Even at zero capacity an emptied buffer may still hold the allocation it was split from.
+    *rbuf = BytesMut::new();
+    std::future::poll_fn(|cx| {
+        let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut storage);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
+        rbuf.extend_from_slice(buf.filled());
+        Poll::Ready(Ok(buf.filled().len()))
+    })
+    .await
 }
 
 #[derive(Debug)]
@@ -172,8 +213,9 @@ async fn read_first_packet<R: AsyncRead + Unpin>(
         if let Some(packet) = decode(rbuf, Protocol::V311, max).map_err(FirstPacketError::Decode)? {
             return Ok(packet);
         }
-        rbuf.reserve(READ_CHUNK);
-        let n = reader.read_buf(rbuf).await.map_err(FirstPacketError::Io)?;
+        let n = read_some(reader, rbuf)
+            .await
+            .map_err(FirstPacketError::Io)?;
         if n == 0 {
             return Err(FirstPacketError::Closed);
         }
@@ -238,7 +280,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
     connect: Connect,
     info: &ConnectionInfo,
     writer: &mut W,
-) -> Option<(Connection, mpsc::UnboundedReceiver<ConnEvent>)> {
+) -> Option<Connection> {
     let peer = info.peer;
     let protocol = connect.protocol;
     let limits = &shared.limits;
@@ -309,7 +351,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
     }
 
     let will = match connect.will {
-        Some(will) if identity.may_publish(&will.topic) => Some(will),
+        Some(will) if identity.may_publish(&will.topic) => Some(Box::new(will)),
         Some(will) => {
             debug!(%peer, client = %client_id, topic = %will.topic,
                 "will refused by the access model: it will never be published");
@@ -361,9 +403,9 @@ async fn handshake<W: AsyncWrite + Unpin>(
         }
         Err(e) => Err(e.to_string()),
     };
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let conn = Connection {
-        events_tx,
+        events_tx: None,
+        new_events: None,
         save_ticket: 0,
         unsaved_publishes: 0,
         deferred: VecDeque::new(),
@@ -417,7 +459,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
         conn.finish(end, writer, &mut empty).await;
         return None;
     }
-    Some((conn, events_rx))
+    Some(conn)
 }
 
 /// The state of one connected client.
@@ -430,7 +472,8 @@ struct Connection {
     client_id: Arc<str>,
     identity: Identity,
     peer: SocketAddr,
-    will: Option<Will>,
+    /// Boxed: most clients have none, and this struct lives as long as the connection.
+    will: Option<Box<Will>>,
     /// Session expiry in seconds; a v5 DISCONNECT may change it.
     expiry: u32,
     /// 1.5 times the keep alive, `None` when disabled.
@@ -448,7 +491,11 @@ struct Connection {
     /// MQTT 5 Request Problem Information.
     problem_information: bool,
     /// Where the log tells this connection that its publishes and session saves are durable.
-    events_tx: mpsc::UnboundedSender<ConnEvent>,
+    /// Made on first use ([`Connection::events_sender`]): an unbounded channel allocates a
+    /// block up front, and a connection that only subscribes never needs one.
+    events_tx: Option<mpsc::UnboundedSender<ConnEvent>>,
+    /// The receiving end of a channel just made, until the serve loop takes it.
+    new_events: Option<mpsc::UnboundedReceiver<ConnEvent>>,
     /// The last session save requested (tickets increase by one per save).
     save_ticket: u64,
     /// QoS 2 deliveries waiting for their record to be durable before they are sent.
@@ -534,7 +581,6 @@ impl Connection {
         writer: &mut W,
         rbuf: &mut BytesMut,
         outbox: &mut Outbox,
-        events: &mut mpsc::UnboundedReceiver<ConnEvent>,
     ) -> End
     where
         R: AsyncRead + Unpin,
@@ -549,14 +595,15 @@ impl Connection {
         let mut last_seen = Instant::now();
         let far_future = Instant::now() + Duration::from_secs(86400 * 365);
         let mut catchup: Option<CatchUp> = None;
-        let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
-        save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer serves the keep alive, the periodic save and the pause while the store is
+        // busy: each timer in the loop is space in every connection's task. The first save
+        // check is due at once, then one each SAVE_INTERVAL.
+        let mut next_save = Instant::now();
+        let mut events = None;
         loop {
             self.drain(outbox);
-            if outbox.is_empty() {
-                // Nothing was left to move into it: the session is caught up.
-                outbox.release_if_idle();
-            }
+            // Empty after a drain: the session is caught up.
+            outbox.release_if_idle();
             if catchup.is_none() {
                 catchup = self.start_catchup();
             }
@@ -564,19 +611,19 @@ impl Connection {
             let read_open = outbox.pending_bytes() < WRITE_HIGH_WATER
                 && self.pending_acks < usize::from(self.shared.limits.receive_maximum)
                 && !store_busy;
-            if read_open {
-                if rbuf.is_empty() && rbuf.capacity() > 4 * READ_CHUNK {
-                    // Done with a large packet or burst: an idle connection keeps little.
-                    *rbuf = BytesMut::with_capacity(IDLE_READ);
-                } else if rbuf.capacity() - rbuf.len() < IDLE_READ / 2 {
-                    rbuf.reserve(if rbuf.is_empty() {
-                        IDLE_READ
-                    } else {
-                        READ_CHUNK
-                    });
-                }
+            // After everything above that may have made the channel (drain saves sessions).
+            if let Some(receiver) = self.new_events.take() {
+                events = Some(receiver);
             }
             let deadline = self.keep_alive.map_or(far_future, |ka| last_seen + ka);
+            let saves = self.expiry > 0;
+            let mut wake_at = deadline;
+            if saves {
+                wake_at = wake_at.min(next_save);
+            }
+            if store_busy {
+                wake_at = wake_at.min(Instant::now() + Duration::from_millis(5));
+            }
             tokio::select! {
                 biased;
                 _ = kick.notified() => return End::TakenOver,
@@ -585,7 +632,7 @@ impl Connection {
                     Ok(n) => stats::add(&self.shared.stats.bytes_sent, n as u64),
                     Err(error) => return End::Lost(format!("write failed: {error}")),
                 },
-                Some(event) = events.recv() => match event {
+                Some(event) = next_event(&mut events), if events.is_some() => match event {
                     ConnEvent::Accepted(done) => {
                         if let Some(end) = self.on_accepted(done, outbox) {
                             return end;
@@ -609,7 +656,7 @@ impl Connection {
                         Err(error) => warn!(client = %self.client_id, "catch-up read failed: {error}"),
                     }
                 }
-                read = reader.read_buf(rbuf), if read_open => match read {
+                read = read_some(reader, rbuf), if read_open => match read {
                     Ok(0) => return End::Lost("connection closed without DISCONNECT".into()),
                     Ok(n) => {
                         stats::add(&self.shared.stats.bytes_received, n as u64);
@@ -621,11 +668,29 @@ impl Connection {
                     Err(error) => return End::Lost(format!("read failed: {error}")),
                 },
                 _ = session.wake.notified() => {}
-                _ = save_tick.tick(), if self.expiry > 0 => self.save_if_moved(),
-                _ = tokio::time::sleep(Duration::from_millis(5)), if store_busy => {}
-                _ = sleep_until(deadline), if self.keep_alive.is_some() => return End::KeepAliveTimeout,
+                _ = sleep_until(wake_at), if saves || store_busy || self.keep_alive.is_some() => {
+                    let now = Instant::now();
+                    if saves && now >= next_save {
+                        self.save_if_moved();
+                        next_save = now + SAVE_INTERVAL;
+                    }
+                    if self.keep_alive.is_some() && now >= deadline {
+                        return End::KeepAliveTimeout;
+                    }
+                }
             }
         }
+    }
+
+    /// A sender for this connection's events, making the channel on first use.
+    fn events_sender(&mut self) -> mpsc::UnboundedSender<ConnEvent> {
+        if let Some(tx) = &self.events_tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events_tx = Some(tx.clone());
+        self.new_events = Some(rx);
+        tx
     }
 
     /// Saves a persistent session when its acknowledged cursor moved.
@@ -652,7 +717,7 @@ impl Connection {
     fn request_save(&mut self) -> u64 {
         self.save_ticket += 1;
         let ticket = self.save_ticket;
-        let tx = self.events_tx.clone();
+        let tx = self.events_sender();
         self.shared.save_session(
             &self.session,
             true,
@@ -1064,7 +1129,7 @@ impl Connection {
                     if qos == QoS::ExactlyOnce {
                         self.uncommitted_qos2.insert(id);
                     }
-                    let tx = self.events_tx.clone();
+                    let tx = self.events_sender();
                     Some(Box::new(move |event_id| {
                         let _ = tx.send(ConnEvent::Accepted(AcceptedPublish {
                             packet_id: id,
@@ -1505,6 +1570,11 @@ impl Connection {
             }
         }
     }
+}
+
+/// The next event of a connection's channel; `None` when it has none (yet).
+async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<ConnEvent>>) -> Option<ConnEvent> {
+    events.as_mut()?.recv().await
 }
 
 /// Saves a session and waits (a bounded time) until the save is durable.

@@ -181,7 +181,8 @@ impl Outbox {
     /// # Errors
     /// The I/O error, or `WriteZero` when the peer stopped reading for good.
     pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> io::Result<usize> {
-        // The slices are made anew at each poll, so the future does not carry them.
+        // The slices are gathered on every poll, on the stack: held across the await they would
+        // be 2 KiB in the task of every connection, idle ones included.
         let written = poll_fn(|cx| {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
@@ -231,12 +232,15 @@ impl Outbox {
         }
     }
 
-    /// Gives back the memory of a burst once everything is written. Called when the connection
-    /// has nothing more to send, not after every write: a busy connection empties its outbox
-    /// many times a second, and shrinking each time would regrow it as often.
+    /// Gives back the outbox's memory (its scratch buffer and its queue's capacity) once
+    /// everything is written and nothing more waits to be sent. Why: a connection that goes
+    /// idle (a subscriber after its SUBACK, or after a burst) would otherwise keep them for as
+    /// long as it stays connected. Not after every write: a busy connection empties its outbox
+    /// many times a second, and freeing it each time would regrow it as often.
     pub fn release_if_idle(&mut self) {
-        if self.chunks.is_empty() && self.chunks.capacity() > 64 {
-            self.chunks.shrink_to(16);
+        if self.is_empty() {
+            self.scratch = BytesMut::new();
+            self.chunks = VecDeque::new();
         }
     }
 }

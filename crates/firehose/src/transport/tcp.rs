@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::info;
 
-use crate::broker::{Broker, ConnectionInfo};
+use crate::broker::{Broker, ConnectionInfo, Permit};
 use crate::transport::metrics::Metrics;
 use crate::transport::proxy;
 use crate::transport::tls::{Service, TlsSettings};
@@ -87,7 +87,12 @@ async fn handle(
     let _ = stream.set_nodelay(true);
     let transport = if options.tls.is_some() { "tls" } else { "tcp" };
     let peer = if options.proxy_protocol {
-        match timeout(options.handshake_timeout, proxy::read_header(&mut stream)).await {
+        // Boxed, like the TLS path: this task lives as long as the connection.
+        let header = Box::pin(timeout(
+            options.handshake_timeout,
+            proxy::read_header(&mut stream),
+        ));
+        match header.await {
             Ok(Ok(Some(client))) => client,
             Ok(Ok(None)) => socket_peer,
             Ok(Err(error)) => {
@@ -112,12 +117,28 @@ async fn handle(
         }
     };
     let _guard = options.metrics.connection(transport);
-    let Some(tls) = &options.tls else {
-        broker
-            .serve(stream, ConnectionInfo::new(peer, transport), permit)
-            .await;
-        return;
-    };
+    match &options.tls {
+        None => {
+            broker
+                .serve(stream, ConnectionInfo::new(peer, transport), permit)
+                .await
+        }
+        // Boxed: a TLS stream and its handshake make a future several KiB larger, and the
+        // task of every plain TCP connection would carry that space for its whole life.
+        Some(tls) => Box::pin(serve_tls(stream, peer, tls, &broker, &options, permit)).await,
+    }
+}
+
+/// The TLS handshake, then MQTT over it.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &TlsSettings,
+    broker: &Broker,
+    options: &MqttOptions,
+    permit: Permit,
+) {
+    let transport = "tls";
     let acceptor = tls.acceptor(Service::Mqtt);
     let stream = match timeout(options.handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
