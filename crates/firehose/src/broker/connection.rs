@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Poll};
@@ -410,6 +410,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
         unsaved_publishes: 0,
         deferred: VecDeque::new(),
         pending_acks: 0,
+        publishes: false,
         uncommitted_qos2: HashSet::new(),
         saved_cursor: 0,
         shared: shared.clone(),
@@ -505,6 +506,9 @@ struct Connection {
     deferred: VecDeque<(u64, Packet, Vec<Delivery>)>,
     /// QoS 1/2 publishes appended to the log but not yet acknowledged.
     pending_acks: usize,
+    /// Whether this client has published: only publishers are paused while most subscribers
+    /// are behind (`Shared::publishers_wait`).
+    publishes: bool,
     /// QoS 2 packet ids appended but not yet committed (a DUP resend waits for the first).
     uncommitted_qos2: HashSet<u16>,
     /// The cursor saved last, to save the session again only when it moved.
@@ -600,6 +604,14 @@ impl Connection {
         // check is due at once, then one each SAVE_INTERVAL.
         let mut next_save = Instant::now();
         let mut events = None;
+        // Made once, not at every turn of the loop: a `Notified` or a timer registers itself
+        // when first polled and unregisters when dropped, and a subscriber turns the loop twice
+        // per delivery at low rates.
+        let mut kicked = pin!(kick.notified());
+        let mut shutting_down = pin!(shutdown.changed());
+        let mut woken = pin!(session.wake.notified());
+        let mut timer = pin!(sleep_until(far_future));
+        let mut timer_at = far_future;
         loop {
             self.drain(outbox);
             // Empty after a drain: the session is caught up.
@@ -607,7 +619,8 @@ impl Connection {
             if catchup.is_none() {
                 catchup = self.start_catchup();
             }
-            let store_busy = self.shared.delivery_backlog() >= MAX_STORE_BACKLOG;
+            let store_busy = self.shared.delivery_backlog() >= MAX_STORE_BACKLOG
+                || (self.publishes && self.shared.publishers_wait());
             let read_open = outbox.pending_bytes() < WRITE_HIGH_WATER
                 && self.pending_acks < usize::from(self.shared.limits.receive_maximum)
                 && !store_busy;
@@ -624,10 +637,14 @@ impl Connection {
             if store_busy {
                 wake_at = wake_at.min(Instant::now() + Duration::from_millis(5));
             }
+            if wake_at != timer_at {
+                timer.as_mut().reset(wake_at);
+                timer_at = wake_at;
+            }
             tokio::select! {
                 biased;
-                _ = kick.notified() => return End::TakenOver,
-                _ = shutdown.changed() => return End::Shutdown,
+                _ = &mut kicked => return End::TakenOver,
+                _ = &mut shutting_down => return End::Shutdown,
                 written = outbox.write_some(writer), if !outbox.is_empty() => match written {
                     Ok(n) => stats::add(&self.shared.stats.bytes_sent, n as u64),
                     Err(error) => return End::Lost(format!("write failed: {error}")),
@@ -667,8 +684,11 @@ impl Connection {
                     }
                     Err(error) => return End::Lost(format!("read failed: {error}")),
                 },
-                _ = session.wake.notified() => {}
-                _ = sleep_until(wake_at), if saves || store_busy || self.keep_alive.is_some() => {
+                _ = &mut woken => woken.set(session.wake.notified()),
+                _ = &mut timer, if saves || store_busy || self.keep_alive.is_some() => {
+                    // A fired timer stays ready until it is set again.
+                    timer_at = far_future;
+                    timer.as_mut().reset(far_future);
                     let now = Instant::now();
                     if saves && now >= next_save {
                         self.save_if_moved();
@@ -1042,6 +1062,7 @@ impl Connection {
     }
 
     fn on_publish(&mut self, publish: Publish, outbox: &mut Outbox) -> Option<End> {
+        self.publishes = true;
         let topic: Arc<str> = match publish.properties.topic_alias.filter(|_| self.is_v5()) {
             Some(alias) => {
                 let max = self.shared.limits.topic_alias_maximum;
