@@ -3,6 +3,7 @@
 //! structured values (event properties, session subscriptions and in-flight state).
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +17,14 @@ use super::{
 /// Schema version written to `PRAGMA user_version`; bump it and add a step to [`migrate`]
 /// when the tables change.
 pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// Page size of new databases, in bytes (see [`open_writer`] for why).
+const PAGE_SIZE: u32 = 16 * 1024;
+
+/// Page cache of the write connection, in KiB. SQLite's default (2 MiB) is smaller than one
+/// full batch of events with payloads of a few KiB; a batch that does not fit spills pages to
+/// the WAL before its commit and writes them again at the commit.
+const WRITER_CACHE_KIB: u32 = 16 * 1024;
 
 /// Databases up to this size get a full `PRAGMA quick_check` at open. Above it the check
 /// would delay startup by seconds to minutes, so only the cheap checks run (header and schema
@@ -90,6 +99,52 @@ CREATE TABLE retention_rules (
 pub(super) const EVENT_COLUMNS: &str =
     "id, time_ms, topic, qos, retain, publisher, properties, payload";
 
+/// Parameters per row of the statements of [`insert_events_sql`].
+pub(super) const EVENT_INSERT_COLUMNS: usize = 8;
+
+/// Rows per multi-row `INSERT` into `events`, largest first: a batch is cut into as many
+/// statements of the largest size as fit, then smaller ones. Few sizes, so that the writer's
+/// statement cache keeps them all; 64 rows of 8 parameters stay far below SQLite's limit of
+/// 32766 parameters per statement.
+pub(super) const INSERT_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// The `INSERT INTO events` statement for `INSERT_CHUNKS[size]` rows, with
+/// [`EVENT_INSERT_COLUMNS`] parameters per row in the order id, time_ms, topic, qos, retain,
+/// publisher, properties, payload. Built once per size.
+///
+/// # Panics
+/// If `size` is not an index of [`INSERT_CHUNKS`] (a bug in the writer).
+pub(super) fn insert_events_sql(size: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    SQL.get_or_init(|| INSERT_CHUNKS.iter().map(|&n| build_insert_sql(n)).collect())[size].as_str()
+}
+
+/// Builds the text of [`insert_events_sql`].
+///
+/// `OR ROLLBACK`: a statement of several rows that may fail halfway makes SQLite keep a
+/// statement journal (a copy of every page the statement touches) so that it can undo just
+/// that statement; measured at about a tenth of the writer's CPU with small batches. A failed
+/// append fails its whole batch anyway, so undoing the whole transaction loses nothing.
+fn build_insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT OR ROLLBACK INTO events (id, time_ms, topic, qos, retain, publisher, properties, payload) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for col in 0..EVENT_INSERT_COLUMNS {
+            if col > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("?{}", row * EVENT_INSERT_COLUMNS + col + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Maps a SQLite error to the store's error: damage to [`StoreError::Corrupt`] naming the
 /// file, anything else to [`StoreError::Sqlite`] saying what we were doing.
 pub(super) fn sql_error(path: &Path, context: &'static str, error: rusqlite::Error) -> StoreError {
@@ -119,7 +174,15 @@ pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
     let err = |context| move |e| sql_error(path, context, e);
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(err("setting the busy timeout"))?;
-    // The first statement reads the header: a file that is not a database fails here.
+    // Only takes effect while the file is still empty (a new data directory); an existing
+    // database keeps its page size, which is just slower. Pages of 16 KiB instead of the
+    // default 4 KiB measured a quarter less writer CPU per appended event: a quarter as many
+    // WAL frames (each a header, a checksum and two write calls), checkpoint reads and writes,
+    // and B-tree page splits. Larger pages gained little and cost more per small commit,
+    // which rewrites its partly filled pages whole.
+    conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE}"))
+        .map_err(|e| open_error(path, e))?;
+    // The first statement that reads the header: a file that is not a database fails here.
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .map_err(|e| open_error(path, e))?;
@@ -134,7 +197,8 @@ pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
         Durability::PowerLoss => "FULL",
     };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY;"
+        "PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY; \
+         PRAGMA cache_size = -{WRITER_CACHE_KIB};"
     ))
     .map_err(err("setting pragmas"))?;
     check_integrity(&conn, path)?;
