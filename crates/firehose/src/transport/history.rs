@@ -400,7 +400,9 @@ async fn stream(
                 Err(error) => return internal(error),
             }
         }
-        (None, None) => broker.log_position(),
+        // Live: after everything committed so far, so that no event acknowledged before the
+        // stream opened is sent (the routing position may still be behind the log).
+        (None, None) => broker.store().last_id(),
     };
     let follower = Follower {
         broker,
