@@ -1787,3 +1787,44 @@ fn retention_max_age_and_max_bytes() {
         .unwrap_or_else(|| panic!("metric line {deleted:?}"));
     assert!(value >= 10.0, "{deleted}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slow and stuck subscribers
+// ---------------------------------------------------------------------------------------------
+
+/// The value of a counter in `/metrics`.
+fn metric(node: &Node, name: &str) -> f64 {
+    let (status, metrics) = http_get(node.http, "/metrics");
+    assert_eq!(status, 200);
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_pauses_the_publisher_only_until_it_counts_as_stuck() {
+    let dd = DataDir::standard("[limits]\nsend_queue = 100\n");
+    let node = dd.start();
+    // The only subscriber of the topic, so "most subscribers": it never reads, so its socket
+    // buffers, its outbox and then half its queue fill up.
+    let mut stuck = RawClient::connect(node.mqtt, &ConnectOpts::new(false, "stuck")).0;
+    stuck.subscribe("flood/t", 1);
+    let mut publisher = RawClient::publisher(node.mqtt, false);
+    let payload = vec![b'x'; 1024];
+    for _ in 0..20_000 {
+        publish1(&mut publisher, "flood/t", &payload);
+    }
+    let pauses = metric(&node, "firehose_publisher_pauses_total");
+    assert!(pauses >= 1.0, "the publisher was never paused");
+    // Pauses last 5 ms each and only while the subscriber is slow, not stuck (it takes
+    // nothing for a second): about 200 at most, however slow this machine. Without the
+    // distinction every publish after the queue half filled (more than 10,000) would pause.
+    assert!(
+        pauses < 2_000.0,
+        "{pauses} pauses: a stuck subscriber kept slowing the publisher"
+    );
+    drop(stuck);
+}

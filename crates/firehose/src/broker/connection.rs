@@ -1362,6 +1362,7 @@ impl Connection {
             let Some(delivery) = state.queue.pop_front() else {
                 break;
             };
+            state.last_progress = now;
             if delivery.message.is_expired(now) {
                 stats::add(&self.shared.stats.dropped_expired, 1);
                 continue;

@@ -146,9 +146,15 @@ impl Shared {
     /// implicitly. A stuck minority of subscribers never slows anyone: they fill their own
     /// queue and lose their own messages.
     fn slow_publishers(&self) {
-        let until = self.clock_ms().saturating_add(PUBLISHER_PAUSE_MS);
-        self.publishers_wait_until
-            .fetch_max(until, Ordering::AcqRel);
+        let now = self.clock_ms();
+        let until = now.saturating_add(PUBLISHER_PAUSE_MS);
+        if self
+            .publishers_wait_until
+            .fetch_max(until, Ordering::AcqRel)
+            <= now
+        {
+            stats::add(&self.stats.publisher_pauses, 1);
+        }
     }
 
     /// Whether connections that publish should stop reading for now (see `slow_publishers`).
@@ -616,4 +622,30 @@ pub(crate) fn test_broker(limits: Limits, users: Users) -> (Broker, tempfile::Te
     .expect("store opens");
     let broker = Broker::open(limits, users, store).expect("broker opens");
     (broker, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn publishers_wait_only_for_a_moment_after_subscribers_fell_behind() {
+        let (broker, _dir) = test_broker(Limits::default(), Users::none());
+        let shared = &broker.shared;
+        assert!(!shared.publishers_wait());
+        shared.slow_publishers();
+        shared.slow_publishers();
+        assert!(shared.publishers_wait());
+        assert_eq!(
+            stats::get(&shared.stats.publisher_pauses),
+            1,
+            "one pause, extended"
+        );
+        // Twice the pause has certainly passed.
+        tokio::time::sleep(Duration::from_millis(2 * PUBLISHER_PAUSE_MS + 1)).await;
+        assert!(
+            !shared.publishers_wait(),
+            "the pause ends by itself: publishers are read again"
+        );
+    }
 }

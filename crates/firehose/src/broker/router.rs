@@ -570,4 +570,13 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn most_reached_sessions_behind_means_publishers_wait() {
+        let fanout = |reached, behind| Fanout { reached, behind };
+        assert!(!fanout(0, 0).mostly_behind(), "nobody reached");
+        assert!(!fanout(10, 5).mostly_behind(), "half is not most");
+        assert!(fanout(10, 6).mostly_behind());
+        assert!(fanout(1, 1).mostly_behind());
+    }
 }

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use firehose_codec::{Protocol, QoS};
 use tokio::sync::Notify;
@@ -14,6 +15,11 @@ use tokio::sync::Notify;
 use super::message::Delivery;
 use super::router::SubOptions;
 use super::stats::{self, Stats};
+
+/// How long a session may be behind without taking a single delivery before it counts as
+/// stuck (a client that stopped reading) rather than slow: a stuck subscriber only loses its
+/// own messages, it does not slow publishers down.
+pub const STUCK_AFTER: Duration = Duration::from_secs(1);
 
 /// Where an outgoing QoS 1/2 message stands in its handshake.
 ///
@@ -131,6 +137,9 @@ pub struct SessionState {
     pub dirty: bool,
     /// Whether the store may hold a copy of this session (so ending it must delete that).
     pub persisted: bool,
+    /// When the connection last took a delivery from the queue: a session behind that takes
+    /// nothing for [`STUCK_AFTER`] is stuck, not slow, and no longer slows publishers.
+    pub last_progress: Instant,
     /// Logged events above the cursor that were already delivered out of order (resent from a
     /// stored inflight record after a restart): catch-up must not send them again.
     pub delivered_ahead: std::collections::BTreeSet<u64>,
@@ -183,6 +192,7 @@ impl Session {
                 lagging: false,
                 dirty: false,
                 persisted: false,
+                last_progress: Instant::now(),
                 delivered_ahead: std::collections::BTreeSet::new(),
             }),
             wake: Notify::new(),
@@ -217,8 +227,9 @@ impl Session {
     /// the session to lagging instead of dropping a logged message.
     ///
     /// Returns whether the connected session is behind: lagging, or with its queue at least
-    /// half full. When most subscribers of a message are behind, publishers are slowed down
-    /// (see `Shared::publishers_wait`) rather than their messages dropped.
+    /// half full, while still taking deliveries (not stuck, see [`STUCK_AFTER`]). When most
+    /// subscribers of a message are behind, publishers are slowed down (see
+    /// `Shared::publishers_wait`) rather than their messages dropped.
     pub fn offer(&self, delivery: Delivery, stats: &Stats) -> bool {
         let mut state = self.lock();
         let id = delivery.message.id;
@@ -229,7 +240,7 @@ impl Session {
             return false;
         }
         if state.lagging {
-            return true;
+            return state.is_slow();
         }
         if id != 0 && id <= state.cursor {
             return false;
@@ -243,14 +254,14 @@ impl Session {
                 state.lagging = true;
                 stats::add(&stats.lagging_switches, 1);
             }
-            return true;
+            return state.is_slow();
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(delivery);
         if id != 0 {
             state.cursor = id;
         }
-        let behind = state.queue.len() * 2 >= self.queue_limit;
+        let behind = state.queue.len() * 2 >= self.queue_limit && state.is_slow();
         drop(state);
         if was_empty {
             self.wake.notify_one();
@@ -279,6 +290,11 @@ impl Session {
 }
 
 impl SessionState {
+    /// Whether a session that is behind still takes deliveries (slow), as opposed to stuck.
+    fn is_slow(&self) -> bool {
+        self.last_progress.elapsed() < STUCK_AFTER
+    }
+
     /// A packet id not used by any inflight message.
     ///
     /// Callers keep the inflight window below 65,535, so one is always free.
@@ -594,6 +610,91 @@ mod tests {
         assert!(state.lagging);
         assert_eq!(state.cursor, 2, "event 3 is left for catch-up");
         assert_eq!(stats::get(&stats.dropped_queue_full), 0);
+    }
+
+    #[test]
+    fn offer_says_when_the_session_is_behind() {
+        let registry = Registry::default();
+        let stats = Stats::new();
+        let attached = registry.attach(
+            &Arc::from("c"),
+            AttachRequest {
+                clean_start: true,
+                expiry_interval: 0,
+                protocol: Protocol::V311,
+                queue_limit: 4,
+                cursor: 0,
+                kick: Arc::new(Notify::new()),
+            },
+        );
+        let session = attached.session;
+        let behind: Vec<bool> = (1..=6)
+            .map(|id| session.offer(logged(id), &stats))
+            .collect();
+        // Half full from the second delivery; full (lagging) from the fifth.
+        assert_eq!(behind, [false, true, true, true, true, true]);
+        assert!(session.lock().lagging);
+        if let Some(long_ago) = Instant::now().checked_sub(2 * STUCK_AFTER) {
+            session.lock().last_progress = long_ago;
+            assert!(
+                !session.offer(logged(7), &stats),
+                "a session that took nothing for a while is stuck, not behind"
+            );
+        }
+        session.lock().link = None;
+        assert!(
+            !session.offer(logged(8), &stats),
+            "an offline session is not behind: it is not being sent anything"
+        );
+    }
+
+    #[test]
+    fn only_the_first_delivery_into_an_empty_queue_wakes_the_connection() {
+        use futures_util::FutureExt;
+        let registry = Registry::default();
+        let stats = Stats::new();
+        let (attached, _) = attach(&registry, true);
+        let session = attached.session;
+        session.offer(logged(1), &stats);
+        assert!(
+            session.wake.notified().now_or_never().is_some(),
+            "the first delivery wakes"
+        );
+        session.offer(logged(2), &stats);
+        assert!(
+            session.wake.notified().now_or_never().is_none(),
+            "the queue was not empty: the connection will find it when it drains"
+        );
+        session.lock().queue.clear();
+        session.enqueue_direct(delivery(QoS::AtMostOnce), &stats);
+        assert!(session.wake.notified().now_or_never().is_some());
+    }
+
+    #[test]
+    fn packet_ids_are_their_own_slot_in_the_inflight_map() {
+        use std::hash::BuildHasher;
+        let ids = PacketIds::default();
+        // Consecutive ids, consecutive slots (the low bits), distinct tags (the top 7 bits).
+        assert_eq!(ids.hash_one(7u16) & 0xffff, 7);
+        assert_eq!(ids.hash_one(8u16) & 0xffff, 8);
+        assert_ne!(ids.hash_one(7u16) >> 57, ids.hash_one(8u16) >> 57);
+        let registry = Registry::default();
+        let (attached, _) = attach(&registry, true);
+        let mut state = attached.session.lock();
+        for id in [u16::MAX, 1, 2, 300] {
+            state.inflight.insert(
+                id,
+                Inflight {
+                    delivery: delivery(QoS::AtLeastOnce),
+                    stage: Stage::AwaitPubAck,
+                    seq: u64::from(id),
+                },
+            );
+        }
+        assert_eq!(state.inflight.get(&300).map(|f| f.seq), Some(300));
+        assert!(state.inflight.remove(&u16::MAX).is_some());
+        assert!(!state.inflight.contains_key(&u16::MAX));
+        assert_eq!(state.inflight.len(), 3);
     }
 
     #[test]

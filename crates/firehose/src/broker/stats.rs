@@ -44,6 +44,8 @@ pub struct Stats {
     pub catchup_delivered: AtomicU64,
     /// Events the log failed to store (the publisher was told, or disconnected).
     pub store_errors: AtomicU64,
+    /// Times publishers were paused because most subscribers of a message were behind.
+    pub publisher_pauses: AtomicU64,
 }
 
 impl Stats {
@@ -67,6 +69,7 @@ impl Stats {
             skipped_qos0_catchup: AtomicU64::new(0),
             catchup_delivered: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
+            publisher_pauses: AtomicU64::new(0),
         }
     }
 }

@@ -285,6 +285,13 @@ impl Collector for BrokerCollector {
         )?;
         counter(
             e,
+            "firehose_publisher_pauses",
+            "Times publishers were paused (5 ms) because most subscribers of a message were behind",
+            None,
+            read(&stats.publisher_pauses),
+        )?;
+        counter(
+            e,
             "firehose_catchup_delivered",
             "Events delivered from the log by catch-up rather than live routing",
             None,
