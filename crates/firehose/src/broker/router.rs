@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 
 use firehose_codec::QoS;
 
@@ -222,6 +223,7 @@ impl Router {
 
     /// [`Router::publish`] without storing the retained message (the caller did).
     pub fn deliver(&self, message: &Arc<Message>, stats: &Stats) -> Fanout {
+        let now = Instant::now();
         let table = self.read();
         let mut entries: Vec<&FilterEntry> = Vec::new();
         table.for_each_match(&message.topic, |_, entry| entries.push(entry));
@@ -234,7 +236,14 @@ impl Router {
                 // holds one subscriber per session) and nothing needs merging.
                 let mut fanout = Fanout::default();
                 for sub in entry.direct.iter().filter(wanted) {
-                    fanout.add(offer(message, &sub.session, sub.options, Vec::new(), stats));
+                    fanout.add(offer(
+                        message,
+                        &sub.session,
+                        sub.options,
+                        Vec::new(),
+                        stats,
+                        now,
+                    ));
                 }
                 return fanout;
             }
@@ -272,7 +281,7 @@ impl Router {
                 j += 1;
             }
             i = j;
-            fanout.add(offer(message, session, options, ids, stats));
+            fanout.add(offer(message, session, options, ids, stats, now));
         }
         fanout
     }
@@ -307,6 +316,7 @@ fn offer(
     options: SubOptions,
     more_ids: Vec<u32>,
     stats: &Stats,
+    now: Instant,
 ) -> bool {
     let mut subscription_ids = more_ids;
     if let Some(id) = options.id {
@@ -321,6 +331,7 @@ fn offer(
             from_log: message.id != 0,
         },
         stats,
+        now,
     )
 }
 

@@ -230,7 +230,9 @@ impl Session {
     /// half full, while still taking deliveries (not stuck, see [`STUCK_AFTER`]). When most
     /// subscribers of a message are behind, publishers are slowed down (see
     /// `Shared::publishers_wait`) rather than their messages dropped.
-    pub fn offer(&self, delivery: Delivery, stats: &Stats) -> bool {
+    ///
+    /// `now` is read once per routed message by the caller, not once per delivery.
+    pub fn offer(&self, delivery: Delivery, stats: &Stats, now: Instant) -> bool {
         let mut state = self.lock();
         let id = delivery.message.id;
         if state.ended || state.link.is_none() {
@@ -240,7 +242,7 @@ impl Session {
             return false;
         }
         if state.lagging {
-            return state.is_slow();
+            return state.is_slow(now);
         }
         if id != 0 && id <= state.cursor {
             return false;
@@ -254,14 +256,14 @@ impl Session {
                 state.lagging = true;
                 stats::add(&stats.lagging_switches, 1);
             }
-            return state.is_slow();
+            return state.is_slow(now);
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(delivery);
         if id != 0 {
             state.cursor = id;
         }
-        let behind = state.queue.len() * 2 >= self.queue_limit && state.is_slow();
+        let behind = state.queue.len() * 2 >= self.queue_limit && state.is_slow(now);
         drop(state);
         if was_empty {
             self.wake.notify_one();
@@ -291,8 +293,8 @@ impl Session {
 
 impl SessionState {
     /// Whether a session that is behind still takes deliveries (slow), as opposed to stuck.
-    fn is_slow(&self) -> bool {
-        self.last_progress.elapsed() < STUCK_AFTER
+    fn is_slow(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_progress) < STUCK_AFTER
     }
 
     /// A packet id not used by any inflight message.
@@ -603,7 +605,7 @@ mod tests {
         let (attached, _) = attach(&registry, false);
         let session = attached.session;
         for id in 1..=3 {
-            session.offer(logged(id), &stats);
+            session.offer(logged(id), &stats, Instant::now());
         }
         let state = session.lock();
         assert_eq!(state.queue.len(), 2, "limit is 2");
@@ -629,7 +631,7 @@ mod tests {
         );
         let session = attached.session;
         let behind: Vec<bool> = (1..=6)
-            .map(|id| session.offer(logged(id), &stats))
+            .map(|id| session.offer(logged(id), &stats, Instant::now()))
             .collect();
         // Half full from the second delivery; full (lagging) from the fifth.
         assert_eq!(behind, [false, true, true, true, true, true]);
@@ -637,13 +639,13 @@ mod tests {
         if let Some(long_ago) = Instant::now().checked_sub(2 * STUCK_AFTER) {
             session.lock().last_progress = long_ago;
             assert!(
-                !session.offer(logged(7), &stats),
+                !session.offer(logged(7), &stats, Instant::now()),
                 "a session that took nothing for a while is stuck, not behind"
             );
         }
         session.lock().link = None;
         assert!(
-            !session.offer(logged(8), &stats),
+            !session.offer(logged(8), &stats, Instant::now()),
             "an offline session is not behind: it is not being sent anything"
         );
     }
@@ -655,12 +657,12 @@ mod tests {
         let stats = Stats::new();
         let (attached, _) = attach(&registry, true);
         let session = attached.session;
-        session.offer(logged(1), &stats);
+        session.offer(logged(1), &stats, Instant::now());
         assert!(
             session.wake.notified().now_or_never().is_some(),
             "the first delivery wakes"
         );
-        session.offer(logged(2), &stats);
+        session.offer(logged(2), &stats, Instant::now());
         assert!(
             session.wake.notified().now_or_never().is_none(),
             "the queue was not empty: the connection will find it when it drains"
@@ -703,8 +705,8 @@ mod tests {
         let stats = Stats::new();
         let (attached, _) = attach(&registry, false);
         attached.session.lock().cursor = 5;
-        attached.session.offer(logged(5), &stats);
-        attached.session.offer(logged(6), &stats);
+        attached.session.offer(logged(5), &stats, Instant::now());
+        attached.session.offer(logged(6), &stats, Instant::now());
         let state = attached.session.lock();
         assert_eq!(state.queue.len(), 1);
         assert_eq!(state.cursor, 6);
@@ -721,7 +723,7 @@ mod tests {
         let stats = Stats::new();
         let (attached, _) = attach(&registry, false);
         attached.session.lock().link = None;
-        attached.session.offer(logged(1), &stats);
+        attached.session.offer(logged(1), &stats, Instant::now());
         attached
             .session
             .enqueue_direct(delivery(QoS::AtLeastOnce), &stats);
