@@ -301,6 +301,11 @@ pub struct Limits {
     /// Messages queued for one client (connected or offline) before further ones are dropped
     /// and counted.
     pub send_queue: u64,
+    /// Pause clients that publish (5 ms at a time) while most subscribers of their messages
+    /// are behind, so that a publisher faster than the fan-out is slowed down instead of its
+    /// QoS 0 messages being dropped for everyone. `false`: publishers are never slowed for
+    /// their subscribers (only by the log).
+    pub pause_publishers: bool,
     /// Unacknowledged QoS 1/2 publishes the broker accepts from one client (MQTT 5 Receive
     /// Maximum sent in CONNACK).
     pub receive_maximum: u16,
@@ -327,6 +332,7 @@ impl Default for Limits {
             max_connections_per_ip: 0,
             max_subscriptions_per_client: 1000,
             send_queue: 10_000,
+            pause_publishers: true,
             receive_maximum: 1024,
             max_inflight: 1024,
             topic_alias_maximum: 1024,

@@ -1804,9 +1804,10 @@ fn metric(node: &Node, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
 }
 
-#[test]
-fn a_subscriber_that_stops_reading_pauses_the_publisher_only_until_it_counts_as_stuck() {
-    let dd = DataDir::standard("[limits]\nsend_queue = 100\n");
+/// Publishes `count` 1 KiB QoS 1 messages to a topic whose only subscriber never reads, and
+/// returns how many times publishers were paused.
+fn pauses_with_a_subscriber_that_never_reads(limits: &str, count: usize) -> f64 {
+    let dd = DataDir::standard(&format!("[limits]\nsend_queue = 100\n{limits}"));
     let node = dd.start();
     // The only subscriber of the topic, so "most subscribers": it never reads, so its socket
     // buffers, its outbox and then half its queue fill up.
@@ -1814,10 +1815,17 @@ fn a_subscriber_that_stops_reading_pauses_the_publisher_only_until_it_counts_as_
     stuck.subscribe("flood/t", 1);
     let mut publisher = RawClient::publisher(node.mqtt, false);
     let payload = vec![b'x'; 1024];
-    for _ in 0..20_000 {
+    for _ in 0..count {
         publish1(&mut publisher, "flood/t", &payload);
     }
     let pauses = metric(&node, "firehose_publisher_pauses_total");
+    drop(stuck);
+    pauses
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_pauses_the_publisher_only_until_it_counts_as_stuck() {
+    let pauses = pauses_with_a_subscriber_that_never_reads("", 20_000);
     assert!(pauses >= 1.0, "the publisher was never paused");
     // Pauses last 5 ms each and only while the subscriber is slow, not stuck (it takes
     // nothing for a second): about 200 at most, however slow this machine. Without the
@@ -1826,5 +1834,10 @@ fn a_subscriber_that_stops_reading_pauses_the_publisher_only_until_it_counts_as_
         pauses < 2_000.0,
         "{pauses} pauses: a stuck subscriber kept slowing the publisher"
     );
-    drop(stuck);
+}
+
+#[test]
+fn pause_publishers_false_never_pauses() {
+    let pauses = pauses_with_a_subscriber_that_never_reads("pause_publishers = false\n", 20_000);
+    assert_eq!(pauses, 0.0);
 }

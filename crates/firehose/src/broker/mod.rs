@@ -108,7 +108,7 @@ async fn route_committed(
             shared.routing_started.store(message.id, Ordering::SeqCst);
             let fanout = shared.router.deliver(&message, &shared.stats);
             shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
-            if fanout.mostly_behind() {
+            if fanout.mostly_behind() && shared.limits.pause_publishers {
                 shared.slow_publishers();
             }
         }
