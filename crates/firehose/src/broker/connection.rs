@@ -1373,19 +1373,10 @@ impl Connection {
             {
                 // Recorded before it is sent, so that after a crash it is resent with the same
                 // packet id instead of as a new message.
-                let seq = state.next_seq;
-                state.next_seq += 1;
                 let stage = Stage::PublishUnsaved {
                     ticket: next_ticket,
                 };
-                state.inflight.insert(
-                    id,
-                    Inflight {
-                        delivery,
-                        stage,
-                        seq,
-                    },
-                );
+                state.add_inflight(id, delivery, stage);
                 self.unsaved_publishes += 1;
                 save = true;
                 continue;
@@ -1394,21 +1385,12 @@ impl Connection {
                 Ok(true) => {
                     sent += 1;
                     if let Some(id) = id {
-                        let seq = state.next_seq;
-                        state.next_seq += 1;
                         let stage = if delivery.qos == QoS::AtLeastOnce {
                             Stage::AwaitPubAck
                         } else {
                             Stage::AwaitPubRec
                         };
-                        state.inflight.insert(
-                            id,
-                            Inflight {
-                                delivery,
-                                stage,
-                                seq,
-                            },
-                        );
+                        state.add_inflight(id, delivery, stage);
                     }
                 }
                 Ok(false) => stats::add(&self.shared.stats.dropped_too_large, 1),

@@ -6,7 +6,7 @@ use firehose_codec::{Protocol, QoS};
 
 use super::message::{now_ms, Delivery, Message};
 use super::router::SubOptions;
-use super::session::{Inflight, Session, Stage};
+use super::session::{Session, Stage};
 use super::Shared;
 use crate::store::StoreError;
 
@@ -71,23 +71,15 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
                     (QoS::ExactlyOnce, _) => Stage::AwaitPubRec,
                     _ => Stage::AwaitPubAck,
                 };
-                let seq = state.next_seq;
-                state.next_seq += 1;
                 state.delivered_ahead.insert(inflight.event_id);
-                state.inflight.insert(
-                    inflight.packet_id,
-                    Inflight {
-                        delivery: Delivery {
-                            retain: false,
-                            subscription_ids: Vec::new(),
-                            from_log: true,
-                            qos,
-                            message,
-                        },
-                        stage,
-                        seq,
-                    },
-                );
+                let delivery = Delivery {
+                    retain: false,
+                    subscription_ids: Vec::new(),
+                    from_log: true,
+                    qos,
+                    message,
+                };
+                state.add_inflight(inflight.packet_id, delivery, stage);
             }
             state
                 .incoming_qos2

@@ -292,6 +292,21 @@ impl Session {
 }
 
 impl SessionState {
+    /// Records a delivery as sent (or about to be) under `packet_id`, after every earlier one:
+    /// resends after a resume follow this order.
+    pub fn add_inflight(&mut self, packet_id: u16, delivery: Delivery, stage: Stage) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.inflight.insert(
+            packet_id,
+            Inflight {
+                delivery,
+                stage,
+                seq,
+            },
+        );
+    }
+
     /// Whether a session that is behind still takes deliveries (slow), as opposed to stuck.
     fn is_slow(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.last_progress) < STUCK_AFTER
