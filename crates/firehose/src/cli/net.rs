@@ -144,6 +144,29 @@ impl ServerUrl {
     }
 }
 
+/// Parses the `--server` URLs of a command and its TLS settings, checking the CA file at once
+/// when any server uses TLS: a bad `--ca-file` is a mistake to report now (and once), not a
+/// server to retry forever.
+///
+/// # Errors
+/// A URL that does not parse, or an unusable CA file.
+pub(crate) fn servers_and_tls(
+    urls: &[String],
+    ca_file: Option<&Path>,
+) -> anyhow::Result<(Vec<ServerUrl>, TlsOptions)> {
+    let servers = urls
+        .iter()
+        .map(|s| ServerUrl::parse(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tls = TlsOptions {
+        ca_file: ca_file.map(Path::to_path_buf),
+    };
+    if servers.iter().any(|s| s.scheme.tls()) {
+        tls.connector()?;
+    }
+    Ok((servers, tls))
+}
+
 /// TLS client settings shared by every connection of a command.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TlsOptions {

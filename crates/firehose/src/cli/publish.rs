@@ -13,7 +13,7 @@ use firehose_codec::{
 };
 
 use super::mqtt_client::{bytes_of, MqttClient};
-use super::net::{ServerUrl, TlsOptions};
+use super::net::servers_and_tls;
 
 /// How long an acknowledgement may take.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -158,18 +158,7 @@ async fn publish(args: PubArgs) -> anyhow::Result<()> {
             "firehose: warning: publishing anonymously; Firehose drops anonymous publishes (pass --username)"
         );
     }
-    let servers = args
-        .server
-        .iter()
-        .map(|s| ServerUrl::parse(s))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let tls = TlsOptions {
-        ca_file: args.ca_file.clone(),
-    };
-    if servers.iter().any(|s| s.scheme.tls()) {
-        // Said once, not once per server.
-        tls.connector()?;
-    }
+    let (servers, tls) = servers_and_tls(&args.server, args.ca_file.as_deref())?;
     let connect = Connect {
         protocol,
         clean_start: true,

@@ -24,7 +24,8 @@ use tokio::task::JoinSet;
 use super::event_filter::{all_match, Condition};
 use super::http_client::HttpClient;
 use super::mqtt_client::{bytes_of, MqttClient};
-use super::net::{ServerUrl, TlsOptions};
+use super::net::{servers_and_tls, ServerUrl, TlsOptions};
+use crate::transport::history::{add_properties, payload_json};
 
 /// Longest wait between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -437,18 +438,7 @@ pub(crate) fn run(args: SubArgs) -> anyhow::Result<()> {
 }
 
 async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
-    let servers = args
-        .server
-        .iter()
-        .map(|s| ServerUrl::parse(s))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let tls = TlsOptions {
-        ca_file: args.ca_file.clone(),
-    };
-    if servers.iter().any(|s| s.scheme.tls()) {
-        // A bad --ca-file is a mistake to report now, not a server to retry forever.
-        tls.connector()?;
-    }
+    let (servers, tls) = servers_and_tls(&args.server, args.ca_file.as_deref())?;
     if (args.since.is_some() || args.after.is_some()) && servers.iter().any(|s| s.scheme.mqtt()) {
         bail!("--since and --after read the history over HTTP: use --server http(s)://HOST:PORT");
     }
@@ -793,21 +783,7 @@ async fn acknowledge(client: &mut MqttClient, ack: Option<Ack>) -> anyhow::Resul
 /// The JSON an MQTT message is printed as: the shape of the history API, without the log id
 /// (MQTT does not carry it), with the time it was received.
 fn mqtt_event(publish: Publish) -> Event {
-    let (payload, encoding) = match serde_json::from_slice::<Value>(&publish.payload) {
-        Ok(value) if !publish.payload.is_empty() => (value, "json"),
-        _ => match std::str::from_utf8(&publish.payload) {
-            Ok(text) => (Value::String(text.to_owned()), "text"),
-            Err(_) => {
-                use base64::Engine;
-                (
-                    Value::String(
-                        base64::engine::general_purpose::STANDARD.encode(&publish.payload),
-                    ),
-                    "base64",
-                )
-            }
-        },
-    };
+    let (payload, encoding) = payload_json(&publish.payload);
     let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let mut json = json!({
         "time": time,
@@ -818,17 +794,12 @@ fn mqtt_event(publish: Publish) -> Event {
         "payload_encoding": encoding,
     });
     let p = &publish.properties;
-    if let Some(map) = json.as_object_mut() {
-        if let Some(ct) = &p.content_type {
-            map.insert("content_type".into(), json!(ct));
-        }
-        if !p.user_properties.is_empty() {
-            map.insert("user_properties".into(), json!(p.user_properties));
-        }
-        if let Some(rt) = &p.response_topic {
-            map.insert("response_topic".into(), json!(rt));
-        }
-    }
+    add_properties(
+        &mut json,
+        p.content_type.as_ref(),
+        &p.user_properties,
+        p.response_topic.as_ref(),
+    );
     let ack = publish.packet_id.map(|packet_id| Ack {
         packet_id,
         qos: publish.qos,

@@ -255,20 +255,45 @@ fn percent_decode(text: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("query parameter {text:?} is not UTF-8"))
 }
 
-/// An event as the API shows it. Payloads that are JSON are embedded as JSON, UTF-8 text as a
-/// string, anything else as base64; `payload_encoding` says which.
-pub fn event_json(event: &Event) -> Value {
-    let e = &event.event;
-    let (payload, encoding) = match serde_json::from_slice::<Value>(&e.payload) {
-        Ok(value) if !e.payload.is_empty() => (value, "json"),
-        _ => match std::str::from_utf8(&e.payload) {
+/// A payload as events show it, with its `payload_encoding`: JSON embedded as JSON, UTF-8 text
+/// as a string, anything else as base64. `firehose sub` prints MQTT messages the same way.
+pub(crate) fn payload_json(payload: &[u8]) -> (Value, &'static str) {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(value) if !payload.is_empty() => (value, "json"),
+        _ => match std::str::from_utf8(payload) {
             Ok(text) => (Value::String(text.to_owned()), "text"),
             Err(_) => (
-                Value::String(base64::engine::general_purpose::STANDARD.encode(&e.payload)),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(payload)),
                 "base64",
             ),
         },
-    };
+    }
+}
+
+/// Adds to an event's JSON object the MQTT 5 properties a consumer may use, those that are set.
+pub(crate) fn add_properties(
+    object: &mut Value,
+    content_type: Option<&String>,
+    user_properties: &[(String, String)],
+    response_topic: Option<&String>,
+) {
+    if let Some(map) = object.as_object_mut() {
+        if let Some(ct) = content_type {
+            map.insert("content_type".into(), json!(ct));
+        }
+        if !user_properties.is_empty() {
+            map.insert("user_properties".into(), json!(user_properties));
+        }
+        if let Some(rt) = response_topic {
+            map.insert("response_topic".into(), json!(rt));
+        }
+    }
+}
+
+/// An event as the API shows it; see [`payload_json`] for the payload.
+pub fn event_json(event: &Event) -> Value {
+    let e = &event.event;
+    let (payload, encoding) = payload_json(&e.payload);
     let mut object = json!({
         "id": event.id,
         "time": format_time(e.time_ms),
@@ -280,17 +305,12 @@ pub fn event_json(event: &Event) -> Value {
         "payload_encoding": encoding,
     });
     let p = &e.properties;
-    if let Some(map) = object.as_object_mut() {
-        if let Some(ct) = &p.content_type {
-            map.insert("content_type".into(), json!(ct));
-        }
-        if !p.user_properties.is_empty() {
-            map.insert("user_properties".into(), json!(p.user_properties));
-        }
-        if let Some(rt) = &p.response_topic {
-            map.insert("response_topic".into(), json!(rt));
-        }
-    }
+    add_properties(
+        &mut object,
+        p.content_type.as_ref(),
+        &p.user_properties,
+        p.response_topic.as_ref(),
+    );
     object
 }
 
