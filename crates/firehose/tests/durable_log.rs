@@ -8,15 +8,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cli::spawn_with_lines;
 use common::durable::{
     enc, eventually, history, http_get, http_get_headers, http_get_with, http_json, ids, payloads,
     DataDir, Node, Sse, SseItem,
@@ -1410,25 +1411,9 @@ struct Follow {
 
 impl Follow {
     fn start(args: &[&str]) -> Follow {
-        let mut child = Command::new(firehose_bin())
-            .arg("replay")
-            .args(args)
-            .arg("--follow")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start firehose replay");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut cmd = Command::new(firehose_bin());
+        cmd.arg("replay").args(args).arg("--follow");
+        let (child, lines) = spawn_with_lines(cmd, "firehose replay");
         Follow { child, lines }
     }
 

@@ -21,6 +21,28 @@ pub(crate) fn firehose() -> Command {
     cmd
 }
 
+/// Starts `cmd` with its stdout lines on a channel (read by a thread of their own), stdin
+/// closed and stderr passed through; `what` names it in the panic if it cannot start.
+pub(crate) fn spawn_with_lines(mut cmd: Command, what: &str) -> (Child, Receiver<String>) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines)
+}
+
 /// A running `firehose sub` whose stdout lines arrive on a channel.
 pub(crate) struct Sub {
     child: Child,
@@ -30,24 +52,9 @@ pub(crate) struct Sub {
 impl Sub {
     /// Starts `firehose sub ARGS...`.
     pub(crate) fn start(args: &[&str]) -> Sub {
-        let mut child = firehose()
-            .arg("sub")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start firehose sub");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut cmd = firehose();
+        cmd.arg("sub").args(args);
+        let (child, lines) = spawn_with_lines(cmd, "firehose sub");
         Sub { child, lines }
     }
 
