@@ -45,6 +45,20 @@ def hash_password(password: str) -> str:
     return digest
 
 
+def terminate(proc: subprocess.Popen) -> bool:
+    """SIGTERM, then wait (bounded); kills a process that ignored it. Returns whether it exited
+    on SIGTERM, for callers that count ignoring it as a failure."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return False
+    return True
+
+
 class Broker:
     """One running `firehose serve`."""
 
@@ -114,14 +128,8 @@ class Broker:
 
     def stop(self) -> int:
         """SIGTERM, then wait (bounded); returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                pytest.fail(f"firehose serve ignored SIGTERM for {TIMEOUT}s; log:\n{self.log()}")
+        if not terminate(self.proc):
+            pytest.fail(f"firehose serve ignored SIGTERM for {TIMEOUT}s; log:\n{self.log()}")
         return self.proc.returncode
 
 

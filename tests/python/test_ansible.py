@@ -8,7 +8,6 @@ import json
 import os
 import pathlib
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, firehose_bin, hash_password
+from conftest import REPO, firehose_bin, hash_password, terminate
 
 PLUGIN_DIR = REPO / "integrations" / "ansible"
 USER, PASSWORD = "ansible", "ansible secret"
@@ -89,13 +88,7 @@ class HttpFirehose:
         return out
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         return self.proc.returncode
 
 

@@ -22,7 +22,7 @@ import urllib.request
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import firehose_bin
+from conftest import firehose_bin, terminate
 from mqtt_helpers import PUB, TIMEOUT, V5, Client, unique_id
 
 MQTT_BOUND = re.compile(r"MQTT listener bound addr=(\S+)")
@@ -96,13 +96,8 @@ class DurableBroker:
         self.proc.wait(timeout=TIMEOUT)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-                pytest.fail(f"firehose serve ignored SIGTERM; log:\n{self.log()}")
+        if not terminate(self.proc):
+            pytest.fail(f"firehose serve ignored SIGTERM; log:\n{self.log()}")
         return self.proc.returncode
 
     def get(self, path: str, **params) -> dict:

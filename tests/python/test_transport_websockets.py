@@ -11,7 +11,6 @@ import os
 import pathlib
 import queue
 import re
-import signal
 import ssl
 import subprocess
 import threading
@@ -21,7 +20,7 @@ import urllib.request
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import firehose_bin, hash_password
+from conftest import firehose_bin, hash_password, terminate
 from mqtt_helpers import PUB, TIMEOUT, unique_id
 
 BOUND = re.compile(r"(MQTT|HTTP|HTTPS) listener bound addr=(\S+)")
@@ -88,13 +87,7 @@ class WebBroker:
             pytest.fail(f"firehose did not log its three addresses; log:\n{''.join(self.lines)}")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         return self.proc.returncode
 
 
