@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::cli::{firehose, payloads, Sub};
+use common::cli::{firehose, Sub};
+use common::durable::payloads;
 use common::durable::{eventually, history, http_get, DataDir, Node};
 use common::{firehose_bin, run_with_timeout, PUB_PASSWORD, TIMEOUT};
 use serde_json::Value;

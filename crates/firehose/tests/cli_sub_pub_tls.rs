@@ -12,7 +12,8 @@ use std::process::Output;
 use std::thread;
 use std::time::Duration;
 
-use common::cli::{firehose, payloads, Sub};
+use common::cli::{firehose, Sub};
+use common::durable::payloads;
 use common::durable::{eventually, http_get};
 use common::{run_with_timeout, ServerOptions, PUB_PASSWORD};
 use common::{Server, TIMEOUT};

@@ -84,14 +84,3 @@ impl Drop for Sub {
         let _ = self.child.wait();
     }
 }
-
-/// Payloads of printed events as text (JSON ones in their JSON form).
-pub(crate) fn payloads(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| match &e["payload"] {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect()
-}
