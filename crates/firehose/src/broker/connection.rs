@@ -515,7 +515,8 @@ struct Connection {
     saved_cursor: u64,
 }
 
-/// What the log's writer thread tells a connection.
+/// What the log tells a connection (a save from the writer thread, a stored publish from the
+/// routing task).
 #[derive(Debug)]
 enum ConnEvent {
     /// A publish was committed (or failed).
@@ -649,14 +650,16 @@ impl Connection {
                     Ok(n) => stats::add(&self.shared.stats.bytes_sent, n as u64),
                     Err(error) => return End::Lost(format!("write failed: {error}")),
                 },
-                Some(event) = next_event(&mut events), if events.is_some() => match event {
-                    ConnEvent::Accepted(done) => {
-                        if let Some(end) = self.on_accepted(done, outbox) {
+                Some(event) = next_event(&mut events), if events.is_some() => {
+                    // All that is there, so that the acknowledgements leave in one write.
+                    let mut next = Some(event);
+                    while let Some(event) = next {
+                        if let Some(end) = self.on_event(event, outbox) {
                             return end;
                         }
+                        next = events.as_mut().and_then(|rx| rx.try_recv().ok());
                     }
-                    ConnEvent::Saved(ticket) => self.on_saved(ticket, outbox),
-                },
+                }
                 page = async {
                     match catchup.as_mut() {
                         Some(c) => (&mut c.read).await,
@@ -698,6 +701,17 @@ impl Connection {
                         return End::KeepAliveTimeout;
                     }
                 }
+            }
+        }
+    }
+
+    /// Handles what the log's writer (or the routing task) told this connection.
+    fn on_event(&mut self, event: ConnEvent, outbox: &mut Outbox) -> Option<End> {
+        match event {
+            ConnEvent::Accepted(done) => self.on_accepted(done, outbox),
+            ConnEvent::Saved(ticket) => {
+                self.on_saved(ticket, outbox);
+                None
             }
         }
     }

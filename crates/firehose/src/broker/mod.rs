@@ -69,8 +69,9 @@ pub(crate) struct Shared {
     pub(crate) routing_started: AtomicU64,
     /// Woken after every logged event is routed, for readers that follow the log.
     log_advanced: Notify,
-    /// Committed events on their way from the log's writer thread to the routing task.
-    to_route: mpsc::UnboundedSender<Arc<Message>>,
+    /// Committed events on their way from the log's writer thread to the routing task, with
+    /// what their publisher is told.
+    to_route: mpsc::UnboundedSender<Committed>,
     /// Events sent to the routing task and not yet routed; counted with the store's backlog
     /// when connections decide whether to keep reading.
     routing_backlog: AtomicUsize,
@@ -95,16 +96,23 @@ const ROUTE_BATCH: usize = 256;
 /// foreign thread goes through the shared injection queue and unparks a worker, once per
 /// subscriber. On a machine with more cores, SQLite commits and fan-out also overlap. The task
 /// holds the broker weakly so that it ends with the broker.
-async fn route_committed(
-    shared: Weak<Shared>,
-    mut committed: mpsc::UnboundedReceiver<Arc<Message>>,
-) {
+async fn route_committed(shared: Weak<Shared>, mut committed: mpsc::UnboundedReceiver<Committed>) {
     let mut batch = Vec::with_capacity(ROUTE_BATCH);
     while committed.recv_many(&mut batch, ROUTE_BATCH).await > 0 {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        for message in batch.drain(..) {
+        // Publishers first: their acknowledgements need not wait for the fan-out.
+        for entry in &mut batch {
+            if entry.message.retain {
+                // A publisher told "stored" must find its retained message in place.
+                shared.router.retain(&entry.message);
+            }
+            if let Some(done) = entry.done.take() {
+                done(Some(entry.message.id));
+            }
+        }
+        for Committed { message, .. } in batch.drain(..) {
             shared.routing_started.store(message.id, Ordering::SeqCst);
             let fanout = shared.router.deliver(&message, &shared.stats);
             shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
@@ -119,6 +127,15 @@ async fn route_committed(
         // Let the connections just woken write before the next batch is routed.
         tokio::task::yield_now().await;
     }
+}
+
+/// A committed event for the routing task.
+struct Committed {
+    /// The event, with its id.
+    message: Arc<Message>,
+    /// Tells the publisher it is stored; run by the routing task so that the writer thread
+    /// wakes the runtime once per batch, not once per publishing connection.
+    done: Option<Accepted>,
 }
 
 /// Called once a session save is durable.
@@ -182,18 +199,13 @@ impl Shared {
             Box::new(move |result| match result {
                 Ok(id) => {
                     message.id = id;
-                    let message = Arc::new(message);
-                    // A publisher told "stored" must find its retained message in place...
-                    if message.retain {
-                        shared.router.retain(&message);
-                    }
-                    // ...but need not wait for the fan-out to many subscribers.
-                    if let Some(done) = done {
-                        done(Some(id));
-                    }
+                    let committed = Committed {
+                        message: Arc::new(message),
+                        done,
+                    };
                     shared.routing_backlog.fetch_add(1, Ordering::AcqRel);
-                    if shared.to_route.send(message).is_err() {
-                        // Only when the runtime is gone: nobody is left to deliver to.
+                    if shared.to_route.send(committed).is_err() {
+                        // Only when the runtime is gone: nobody is left to deliver to or tell.
                         shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
