@@ -28,12 +28,16 @@
 //!   first rule whose filter matches a topic governs it. Per-rule counts and bytes live in the
 //!   database; changing the rules makes the next open count them once (a scan of the log).
 //!   Retained messages are a separate copy and are never deleted by retention.
+//! - **Checkpoints** (copying the WAL into `events.db`) run every 100 ms on a thread of their
+//!   own (`checkpoint.rs`), beside the writer's commits; the writer checkpoints itself only if
+//!   the WAL reaches 4096 pages anyway.
 //! - **Reads** use a pool of read-only connections: they see a consistent snapshot and never
 //!   block the writer. A page examines a bounded id window, so a rare topic costs many cheap
 //!   pages rather than one unbounded one; `scanned_to` always moves forward.
 //! - **Startup** checks: the lock file (`LOCK`, an OS lock released when the process dies), the
 //!   SQLite header, the schema version, and `PRAGMA quick_check` on databases up to 256 MiB.
 
+mod checkpoint;
 mod read;
 mod schema;
 mod writer;
@@ -705,6 +709,23 @@ mod tests {
         fn assert_send_sync<T: Send + Sync + 'static>() {}
         assert_send_sync::<Store>();
         assert_send_sync::<StoreError>();
+    }
+
+    #[test]
+    fn committed_pages_reach_the_database_file_while_the_store_is_open() {
+        // About 2 MiB of events: far below the writer's own checkpoint threshold, so only the
+        // checkpointer thread copies them out of the WAL before the store closes.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let db = dir.path().join("events.db");
+        let before = std::fs::metadata(&db).expect("events.db").len();
+        let payload = "x".repeat(1024);
+        append_all(&store, (0..2000).map(|_| ev("load/t", &payload)));
+        wait_until("the WAL to be checkpointed into events.db", || {
+            std::fs::metadata(&db).map_or(0, |m| m.len()) >= before + 2_000_000
+        });
+        assert_eq!(store.stats().events, 2000);
+        store.close();
     }
 
     #[test]

@@ -26,6 +26,10 @@ const PAGE_SIZE: u32 = 16 * 1024;
 /// the WAL before its commit and writes them again at the commit.
 const WRITER_CACHE_KIB: u32 = 16 * 1024;
 
+/// WAL pages at which the writer checkpoints itself (64 MiB at 16 KiB pages); normally the
+/// checkpointer thread has copied them long before (`checkpoint.rs`).
+const FALLBACK_CHECKPOINT_PAGES: u32 = 4096;
+
 /// Databases up to this size get a full `PRAGMA quick_check` at open. Above it the check
 /// would delay startup by seconds to minutes, so only the cheap checks run (header and schema
 /// are read); damage deeper in the file shows up as a read error when it is reached.
@@ -192,18 +196,27 @@ pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
             message: format!("SQLite kept journal mode {mode:?}"),
         });
     }
-    let synchronous = match durability {
-        Durability::Process => "NORMAL",
-        Durability::PowerLoss => "FULL",
-    };
+    let synchronous = synchronous(durability);
+    // The checkpointer thread copies the WAL into the database; the writer checkpoints only
+    // if the WAL grew this large anyway (the thread fell behind or could not start).
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY; \
-         PRAGMA cache_size = -{WRITER_CACHE_KIB};"
+         PRAGMA cache_size = -{WRITER_CACHE_KIB}; \
+         PRAGMA wal_autocheckpoint = {FALLBACK_CHECKPOINT_PAGES};"
     ))
     .map_err(err("setting pragmas"))?;
     check_integrity(&conn, path)?;
     migrate(&conn, path)?;
     Ok(conn)
+}
+
+/// The `synchronous` setting for a durability: every connection that writes pages (the
+/// writer, the checkpointer) must sync alike.
+pub(super) fn synchronous(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Process => "NORMAL",
+        Durability::PowerLoss => "FULL",
+    }
 }
 
 /// Opens a read-only connection for the reader pool.

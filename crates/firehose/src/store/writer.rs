@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
 
+use super::checkpoint::Checkpointer;
 use super::schema::{self, to_i64, to_u64, LogState};
 use super::{Completion, Durability, NewEvent, RetentionRule, StoreError, StoredSession};
 use crate::topic;
@@ -310,6 +311,7 @@ impl Writer {
 
     /// The thread's body: runs until every handle's sender is gone and the queue is empty.
     pub(super) fn run(mut self, rx: Receiver<Op>) {
+        let checkpointer = Checkpointer::start(&self.path, self.durability);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let first = if self.retention.rules.is_empty() {
@@ -334,6 +336,9 @@ impl Writer {
                 self.retention_step(RETENTION_BUDGET + appended);
             }
         }
+        // Before the writer's connection closes, so that it is the last one and SQLite
+        // checkpoints and removes the WAL.
+        drop(checkpointer);
         if let Err(e) = self.conn.execute_batch("PRAGMA optimize") {
             tracing::debug!(error = %e, "PRAGMA optimize at close failed");
         }
