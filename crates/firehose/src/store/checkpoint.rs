@@ -8,7 +8,7 @@
 //! blocks them. The writer keeps a much larger automatic threshold as a fallback, so that the
 //! WAL stays bounded if this thread falls behind or cannot open the database.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -66,7 +66,7 @@ impl Drop for Checkpointer {
 }
 
 /// The thread's body: a passive checkpoint every [`INTERVAL`] until told to stop.
-fn run(path: &PathBuf, durability: Durability, stopped: &mpsc::Receiver<()>) {
+fn run(path: &Path, durability: Durability, stopped: &mpsc::Receiver<()>) {
     let conn = match open(path, durability) {
         Ok(conn) => conn,
         Err(error) => {
