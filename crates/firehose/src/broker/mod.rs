@@ -25,6 +25,7 @@ pub mod stats;
 pub mod sys;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -496,13 +497,23 @@ impl Broker {
         }
     }
 
-    /// Serves one MQTT connection until it ends. The permit is held for its whole life.
-    pub async fn serve<S>(&self, stream: S, info: ConnectionInfo, permit: Permit)
+    /// Serves one MQTT connection until it ends. The permit, and whatever else the transport
+    /// passes as `held` (its metrics guard), is kept for the connection's whole life.
+    ///
+    /// Not an async fn: the future is made of exactly what the connection keeps, so that a
+    /// transport may spawn it as a task of its own and leave its accept-phase state behind.
+    pub fn serve<S, H>(
+        &self,
+        stream: S,
+        info: ConnectionInfo,
+        permit: Permit,
+        held: H,
+    ) -> impl Future<Output = ()> + Send + 'static
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Send + 'static,
     {
-        connection::run(self.shared.clone(), stream, info).await;
-        drop(permit);
+        connection::run(self.shared.clone(), stream, info, (permit, held))
     }
 
     /// Starts publishing `$SYS/broker/...` statistics every `interval`.

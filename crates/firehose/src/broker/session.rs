@@ -116,8 +116,9 @@ pub struct SessionState {
     pub next_seq: u64,
     /// Next packet id to try for an outgoing message.
     pub next_packet_id: u16,
-    /// Received QoS 2 packet ids awaiting PUBREL (so a duplicate is not routed twice).
-    pub incoming_qos2: HashSet<u16>,
+    /// Received QoS 2 packet ids awaiting PUBREL (so a duplicate is not routed twice). Hashed
+    /// by [`PacketIds`] like `inflight`: no random state (16 bytes) in every session.
+    pub incoming_qos2: HashSet<u16, PacketIds>,
     /// The attached connection, `None` while offline.
     pub link: Option<Link>,
     /// Bumped by every connection that attaches; timers compare it to know if they are stale.
@@ -182,7 +183,7 @@ impl Session {
                 inflight: HashMap::default(),
                 next_seq: 0,
                 next_packet_id: 1,
-                incoming_qos2: HashSet::new(),
+                incoming_qos2: HashSet::default(),
                 link: None,
                 generation: 0,
                 expiry_interval,
