@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use super::message::{Delivery, Message, Variant};
 use super::outbox::Outbox;
 use super::router::{parse_filter, SubOptions};
-use super::session::{AttachRequest, Inflight, Session, Stage};
+use super::session::{AttachRequest, Inflight, Session, Stage, Subscriptions};
 use super::stats;
 use super::{Accepted, ConnectionInfo, Shared};
 use crate::auth::{AuthFailure, Identity};
@@ -118,13 +118,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Send,
 {
+    // Boxed: only the opening needs it, and in place it would stay in the future all along.
+    let info = Box::new(info);
     async move {
         // No capacity: `poll_read_some` allocates only for bytes that arrived.
         let mut rbuf = BytesMut::new();
         // The opening and the end are boxed: their futures are several KiB and live only for
         // a moment, while this task (and the future inlined in it) lives as long as the
         // connection.
-        let opened = Box::pin(open(&shared, &mut stream, &mut rbuf, info)).await;
+        let opened = Box::pin(open(&shared, &mut stream, &mut rbuf, *info)).await;
         let Some(mut conn) = opened else {
             return;
         };
@@ -616,8 +618,11 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut shutdown = self.shared.shutdown.subscribe();
-        if *shutdown.borrow_and_update() {
+        let shared = self.shared.clone();
+        let mut shutting_down = pin!(shared.closing.notified());
+        // Registered before the flag is read: a shutdown that sets it later wakes this wait.
+        shutting_down.as_mut().enable();
+        if *shared.shutdown.borrow() {
             return End::Shutdown;
         }
         let session = self.session.clone();
@@ -635,7 +640,7 @@ impl Connection {
         // per delivery at low rates.
         let mut waits = Waits {
             kicked: pin!(kick.notified()),
-            shutting_down: pin!(shutdown.changed()),
+            shutting_down,
             woken: pin!(session.wake.notified()),
             timer: pin!(sleep_until(far_future)),
         };
@@ -1748,12 +1753,9 @@ struct CatchUp {
 
 /// The delivery of a logged message to a session, judged by its own (non-shared)
 /// subscriptions: the highest granted QoS, every subscription id, Retain As Published.
-fn delivery_for(
-    subscriptions: &HashMap<String, SubOptions>,
-    message: Arc<Message>,
-) -> Option<Delivery> {
+fn delivery_for(subscriptions: &Subscriptions, message: Arc<Message>) -> Option<Delivery> {
     let mut found: Option<(QoS, bool, Vec<u32>)> = None;
-    for (filter, options) in subscriptions {
+    for (filter, options) in subscriptions.iter() {
         if parse_filter(filter).group.is_some() || !topic::matches(filter, &message.topic) {
             continue;
         }
