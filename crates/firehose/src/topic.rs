@@ -36,8 +36,11 @@ pub struct TopicTrie<T> {
 struct Node<T> {
     /// The value of the filter that ends at this level.
     value: Option<Leaf<T>>,
-    /// Literal next levels, by their text.
-    children: HashMap<Box<str>, Node<T>>,
+    /// Literal next levels, by their text; `None` while there are none. Boxed: most nodes are
+    /// the last level of a filter, and an empty map would be 48 bytes in each of them (a
+    /// broker with a topic per client holds one such node per client).
+    #[allow(clippy::box_collection)]
+    children: Option<Box<HashMap<Box<str>, Node<T>>>>,
     /// The `+` next level.
     plus: Option<Box<Node<T>>>,
     /// The value of the filter that continues with a final `#`; `#` is always last, so it is a
@@ -84,18 +87,18 @@ impl<T> Node<T> {
         self.value.is_none()
             && self.hash.is_none()
             && self.plus.is_none()
-            && self.children.is_empty()
+            && self.children.as_ref().is_none_or(|c| c.is_empty())
     }
 
     /// Number of child nodes (not counting the `#` leaf).
     fn child_count(&self) -> usize {
-        self.children.len() + usize::from(self.plus.is_some())
+        self.children.as_ref().map_or(0, |c| c.len()) + usize::from(self.plus.is_some())
     }
 
     /// The child for `step`, if any (`Hash` has no node).
     fn child(&self, step: Step<'_>) -> Option<&Node<T>> {
         match step {
-            Step::Literal(level) => self.children.get(level),
+            Step::Literal(level) => self.children.as_ref()?.get(level),
             Step::Plus => self.plus.as_deref(),
             Step::Hash => None,
         }
@@ -104,7 +107,7 @@ impl<T> Node<T> {
     /// The child for `step`, if any (`Hash` has no node).
     fn child_mut(&mut self, step: Step<'_>) -> Option<&mut Node<T>> {
         match step {
-            Step::Literal(level) => self.children.get_mut(level),
+            Step::Literal(level) => self.children.as_mut()?.get_mut(level),
             Step::Plus => self.plus.as_deref_mut(),
             Step::Hash => None,
         }
@@ -115,7 +118,7 @@ impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
             value: None,
-            children: HashMap::new(),
+            children: None,
             plus: None,
             hash: None,
         }
@@ -180,7 +183,11 @@ impl<T> TopicTrie<T> {
         let mut node = &mut self.root;
         for step in steps(filter) {
             node = match step {
-                Step::Literal(level) => node.children.entry(Box::from(level)).or_default(),
+                Step::Literal(level) => node
+                    .children
+                    .get_or_insert_with(Box::default)
+                    .entry(Box::from(level))
+                    .or_default(),
                 Step::Plus => node.plus.get_or_insert_with(Box::default),
                 Step::Hash => {
                     let leaf = node.hash.get_or_insert_with(|| {
@@ -252,7 +259,14 @@ impl<T> TopicTrie<T> {
             for (i, step) in steps(filter).enumerate() {
                 if i == keep_depth {
                     match step {
-                        Step::Literal(level) => drop(node.children.remove(level)),
+                        Step::Literal(level) => {
+                            if let Some(children) = node.children.as_mut() {
+                                drop(children.remove(level));
+                                if children.is_empty() {
+                                    node.children = None;
+                                }
+                            }
+                        }
                         Step::Plus => node.plus = None,
                         Step::Hash => {}
                     }
@@ -327,7 +341,7 @@ where
             Some((level, tail)) => (level, Some(tail)),
             None => (levels, None),
         };
-        let literal = node.children.get(level);
+        let literal = node.children.as_ref().and_then(|c| c.get(level));
         let plus = if wildcards {
             node.plus.as_deref()
         } else {
@@ -349,7 +363,9 @@ where
 impl<T> Node<T> {
     /// Moves the child nodes of `self` onto `stack`.
     fn take_children(&mut self, stack: &mut Vec<Node<T>>) {
-        stack.extend(self.children.drain().map(|(_, child)| child));
+        if let Some(children) = self.children.take() {
+            stack.extend(children.into_values());
+        }
         if let Some(plus) = self.plus.take() {
             stack.push(*plus);
         }
@@ -379,7 +395,7 @@ impl<T: fmt::Debug> fmt::Debug for TopicTrie<T> {
             for leaf in node.value.iter().chain(node.hash.as_deref()) {
                 map.entry(&leaf.filter, &leaf.value);
             }
-            stack.extend(node.children.values());
+            stack.extend(node.children.iter().flat_map(|c| c.values()));
             stack.extend(node.plus.as_deref());
         }
         map.finish()
@@ -654,7 +670,7 @@ mod tests {
         let mut stack = vec![&trie.root];
         while let Some(node) = stack.pop() {
             count += 1;
-            stack.extend(node.children.values());
+            stack.extend(node.children.iter().flat_map(|c| c.values()));
             stack.extend(node.plus.as_deref());
         }
         count

@@ -6,13 +6,14 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -21,15 +22,15 @@ use firehose_codec::{
     DisconnectProperties, EncodeError, Packet, Protocol, PubResponse, Publish, QoS, ReasonCode,
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, Notify};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info, warn};
 
 use super::message::{Delivery, Message, Variant};
 use super::outbox::Outbox;
 use super::router::{parse_filter, SubOptions};
-use super::session::{AttachRequest, Inflight, Session, Stage};
+use super::session::{AttachRequest, Inflight, Session, Stage, Subscriptions};
 use super::stats;
 use super::{Accepted, ConnectionInfo, Shared};
 use crate::auth::{AuthFailure, Identity};
@@ -99,44 +100,58 @@ impl End {
     }
 }
 
-/// Serves one connection from its first byte to its close.
-pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, info: ConnectionInfo)
+/// Serves one connection from its first byte to its close; `held` is dropped at the end.
+///
+/// The stream is not split into halves: the serve loop polls reads and writes of the one
+/// stream itself, and a split would cost every connection a shared allocation.
+///
+/// Not an async fn: an async fn keeps each argument twice (as passed, and moved into its
+/// body), and this future lives as long as the connection.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run<S, H>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    info: ConnectionInfo,
+    held: H,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Send,
 {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    // No capacity: `read_some` allocates only for bytes that arrived.
-    let mut rbuf = BytesMut::new();
-    // The opening and the end are boxed: their futures are several KiB and live only for a
-    // moment, while this task (and the future inlined in it) lives as long as the connection.
-    let opened = Box::pin(open(&shared, &mut reader, &mut writer, &mut rbuf, info)).await;
-    let Some(mut conn) = opened else {
-        return;
-    };
-    let mut outbox = Outbox::default();
-    conn.start(&mut outbox);
-    let end = conn
-        .serve(&mut reader, &mut writer, &mut rbuf, &mut outbox)
-        .await;
-    Box::pin(conn.finish(end, &mut writer, &mut outbox)).await;
+    // Boxed: only the opening needs it, and in place it would stay in the future all along.
+    let info = Box::new(info);
+    async move {
+        // No capacity: `poll_read_some` allocates only for bytes that arrived.
+        let mut rbuf = BytesMut::new();
+        // The opening and the end are boxed: their futures are several KiB and live only for
+        // a moment, while this task (and the future inlined in it) lives as long as the
+        // connection.
+        let opened = Box::pin(open(&shared, &mut stream, &mut rbuf, *info)).await;
+        let Some(mut conn) = opened else {
+            return;
+        };
+        let mut outbox = Outbox::default();
+        conn.start(&mut outbox);
+        let end = conn.serve(&mut stream, &mut rbuf, &mut outbox).await;
+        Box::pin(conn.finish(end, &mut stream, &mut outbox)).await;
+        drop(held);
+    }
 }
 
 /// Reads the CONNECT and does the handshake. Returns `None` when the connection ended (and
 /// was answered as it should be).
-async fn open<R, W>(
+async fn open<S>(
     shared: &Arc<Shared>,
-    reader: &mut R,
-    writer: &mut W,
+    stream: &mut S,
     rbuf: &mut BytesMut,
     info: ConnectionInfo,
 ) -> Option<Connection>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let peer = info.peer;
     let connect_timeout = Duration::from_secs(shared.limits.connect_timeout_secs);
-    let first = timeout(connect_timeout, read_first_packet(shared, reader, rbuf)).await;
+    let first = timeout(connect_timeout, read_first_packet(shared, stream, rbuf)).await;
     let connect = match first {
         Err(_) => {
             info!(%peer, "closing connection: no CONNECT within {}s", connect_timeout.as_secs());
@@ -156,7 +171,7 @@ where
             if let DecodeError::UnsupportedProtocol(_) = error {
                 // 3.1.1 section 3.1.2.2: answer return code 1, then close.
                 let refusal = connack(ReasonCode::UnsupportedProtocolVersion);
-                send_and_close(writer, &refusal, Protocol::V311).await;
+                send_and_close(stream, &refusal, Protocol::V311).await;
             }
             return None;
         }
@@ -167,7 +182,7 @@ where
             return None;
         }
     };
-    handshake(shared, connect, &info, writer).await
+    handshake(shared, connect, &info, stream).await
 }
 
 /// Reads what is available into `rbuf`; returns the number of bytes read (0 at end of stream).
@@ -177,23 +192,29 @@ where
 /// When `rbuf` is empty (no incomplete packet) the read lands in a buffer on the stack, which
 /// exists only while the read is polled, and just the bytes that arrived are copied into `rbuf`;
 /// its old capacity is given back first. Only an incomplete packet keeps a buffer between reads.
-async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) -> io::Result<usize> {
+///
+/// A poll function rather than an async fn so that the serve loop keeps no read future (and
+/// no split stream) while it waits.
+fn poll_read_some<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
     if !rbuf.is_empty() {
         if rbuf.capacity() - rbuf.len() < MIN_READ_SPACE {
             rbuf.reserve(READ_CHUNK);
         }
-        return reader.read_buf(rbuf).await;
+        return tokio_util::io::poll_read_buf(Pin::new(reader), cx, rbuf);
     }
     // Even at zero capacity an emptied buffer may still hold the allocation it was split from.
-    *rbuf = BytesMut::new();
-    std::future::poll_fn(|cx| {
-        let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut buf = ReadBuf::uninit(&mut storage);
-        ready!(Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
-        rbuf.extend_from_slice(buf.filled());
-        Poll::Ready(Ok(buf.filled().len()))
-    })
-    .await
+    if rbuf.capacity() > 0 {
+        *rbuf = BytesMut::new();
+    }
+    let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut buf = ReadBuf::uninit(&mut storage);
+    ready!(Pin::new(reader).poll_read(cx, &mut buf))?;
+    rbuf.extend_from_slice(buf.filled());
+    Poll::Ready(Ok(buf.filled().len()))
 }
 
 #[derive(Debug)]
@@ -213,7 +234,7 @@ async fn read_first_packet<R: AsyncRead + Unpin>(
         if let Some(packet) = decode(rbuf, Protocol::V311, max).map_err(FirstPacketError::Decode)? {
             return Ok(packet);
         }
-        let n = read_some(reader, rbuf)
+        let n = std::future::poll_fn(|cx| poll_read_some(reader, rbuf, cx))
             .await
             .map_err(FirstPacketError::Io)?;
         if n == 0 {
@@ -408,10 +429,8 @@ async fn handshake<W: AsyncWrite + Unpin>(
         new_events: None,
         save_ticket: 0,
         unsaved_publishes: 0,
-        deferred: VecDeque::new(),
         pending_acks: 0,
         publishes: false,
-        uncommitted_qos2: HashSet::new(),
         saved_cursor: 0,
         shared: shared.clone(),
         session: attached.session,
@@ -435,8 +454,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
             .properties
             .maximum_packet_size
             .map_or(usize::MAX, |m| m as usize),
-        aliases_in: HashMap::new(),
-        aliases_out: HashMap::new(),
+        extra: None,
         alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         problem_information: connect
             .properties
@@ -483,10 +501,8 @@ struct Connection {
     window: usize,
     /// The client's Maximum Packet Size.
     client_max_packet: usize,
-    /// Topic aliases the client set (MQTT 5).
-    aliases_in: HashMap<u16, Arc<str>>,
-    /// Topic aliases we set towards the client (MQTT 5).
-    aliases_out: HashMap<Arc<str>, u16>,
+    /// What only some connections need, made on first use ([`Connection::extra`]).
+    extra: Option<Box<Extra>>,
     /// The client's Topic Alias Maximum.
     alias_out_max: u16,
     /// MQTT 5 Request Problem Information.
@@ -501,18 +517,29 @@ struct Connection {
     save_ticket: u64,
     /// QoS 2 deliveries waiting for their record to be durable before they are sent.
     unsaved_publishes: usize,
-    /// SUBACK/UNSUBACK of a persistent session held until the save that records the change is
-    /// durable, with the retained messages to send after a SUBACK.
-    deferred: VecDeque<(u64, Packet, Vec<Delivery>)>,
     /// QoS 1/2 publishes appended to the log but not yet acknowledged.
     pending_acks: usize,
     /// Whether this client has published: only publishers are paused while most subscribers
     /// are behind (`Shared::publishers_wait`).
     publishes: bool,
-    /// QoS 2 packet ids appended but not yet committed (a DUP resend waits for the first).
-    uncommitted_qos2: HashSet<u16>,
     /// The cursor saved last, to save the session again only when it moved.
     saved_cursor: u64,
+}
+
+/// The state of a connection that only some clients ever need: MQTT 5 topic aliases, changes
+/// of persistent sessions waiting to be durable, QoS 2 publishes not yet committed. Boxed and
+/// made on first use: empty, these maps are 170 bytes, in every connection for its whole life.
+#[derive(Debug, Default)]
+struct Extra {
+    /// Topic aliases the client set (MQTT 5).
+    aliases_in: HashMap<u16, Arc<str>>,
+    /// Topic aliases we set towards the client (MQTT 5).
+    aliases_out: HashMap<Arc<str>, u16>,
+    /// SUBACK/UNSUBACK of a persistent session held until the save that records the change is
+    /// durable, with the retained messages to send after a SUBACK.
+    deferred: VecDeque<(u64, Packet, Vec<Delivery>)>,
+    /// QoS 2 packet ids appended but not yet committed (a DUP resend waits for the first).
+    uncommitted_qos2: HashSet<u16>,
 }
 
 /// What the log tells a connection (a save from the writer thread, a stored publish from the
@@ -580,19 +607,23 @@ impl Connection {
         }
     }
 
-    async fn serve<R, W>(
-        &mut self,
-        reader: &mut R,
-        writer: &mut W,
-        rbuf: &mut BytesMut,
-        outbox: &mut Outbox,
-    ) -> End
+    /// The connected loop: reads and handles packets, moves queued deliveries into the outbox
+    /// and writes them, until the connection ends.
+    ///
+    /// Why polled by hand instead of `select!` over futures: every connection spends most of its
+    /// life waiting here, and `select!` keeps a future per branch (read, write, event, catch-up)
+    /// in the task for all that time. Polling the stream, the channel and the catch-up read
+    /// directly keeps only what must be registered while waiting (the notifications and the
+    /// one timer). The order of [`Connection::poll_step`] is the priority of the branches.
+    async fn serve<S>(&mut self, stream: &mut S, rbuf: &mut BytesMut, outbox: &mut Outbox) -> End
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut shutdown = self.shared.shutdown.subscribe();
-        if *shutdown.borrow_and_update() {
+        let shared = self.shared.clone();
+        let mut shutting_down = pin!(shared.closing.notified());
+        // Registered before the flag is read: a shutdown that sets it later wakes this wait.
+        shutting_down.as_mut().enable();
+        if *shared.shutdown.borrow() {
             return End::Shutdown;
         }
         let session = self.session.clone();
@@ -608,10 +639,12 @@ impl Connection {
         // Made once, not at every turn of the loop: a `Notified` or a timer registers itself
         // when first polled and unregisters when dropped, and a subscriber turns the loop twice
         // per delivery at low rates.
-        let mut kicked = pin!(kick.notified());
-        let mut shutting_down = pin!(shutdown.changed());
-        let mut woken = pin!(session.wake.notified());
-        let mut timer = pin!(sleep_until(far_future));
+        let mut waits = Waits {
+            kicked: pin!(kick.notified()),
+            shutting_down,
+            woken: pin!(session.wake.notified()),
+            timer: pin!(sleep_until(far_future)),
+        };
         let mut timer_at = far_future;
         loop {
             self.drain(outbox);
@@ -639,18 +672,33 @@ impl Connection {
                 wake_at = wake_at.min(Instant::now() + Duration::from_millis(5));
             }
             if wake_at != timer_at {
-                timer.as_mut().reset(wake_at);
+                waits.timer.as_mut().reset(wake_at);
                 timer_at = wake_at;
             }
-            tokio::select! {
-                biased;
-                _ = &mut kicked => return End::TakenOver,
-                _ = &mut shutting_down => return End::Shutdown,
-                written = outbox.write_some(writer), if !outbox.is_empty() => match written {
-                    Ok(n) => stats::add(&self.shared.stats.bytes_sent, n as u64),
-                    Err(error) => return End::Lost(format!("write failed: {error}")),
-                },
-                Some(event) = next_event(&mut events), if events.is_some() => {
+            let open = Open {
+                read: read_open,
+                timer: saves || store_busy || self.keep_alive.is_some(),
+            };
+            let step = std::future::poll_fn(|cx| {
+                poll_step(
+                    cx,
+                    open,
+                    &mut waits,
+                    stream,
+                    rbuf,
+                    outbox,
+                    &mut events,
+                    &mut catchup,
+                )
+            })
+            .await;
+            let mut store_failed = false;
+            match step {
+                Step::Kicked => return End::TakenOver,
+                Step::ShuttingDown => return End::Shutdown,
+                Step::Written(Ok(n)) => stats::add(&self.shared.stats.bytes_sent, n as u64),
+                Step::Written(Err(error)) => return End::Lost(format!("write failed: {error}")),
+                Step::Event(event) => {
                     // All that is there, so that the acknowledgements leave in one write.
                     let mut next = Some(event);
                     while let Some(event) = next {
@@ -660,38 +708,35 @@ impl Connection {
                         next = events.as_mut().and_then(|rx| rx.try_recv().ok());
                     }
                 }
-                page = async {
-                    match catchup.as_mut() {
-                        Some(c) => (&mut c.read).await,
-                        None => std::future::pending().await,
-                    }
-                }, if catchup.is_some() => {
+                Step::CaughtUp(page) => {
                     let from = catchup.take().map_or(0, |c| c.from);
                     match page {
                         Ok(Ok(page)) => self.apply_catchup(from, page),
                         Ok(Err(error)) => {
                             warn!(client = %self.client_id, "cannot read the log to catch up: {error}");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            store_failed = true;
                         }
-                        Err(error) => warn!(client = %self.client_id, "catch-up read failed: {error}"),
+                        Err(error) => {
+                            warn!(client = %self.client_id, "catch-up read failed: {error}")
+                        }
                     }
                 }
-                read = read_some(reader, rbuf), if read_open => match read {
-                    Ok(0) => return End::Lost("connection closed without DISCONNECT".into()),
-                    Ok(n) => {
-                        stats::add(&self.shared.stats.bytes_received, n as u64);
-                        last_seen = Instant::now();
-                        if let Some(end) = self.process(rbuf, outbox) {
-                            return end;
-                        }
+                Step::Read(Ok(0)) => {
+                    return End::Lost("connection closed without DISCONNECT".into())
+                }
+                Step::Read(Ok(n)) => {
+                    stats::add(&self.shared.stats.bytes_received, n as u64);
+                    last_seen = Instant::now();
+                    if let Some(end) = self.process(rbuf, outbox) {
+                        return end;
                     }
-                    Err(error) => return End::Lost(format!("read failed: {error}")),
-                },
-                _ = &mut woken => woken.set(session.wake.notified()),
-                _ = &mut timer, if saves || store_busy || self.keep_alive.is_some() => {
+                }
+                Step::Read(Err(error)) => return End::Lost(format!("read failed: {error}")),
+                Step::Woken => waits.woken.set(session.wake.notified()),
+                Step::Timer => {
                     // A fired timer stays ready until it is set again.
                     timer_at = far_future;
-                    timer.as_mut().reset(far_future);
+                    waits.timer.as_mut().reset(far_future);
                     let now = Instant::now();
                     if saves && now >= next_save {
                         self.save_if_moved();
@@ -701,6 +746,11 @@ impl Connection {
                         return End::KeepAliveTimeout;
                     }
                 }
+            }
+            if store_failed {
+                // Outside the match, so that nothing of the step is kept across the pause; and
+                // boxed: a timer inlined here would be space in every connection's task.
+                Box::pin(tokio::time::sleep(Duration::from_secs(1))).await;
             }
         }
     }
@@ -714,6 +764,11 @@ impl Connection {
                 None
             }
         }
+    }
+
+    /// The state only some connections need, made on first use.
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
     }
 
     /// A sender for this connection's events, making the channel on first use.
@@ -765,10 +820,13 @@ impl Connection {
     /// Sends what waited for the session save `ticket`: SUBACK/UNSUBACK (and retained messages),
     /// QoS 2 PUBLISH and PUBREL packets.
     fn on_saved(&mut self, ticket: u64, outbox: &mut Outbox) {
-        while self.deferred.front().is_some_and(|(t, _, _)| *t <= ticket) {
-            let Some((_, ack, retained)) = self.deferred.pop_front() else {
-                break;
-            };
+        while let Some((_, ack, retained)) = self
+            .extra
+            .as_mut()
+            .map(|extra| &mut extra.deferred)
+            .filter(|deferred| deferred.front().is_some_and(|(t, _, _)| *t <= ticket))
+            .and_then(VecDeque::pop_front)
+        {
             self.push_or_log(outbox, &ack);
             for delivery in retained {
                 self.session.enqueue_direct(delivery, &self.shared.stats);
@@ -909,7 +967,9 @@ impl Connection {
         self.pending_acks = self.pending_acks.saturating_sub(1);
         let id = done.packet_id;
         if done.qos == QoS::ExactlyOnce {
-            self.uncommitted_qos2.remove(&id);
+            if let Some(extra) = self.extra.as_mut() {
+                extra.uncommitted_qos2.remove(&id);
+            }
         }
         if !done.stored {
             if !self.is_v5() {
@@ -1087,7 +1147,7 @@ impl Connection {
                     ));
                 }
                 if publish.topic.is_empty() {
-                    match self.aliases_in.get(&alias) {
+                    match self.extra.as_ref().and_then(|e| e.aliases_in.get(&alias)) {
                         Some(topic) => topic.clone(),
                         None => {
                             return Some(End::violation(
@@ -1098,7 +1158,7 @@ impl Connection {
                     }
                 } else {
                     let topic: Arc<str> = publish.topic.as_str().into();
-                    self.aliases_in.insert(alias, topic.clone());
+                    self.extra().aliases_in.insert(alias, topic.clone());
                     topic
                 }
             }
@@ -1112,7 +1172,8 @@ impl Connection {
         };
         let id = publish.packet_id.unwrap_or(0);
         if publish.qos == QoS::ExactlyOnce {
-            if self.uncommitted_qos2.contains(&id) {
+            let uncommitted = self.extra.as_ref().map(|e| &e.uncommitted_qos2);
+            if uncommitted.is_some_and(|ids| ids.contains(&id)) {
                 return None; // its PUBREC follows when the first copy is durable
             }
             let state = self.session.lock();
@@ -1124,7 +1185,7 @@ impl Connection {
                 );
                 return None;
             }
-            let unreleased = state.incoming_qos2.len() + self.uncommitted_qos2.len();
+            let unreleased = state.incoming_qos2.len() + uncommitted.map_or(0, HashSet::len);
             if unreleased >= usize::from(self.shared.limits.receive_maximum) {
                 return Some(End::violation(
                     ReasonCode::ReceiveMaximumExceeded,
@@ -1162,7 +1223,7 @@ impl Connection {
                 qos => {
                     self.pending_acks += 1;
                     if qos == QoS::ExactlyOnce {
-                        self.uncommitted_qos2.insert(id);
+                        self.extra().uncommitted_qos2.insert(id);
                     }
                     let tx = self.events_sender();
                     Some(Box::new(move |event_id| {
@@ -1301,7 +1362,7 @@ impl Connection {
     fn acknowledge_change(&mut self, ack: Packet, retained: Vec<Delivery>, outbox: &mut Outbox) {
         if self.is_persistent() {
             let ticket = self.request_save();
-            self.deferred.push_back((ticket, ack, retained));
+            self.extra().deferred.push_back((ticket, ack, retained));
             return;
         }
         self.shared.save_session(&self.session, true, None);
@@ -1462,11 +1523,13 @@ impl Connection {
             publish.properties.subscription_identifiers = delivery.subscription_ids.clone();
             publish.properties.message_expiry_interval = message.remaining_expiry(now);
             if self.alias_out_max > 0 {
-                if let Some(alias) = self.aliases_out.get(&message.topic) {
+                let aliases = self.extra.as_ref().map(|e| &e.aliases_out);
+                let set = aliases.map_or(0, HashMap::len);
+                if let Some(alias) = aliases.and_then(|a| a.get(&message.topic)) {
                     publish.properties.topic_alias = Some(*alias);
                     publish.topic.clear();
-                } else if self.aliases_out.len() < usize::from(self.alias_out_max) {
-                    let alias = self.aliases_out.len() as u16 + 1;
+                } else if set < usize::from(self.alias_out_max) {
+                    let alias = set as u16 + 1;
                     publish.properties.topic_alias = Some(alias);
                     new_alias = Some(alias);
                 }
@@ -1478,7 +1541,9 @@ impl Connection {
             return Ok(false);
         }
         if let Some(alias) = new_alias {
-            self.aliases_out.insert(message.topic.clone(), alias);
+            self.extra()
+                .aliases_out
+                .insert(message.topic.clone(), alias);
         }
         outbox.push(buf.freeze());
         Ok(true)
@@ -1590,9 +1655,93 @@ impl Connection {
     }
 }
 
-/// The next event of a connection's channel; `None` when it has none (yet).
-async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<ConnEvent>>) -> Option<ConnEvent> {
-    events.as_mut()?.recv().await
+/// What the serve loop waits on besides the stream, the channel and the catch-up read: made
+/// once and kept registered across turns of the loop.
+struct Waits<'a, K, C, N> {
+    /// Another connection took the session over.
+    kicked: Pin<&'a mut K>,
+    /// The broker shuts down.
+    shutting_down: Pin<&'a mut C>,
+    /// The session's queue stopped being empty.
+    woken: Pin<&'a mut N>,
+    /// Keep alive, periodic save, pause while the store is busy.
+    timer: Pin<&'a mut Sleep>,
+}
+
+/// Which of the optional branches of one turn of the serve loop may fire.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    /// Reading is allowed (not held back by the write queue, unacknowledged publishes or a
+    /// busy store).
+    read: bool,
+    /// The timer has a reason to fire.
+    timer: bool,
+}
+
+/// What ended one wait of the serve loop.
+enum Step {
+    Kicked,
+    ShuttingDown,
+    Written(io::Result<usize>),
+    Event(ConnEvent),
+    CaughtUp(Result<Result<Page, StoreError>, tokio::task::JoinError>),
+    Read(io::Result<usize>),
+    Woken,
+    Timer,
+}
+
+/// Polls everything one turn of the serve loop waits on, in priority order: the first that is
+/// ready ends the wait.
+#[allow(clippy::too_many_arguments)]
+fn poll_step<K, C, N, S>(
+    cx: &mut Context<'_>,
+    open: Open,
+    waits: &mut Waits<'_, K, C, N>,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    outbox: &mut Outbox,
+    events: &mut Option<mpsc::UnboundedReceiver<ConnEvent>>,
+    catchup: &mut Option<CatchUp>,
+) -> Poll<Step>
+where
+    K: Future<Output = ()>,
+    C: Future,
+    N: Future<Output = ()>,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if waits.kicked.as_mut().poll(cx).is_ready() {
+        return Poll::Ready(Step::Kicked);
+    }
+    if waits.shutting_down.as_mut().poll(cx).is_ready() {
+        return Poll::Ready(Step::ShuttingDown);
+    }
+    if !outbox.is_empty() {
+        if let Poll::Ready(written) = outbox.poll_write_some(stream, cx) {
+            return Poll::Ready(Step::Written(written));
+        }
+    }
+    // A closed channel has nothing more to say (it cannot close while the connection holds
+    // its sender); the other branches still wait.
+    if let Some(Poll::Ready(Some(event))) = events.as_mut().map(|rx| rx.poll_recv(cx)) {
+        return Poll::Ready(Step::Event(event));
+    }
+    if let Some(catchup) = catchup.as_mut() {
+        if let Poll::Ready(page) = Pin::new(&mut catchup.read).poll(cx) {
+            return Poll::Ready(Step::CaughtUp(page));
+        }
+    }
+    if open.read {
+        if let Poll::Ready(read) = poll_read_some(stream, rbuf, cx) {
+            return Poll::Ready(Step::Read(read));
+        }
+    }
+    if waits.woken.as_mut().poll(cx).is_ready() {
+        return Poll::Ready(Step::Woken);
+    }
+    if open.timer && waits.timer.as_mut().poll(cx).is_ready() {
+        return Poll::Ready(Step::Timer);
+    }
+    Poll::Pending
 }
 
 /// Saves a session and waits (a bounded time) until the save is durable.
@@ -1620,12 +1769,9 @@ struct CatchUp {
 
 /// The delivery of a logged message to a session, judged by its own (non-shared)
 /// subscriptions: the highest granted QoS, every subscription id, Retain As Published.
-fn delivery_for(
-    subscriptions: &HashMap<String, SubOptions>,
-    message: Arc<Message>,
-) -> Option<Delivery> {
+fn delivery_for(subscriptions: &Subscriptions, message: Arc<Message>) -> Option<Delivery> {
     let mut found: Option<(QoS, bool, Vec<u32>)> = None;
-    for (filter, options) in subscriptions {
+    for (filter, options) in subscriptions.iter() {
         if parse_filter(filter).group.is_some() || !topic::matches(filter, &message.topic) {
             continue;
         }

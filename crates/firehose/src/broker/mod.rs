@@ -25,6 +25,7 @@ pub mod stats;
 pub mod sys;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -60,6 +61,10 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     /// Becomes `true` when the broker shuts down.
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Wakes every connection when the broker shuts down (after `shutdown` became `true`).
+    /// Connections wait on this rather than on `shutdown`: a `Notified` is half the size of a
+    /// watch receiver with its `changed()` future, and every connection holds one all its life.
+    pub(crate) closing: Notify,
     /// Connection admission (limits).
     admission: Admission,
     /// The event log, retained messages and persistent sessions.
@@ -476,6 +481,7 @@ impl Broker {
             registry: Registry::default(),
             stats: Stats::new(),
             shutdown,
+            closing: Notify::new(),
             admission: Admission::default(),
             store,
             routing_started: AtomicU64::new(last_id),
@@ -508,13 +514,23 @@ impl Broker {
         }
     }
 
-    /// Serves one MQTT connection until it ends. The permit is held for its whole life.
-    pub async fn serve<S>(&self, stream: S, info: ConnectionInfo, permit: Permit)
+    /// Serves one MQTT connection until it ends. The permit, and whatever else the transport
+    /// passes as `held` (its metrics guard), is kept for the connection's whole life.
+    ///
+    /// Not an async fn: the future is made of exactly what the connection keeps, so that a
+    /// transport may spawn it as a task of its own and leave its accept-phase state behind.
+    pub fn serve<S, H>(
+        &self,
+        stream: S,
+        info: ConnectionInfo,
+        permit: Permit,
+        held: H,
+    ) -> impl Future<Output = ()> + Send + 'static
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Send + 'static,
     {
-        connection::run(self.shared.clone(), stream, info).await;
-        drop(permit);
+        connection::run(self.shared.clone(), stream, info, (permit, held))
     }
 
     /// Starts publishing `$SYS/broker/...` statistics every `interval`.
@@ -605,6 +621,7 @@ impl Broker {
     /// `grace` for them to finish (saving their sessions), then flushes and closes the log.
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.shutdown.send_replace(true);
+        self.shared.closing.notify_waiters();
         let admission = &self.shared.admission;
         let _ = tokio::time::timeout(grace, async {
             loop {

@@ -10,6 +10,7 @@ use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use firehose_codec::{encode, EncodeError, Packet, Protocol};
@@ -181,28 +182,37 @@ impl Outbox {
     /// # Errors
     /// The I/O error, or `WriteZero` when the peer stopped reading for good.
     pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> io::Result<usize> {
-        // The slices are gathered on every poll, on the stack: held across the await they would
-        // be 2 KiB in the task of every connection, idle ones included.
-        let written = poll_fn(|cx| {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for chunk in &self.chunks {
-                match chunk.add_slices(&mut slices[count..]) {
-                    Some(added) => count += added,
-                    None => break,
-                }
+        poll_fn(|cx| self.poll_write_some(writer, cx)).await
+    }
+
+    /// [`Outbox::write_some`] as a poll function, for a loop that polls its stream itself.
+    ///
+    /// # Errors
+    /// As [`Outbox::write_some`].
+    pub fn poll_write_some<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        // The slices are gathered on every poll, on the stack: held across a wait they would be
+        // 2 KiB in the task of every connection, idle ones included.
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        for chunk in &self.chunks {
+            match chunk.add_slices(&mut slices[count..]) {
+                Some(added) => count += added,
+                None => break,
             }
-            Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count])
-        })
-        .await?;
+        }
+        let written = ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count]))?;
         if written == 0 {
-            return Err(io::Error::new(
+            return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 "connection closed while writing",
-            ));
+            )));
         }
         self.advance(written);
-        Ok(written)
+        Poll::Ready(Ok(written))
     }
 
     /// Writes everything, then flushes.

@@ -122,6 +122,11 @@ impl Router {
             existing.options = options;
             true
         } else {
+            if list.capacity() == 0 {
+                // Most filters have one subscriber (a topic per client); the first push would
+                // otherwise make room for four.
+                list.reserve_exact(1);
+            }
             list.push(Subscriber {
                 session: session.clone(),
                 options,

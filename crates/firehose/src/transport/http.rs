@@ -314,8 +314,8 @@ async fn mqtt_over_websocket(
         .max_frame_size(app.max_ws_message)
         .max_message_size(app.max_ws_message)
         .on_failed_upgrade(move |error| debug!(peer = %client, "WebSocket upgrade failed: {error}"))
-        .on_upgrade(move |socket| async move {
-            let _guard = metrics.connection(transport);
-            broker.serve(WsStream::new(socket), info, permit).await;
+        .on_upgrade(move |socket| {
+            let guard = metrics.connection(transport);
+            broker.serve(WsStream::new(socket), info, permit, guard)
         })
 }

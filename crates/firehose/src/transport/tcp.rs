@@ -2,7 +2,8 @@
 //! header in front of either.
 //!
 //! The accept loop only accepts; each connection gets its own task, which reads the PROXY
-//! header, asks the broker for admission, does the TLS handshake and then serves MQTT. Every
+//! header, asks the broker for admission, does the TLS handshake and then serves MQTT (a plain
+//! TCP connection hands MQTT to a second task, made of only what the connection keeps). Every
 //! step before MQTT is bounded by the connect timeout, so a silent client holds nothing but its
 //! own task.
 
@@ -116,16 +117,20 @@ async fn handle(
             return;
         }
     };
-    let _guard = options.metrics.connection(transport);
+    let guard = options.metrics.connection(transport);
     match &options.tls {
         None => {
-            broker
-                .serve(stream, ConnectionInfo::new(peer, transport), permit)
-                .await
+            // MQTT gets a task of its own, made of only what the connection keeps: this task,
+            // with the listener's options and the arguments it was started with, ends here
+            // instead of being carried for the connection's whole life.
+            let info = ConnectionInfo::new(peer, transport);
+            tokio::spawn(broker.serve(stream, info, permit, guard));
         }
-        // Boxed: a TLS stream and its handshake make a future several KiB larger, and the
-        // task of every plain TCP connection would carry that space for its whole life.
-        Some(tls) => Box::pin(serve_tls(stream, peer, tls, &broker, &options, permit)).await,
+        // Boxed: a TLS stream and its handshake make a future several KiB larger.
+        Some(tls) => {
+            Box::pin(serve_tls(stream, peer, tls, &broker, &options, permit)).await;
+            drop(guard);
+        }
     }
 }
 
@@ -158,5 +163,5 @@ async fn serve_tls(
         transport,
         authenticated_user: tls.client_user(stream.get_ref().1),
     };
-    broker.serve(stream, info, permit).await;
+    broker.serve(stream, info, permit, ()).await;
 }
