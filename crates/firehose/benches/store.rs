@@ -29,7 +29,7 @@ fn open(dir: &tempfile::TempDir) -> Store {
 fn event(i: u64) -> NewEvent {
     NewEvent {
         time_ms: 1_795_000_000_000 + i as i64,
-        topic: format!("gerrit/openstack/project-{}/comment-added", i % 100),
+        topic: format!("gerrit/openstack/project-{}/comment-added", i % 100).into(),
         payload: Bytes::from(vec![b'x'; 256]),
         qos: 1,
         retain: false,

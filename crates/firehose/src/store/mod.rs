@@ -147,8 +147,8 @@ pub struct EventProperties {
 pub struct NewEvent {
     /// Receive time, UTC milliseconds since the Unix epoch.
     pub time_ms: i64,
-    /// Topic name.
-    pub topic: String,
+    /// Topic name; shared with the broker's message, which routes it after the commit.
+    pub topic: Arc<str>,
     /// Payload.
     pub payload: Bytes,
     /// QoS as published (0, 1 or 2).
@@ -157,7 +157,7 @@ pub struct NewEvent {
     /// retained message of its topic, in the same transaction.
     pub retain: bool,
     /// Who published it (user name, or the client id for internal publishers).
-    pub publisher: String,
+    pub publisher: Arc<str>,
     /// MQTT 5 properties.
     pub properties: EventProperties,
 }
@@ -616,11 +616,11 @@ mod tests {
     fn ev(topic: &str, payload: &str) -> NewEvent {
         NewEvent {
             time_ms: now_ms(),
-            topic: topic.to_string(),
+            topic: topic.into(),
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             qos: 1,
             retain: false,
-            publisher: "tester".to_string(),
+            publisher: "tester".into(),
             properties: EventProperties::default(),
         }
     }
@@ -674,7 +674,7 @@ mod tests {
     }
 
     fn topics(page: &Page) -> Vec<&str> {
-        page.events.iter().map(|e| e.event.topic.as_str()).collect()
+        page.events.iter().map(|e| &*e.event.topic).collect()
     }
 
     fn session(client_id: &str, cursor: u64) -> StoredSession {
@@ -784,11 +784,11 @@ mod tests {
         let store = open(dir.path());
         let event = NewEvent {
             time_ms: 42,
-            topic: "a/b".to_string(),
+            topic: "a/b".into(),
             payload: Bytes::from_static(b"\x00\xffbinary"),
             qos: 2,
             retain: true,
-            publisher: "bridge".to_string(),
+            publisher: "bridge".into(),
             properties: EventProperties {
                 payload_format_indicator: Some(0),
                 message_expiry_interval: Some(30),
@@ -824,7 +824,7 @@ mod tests {
         let got = store.load_retained().expect("load retained");
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].id, 2);
-        assert_eq!(got[0].event.topic, "r/a");
+        assert_eq!(&*got[0].event.topic, "r/a");
         assert_eq!(got[0].event.payload, "2");
         assert!(got[0].event.retain);
         // The clearing publish is in the log like any other.

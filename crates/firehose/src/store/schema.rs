@@ -398,11 +398,11 @@ pub(super) fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event>
         id,
         event: NewEvent {
             time_ms: row.get(1)?,
-            topic: row.get(2)?,
+            topic: row.get_ref(2)?.as_str()?.into(),
             payload: Bytes::copy_from_slice(row.get_ref(7)?.as_blob()?),
             qos: u8::try_from(qos).unwrap_or(0),
             retain: row.get(4)?,
-            publisher: row.get(5)?,
+            publisher: row.get_ref(5)?.as_str()?.into(),
             properties,
         },
     })

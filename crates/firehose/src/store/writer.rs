@@ -700,11 +700,11 @@ mod tests {
         let events: Vec<NewEvent> = (0..n)
             .map(|i| NewEvent {
                 time_ms: 1000 + i as i64,
-                topic: format!("t/{i}"),
+                topic: format!("t/{i}").into(),
                 payload: Bytes::from(format!("payload {i}")),
                 qos: (i % 3) as u8,
                 retain: i % 2 == 0,
-                publisher: format!("p{i}"),
+                publisher: format!("p{i}").into(),
                 properties: EventProperties {
                     message_expiry_interval: (i % 5 == 0).then_some(i as u32),
                     ..EventProperties::default()
