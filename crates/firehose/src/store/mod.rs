@@ -1039,6 +1039,91 @@ mod tests {
         );
     }
 
+    /// Receive times as publishers on several threads and a clock that steps back give them:
+    /// jitter of up to 40 ms between neighbours, and one step back of five seconds.
+    pub(super) fn jittery_time(i: u64) -> i64 {
+        let jitter = (i.wrapping_mul(2_654_435_761) >> 7) % 40;
+        let step_back = if i >= 2_500 { 5_000 } else { 0 };
+        1_000_000 + 10 * i as i64 - jitter as i64 - step_back
+    }
+
+    /// Every event in the log.
+    pub(super) fn read_all(store: &Store) -> Vec<Event> {
+        store
+            .read_after(0, &[], usize::MAX, usize::MAX)
+            .expect("read the log")
+            .events
+    }
+
+    /// The ids of every event of `store` with `since <= time < until`, in pages of `limit`
+    /// (as a client walks them), and the same picked from `all`, the whole log.
+    pub(super) fn time_query_and_truth(
+        store: &Store,
+        all: &[Event],
+        since: Option<i64>,
+        until: Option<i64>,
+        limit: usize,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let mut got = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store
+                .query(&Query {
+                    after,
+                    since_ms: since,
+                    until_ms: until,
+                    limit,
+                    ..Query::default()
+                })
+                .expect("query");
+            got.extend(page.events.iter().map(|e| e.id));
+            assert!(page.scanned_to >= after, "scanned_to went back");
+            if !page.more {
+                break;
+            }
+            after = page.scanned_to;
+        }
+        let truth = all
+            .iter()
+            .filter(|e| since.is_none_or(|s| e.event.time_ms >= s))
+            .filter(|e| until.is_none_or(|u| e.event.time_ms < u))
+            .map(|e| e.id)
+            .collect();
+        (got, truth)
+    }
+
+    /// Time bounds within and across blocks of time marks, when times go back and forth.
+    #[test]
+    fn time_queries_across_time_marks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let n = 3 * schema::TIME_MARK_EVERY + 100;
+        append_all(&store, (1..=n).map(|i| at("t", jittery_time(i))));
+        let times = [
+            None,
+            Some(0),
+            Some(jittery_time(1)),
+            Some(jittery_time(700)),
+            Some(jittery_time(1024)),
+            Some(jittery_time(1025) + 3),
+            Some(jittery_time(2_499)),
+            Some(jittery_time(2_600)),
+            Some(jittery_time(3_000)),
+            Some(jittery_time(n)),
+            Some(i64::MAX),
+        ];
+        let all = read_all(&store);
+        assert_eq!(all.len() as u64, n);
+        for since in times {
+            for until in times {
+                for limit in [10_000, 700] {
+                    let (got, truth) = time_query_and_truth(&store, &all, since, until, limit);
+                    assert_eq!(got, truth, "since {since:?} until {until:?} limit {limit}");
+                }
+            }
+        }
+    }
+
     fn rule(filter: &str) -> RetentionRule {
         RetentionRule {
             filter: filter.to_string(),

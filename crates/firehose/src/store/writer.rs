@@ -409,6 +409,13 @@ impl Writer {
                         }
                         _ => state.max_time_ms = Some(event.time_ms),
                     }
+                    if state.last_id.is_multiple_of(schema::TIME_MARK_EVERY) {
+                        let max = state.max_time_ms.unwrap_or(event.time_ms);
+                        tx.prepare_cached(
+                            "INSERT INTO time_marks (id, max_time_ms) VALUES (?1, ?2)",
+                        )?
+                        .execute(params![to_i64(state.last_id), max])?;
+                    }
                     if let Some(rule) = self.retention.rule_for(&event.topic) {
                         totals[rule].count += 1;
                         totals[rule].bytes += (event.topic.len() + event.payload.len()) as u64;
@@ -539,6 +546,12 @@ impl Writer {
                 delete.execute([id])?;
             }
         }
+        // Marks below the oldest event are never the last mark before a time that matters:
+        // a query without one reads from the oldest event to the first mark.
+        tx.prepare_cached(
+            "DELETE FROM time_marks WHERE id < (SELECT coalesce(min(id), ?1) FROM events)",
+        )?
+        .execute([to_i64(state.last_id.saturating_add(1))])?;
         write_state(&tx, &state)?;
         write_totals(&tx, &self.retention.totals, &totals)?;
         tx.commit()?;
