@@ -6,6 +6,7 @@
 //! default (`synchronous=NORMAL`: an acknowledged event survives `kill -9`).
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use bytes::Bytes;
@@ -29,7 +30,7 @@ fn open(dir: &tempfile::TempDir) -> Store {
 fn event(i: u64) -> NewEvent {
     NewEvent {
         time_ms: 1_795_000_000_000 + i as i64,
-        topic: format!("gerrit/openstack/project-{}/comment-added", i % 100),
+        topic: format!("gerrit/openstack/project-{}/comment-added", i % 100).into(),
         payload: Bytes::from(vec![b'x'; 256]),
         qos: 1,
         retain: false,
@@ -38,13 +39,19 @@ fn event(i: u64) -> NewEvent {
     }
 }
 
+/// Numbers the events of a run, so that their times increase from one measured batch to the
+/// next as a broker's do (times that start over at every batch would measure inserts into
+/// the middle of the log's time order).
+static NEXT_EVENT: AtomicU64 = AtomicU64::new(0);
+
 /// Appends `n` events and waits until the last one is durable (completions run in order).
 fn append(store: &Store, n: u64) {
     let (tx, rx) = mpsc::channel();
+    let first = NEXT_EVENT.fetch_add(n, Ordering::Relaxed);
     for i in 0..n {
         let tx = tx.clone();
         store.append(
-            event(i),
+            event(first + i),
             Box::new(move |result| {
                 if i + 1 == n {
                     let _ = tx.send(result.is_ok());

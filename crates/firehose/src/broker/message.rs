@@ -176,11 +176,11 @@ impl Message {
         let p = &self.properties;
         NewEvent {
             time_ms,
-            topic: self.topic.to_string(),
+            topic: self.topic.clone(),
             payload: self.payload.clone(),
             qos: self.qos as u8,
             retain: self.retain,
-            publisher: publisher.to_owned(),
+            publisher: publisher.into(),
             properties: EventProperties {
                 payload_format_indicator: p.payload_format_indicator,
                 message_expiry_interval: p.message_expiry_interval,
@@ -209,12 +209,12 @@ impl Message {
         };
         let mut message = Message::new(
             event.id,
-            e.topic.as_str().into(),
+            e.topic.clone(),
             e.payload.clone(),
             QoS::from_u8(e.qos).unwrap_or(QoS::AtMostOnce),
             e.retain,
             properties,
-            e.publisher.as_str().into(),
+            e.publisher.clone(),
         );
         if let Some(secs) = p.message_expiry_interval {
             let expires_ms = e.time_ms.saturating_add(i64::from(secs) * 1000);

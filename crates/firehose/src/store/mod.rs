@@ -151,8 +151,8 @@ pub struct EventProperties {
 pub struct NewEvent {
     /// Receive time, UTC milliseconds since the Unix epoch.
     pub time_ms: i64,
-    /// Topic name.
-    pub topic: String,
+    /// Topic name; shared with the broker's message, which routes it after the commit.
+    pub topic: Arc<str>,
     /// Payload.
     pub payload: Bytes,
     /// QoS as published (0, 1 or 2).
@@ -161,7 +161,7 @@ pub struct NewEvent {
     /// retained message of its topic, in the same transaction.
     pub retain: bool,
     /// Who published it (user name, or the client id for internal publishers).
-    pub publisher: String,
+    pub publisher: Arc<str>,
     /// MQTT 5 properties.
     pub properties: EventProperties,
 }
@@ -620,11 +620,11 @@ mod tests {
     fn ev(topic: &str, payload: &str) -> NewEvent {
         NewEvent {
             time_ms: now_ms(),
-            topic: topic.to_string(),
+            topic: topic.into(),
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             qos: 1,
             retain: false,
-            publisher: "tester".to_string(),
+            publisher: "tester".into(),
             properties: EventProperties::default(),
         }
     }
@@ -678,7 +678,7 @@ mod tests {
     }
 
     fn topics(page: &Page) -> Vec<&str> {
-        page.events.iter().map(|e| e.event.topic.as_str()).collect()
+        page.events.iter().map(|e| &*e.event.topic).collect()
     }
 
     fn session(client_id: &str, cursor: u64) -> StoredSession {
@@ -805,11 +805,11 @@ mod tests {
         let store = open(dir.path());
         let event = NewEvent {
             time_ms: 42,
-            topic: "a/b".to_string(),
+            topic: "a/b".into(),
             payload: Bytes::from_static(b"\x00\xffbinary"),
             qos: 2,
             retain: true,
-            publisher: "bridge".to_string(),
+            publisher: "bridge".into(),
             properties: EventProperties {
                 payload_format_indicator: Some(0),
                 message_expiry_interval: Some(30),
@@ -845,7 +845,7 @@ mod tests {
         let got = store.load_retained().expect("load retained");
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].id, 2);
-        assert_eq!(got[0].event.topic, "r/a");
+        assert_eq!(&*got[0].event.topic, "r/a");
         assert_eq!(got[0].event.payload, "2");
         assert!(got[0].event.retain);
         // The clearing publish is in the log like any other.
@@ -1058,6 +1058,91 @@ mod tests {
             }),
             [1000]
         );
+    }
+
+    /// Receive times as publishers on several threads and a clock that steps back give them:
+    /// jitter of up to 40 ms between neighbours, and one step back of five seconds.
+    pub(super) fn jittery_time(i: u64) -> i64 {
+        let jitter = (i.wrapping_mul(2_654_435_761) >> 7) % 40;
+        let step_back = if i >= 2_500 { 5_000 } else { 0 };
+        1_000_000 + 10 * i as i64 - jitter as i64 - step_back
+    }
+
+    /// Every event in the log.
+    pub(super) fn read_all(store: &Store) -> Vec<Event> {
+        store
+            .read_after(0, &[], usize::MAX, usize::MAX)
+            .expect("read the log")
+            .events
+    }
+
+    /// The ids of every event of `store` with `since <= time < until`, in pages of `limit`
+    /// (as a client walks them), and the same picked from `all`, the whole log.
+    pub(super) fn time_query_and_truth(
+        store: &Store,
+        all: &[Event],
+        since: Option<i64>,
+        until: Option<i64>,
+        limit: usize,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let mut got = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store
+                .query(&Query {
+                    after,
+                    since_ms: since,
+                    until_ms: until,
+                    limit,
+                    ..Query::default()
+                })
+                .expect("query");
+            got.extend(page.events.iter().map(|e| e.id));
+            assert!(page.scanned_to >= after, "scanned_to went back");
+            if !page.more {
+                break;
+            }
+            after = page.scanned_to;
+        }
+        let truth = all
+            .iter()
+            .filter(|e| since.is_none_or(|s| e.event.time_ms >= s))
+            .filter(|e| until.is_none_or(|u| e.event.time_ms < u))
+            .map(|e| e.id)
+            .collect();
+        (got, truth)
+    }
+
+    /// Time bounds within and across blocks of time marks, when times go back and forth.
+    #[test]
+    fn time_queries_across_time_marks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let n = 3 * schema::TIME_MARK_EVERY + 100;
+        append_all(&store, (1..=n).map(|i| at("t", jittery_time(i))));
+        let times = [
+            None,
+            Some(0),
+            Some(jittery_time(1)),
+            Some(jittery_time(700)),
+            Some(jittery_time(1024)),
+            Some(jittery_time(1025) + 3),
+            Some(jittery_time(2_499)),
+            Some(jittery_time(2_600)),
+            Some(jittery_time(3_000)),
+            Some(jittery_time(n)),
+            Some(i64::MAX),
+        ];
+        let all = read_all(&store);
+        assert_eq!(all.len() as u64, n);
+        for since in times {
+            for until in times {
+                for limit in [10_000, 700] {
+                    let (got, truth) = time_query_and_truth(&store, &all, since, until, limit);
+                    assert_eq!(got, truth, "since {since:?} until {until:?} limit {limit}");
+                }
+            }
+        }
     }
 
     fn rule(filter: &str) -> RetentionRule {

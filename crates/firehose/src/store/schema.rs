@@ -7,7 +7,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 
 use super::{
     Durability, Event, EventProperties, NewEvent, StoreError, StoredInflight, StoredSession,
@@ -16,7 +18,12 @@ use super::{
 
 /// Schema version written to `PRAGMA user_version`; bump it and add a step to [`migrate`]
 /// when the tables change.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
+
+/// The writer records a time mark (see [`V1_TO_V2`]) for every event whose id is a multiple
+/// of this. A time query reads at most this many rows on either side of its bounds to make
+/// them exact; the marks add about 20 bytes per this many events.
+pub(super) const TIME_MARK_EVERY: u64 = 1024;
 
 /// Page size of new databases, in bytes (see [`open_writer`] for why).
 const PAGE_SIZE: u32 = 16 * 1024;
@@ -39,12 +46,12 @@ const QUICK_CHECK_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// checkpoints and WAL recovery take locks that make our readers wait.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The tables of schema version 1.
+/// The tables of schema version 1; a new database is made by these, then [`V1_TO_V2`].
 ///
 /// - `log_state`: one row; `last_id` is the highest id ever assigned, so that an id is never
 ///   reused even when retention deleted the newest events; `max_time_ms`/`time_skew_ms` bound
-///   how far `time_ms` ever went backwards, which lets time queries seek by the time index and
-///   stay correct when the clock stepped back.
+///   how far `time_ms` ever went backwards, which keeps time queries exact when the clock
+///   stepped back.
 /// - `events`: the log. Columns are ordered so that the ones a scan filters on come first and
 ///   the payload, usually the largest, last.
 /// - `retained`: one full copy of the last retained event per topic, independent of the log's
@@ -98,22 +105,59 @@ CREATE TABLE retention_rules (
 );
 ";
 
+/// Schema version 2: the time index `events_time` (one entry per event, about a tenth of the
+/// writer's work) gives way to `time_marks`, one row per [`TIME_MARK_EVERY`] ids.
+///
+/// A mark `(id, max_time_ms)` holds the highest `time_ms` of every event with an id up to
+/// `id`, deleted ones included. Times are not monotonic in id order (a publisher's receive
+/// time is taken before its event is queued, on any of the runtime's threads, and the clock
+/// may step back), but their running maximum is, so the marks are sorted by time as by id
+/// and one index lookup finds the last mark before a time. Existing events get marks from
+/// the running maximum of the events left (deleted ones are gone, and need no bound).
+const V1_TO_V2: &str = "
+CREATE TABLE time_marks (
+    id INTEGER PRIMARY KEY,
+    max_time_ms INTEGER NOT NULL
+);
+CREATE INDEX time_marks_time ON time_marks (max_time_ms);
+DROP INDEX events_time;
+";
+
+/// The marks of the events already in a version 1 log: the first event of every block of
+/// [`TIME_MARK_EVERY`] ids (`?1`) that has one, with the running maximum of `time_ms`.
+const MARK_EXISTING_EVENTS: &str = "
+INSERT INTO time_marks (id, max_time_ms)
+    SELECT id, running_max FROM (
+        SELECT id,
+               max(time_ms) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS running_max,
+               id / ?1 AS block,
+               lag(id / ?1) OVER (ORDER BY id) AS previous_block
+        FROM events
+    )
+    WHERE previous_block IS NULL OR block <> previous_block";
+
 /// The columns of an event row in `events` and `retained`, in the order [`event_from_row`]
 /// reads them.
 pub(super) const EVENT_COLUMNS: &str =
     "id, time_ms, topic, qos, retain, publisher, properties, payload";
 
 /// Parameters per row of the statements of [`insert_events_sql`].
-pub(super) const EVENT_INSERT_COLUMNS: usize = 8;
+pub(super) const EVENT_INSERT_COLUMNS: usize = 7;
 
 /// Rows per multi-row `INSERT` into `events`, largest first: a batch is cut into as many
 /// statements of the largest size as fit, then smaller ones. Few sizes, so that the writer's
-/// statement cache keeps them all; 64 rows of 8 parameters stay far below SQLite's limit of
+/// statement cache keeps them all; 64 rows of 7 parameters stay far below SQLite's limit of
 /// 32766 parameters per statement.
 pub(super) const INSERT_CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
+/// Inserts the first event of a batch with its id (`?1`), then the other columns as in
+/// [`insert_events_sql`].
+pub(super) const INSERT_FIRST_EVENT_SQL: &str = "INSERT OR ROLLBACK INTO events \
+    (id, time_ms, topic, qos, retain, publisher, properties, payload) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
 /// The `INSERT INTO events` statement for `INSERT_CHUNKS[size]` rows, with
-/// [`EVENT_INSERT_COLUMNS`] parameters per row in the order id, time_ms, topic, qos, retain,
+/// [`EVENT_INSERT_COLUMNS`] parameters per row in the order time_ms, topic, qos, retain,
 /// publisher, properties, payload. Built once per size.
 ///
 /// # Panics
@@ -125,13 +169,16 @@ pub(super) fn insert_events_sql(size: usize) -> &'static str {
 
 /// Builds the text of [`insert_events_sql`].
 ///
-/// `OR ROLLBACK`: a statement of several rows that may fail halfway makes SQLite keep a
-/// statement journal (a copy of every page the statement touches) so that it can undo just
-/// that statement; measured at about a tenth of the writer's CPU with small batches. A failed
-/// append fails its whole batch anyway, so undoing the whole transaction loses nothing.
+/// The rows get no id: SQLite gives each the highest id in the table plus one, which is the
+/// next id because [`INSERT_FIRST_EVENT_SQL`] put the batch's first event in place. An id
+/// given for each row would make SQLite keep a statement journal (a copy of every page the
+/// statement touches, so that it can undo just that statement if an id is not an integer),
+/// measured at about a tenth of the writer's CPU; so would a conflict clause other than
+/// `OR ROLLBACK`. A failed append fails its whole batch anyway, so undoing the whole
+/// transaction loses nothing.
 fn build_insert_sql(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT OR ROLLBACK INTO events (id, time_ms, topic, qos, retain, publisher, properties, payload) VALUES ",
+        "INSERT OR ROLLBACK INTO events (time_ms, topic, qos, retain, publisher, properties, payload) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
@@ -205,6 +252,8 @@ pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
          PRAGMA wal_autocheckpoint = {FALLBACK_CHECKPOINT_PAGES};"
     ))
     .map_err(err("setting pragmas"))?;
+    // Every statement the writer runs per batch stays prepared (the default keeps 16).
+    conn.set_prepared_statement_cache_capacity(32);
     check_integrity(&conn, path)?;
     migrate(&conn, path)?;
     Ok(conn)
@@ -304,12 +353,9 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
                     ),
                 });
             }
-            conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            ))
-            .map_err(err("creating the tables"))?;
-            Ok(())
+            upgrade(conn, Some(SCHEMA_V1)).map_err(err("creating the tables"))
         }
+        1 => upgrade(conn, None).map_err(err("upgrading the schema from version 1")),
         SCHEMA_VERSION => Ok(()),
         newer if newer > SCHEMA_VERSION => Err(StoreError::Corrupt {
             path: path.to_path_buf(),
@@ -323,6 +369,19 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             message: format!("unknown schema version {other}"),
         }),
     }
+}
+
+/// In one transaction: runs `create` (the version 1 tables of a new database), then every
+/// step from version 1 to [`SCHEMA_VERSION`].
+fn upgrade(conn: &Connection, create: Option<&str>) -> rusqlite::Result<()> {
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    if let Some(create) = create {
+        tx.execute_batch(create)?;
+    }
+    tx.execute_batch(V1_TO_V2)?;
+    tx.execute(MARK_EXISTING_EVENTS, [to_i64(TIME_MARK_EVERY)])?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
 }
 
 /// The single row of `log_state`.
@@ -411,11 +470,11 @@ pub(super) fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event>
         id,
         event: NewEvent {
             time_ms: row.get(1)?,
-            topic: row.get(2)?,
+            topic: row.get_ref(2)?.as_str()?.into(),
             payload: Bytes::copy_from_slice(row.get_ref(7)?.as_blob()?),
             qos: u8::try_from(qos).unwrap_or(0),
             retain: row.get(4)?,
-            publisher: row.get(5)?,
+            publisher: row.get_ref(5)?.as_str()?.into(),
             properties,
         },
     })
@@ -775,6 +834,104 @@ impl Files {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::store::tests::{jittery_time, read_all, time_query_and_truth};
+    use crate::store::{Store, StoreConfig};
+
+    /// A log written by schema version 1 (with the time index, gaps left by retention, times
+    /// that go back and forth) answers time queries the same after the upgrade to version 2,
+    /// and appends go on from its last id.
+    #[test]
+    fn version_1_log_is_upgraded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = Files::new(dir.path());
+        let n = 3 * TIME_MARK_EVERY + 100;
+        {
+            let conn = Connection::open(&files.db).expect("open");
+            conn.execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; BEGIN; {SCHEMA_V1} PRAGMA user_version = 1;"
+            ))
+            .expect("version 1 tables");
+            let (mut max, mut skew, mut count) = (i64::MIN, 0, 0);
+            for id in 1..=n {
+                let time = jittery_time(id);
+                skew = skew.max(max.saturating_sub(time));
+                max = max.max(time);
+                // Retention deleted every 7th event and a whole block (marks included).
+                if id % 7 == 0 || (1100..1600).contains(&id) {
+                    continue;
+                }
+                count += 1;
+                conn.execute(
+                    "INSERT INTO events (id, time_ms, topic, qos, retain, publisher, payload) \
+                     VALUES (?1, ?2, 't', 1, 0, 'p', x'00')",
+                    (to_i64(id), time),
+                )
+                .expect("insert");
+            }
+            conn.execute(
+                "UPDATE log_state SET last_id = ?1, event_count = ?2, max_time_ms = ?3, \
+                 time_skew_ms = ?4",
+                (to_i64(n + 5), count, max, skew),
+            )
+            .expect("log state");
+            conn.execute_batch("COMMIT").expect("commit");
+        }
+        let store = Store::open(StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            durability: Durability::Process,
+            retention: Vec::new(),
+        })
+        .expect("open version 1");
+        {
+            let conn = open_reader(&files.db).expect("reader");
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |row| row.get(0))
+                .expect("version");
+            assert_eq!(version, SCHEMA_VERSION);
+            let index: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'events_time'",
+                    [],
+                    |row| row.get(0),
+                )
+                .expect("index");
+            assert_eq!(index, 0, "the time index is dropped");
+        }
+        let all = read_all(&store);
+        let times = [
+            None,
+            Some(jittery_time(1)),
+            Some(jittery_time(1_200)),
+            Some(jittery_time(1_700) + 1),
+            Some(jittery_time(2_500)),
+            Some(jittery_time(3_100)),
+        ];
+        for since in times {
+            for until in times {
+                let (got, truth) = time_query_and_truth(&store, &all, since, until, 500);
+                assert_eq!(got, truth, "since {since:?} until {until:?}");
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let event = NewEvent {
+            time_ms: jittery_time(n + 6),
+            topic: "t".into(),
+            payload: Bytes::from_static(b"new"),
+            qos: 1,
+            retain: false,
+            publisher: "p".into(),
+            properties: EventProperties::default(),
+        };
+        store.append(
+            event,
+            Box::new(move |result| {
+                let _ = tx.send(result.ok());
+            }),
+        );
+        assert_eq!(rx.recv().expect("completion"), Some(n + 6));
+        store.close();
+    }
 
     #[test]
     fn properties_round_trip() {

@@ -297,10 +297,10 @@ pub fn event_json(event: &Event) -> Value {
     let mut object = json!({
         "id": event.id,
         "time": format_time(e.time_ms),
-        "topic": e.topic,
+        "topic": &*e.topic,
         "qos": e.qos,
         "retain": e.retain,
-        "publisher": e.publisher,
+        "publisher": &*e.publisher,
         "payload": payload,
         "payload_encoding": encoding,
     });
