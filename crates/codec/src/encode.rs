@@ -73,8 +73,9 @@ impl PublishParts {
 
 /// Encodes `publish` (its `packet_id` is ignored) into shareable parts; see [`PublishParts`].
 ///
-/// One buffer is allocated and split in two, so fan-out to N receivers costs one copy of the
-/// payload in total, not one per receiver.
+/// Fan-out to N receivers costs at most one copy of the payload in total, not one per
+/// receiver: for MQTT 5 one buffer holds both parts (the properties come before the payload);
+/// for 3.1.1 the tail is the payload's own `Bytes`, not copied at all.
 ///
 /// # Errors
 /// [`EncodeError`] when a field cannot be represented.
@@ -92,13 +93,23 @@ pub fn encode_publish_split(
     let remaining = topic_len + id_len + props_len + publish.payload.len();
     let length_len = varint_len(remaining).ok_or(EncodeError::TooLarge(remaining))?;
     let head_len = 1 + length_len + topic_len;
+    if protocol != Protocol::V5 {
+        // Without properties the tail is the payload itself: shared with the message, not
+        // copied (fan-in encodes every message for one receiver, so the copy was per message).
+        let mut head = BytesMut::with_capacity(head_len);
+        head.write_u8(publish_first_byte(publish));
+        put_varint(&mut head, remaining);
+        put_string(&mut head, &publish.topic)?;
+        return Ok(PublishParts {
+            head: head.freeze(),
+            tail: publish.payload.clone(),
+        });
+    }
     let mut buf = BytesMut::with_capacity(head_len + props_len + publish.payload.len());
     buf.write_u8(publish_first_byte(publish));
     put_varint(&mut buf, remaining);
     put_string(&mut buf, &publish.topic)?;
-    if protocol == Protocol::V5 {
-        props_block(&mut buf, &publish.properties)?;
-    }
+    props_block(&mut buf, &publish.properties)?;
     buf.write_bytes(publish.payload.as_ref());
     let head = buf.split_to(head_len).freeze();
     Ok(PublishParts {
