@@ -85,7 +85,8 @@ pub fn encode_publish_split(
 ) -> Result<PublishParts, EncodeError> {
     let topic_len = string_len(&publish.topic)?;
     let id_len = if publish.qos == QoS::AtMostOnce { 0 } else { 2 };
-    let props_len = if protocol == Protocol::V5 {
+    let v5 = protocol == Protocol::V5;
+    let props_len = if v5 {
         props_block_len(&publish.properties)?
     } else {
         0
@@ -93,22 +94,23 @@ pub fn encode_publish_split(
     let remaining = topic_len + id_len + props_len + publish.payload.len();
     let length_len = varint_len(remaining).ok_or(EncodeError::TooLarge(remaining))?;
     let head_len = 1 + length_len + topic_len;
-    if protocol != Protocol::V5 {
-        // Without properties the tail is the payload itself: shared with the message, not
-        // copied (fan-in encodes every message for one receiver, so the copy was per message).
-        let mut head = BytesMut::with_capacity(head_len);
-        head.write_u8(publish_first_byte(publish));
-        put_varint(&mut head, remaining);
-        put_string(&mut head, &publish.topic)?;
-        return Ok(PublishParts {
-            head: head.freeze(),
-            tail: publish.payload.clone(),
-        });
-    }
-    let mut buf = BytesMut::with_capacity(head_len + props_len + publish.payload.len());
+    let tail_len = if v5 {
+        props_len + publish.payload.len()
+    } else {
+        0
+    };
+    let mut buf = BytesMut::with_capacity(head_len + tail_len);
     buf.write_u8(publish_first_byte(publish));
     put_varint(&mut buf, remaining);
     put_string(&mut buf, &publish.topic)?;
+    if !v5 {
+        // Without properties the tail is the payload itself: shared with the message, not
+        // copied (fan-in encodes every message for one receiver, so the copy was per message).
+        return Ok(PublishParts {
+            head: buf.freeze(),
+            tail: publish.payload.clone(),
+        });
+    }
     props_block(&mut buf, &publish.properties)?;
     buf.write_bytes(publish.payload.as_ref());
     let head = buf.split_to(head_len).freeze();
