@@ -26,7 +26,7 @@ pub(crate) struct PasswordChecks {
     users: Arc<Users>,
     running: Semaphore,
     verified: Mutex<HashMap<(String, [u8; 32]), Instant>>,
-    /// Password hashes checked (argon2 runs), for tests and diagnosis.
+    /// Password hashes checked (argon2 runs): how the tests see that a crowd cost few.
     hashed: AtomicU64,
 }
 
