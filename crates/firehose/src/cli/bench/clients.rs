@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use firehose_codec::Protocol;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{watch, Notify};
 
+use super::arrival::{self, Arrival};
 use super::stats::Histogram;
 use super::wire::{append_puback, scan, Clock, Conn, Frame, PublishTemplate, Stamp};
 use super::{sleep_until_ns, Window};
@@ -49,8 +50,12 @@ pub(crate) struct Received {
     pub(crate) of_window: u64,
     /// Every message received.
     pub(crate) total: u64,
-    /// Send-to-receive time of the messages that arrived within the window, nanoseconds.
+    /// Send-to-arrival time of the messages that arrived within the window, nanoseconds: until
+    /// the delivery reached the subscriber's socket (see [`super::arrival`]).
     pub(crate) latency: Histogram,
+    /// Send-to-read time of the messages the generator read within the window, nanoseconds:
+    /// includes the generator's own wait before it read the socket.
+    pub(crate) read_latency: Histogram,
     /// Subscribers whose connection failed or was closed by the broker.
     pub(crate) failures: Failures,
 }
@@ -98,6 +103,7 @@ impl Received {
         self.of_window += other.of_window;
         self.total += other.total;
         self.latency.merge(&other.latency);
+        self.read_latency.merge(&other.read_latency);
         self.failures.merge(&other.failures);
     }
 
@@ -124,19 +130,21 @@ pub(crate) async fn subscriber(
             read = conn.stream.read(&mut conn.rbuf) => read,
             _ = stop.changed() => break,
         };
-        match read {
-            Ok(0) => {
+        let arrival = match read {
+            Ok(arrival) if arrival.bytes == 0 => {
                 received.fail("the broker closed a subscriber's connection".into());
                 break;
             }
-            Ok(_) => {}
+            Ok(arrival) => arrival,
             Err(error) => {
                 received.fail(format!("subscriber read failed: {error}"));
                 break;
             }
-        }
-        let now = clock.now_ns();
+        };
+        let read_at = clock.now_ns();
+        let now = arrived_at(read_at, arrival);
         let arrived_in_window = window.contains(now);
+        let read_in_window = window.contains(read_at);
         let (before, total_before) = (received.of_window, received.total);
         let mut disconnected = false;
         let scanned = scan(&conn.rbuf, protocol, |frame| match frame {
@@ -150,6 +158,11 @@ pub(crate) async fn subscriber(
                     if arrived_in_window {
                         received.delivered_in_window += 1;
                         received.latency.record(now.saturating_sub(stamp.sent_ns));
+                    }
+                    if read_in_window {
+                        received
+                            .read_latency
+                            .record(read_at.saturating_sub(stamp.sent_ns));
                     }
                     if window.contains(stamp.sent_ns) {
                         received.of_window += 1;
@@ -189,6 +202,15 @@ pub(crate) async fn subscriber(
         }
     }
     received
+}
+
+/// When the bytes of a read reached the socket, on the generator's clock: the read time less
+/// the age the kernel gave them, or the read time where it gave none.
+fn arrived_at(read_at: u64, arrival: Arrival) -> u64 {
+    let age = arrival
+        .age
+        .map_or(0, |age| u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
+    read_at.saturating_sub(age)
 }
 
 /// How one publisher sends.
@@ -400,7 +422,7 @@ async fn write_publishes(
 
 #[allow(clippy::too_many_arguments)]
 async fn read_acks(
-    mut reader: OwnedReadHalf,
+    reader: OwnedReadHalf,
     mut rbuf: BytesMut,
     protocol: Protocol,
     clock: Clock,
@@ -411,26 +433,23 @@ async fn read_acks(
 ) -> Published {
     let mut published = Published::default();
     loop {
-        if rbuf.capacity() - rbuf.len() < 4096 {
-            rbuf.reserve(64 * 1024);
-        }
         let read = tokio::select! {
             biased;
-            read = reader.read_buf(&mut rbuf) => read,
+            read = arrival::read(reader.as_ref(), &mut rbuf) => read,
             _ = stop.changed() => break,
         };
-        match read {
-            Ok(0) => {
+        let arrival = match read {
+            Ok(arrival) if arrival.bytes == 0 => {
                 published.fail("the broker closed a publisher's connection".into());
                 break;
             }
-            Ok(_) => {}
+            Ok(arrival) => arrival,
             Err(error) => {
                 published.fail(format!("publisher read failed: {error}"));
                 break;
             }
-        }
-        let now = clock.now_ns();
+        };
+        let now = arrived_at(clock.now_ns(), arrival);
         let mut acked = 0;
         let scanned = scan(&rbuf, protocol, |frame| {
             if let Frame::PubAck(id) = frame {

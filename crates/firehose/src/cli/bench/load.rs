@@ -62,6 +62,7 @@ impl Outcome {
             (report.lost as f64 / expected as f64 * 1e6).round() / 1e4
         };
         report.latency = super::stats::Latency::from_nanos(&self.received.latency);
+        report.read_latency = super::stats::Latency::from_nanos(&self.received.read_latency);
         if self.published.ack_latency.len() > 0 {
             report.acked_per_s = Some(per_s(self.published.acked_in_window));
             report.ack_latency = super::stats::Latency::from_nanos(&self.published.ack_latency);

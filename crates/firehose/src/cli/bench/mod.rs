@@ -3,6 +3,8 @@
 //! the broker and of itself.
 //!
 //! # Layout
+//! - [`arrival`]: the kernel's receive timestamps, so latency ends when a delivery reached its
+//!   subscriber's socket, not when the generator got round to reading it.
 //! - [`wire`]: connections (TCP, WebSocket), handshakes with the codec crate, pre-encoded
 //!   PUBLISH packets, and the allocation-free frame scanner of the receive path.
 //! - [`stats`]: the latency histogram and `/proc` readings.
@@ -19,6 +21,7 @@
 //!
 //! Depends on the codec crate, tokio and tokio-tungstenite; nothing of the broker.
 
+mod arrival;
 mod clients;
 mod durable;
 mod fanin;

@@ -19,19 +19,21 @@ use firehose_codec::{
     ReasonCode, Subscribe, Subscription, SubscriptionOptions,
 };
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
+use super::arrival::{self, Arrival};
+
 /// Largest packet the generator accepts from a broker.
 const MAX_PACKET: usize = 16 << 20;
 /// How long a handshake step (TCP, WebSocket upgrade, CONNACK, SUBACK) may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Read buffer growth step.
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes the generator reads from a socket at most at once.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// Socket send buffer of publishers, bytes (the kernel doubles it).
 const PUBLISHER_SNDBUF: u32 = 64 * 1024;
 
@@ -144,19 +146,17 @@ impl fmt::Debug for Stream {
 }
 
 impl Stream {
-    /// Reads what is available into `buf`; `Ok(0)` at the end of the stream.
-    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
+    /// Reads what is available into `buf` (0 bytes at the end of the stream), with the kernel's
+    /// word on when it arrived where there is one (TCP).
+    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<Arrival> {
         match self {
-            Stream::Tcp(tcp) => tcp.read_buf(buf).await,
+            Stream::Tcp(tcp) => arrival::read(tcp, buf).await,
             Stream::Ws(ws) => loop {
                 match ws.next().await {
-                    None | Some(Ok(WsMessage::Close(_))) => return Ok(0),
+                    None | Some(Ok(WsMessage::Close(_))) => return Ok(Arrival::unstamped(0)),
                     Some(Ok(WsMessage::Binary(data))) => {
                         buf.extend_from_slice(&data);
-                        return Ok(data.len());
+                        return Ok(Arrival::unstamped(data.len()));
                     }
                     Some(Ok(_)) => continue, // ping, pong: tungstenite answers pings itself
                     Some(Err(error)) => return Err(io::Error::other(error)),
@@ -248,6 +248,7 @@ async fn open(
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
     tcp.set_nodelay(true)?;
+    arrival::enable(&tcp).context("cannot ask for receive timestamps (SO_TIMESTAMPNS)")?;
     match transport {
         Transport::Tcp => Ok(Stream::Tcp(tcp)),
         Transport::Ws => {
@@ -356,10 +357,10 @@ impl Conn {
             if let Some(packet) = decode(&mut self.rbuf, self.protocol, MAX_PACKET)? {
                 return Ok(packet);
             }
-            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut self.rbuf))
+            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut self.rbuf))
                 .await
                 .context("no answer from the broker")??;
-            if n == 0 {
+            if read.bytes == 0 {
                 bail!("the broker closed the connection");
             }
         }
