@@ -15,6 +15,9 @@
 //! the newest segment arrived, both ends read from the realtime clock within microseconds.
 //! A read of several deliveries takes its newest segment's stamp for all of them, which can
 //! only make the earlier ones look later, never earlier.
+//!
+//! Only fixed-rate runs ask for stamps ([`super::wire::Target::stamp_arrivals`]): there latency
+//! is the measurement, and a socket is read soon after each delivery.
 
 use std::cell::RefCell;
 use std::io::{self, IoSliceMut};
@@ -64,14 +67,27 @@ impl Arrival {
     }
 }
 
-/// Reads what is available on `tcp` into `buf`, with the age of the newest bytes.
+/// Reads what is available on `tcp` into `buf`: with the age of the newest bytes when
+/// `stamped` (the socket was [`enable`]d), straight into `buf` otherwise.
 ///
 /// # Errors
 /// The read fails.
-pub(crate) async fn read(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<Arrival> {
+pub(crate) async fn read(
+    tcp: &TcpStream,
+    buf: &mut BytesMut,
+    stamped: bool,
+) -> io::Result<Arrival> {
     loop {
         tcp.readable().await?;
-        match tcp.try_io(Interest::READABLE, || recv_once(tcp, buf)) {
+        let attempt = if stamped {
+            tcp.try_io(Interest::READABLE, || recv_once(tcp, buf))
+        } else {
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            tcp.try_read_buf(buf).map(Arrival::unstamped)
+        };
+        match attempt {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
             result => return result,
         }
@@ -144,7 +160,12 @@ mod tests {
         let mut buf = BytesMut::new();
         for _ in 0..500 {
             writer.write_all(b".").await.expect("write");
-            if read(&reader, &mut buf).await.expect("read").age.is_some() {
+            if read(&reader, &mut buf, true)
+                .await
+                .expect("read")
+                .age
+                .is_some()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -153,7 +174,7 @@ mod tests {
         writer.write_all(b"stamped").await.expect("write");
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut buf = BytesMut::from(&b"kept:"[..]);
-        let arrival = read(&reader, &mut buf).await.expect("read");
+        let arrival = read(&reader, &mut buf, true).await.expect("read");
 
         assert_eq!(arrival.bytes, 7);
         assert_eq!(&buf[..], b"kept:stamped");
@@ -162,7 +183,9 @@ mod tests {
         assert!(age < Duration::from_secs(30), "waited {age:?}");
 
         drop(writer);
-        let end = read(&reader, &mut buf).await.expect("read at the end");
+        let end = read(&reader, &mut buf, true)
+            .await
+            .expect("read at the end");
         assert_eq!(end.bytes, 0);
     }
 
@@ -175,7 +198,11 @@ mod tests {
         let (mut writer, _) = listener.accept().await.expect("accept");
         writer.write_all(b"plain").await.expect("write");
         let mut buf = BytesMut::new();
-        let arrival = read(&reader, &mut buf).await.expect("read");
+        let arrival = read(&reader, &mut buf, true).await.expect("read");
         assert_eq!((arrival.bytes, arrival.age), (5, None));
+        writer.write_all(b"direct").await.expect("write");
+        let arrival = read(&reader, &mut buf, false).await.expect("read");
+        assert_eq!((arrival.bytes, arrival.age), (6, None));
+        assert_eq!(&buf[..], b"plaindirect");
     }
 }

@@ -54,7 +54,8 @@ pub(crate) struct Received {
     /// the delivery reached the subscriber's socket (see [`super::arrival`]).
     pub(crate) latency: Histogram,
     /// Send-to-read time of the messages the generator read within the window, nanoseconds:
-    /// includes the generator's own wait before it read the socket.
+    /// includes the generator's own wait before it read the socket. Only where the kernel
+    /// stamped arrivals (otherwise `latency` is this already).
     pub(crate) read_latency: Histogram,
     /// Subscribers whose connection failed or was closed by the broker.
     pub(crate) failures: Failures,
@@ -127,7 +128,7 @@ pub(crate) async fn subscriber(
     loop {
         let read = tokio::select! {
             biased;
-            read = conn.stream.read(&mut conn.rbuf) => read,
+            read = conn.stream.read(&mut conn.rbuf, conn.stamped) => read,
             _ = stop.changed() => break,
         };
         let arrival = match read {
@@ -159,7 +160,7 @@ pub(crate) async fn subscriber(
                         received.delivered_in_window += 1;
                         received.latency.record(now.saturating_sub(stamp.sent_ns));
                     }
-                    if read_in_window {
+                    if read_in_window && arrival.age.is_some() {
                         received
                             .read_latency
                             .record(read_at.saturating_sub(stamp.sent_ns));
@@ -305,6 +306,7 @@ pub(crate) async fn publisher(
         tokio::spawn(read_acks(
             reader,
             conn.rbuf,
+            conn.stamped,
             protocol,
             clock,
             plan.window,
@@ -424,6 +426,7 @@ async fn write_publishes(
 async fn read_acks(
     reader: OwnedReadHalf,
     mut rbuf: BytesMut,
+    stamped: bool,
     protocol: Protocol,
     clock: Clock,
     window: Window,
@@ -435,7 +438,7 @@ async fn read_acks(
     loop {
         let read = tokio::select! {
             biased;
-            read = arrival::read(reader.as_ref(), &mut rbuf) => read,
+            read = arrival::read(reader.as_ref(), &mut rbuf, stamped) => read,
             _ = stop.changed() => break,
         };
         let arrival = match read {

@@ -39,7 +39,8 @@ pub(crate) struct FanoutArgs {
 /// A connection or subscription fails during setup.
 pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<RunReport> {
     let common = &args.common;
-    let target = common.target();
+    let mut target = common.target();
+    target.stamp_arrivals = args.rate > 0;
     let clock = Clock::start();
     let monitor = Monitor::new(common.broker_pid);
     let topic = common.run_topic("fanout");

@@ -164,6 +164,7 @@ impl Common {
                 let password = self.password.clone().unwrap_or_default();
                 (user, password)
             }),
+            stamp_arrivals: false,
         }
     }
 

@@ -59,10 +59,12 @@ pub(crate) struct RunReport {
     /// `lost` in percent of `expected`.
     pub(crate) loss_pct: f64,
     /// Publish-to-delivery latency of what arrived in the window: until the delivery reached
-    /// the subscriber's socket, by the kernel's receive timestamp where there is one (TCP).
+    /// the subscriber's socket by the kernel's receive timestamp in fixed-rate runs over TCP,
+    /// until the generator read it otherwise.
     pub(crate) latency: Option<Latency>,
-    /// Publish-to-read latency: until the generator read the delivery, which adds its own wait
-    /// for its turn among a thousand subscribers on one thread.
+    /// Publish-to-read latency where `latency` is by kernel stamps: until the generator read
+    /// the delivery, which adds its own wait for its turn among a thousand subscribers on one
+    /// thread.
     pub(crate) read_latency: Option<Latency>,
     /// QoS 1 PUBACKs received per second.
     pub(crate) acked_per_s: Option<f64>,

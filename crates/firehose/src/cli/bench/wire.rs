@@ -126,6 +126,12 @@ pub(crate) struct Target {
     pub(crate) keep_alive: u16,
     /// User name and password of publishers.
     pub(crate) credentials: Option<(String, String)>,
+    /// Whether TCP connections ask the kernel for receive timestamps, so that latency ends
+    /// when a delivery reached its socket (see [`arrival`]). Fixed-rate runs, where latency is
+    /// the measurement, turn it on; at full speed latency is queueing, and with stamps the
+    /// kernel no longer merges segments that wait in a receive queue, which costs the broker
+    /// (it does the receiving side's work over loopback).
+    pub(crate) stamp_arrivals: bool,
 }
 
 /// A connected byte stream to the broker.
@@ -147,10 +153,10 @@ impl fmt::Debug for Stream {
 
 impl Stream {
     /// Reads what is available into `buf` (0 bytes at the end of the stream), with the kernel's
-    /// word on when it arrived where there is one (TCP).
-    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<Arrival> {
+    /// word on when it arrived where there is one (TCP with `stamped`).
+    pub(crate) async fn read(&mut self, buf: &mut BytesMut, stamped: bool) -> io::Result<Arrival> {
         match self {
-            Stream::Tcp(tcp) => arrival::read(tcp, buf).await,
+            Stream::Tcp(tcp) => arrival::read(tcp, buf, stamped).await,
             Stream::Ws(ws) => loop {
                 match ws.next().await {
                     None | Some(Ok(WsMessage::Close(_))) => return Ok(Arrival::unstamped(0)),
@@ -197,6 +203,8 @@ pub(crate) struct Conn {
     pub(crate) rbuf: BytesMut,
     /// MQTT version.
     pub(crate) protocol: Protocol,
+    /// The kernel stamps what arrives (see [`Target::stamp_arrivals`]).
+    pub(crate) stamped: bool,
 }
 
 /// What a connection is for, which decides its credentials and session.
@@ -248,7 +256,9 @@ async fn open(
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
     tcp.set_nodelay(true)?;
-    arrival::enable(&tcp).context("cannot ask for receive timestamps (SO_TIMESTAMPNS)")?;
+    if target.stamp_arrivals {
+        arrival::enable(&tcp).context("cannot ask for receive timestamps (SO_TIMESTAMPNS)")?;
+    }
     match transport {
         Transport::Tcp => Ok(Stream::Tcp(tcp)),
         Transport::Ws => {
@@ -285,6 +295,7 @@ impl Conn {
             stream,
             rbuf: BytesMut::with_capacity(4096),
             protocol: target.protocol,
+            stamped: target.stamp_arrivals && transport == Transport::Tcp,
         };
         let (username, password) = match (&target.credentials, role.publisher) {
             (Some((user, pass)), true) => (
@@ -357,7 +368,8 @@ impl Conn {
             if let Some(packet) = decode(&mut self.rbuf, self.protocol, MAX_PACKET)? {
                 return Ok(packet);
             }
-            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut self.rbuf))
+            let reading = self.stream.read(&mut self.rbuf, self.stamped);
+            let read = tokio::time::timeout_at(deadline, reading)
                 .await
                 .context("no answer from the broker")??;
             if read.bytes == 0 {
