@@ -91,7 +91,7 @@ fn subscribed_sessions(router: &Router, count: usize, topic: &str) -> Vec<Arc<Se
                 10_000,
                 0,
             ));
-            session.lock().link = Some(Link::new(1));
+            session.lock().link = Some(Link::new());
             session.set_online(true);
             let options = SubOptions {
                 qos: QoS::AtMostOnce,

@@ -922,7 +922,7 @@ impl Connection {
                 full = true;
                 break;
             }
-            let already_inflight = state.delivered_ahead.contains(&event.id)
+            let already_inflight = state.delivered_ahead.contains(event.id)
                 || state
                     .inflight
                     .values()
@@ -945,11 +945,8 @@ impl Connection {
         if !full {
             state.cursor = state.cursor.max(page.scanned_to);
         }
-        if !state.delivered_ahead.is_empty() {
-            let above = state.cursor + 1;
-            let keep = state.delivered_ahead.split_off(&above);
-            state.delivered_ahead = keep;
-        }
+        let cursor = state.cursor;
+        state.delivered_ahead.forget_up_to(cursor);
         if !full && !page.more && state.cursor >= self.shared.routing_started.load(Ordering::SeqCst)
         {
             state.lagging = false;

@@ -288,9 +288,9 @@ impl Shared {
                                     !state
                                         .inflight
                                         .values()
-                                        .any(|f| f.delivery.message.id == **id)
+                                        .any(|f| f.delivery.message.id == *id)
                                 })
-                                .map(|&event_id| StoredInflight {
+                                .map(|event_id| StoredInflight {
                                     packet_id: 0,
                                     event_id,
                                     qos: 2,

@@ -97,14 +97,14 @@ pub struct Inflight {
 /// The connection currently attached to a session.
 ///
 /// Its waker is how everything reaches an idle connection: the queue stopping being empty
-/// ([`Link::woken`]), a takeover (the link is replaced, so the connection no longer finds its
-/// generation here) and shutdown ([`Registry::wake_all`]). Why not a `Notify` each: a
-/// connection waits on them all its life, and every `Notified` it keeps registered is 64 bytes
-/// in its task, besides the `Notify` itself.
-#[derive(Debug)]
+/// (`woken`), a takeover (a new connection attaches: the session's generation is no
+/// longer the old connection's) and shutdown ([`Registry::wake_all`]). Why not a `Notify`
+/// each: a connection waits on them all its life, and every `Notified` it keeps registered is
+/// 64 bytes in its task, besides the `Notify` itself.
+///
+/// The attached connection's generation is [`SessionState::generation`]: every attach bumps it.
+#[derive(Debug, Default)]
 pub struct Link {
-    /// Generation of the connection, to tell a stale connection from the current one.
-    pub generation: u64,
     /// The waker of the connection's task, taken by whoever wakes it.
     waker: Option<Waker>,
     /// The queue stopped being empty since the connection last looked.
@@ -112,13 +112,9 @@ pub struct Link {
 }
 
 impl Link {
-    /// The link of a connection that attaches with `generation`.
-    pub fn new(generation: u64) -> Link {
-        Link {
-            generation,
-            waker: None,
-            woken: false,
-        }
+    /// The link of a connection that just attached.
+    pub fn new() -> Link {
+        Link::default()
     }
 
     /// Takes the waker, to wake the connection once the session lock is released.
@@ -156,7 +152,8 @@ pub struct SessionState {
     pub incoming_qos2: HashSet<u16, PacketIds>,
     /// The attached connection, `None` while offline.
     pub link: Option<Link>,
-    /// Bumped by every connection that attaches; timers compare it to know if they are stale.
+    /// Bumped by every connection that attaches; timers compare it to know if they are stale,
+    /// and a connection to know whether it is still the attached one.
     pub generation: u64,
     /// Session Expiry Interval in seconds (0: ends with the connection; `u32::MAX`: never).
     pub expiry_interval: u32,
@@ -178,7 +175,44 @@ pub struct SessionState {
     pub last_progress: Instant,
     /// Logged events above the cursor that were already delivered out of order (resent from a
     /// stored inflight record after a restart): catch-up must not send them again.
-    pub delivered_ahead: std::collections::BTreeSet<u64>,
+    pub delivered_ahead: DeliveredAhead,
+}
+
+/// Logged events above a session's cursor that were already delivered out of order.
+///
+/// Boxed and made on first use: only sessions restored with inflight messages ever hold any,
+/// and an empty set in place would be 24 bytes of every session (what keeps a session record
+/// within the allocator's 256-byte class).
+#[derive(Debug, Default)]
+// The box is the point: 8 bytes in place instead of the set's 24.
+#[allow(clippy::box_collection)]
+pub struct DeliveredAhead(Option<Box<std::collections::BTreeSet<u64>>>);
+
+impl DeliveredAhead {
+    /// Remembers `id`.
+    pub fn insert(&mut self, id: u64) {
+        self.0.get_or_insert_with(Box::default).insert(id);
+    }
+
+    /// Whether `id` was delivered ahead.
+    pub fn contains(&self, id: u64) -> bool {
+        self.0.as_ref().is_some_and(|ids| ids.contains(&id))
+    }
+
+    /// Every id, in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().flat_map(|ids| ids.iter().copied())
+    }
+
+    /// Forgets the ids at or below `cursor`: catch-up has passed them.
+    pub fn forget_up_to(&mut self, cursor: u64) {
+        if let Some(ids) = &mut self.0 {
+            ids.retain(|id| *id > cursor);
+            if ids.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
 }
 
 /// A session's subscriptions: topic filter (as subscribed, `$share/...` included) to options.
@@ -258,8 +292,9 @@ pub struct Session {
     pub client_id: Arc<str>,
     /// Whether a connection is attached (read without the lock by shared-subscription routing).
     online: AtomicBool,
-    /// Most deliveries kept in `queue`.
-    queue_limit: usize,
+    /// Most deliveries kept in `queue` (32 bits: with `online`, it fits where a `usize` would
+    /// push the session record past 256 bytes).
+    queue_limit: u32,
     /// Everything else.
     state: Mutex<SessionState>,
 }
@@ -276,7 +311,7 @@ impl Session {
         Session {
             client_id,
             online: AtomicBool::new(false),
-            queue_limit,
+            queue_limit: u32::try_from(queue_limit).unwrap_or(u32::MAX),
             state: Mutex::new(SessionState {
                 subscriptions: Subscriptions::default(),
                 queue: VecDeque::new(),
@@ -294,7 +329,7 @@ impl Session {
                 dirty: false,
                 persisted: false,
                 last_progress: Instant::now(),
-                delivered_ahead: std::collections::BTreeSet::new(),
+                delivered_ahead: DeliveredAhead::default(),
             }),
         }
     }
@@ -319,7 +354,7 @@ impl Session {
 
     /// Most deliveries kept in the queue.
     pub fn queue_limit(&self) -> usize {
-        self.queue_limit
+        usize::try_from(self.queue_limit).unwrap_or(usize::MAX)
     }
 
     /// Offers a routed delivery, in log order. It is queued unless the session is offline or
@@ -347,7 +382,7 @@ impl Session {
         if id != 0 && id <= state.cursor {
             return false;
         }
-        if state.queue.len() >= self.queue_limit {
+        if state.queue.len() >= self.queue_limit() {
             // QoS 0 is at most once and catch-up would skip it anyway: drop it (counted). A
             // logged QoS >= 1 delivery is never dropped: the session reads it from the log.
             if id == 0 || delivery.qos == QoS::AtMostOnce {
@@ -363,7 +398,7 @@ impl Session {
         if id != 0 {
             state.cursor = id;
         }
-        let behind = state.queue.len() * 2 >= self.queue_limit && state.is_slow(now);
+        let behind = state.queue.len() * 2 >= self.queue_limit() && state.is_slow(now);
         let waker = if was_empty {
             state.queue_started()
         } else {
@@ -383,7 +418,7 @@ impl Session {
         if state.ended || state.link.is_none() {
             return;
         }
-        if state.queue.len() >= self.queue_limit {
+        if state.queue.len() >= self.queue_limit() {
             stats::add(&stats.dropped_queue_full, 1);
             return;
         }
@@ -405,7 +440,10 @@ impl Session {
     /// when there is none.
     pub fn poll_link(&self, generation: u64, cx: &mut Context<'_>) -> LinkSignal {
         let mut state = self.lock();
-        let Some(link) = state.link.as_mut().filter(|l| l.generation == generation) else {
+        if state.generation != generation {
+            return LinkSignal::Kicked;
+        }
+        let Some(link) = state.link.as_mut() else {
             return LinkSignal::Kicked;
         };
         if std::mem::take(&mut link.woken) {
@@ -576,7 +614,7 @@ impl Registry {
             if !clean_start && !state.ended && state.expiry_interval != 0 {
                 state.generation += 1;
                 let generation = state.generation;
-                state.link = Some(Link::new(generation));
+                state.link = Some(Link::new());
                 state.expiry_interval = expiry_interval;
                 state.protocol = protocol;
                 drop(state);
@@ -608,7 +646,7 @@ impl Registry {
         {
             let mut state = session.lock();
             state.generation = 1;
-            state.link = Some(Link::new(1));
+            state.link = Some(Link::new());
             state.persisted = old_persisted;
         }
         session.set_online(true);
@@ -786,6 +824,29 @@ mod tests {
         assert!(Arc::ptr_eq(&old, &first.session));
         assert_eq!(filters, vec!["t".to_owned()]);
         assert!(old.lock().ended);
+    }
+
+    /// Every connection keeps a session: with the `Arc`'s two counts (16 bytes) it fits the
+    /// allocator's 256-byte class; 8 bytes more and it would take 320.
+    #[test]
+    fn a_session_fits_in_256_bytes() {
+        let size = std::mem::size_of::<Session>() + 16;
+        assert!(size <= 256, "a session record grew to {size} bytes");
+    }
+
+    #[test]
+    fn delivered_ahead_forgets_what_catch_up_passed() {
+        let mut ahead = DeliveredAhead::default();
+        assert!(!ahead.contains(5));
+        for id in [5, 9, 7] {
+            ahead.insert(id);
+        }
+        assert!(ahead.contains(7));
+        assert_eq!(ahead.iter().collect::<Vec<_>>(), [5, 7, 9]);
+        ahead.forget_up_to(7);
+        assert_eq!(ahead.iter().collect::<Vec<_>>(), [9]);
+        ahead.forget_up_to(9);
+        assert!(ahead.0.is_none(), "an emptied set gives its box back");
     }
 
     #[test]
