@@ -16,7 +16,6 @@ use firehose::broker::session::{Link, Session};
 use firehose::broker::stats::Stats;
 use firehose::topic::TopicTrie;
 use firehose_codec::{Protocol, PublishProperties, QoS};
-use tokio::sync::Notify;
 
 const EVENTS: [&str; 10] = [
     "comment-added",
@@ -92,10 +91,7 @@ fn subscribed_sessions(router: &Router, count: usize, topic: &str) -> Vec<Arc<Se
                 10_000,
                 0,
             ));
-            session.lock().link = Some(Link {
-                generation: 1,
-                kick: Arc::new(Notify::new()),
-            });
+            session.lock().link = Some(Link::new());
             session.set_online(true);
             let options = SubOptions {
                 qos: QoS::AtMostOnce,

@@ -47,6 +47,34 @@ fn serve_exits_zero_on_sigterm() {
     client.expect_closed();
 }
 
+/// An idle connection waits on its session's link, which shutdown wakes after setting the
+/// broker's flag: the MQTT 5 client is told why (0x8B) before the socket closes, not cut off
+/// when the process exits.
+#[test]
+fn sigterm_tells_idle_mqtt5_clients_why() {
+    let mut server = Server::standard();
+    let mut client = RawClient::anonymous(server.addr, true, "idle-sigterm");
+    client.subscribe("test/#", 1);
+    // Long enough for the connection to have nothing left to do.
+    std::thread::sleep(Duration::from_millis(200));
+    let terminated = std::thread::spawn(move || {
+        let status = server.terminate();
+        (server, status)
+    });
+    let reasons: Vec<u8> = client
+        .expect_closed()
+        .iter()
+        .map(|p| p.disconnect_reason().expect("only DISCONNECT before close"))
+        .collect();
+    let (server, status) = terminated.join().expect("terminate");
+    assert_eq!(reasons, vec![0x8B], "log:\n{}", server.log());
+    assert!(
+        status.success(),
+        "exit status {status} on SIGTERM; log:\n{}",
+        server.log()
+    );
+}
+
 #[test]
 fn serve_logs_bound_address_once_per_listener() {
     let server = Server::standard();

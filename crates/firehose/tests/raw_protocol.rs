@@ -47,6 +47,7 @@ both_versions! {
     anonymous_will_never_published => anonymous_will_never_published;
     keepalive_timeout_closes_and_fires_will => keepalive_timeout_closes_and_fires_will;
     client_id_takeover => client_id_takeover;
+    takeover_of_an_idle_connection => takeover_of_an_idle_connection;
     session_resumes_with_dup_redelivery => session_resumes_with_dup_redelivery;
     clean_session_discards_state => clean_session_discards_state;
     bad_password_refused => bad_password_refused;
@@ -512,6 +513,35 @@ fn client_id_takeover(v5: bool) {
     }
     second.ping();
     second.subscribe("test/takeover", 0);
+}
+
+/// A connection with nothing to do waits on its session's link; a takeover must still reach
+/// it, for a persistent session (resumed: the session's generation moves on) as for a clean
+/// one (discarded).
+fn takeover_of_an_idle_connection(v5: bool) {
+    let server = Server::standard();
+    for clean in [false, true] {
+        let id = Server::client_id("idle-same");
+        let opts = if clean {
+            ConnectOpts::new(v5, &id)
+        } else {
+            persistent(v5, &id)
+        };
+        let (mut first, _) = RawClient::connect(server.addr, &opts);
+        first.subscribe("test/idle-takeover", 1);
+        // Long enough for the first connection to have nothing left to do.
+        std::thread::sleep(Duration::from_millis(200));
+        let (mut second, _) = RawClient::connect(server.addr, &opts);
+        let before = first.expect_closed_within(Duration::from_secs(3));
+        if v5 {
+            let reasons: Vec<u8> = before
+                .iter()
+                .map(|p| p.disconnect_reason().expect("only DISCONNECT before close"))
+                .collect();
+            assert_eq!(reasons, vec![0x8E], "clean {clean}: Session taken over");
+        }
+        second.ping();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

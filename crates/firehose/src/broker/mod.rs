@@ -27,7 +27,7 @@ pub mod sys;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -61,10 +61,9 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     /// Becomes `true` when the broker shuts down.
     pub(crate) shutdown: watch::Sender<bool>,
-    /// Wakes every connection when the broker shuts down (after `shutdown` became `true`).
-    /// Connections wait on this rather than on `shutdown`: a `Notified` is half the size of a
-    /// watch receiver with its `changed()` future, and every connection holds one all its life.
-    pub(crate) closing: Notify,
+    /// The same flag for connections, which read it at every turn of their loop: an atomic
+    /// load rather than the watch's lock. Set before `Registry::wake_all` wakes them.
+    pub(crate) closing: AtomicBool,
     /// Connection admission (limits).
     admission: Admission,
     /// The event log, retained messages and persistent sessions.
@@ -289,9 +288,9 @@ impl Shared {
                                     !state
                                         .inflight
                                         .values()
-                                        .any(|f| f.delivery.message.id == **id)
+                                        .any(|f| f.delivery.message.id == *id)
                                 })
-                                .map(|&event_id| StoredInflight {
+                                .map(|event_id| StoredInflight {
                                     packet_id: 0,
                                     event_id,
                                     qos: 2,
@@ -481,7 +480,7 @@ impl Broker {
             registry: Registry::default(),
             stats: Stats::new(),
             shutdown,
-            closing: Notify::new(),
+            closing: AtomicBool::new(false),
             admission: Admission::default(),
             store,
             routing_started: AtomicU64::new(last_id),
@@ -621,7 +620,9 @@ impl Broker {
     /// `grace` for them to finish (saving their sessions), then flushes and closes the log.
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.shutdown.send_replace(true);
-        self.shared.closing.notify_waiters();
+        self.shared.closing.store(true, Ordering::SeqCst);
+        // After the flag: every connection woken now finds it (see `Registry::wake_all`).
+        self.shared.registry.wake_all();
         let admission = &self.shared.admission;
         let _ = tokio::time::timeout(grace, async {
             loop {

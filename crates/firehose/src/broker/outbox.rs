@@ -241,18 +241,6 @@ impl Outbox {
             }
         }
     }
-
-    /// Gives back the outbox's memory (its scratch buffer and its queue's capacity) once
-    /// everything is written and nothing more waits to be sent. Why: a connection that goes
-    /// idle (a subscriber after its SUBACK, or after a burst) would otherwise keep them for as
-    /// long as it stays connected. Not after every write: a busy connection empties its outbox
-    /// many times a second, and freeing it each time would regrow it as often.
-    pub fn release_if_idle(&mut self) {
-        if self.is_empty() {
-            self.scratch = BytesMut::new();
-            self.chunks = VecDeque::new();
-        }
-    }
 }
 
 #[cfg(test)]

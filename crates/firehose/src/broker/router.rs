@@ -368,7 +368,6 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use firehose_codec::{Protocol, PublishProperties};
-    use tokio::sync::Notify;
 
     use crate::broker::session::{AttachRequest, Registry};
 
@@ -382,7 +381,6 @@ mod tests {
                     protocol: Protocol::V5,
                     queue_limit: 100,
                     cursor: 0,
-                    kick: Arc::new(Notify::new()),
                 },
             )
             .session

@@ -7,10 +7,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use firehose_codec::{Protocol, QoS};
-use tokio::sync::Notify;
 
 use super::message::Delivery;
 use super::router::SubOptions;
@@ -95,12 +95,43 @@ pub struct Inflight {
 }
 
 /// The connection currently attached to a session.
-#[derive(Debug)]
+///
+/// Its waker is how everything reaches an idle connection: the queue stopping being empty
+/// (`woken`), a takeover (a new connection attaches: the session's generation is no
+/// longer the old connection's) and shutdown ([`Registry::wake_all`]). Why not a `Notify`
+/// each: a connection waits on them all its life, and every `Notified` it keeps registered is
+/// 64 bytes in its task, besides the `Notify` itself.
+///
+/// The attached connection's generation is [`SessionState::generation`]: every attach bumps it.
+#[derive(Debug, Default)]
 pub struct Link {
-    /// Generation of the connection, to tell a stale connection from the current one.
-    pub generation: u64,
-    /// Woken to make the connection close because another took the session over.
-    pub kick: Arc<Notify>,
+    /// The waker of the connection's task, taken by whoever wakes it.
+    waker: Option<Waker>,
+    /// The queue stopped being empty since the connection last looked.
+    woken: bool,
+}
+
+impl Link {
+    /// The link of a connection that just attached.
+    pub fn new() -> Link {
+        Link::default()
+    }
+
+    /// Takes the waker, to wake the connection once the session lock is released.
+    fn take_waker(&mut self) -> Option<Waker> {
+        self.waker.take()
+    }
+}
+
+/// What a connection finds when it looks at its session's link ([`Session::poll_link`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkSignal {
+    /// Nothing new; the connection's waker is registered.
+    Quiet,
+    /// The queue stopped being empty.
+    Woken,
+    /// Another connection took the session over (or it was discarded).
+    Kicked,
 }
 
 /// Mutable session state, behind the session's mutex.
@@ -121,7 +152,8 @@ pub struct SessionState {
     pub incoming_qos2: HashSet<u16, PacketIds>,
     /// The attached connection, `None` while offline.
     pub link: Option<Link>,
-    /// Bumped by every connection that attaches; timers compare it to know if they are stale.
+    /// Bumped by every connection that attaches; timers compare it to know if they are stale,
+    /// and a connection to know whether it is still the attached one.
     pub generation: u64,
     /// Session Expiry Interval in seconds (0: ends with the connection; `u32::MAX`: never).
     pub expiry_interval: u32,
@@ -143,7 +175,44 @@ pub struct SessionState {
     pub last_progress: Instant,
     /// Logged events above the cursor that were already delivered out of order (resent from a
     /// stored inflight record after a restart): catch-up must not send them again.
-    pub delivered_ahead: std::collections::BTreeSet<u64>,
+    pub delivered_ahead: DeliveredAhead,
+}
+
+/// Logged events above a session's cursor that were already delivered out of order.
+///
+/// Boxed and made on first use: only sessions restored with inflight messages ever hold any,
+/// and an empty set in place would be 24 bytes of every session (what keeps a session record
+/// within the allocator's 256-byte class).
+#[derive(Debug, Default)]
+// The box is the point: 8 bytes in place instead of the set's 24.
+#[allow(clippy::box_collection)]
+pub struct DeliveredAhead(Option<Box<std::collections::BTreeSet<u64>>>);
+
+impl DeliveredAhead {
+    /// Remembers `id`.
+    pub fn insert(&mut self, id: u64) {
+        self.0.get_or_insert_with(Box::default).insert(id);
+    }
+
+    /// Whether `id` was delivered ahead.
+    pub fn contains(&self, id: u64) -> bool {
+        self.0.as_ref().is_some_and(|ids| ids.contains(&id))
+    }
+
+    /// Every id, in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().flat_map(|ids| ids.iter().copied())
+    }
+
+    /// Forgets the ids at or below `cursor`: catch-up has passed them.
+    pub fn forget_up_to(&mut self, cursor: u64) {
+        if let Some(ids) = &mut self.0 {
+            ids.retain(|id| *id > cursor);
+            if ids.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
 }
 
 /// A session's subscriptions: topic filter (as subscribed, `$share/...` included) to options.
@@ -223,15 +292,11 @@ pub struct Session {
     pub client_id: Arc<str>,
     /// Whether a connection is attached (read without the lock by shared-subscription routing).
     online: AtomicBool,
-    /// Most deliveries kept in `queue`.
-    queue_limit: usize,
+    /// Most deliveries kept in `queue` (32 bits: with `online`, it fits where a `usize` would
+    /// push the session record past 256 bytes).
+    queue_limit: u32,
     /// Everything else.
     state: Mutex<SessionState>,
-    /// Woken when the queue goes from empty to non-empty. Only that transition wakes: the
-    /// connection looks at the queue again after everything else it does (writes, reads,
-    /// acknowledgements), so a queue that already held something needs no second wake, and a
-    /// wake per message would cost one scheduling per delivery.
-    pub wake: Notify,
 }
 
 impl Session {
@@ -246,7 +311,7 @@ impl Session {
         Session {
             client_id,
             online: AtomicBool::new(false),
-            queue_limit,
+            queue_limit: u32::try_from(queue_limit).unwrap_or(u32::MAX),
             state: Mutex::new(SessionState {
                 subscriptions: Subscriptions::default(),
                 queue: VecDeque::new(),
@@ -264,9 +329,8 @@ impl Session {
                 dirty: false,
                 persisted: false,
                 last_progress: Instant::now(),
-                delivered_ahead: std::collections::BTreeSet::new(),
+                delivered_ahead: DeliveredAhead::default(),
             }),
-            wake: Notify::new(),
         }
     }
 
@@ -290,7 +354,7 @@ impl Session {
 
     /// Most deliveries kept in the queue.
     pub fn queue_limit(&self) -> usize {
-        self.queue_limit
+        usize::try_from(self.queue_limit).unwrap_or(usize::MAX)
     }
 
     /// Offers a routed delivery, in log order. It is queued unless the session is offline or
@@ -318,7 +382,7 @@ impl Session {
         if id != 0 && id <= state.cursor {
             return false;
         }
-        if state.queue.len() >= self.queue_limit {
+        if state.queue.len() >= self.queue_limit() {
             // QoS 0 is at most once and catch-up would skip it anyway: drop it (counted). A
             // logged QoS >= 1 delivery is never dropped: the session reads it from the log.
             if id == 0 || delivery.qos == QoS::AtMostOnce {
@@ -334,10 +398,15 @@ impl Session {
         if id != 0 {
             state.cursor = id;
         }
-        let behind = state.queue.len() * 2 >= self.queue_limit && state.is_slow(now);
+        let behind = state.queue.len() * 2 >= self.queue_limit() && state.is_slow(now);
+        let waker = if was_empty {
+            state.queue_started()
+        } else {
+            None
+        };
         drop(state);
-        if was_empty {
-            self.wake.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
         }
         behind
     }
@@ -349,20 +418,66 @@ impl Session {
         if state.ended || state.link.is_none() {
             return;
         }
-        if state.queue.len() >= self.queue_limit {
+        if state.queue.len() >= self.queue_limit() {
             stats::add(&stats.dropped_queue_full, 1);
             return;
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(delivery);
+        let waker = if was_empty {
+            state.queue_started()
+        } else {
+            None
+        };
         drop(state);
-        if was_empty {
-            self.wake.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// What the connection of `generation` should know: whether it was taken over, whether the
+    /// queue stopped being empty since it last looked. Registers its waker for the next change
+    /// when there is none.
+    pub fn poll_link(&self, generation: u64, cx: &mut Context<'_>) -> LinkSignal {
+        let mut state = self.lock();
+        if state.generation != generation {
+            return LinkSignal::Kicked;
+        }
+        let Some(link) = state.link.as_mut() else {
+            return LinkSignal::Kicked;
+        };
+        if std::mem::take(&mut link.woken) {
+            return LinkSignal::Woken;
+        }
+        match &mut link.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        LinkSignal::Quiet
+    }
+
+    /// Wakes the attached connection, if any (shutdown: it then reads the broker's flag).
+    pub fn wake_connection(&self) {
+        let waker = self.lock().link.as_mut().and_then(Link::take_waker);
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
 
 impl SessionState {
+    /// Notes that the queue stopped being empty and returns the connection's waker, to wake
+    /// it once the lock is released.
+    ///
+    /// Only that transition wakes: the connection looks at the queue again after everything
+    /// else it does (writes, reads, acknowledgements), so a queue that already held something
+    /// needs no second wake, and a wake per message would cost one scheduling per delivery.
+    fn queue_started(&mut self) -> Option<Waker> {
+        let link = self.link.as_mut()?;
+        link.woken = true;
+        link.take_waker()
+    }
+
     /// Records a delivery as sent (or about to be) under `packet_id`, after every earlier one:
     /// resends after a resume follow this order.
     pub fn add_inflight(&mut self, packet_id: u16, delivery: Delivery, stage: Stage) {
@@ -443,8 +558,6 @@ pub struct AttachRequest {
     pub queue_limit: usize,
     /// Log position a new session starts from.
     pub cursor: u64,
-    /// Woken to close the connection if another takes the session over.
-    pub kick: Arc<Notify>,
 }
 
 /// Result of attaching a new connection to a session.
@@ -486,22 +599,22 @@ impl Registry {
             protocol,
             queue_limit,
             cursor,
-            kick,
         } = request;
         let mut sessions = self.lock();
         let mut discarded = None;
         let mut old_persisted = false;
         if let Some(existing) = sessions.get(client_id).cloned() {
             let mut state = existing.lock();
-            if let Some(old) = state.link.take() {
-                old.kick.notify_one();
+            // Taking the link is the kick: the old connection no longer finds its generation.
+            if let Some(waker) = state.link.take().and_then(|mut old| old.take_waker()) {
+                waker.wake();
             }
             // A session with expiry 0 ends with its connection, even when a takeover closes
             // that connection: it is never resumed.
             if !clean_start && !state.ended && state.expiry_interval != 0 {
                 state.generation += 1;
                 let generation = state.generation;
-                state.link = Some(Link { generation, kick });
+                state.link = Some(Link::new());
                 state.expiry_interval = expiry_interval;
                 state.protocol = protocol;
                 drop(state);
@@ -533,10 +646,7 @@ impl Registry {
         {
             let mut state = session.lock();
             state.generation = 1;
-            state.link = Some(Link {
-                generation: 1,
-                kick,
-            });
+            state.link = Some(Link::new());
             state.persisted = old_persisted;
         }
         session.set_online(true);
@@ -546,6 +656,17 @@ impl Registry {
             session_present: false,
             generation: 1,
             discarded,
+        }
+    }
+
+    /// Wakes every attached connection: at shutdown, after the broker's flag is set, so that
+    /// each finds it. A connection registers its waker before it reads the flag, under its
+    /// session's lock, and this takes the same lock after the flag is set: either it sees the
+    /// waker, or the connection sees the flag.
+    pub fn wake_all(&self) {
+        let sessions: Vec<Arc<Session>> = self.lock().values().cloned().collect();
+        for session in sessions {
+            session.wake_connection();
         }
     }
 
@@ -644,9 +765,8 @@ mod tests {
         }
     }
 
-    fn attach(registry: &Registry, clean: bool) -> (Attached, Arc<Notify>) {
-        let kick = Arc::new(Notify::new());
-        let attached = registry.attach(
+    fn attach(registry: &Registry, clean: bool) -> Attached {
+        registry.attach(
             &Arc::from("c"),
             AttachRequest {
                 clean_start: clean,
@@ -654,16 +774,36 @@ mod tests {
                 protocol: Protocol::V5,
                 queue_limit: 2,
                 cursor: 0,
-                kick: kick.clone(),
             },
-        );
-        (attached, kick)
+        )
+    }
+
+    /// A waker that counts its wakes, standing for a connection's task.
+    #[derive(Default)]
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl CountingWaker {
+        fn wakes(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Polls the link of the connection of `generation` with a counting waker.
+    fn poll_link(session: &Session, generation: u64, waker: &Arc<CountingWaker>) -> LinkSignal {
+        let waker = Waker::from(waker.clone());
+        session.poll_link(generation, &mut Context::from_waker(&waker))
     }
 
     #[test]
     fn resume_keeps_state_and_clean_start_discards_it() {
         let registry = Registry::default();
-        let (first, _) = attach(&registry, false);
+        let first = attach(&registry, false);
         assert!(!first.session_present);
         first.session.lock().subscriptions.insert(
             "t".into(),
@@ -674,11 +814,11 @@ mod tests {
                 id: None,
             },
         );
-        let (second, _) = attach(&registry, false);
+        let second = attach(&registry, false);
         assert!(second.session_present);
         assert!(Arc::ptr_eq(&first.session, &second.session));
         assert_eq!(second.generation, 2);
-        let (third, _) = attach(&registry, true);
+        let third = attach(&registry, true);
         assert!(!third.session_present);
         let (old, filters) = third.discarded.expect("old session discarded");
         assert!(Arc::ptr_eq(&old, &first.session));
@@ -686,15 +826,75 @@ mod tests {
         assert!(old.lock().ended);
     }
 
-    #[tokio::test]
-    async fn takeover_kicks_the_attached_connection() {
+    /// Every connection keeps a session: with the `Arc`'s two counts (16 bytes) it fits the
+    /// allocator's 256-byte class; 8 bytes more and it would take 320.
+    #[test]
+    fn a_session_fits_in_256_bytes() {
+        let size = std::mem::size_of::<Session>() + 16;
+        assert!(size <= 256, "a session record grew to {size} bytes");
+    }
+
+    #[test]
+    fn delivered_ahead_forgets_what_catch_up_passed() {
+        let mut ahead = DeliveredAhead::default();
+        assert!(!ahead.contains(5));
+        for id in [5, 9, 7] {
+            ahead.insert(id);
+        }
+        assert!(ahead.contains(7));
+        assert_eq!(ahead.iter().collect::<Vec<_>>(), [5, 7, 9]);
+        ahead.forget_up_to(7);
+        assert_eq!(ahead.iter().collect::<Vec<_>>(), [9]);
+        ahead.forget_up_to(9);
+        assert!(ahead.0.is_none(), "an emptied set gives its box back");
+    }
+
+    #[test]
+    fn takeover_kicks_the_attached_connection() {
         let registry = Registry::default();
-        let (_first, kick) = attach(&registry, false);
-        let kicked = kick.notified();
-        let _second = attach(&registry, false);
-        tokio::time::timeout(std::time::Duration::from_secs(1), kicked)
-            .await
-            .expect("first connection kicked");
+        let first = attach(&registry, false);
+        let waker = Arc::new(CountingWaker::default());
+        let generation = first.generation;
+        assert_eq!(
+            poll_link(&first.session, generation, &waker),
+            LinkSignal::Quiet
+        );
+        let second = attach(&registry, false);
+        assert_eq!(waker.wakes(), 1, "the first connection is woken");
+        assert_eq!(
+            poll_link(&first.session, generation, &waker),
+            LinkSignal::Kicked
+        );
+        assert_eq!(
+            poll_link(&second.session, second.generation, &waker),
+            LinkSignal::Quiet,
+            "the new connection is not kicked"
+        );
+        let third = attach(&registry, true);
+        assert_eq!(waker.wakes(), 2, "a clean start kicks too");
+        assert_eq!(
+            poll_link(&second.session, second.generation, &waker),
+            LinkSignal::Kicked
+        );
+        assert_eq!(poll_link(&third.session, 1, &waker), LinkSignal::Quiet);
+    }
+
+    #[test]
+    fn wake_all_wakes_every_attached_connection() {
+        let registry = Registry::default();
+        let first = attach(&registry, true);
+        let waker = Arc::new(CountingWaker::default());
+        assert_eq!(
+            poll_link(&first.session, first.generation, &waker),
+            LinkSignal::Quiet
+        );
+        registry.wake_all();
+        assert_eq!(waker.wakes(), 1);
+        assert_eq!(
+            poll_link(&first.session, first.generation, &waker),
+            LinkSignal::Quiet,
+            "shutdown is the broker's flag, not a signal of the link"
+        );
     }
 
     fn logged(id: u64) -> Delivery {
@@ -718,7 +918,7 @@ mod tests {
     fn a_full_queue_switches_to_lagging_instead_of_dropping_logged_messages() {
         let registry = Registry::default();
         let stats = Stats::new();
-        let (attached, _) = attach(&registry, false);
+        let attached = attach(&registry, false);
         let session = attached.session;
         for id in 1..=3 {
             session.offer(logged(id), &stats, Instant::now());
@@ -742,7 +942,6 @@ mod tests {
                 protocol: Protocol::V311,
                 queue_limit: 4,
                 cursor: 0,
-                kick: Arc::new(Notify::new()),
             },
         );
         let session = attached.session;
@@ -768,24 +967,39 @@ mod tests {
 
     #[test]
     fn only_the_first_delivery_into_an_empty_queue_wakes_the_connection() {
-        use futures_util::FutureExt;
         let registry = Registry::default();
         let stats = Stats::new();
-        let (attached, _) = attach(&registry, true);
-        let session = attached.session;
+        let attached = attach(&registry, true);
+        let (session, generation) = (attached.session, attached.generation);
+        let waker = Arc::new(CountingWaker::default());
+        assert_eq!(poll_link(&session, generation, &waker), LinkSignal::Quiet);
         session.offer(logged(1), &stats, Instant::now());
-        assert!(
-            session.wake.notified().now_or_never().is_some(),
-            "the first delivery wakes"
-        );
+        assert_eq!(waker.wakes(), 1, "the first delivery wakes");
+        assert_eq!(poll_link(&session, generation, &waker), LinkSignal::Woken);
         session.offer(logged(2), &stats, Instant::now());
-        assert!(
-            session.wake.notified().now_or_never().is_none(),
+        assert_eq!(
+            poll_link(&session, generation, &waker),
+            LinkSignal::Quiet,
             "the queue was not empty: the connection will find it when it drains"
         );
+        assert_eq!(waker.wakes(), 1);
         session.lock().queue.clear();
         session.enqueue_direct(delivery(QoS::AtMostOnce), &stats);
-        assert!(session.wake.notified().now_or_never().is_some());
+        assert_eq!(waker.wakes(), 2);
+        assert_eq!(poll_link(&session, generation, &waker), LinkSignal::Woken);
+    }
+
+    #[test]
+    fn a_delivery_before_the_connection_looks_is_not_lost() {
+        let registry = Registry::default();
+        let stats = Stats::new();
+        let attached = attach(&registry, true);
+        attached.session.offer(logged(1), &stats, Instant::now());
+        let waker = Arc::new(CountingWaker::default());
+        assert_eq!(
+            poll_link(&attached.session, attached.generation, &waker),
+            LinkSignal::Woken
+        );
     }
 
     #[test]
@@ -797,7 +1011,7 @@ mod tests {
         assert_eq!(ids.hash_one(8u16) & 0xffff, 8);
         assert_ne!(ids.hash_one(7u16) >> 57, ids.hash_one(8u16) >> 57);
         let registry = Registry::default();
-        let (attached, _) = attach(&registry, true);
+        let attached = attach(&registry, true);
         let mut state = attached.session.lock();
         for id in [u16::MAX, 1, 2, 300] {
             state.inflight.insert(
@@ -819,7 +1033,7 @@ mod tests {
     fn offers_at_or_below_the_cursor_are_ignored() {
         let registry = Registry::default();
         let stats = Stats::new();
-        let (attached, _) = attach(&registry, false);
+        let attached = attach(&registry, false);
         attached.session.lock().cursor = 5;
         attached.session.offer(logged(5), &stats, Instant::now());
         attached.session.offer(logged(6), &stats, Instant::now());
@@ -837,7 +1051,7 @@ mod tests {
     fn offline_sessions_take_nothing_from_live_routing() {
         let registry = Registry::default();
         let stats = Stats::new();
-        let (attached, _) = attach(&registry, false);
+        let attached = attach(&registry, false);
         attached.session.lock().link = None;
         attached.session.offer(logged(1), &stats, Instant::now());
         attached
@@ -849,9 +1063,9 @@ mod tests {
     #[test]
     fn end_if_current_ignores_a_resumed_session() {
         let registry = Registry::default();
-        let (first, _) = attach(&registry, false);
+        let first = attach(&registry, false);
         first.session.lock().link = None;
-        let (second, _) = attach(&registry, false);
+        let second = attach(&registry, false);
         assert!(registry
             .end_if_current(&first.session, first.generation)
             .is_none());
@@ -865,7 +1079,7 @@ mod tests {
     #[test]
     fn packet_ids_skip_those_in_flight_and_wrap() {
         let registry = Registry::default();
-        let (attached, _) = attach(&registry, true);
+        let attached = attach(&registry, true);
         let mut state = attached.session.lock();
         state.next_packet_id = u16::MAX;
         assert_eq!(state.allocate_packet_id(), u16::MAX);
