@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info, warn};
 
-use super::message::{Delivery, Message, Variant};
+use super::message::{now_ms, Delivery, Message, Variant};
 use super::outbox::Outbox;
 use super::router::{parse_filter, SubOptions};
 use super::session::{AttachRequest, Inflight, Session, Stage, Subscriptions};
@@ -540,6 +540,8 @@ struct Extra {
     deferred: VecDeque<(u64, Packet, Vec<Delivery>)>,
     /// QoS 2 packet ids appended but not yet committed (a DUP resend waits for the first).
     uncommitted_qos2: HashSet<u16>,
+    /// The topic of the last PUBLISH (without alias), shared with the messages made of it.
+    last_topic: Option<Arc<str>>,
 }
 
 /// What the log tells a connection (a save from the writer thread, a stored publish from the
@@ -769,6 +771,16 @@ impl Connection {
     /// The state only some connections need, made on first use.
     fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// `topic` as a shared string: the last publish's when it is the same. A publisher mostly
+    /// publishes to one topic or a few, and a copy per message was an allocation per message.
+    fn shared_topic(&mut self, topic: &str) -> Arc<str> {
+        let last = &mut self.extra().last_topic;
+        match last {
+            Some(shared) if **shared == *topic => shared.clone(),
+            _ => last.insert(Arc::from(topic)).clone(),
+        }
     }
 
     /// A sender for this connection's events, making the channel on first use.
@@ -1011,13 +1023,16 @@ impl Connection {
     fn process(&mut self, rbuf: &mut BytesMut, outbox: &mut Outbox) -> Option<End> {
         let max = self.shared.limits.max_packet_size as usize;
         let mut publishes = 0;
+        // What one read brought was received at one time: one clock read for all its
+        // publishes (a read per publish was a measurable part of the publish path).
+        let received_ms = now_ms();
         let end = loop {
             match decode(rbuf, self.protocol, max) {
                 Ok(Some(packet)) => {
                     if matches!(packet, Packet::Publish(_)) {
                         publishes += 1;
                     }
-                    if let Some(end) = self.handle(packet, outbox) {
+                    if let Some(end) = self.handle(packet, received_ms, outbox) {
                         break Some(end);
                     }
                 }
@@ -1039,9 +1054,10 @@ impl Connection {
         }
     }
 
-    fn handle(&mut self, packet: Packet, outbox: &mut Outbox) -> Option<End> {
+    /// Handles one packet of a read made at `received_ms` (UTC milliseconds).
+    fn handle(&mut self, packet: Packet, received_ms: i64, outbox: &mut Outbox) -> Option<End> {
         match packet {
-            Packet::Publish(publish) => return self.on_publish(publish, outbox),
+            Packet::Publish(publish) => return self.on_publish(publish, received_ms, outbox),
             Packet::PubAck(ack) => {
                 let mut state = self.session.lock();
                 if let Entry::Occupied(entry) = state.inflight.entry(ack.packet_id) {
@@ -1135,7 +1151,12 @@ impl Connection {
         None
     }
 
-    fn on_publish(&mut self, publish: Publish, outbox: &mut Outbox) -> Option<End> {
+    fn on_publish(
+        &mut self,
+        publish: Publish,
+        received_ms: i64,
+        outbox: &mut Outbox,
+    ) -> Option<End> {
         self.publishes = true;
         let topic: Arc<str> = match publish.properties.topic_alias.filter(|_| self.is_v5()) {
             Some(alias) => {
@@ -1168,7 +1189,7 @@ impl Connection {
                     "PUBLISH: empty topic name without a topic alias",
                 ))
             }
-            None => publish.topic.as_str().into(),
+            None => self.shared_topic(&publish.topic),
         };
         let id = publish.packet_id.unwrap_or(0);
         if publish.qos == QoS::ExactlyOnce {
@@ -1235,7 +1256,8 @@ impl Connection {
                     }))
                 }
             };
-            self.shared.accept(message, self.identity.name(), done);
+            let publisher = self.identity.shared_name();
+            self.shared.accept(message, publisher, received_ms, done);
             return None;
         }
         // Refused. MQTT 3.1.1 has no negative acknowledgement: the message is acknowledged and
@@ -1415,12 +1437,16 @@ impl Connection {
     /// Moves queued deliveries into the outbox, within the inflight window and the outbox's
     /// high-water mark.
     fn drain(&mut self, outbox: &mut Outbox) {
+        let session = self.session.clone();
+        let mut state = session.lock();
+        if state.queue.is_empty() {
+            // Most turns of a publisher's loop: nothing to send, and no clock to read.
+            return;
+        }
         let now = std::time::Instant::now();
         let mut sent = 0;
         let next_ticket = self.save_ticket + 1;
         let mut save = false;
-        let session = self.session.clone();
-        let mut state = session.lock();
         let persistent = state.expiry_interval > 0;
         while outbox.pending_bytes() < WRITE_HIGH_WATER {
             let Some(front) = state.queue.front() else {
@@ -1633,9 +1659,9 @@ impl Connection {
                 will.properties,
                 self.client_id.clone(),
             );
-            let publisher = self.identity.name().to_owned();
+            let publisher = self.identity.shared_name();
             if delay == 0 {
-                shared.accept(message, &publisher, None);
+                shared.accept(message, publisher, now_ms(), None);
             } else {
                 let shared = shared.clone();
                 let session = self.session.clone();
@@ -1647,7 +1673,7 @@ impl Connection {
                         !state.ended && state.generation != generation
                     };
                     if !resumed {
-                        shared.accept(message, &publisher, None);
+                        shared.accept(message, publisher, now_ms(), None);
                     }
                 });
             }
