@@ -540,8 +540,9 @@ struct Extra {
     deferred: VecDeque<(u64, Packet, Vec<Delivery>)>,
     /// QoS 2 packet ids appended but not yet committed (a DUP resend waits for the first).
     uncommitted_qos2: HashSet<u16>,
-    /// The topic of the last PUBLISH (without alias), shared with the messages made of it.
-    last_topic: Option<Arc<str>>,
+    /// The topic of the last PUBLISH (without alias), shared with the messages made of it,
+    /// and whether the client may publish to it.
+    last_topic: Option<(Arc<str>, bool)>,
 }
 
 /// What the log tells a connection (a save from the writer thread, a stored publish from the
@@ -773,14 +774,19 @@ impl Connection {
         self.extra.get_or_insert_with(Box::default)
     }
 
-    /// `topic` as a shared string: the last publish's when it is the same. A publisher mostly
-    /// publishes to one topic or a few, and a copy per message was an allocation per message.
-    fn shared_topic(&mut self, topic: &str) -> Arc<str> {
-        let last = &mut self.extra().last_topic;
-        match last {
-            Some(shared) if **shared == *topic => shared.clone(),
-            _ => last.insert(Arc::from(topic)).clone(),
+    /// `topic` as a shared string, and whether this client may publish to it: the last
+    /// publish's when it is the same. A publisher mostly publishes to one topic or a few, and
+    /// a copy and an ACL walk per message were an allocation and a trie walk per message.
+    fn shared_topic(&mut self, topic: &str) -> (Arc<str>, bool) {
+        if let Some((last, allowed)) = self.extra.as_ref().and_then(|e| e.last_topic.as_ref()) {
+            if **last == *topic {
+                return (last.clone(), *allowed);
+            }
         }
+        let shared: Arc<str> = Arc::from(topic);
+        let allowed = self.identity.may_publish(topic);
+        self.extra().last_topic = Some((shared.clone(), allowed));
+        (shared, allowed)
     }
 
     /// A sender for this connection's events, making the channel on first use.
@@ -1158,7 +1164,7 @@ impl Connection {
         outbox: &mut Outbox,
     ) -> Option<End> {
         self.publishes = true;
-        let topic: Arc<str> = match publish.properties.topic_alias.filter(|_| self.is_v5()) {
+        let (topic, allowed) = match publish.properties.topic_alias.filter(|_| self.is_v5()) {
             Some(alias) => {
                 let max = self.shared.limits.topic_alias_maximum;
                 if alias == 0 || alias > max {
@@ -1167,7 +1173,7 @@ impl Connection {
                         format!("PUBLISH: topic alias {alias} outside 1..={max}"),
                     ));
                 }
-                if publish.topic.is_empty() {
+                let topic = if publish.topic.is_empty() {
                     match self.extra.as_ref().and_then(|e| e.aliases_in.get(&alias)) {
                         Some(topic) => topic.clone(),
                         None => {
@@ -1181,7 +1187,9 @@ impl Connection {
                     let topic: Arc<str> = publish.topic.as_str().into();
                     self.extra().aliases_in.insert(alias, topic.clone());
                     topic
-                }
+                };
+                let allowed = self.identity.may_publish(&topic);
+                (topic, allowed)
             }
             None if publish.topic.is_empty() => {
                 return Some(End::violation(
@@ -1218,7 +1226,7 @@ impl Connection {
             }
         }
         let mut reason = ReasonCode::Success;
-        if !self.identity.may_publish(&topic) {
+        if !allowed {
             stats::add(&self.shared.stats.publish_denied, 1);
             debug!(client = %self.client_id, user = self.identity.name(), %topic,
                 "PUBLISH refused by the access model");
