@@ -1030,15 +1030,16 @@ impl Connection {
         let max = self.shared.limits.max_packet_size as usize;
         let mut publishes = 0;
         // What one read brought was received at one time: one clock read for all its
-        // publishes (a read per publish was a measurable part of the publish path).
-        let received_ms = now_ms();
+        // publishes (a read per publish was a measurable part of the publish path), made at
+        // the first of them (reads without a publish need none).
+        let mut received_ms = None;
         let end = loop {
             match decode(rbuf, self.protocol, max) {
                 Ok(Some(packet)) => {
                     if matches!(packet, Packet::Publish(_)) {
                         publishes += 1;
                     }
-                    if let Some(end) = self.handle(packet, received_ms, outbox) {
+                    if let Some(end) = self.handle(packet, &mut received_ms, outbox) {
                         break Some(end);
                     }
                 }
@@ -1060,10 +1061,19 @@ impl Connection {
         }
     }
 
-    /// Handles one packet of a read made at `received_ms` (UTC milliseconds).
-    fn handle(&mut self, packet: Packet, received_ms: i64, outbox: &mut Outbox) -> Option<End> {
+    /// Handles one packet of a read; `received_ms` is the read's time (UTC milliseconds),
+    /// taken by the first publish that needs it.
+    fn handle(
+        &mut self,
+        packet: Packet,
+        received_ms: &mut Option<i64>,
+        outbox: &mut Outbox,
+    ) -> Option<End> {
         match packet {
-            Packet::Publish(publish) => return self.on_publish(publish, received_ms, outbox),
+            Packet::Publish(publish) => {
+                let received_ms = *received_ms.get_or_insert_with(now_ms);
+                return self.on_publish(publish, received_ms, outbox);
+            }
             Packet::PubAck(ack) => {
                 let mut state = self.session.lock();
                 if let Entry::Occupied(entry) = state.inflight.entry(ack.packet_id) {
