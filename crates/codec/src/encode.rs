@@ -83,11 +83,52 @@ pub fn encode_publish_split(
     publish: &Publish,
     protocol: Protocol,
 ) -> Result<PublishParts, EncodeError> {
-    let topic_len = string_len(&publish.topic)?;
+    encode_publish_parts(
+        &PublishRef {
+            dup: publish.dup,
+            qos: publish.qos,
+            retain: publish.retain,
+            topic: &publish.topic,
+            properties: &publish.properties,
+            payload: &publish.payload,
+        },
+        protocol,
+    )
+}
+
+/// The fields of a PUBLISH that [`encode_publish_parts`] encodes, borrowed.
+///
+/// Why: a broker keeps a message in its own shape and encodes it once per variant; building
+/// a [`Publish`] for that copied the topic and the properties of every message.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    /// Set on redelivery of a QoS 1/2 message.
+    pub dup: bool,
+    /// Delivery guarantee.
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+    /// Topic name.
+    pub topic: &'a str,
+    /// MQTT 5 publish properties (not encoded for 3.1.1).
+    pub properties: &'a PublishProperties,
+    /// Application payload.
+    pub payload: &'a Bytes,
+}
+
+/// [`encode_publish_split`] of borrowed fields.
+///
+/// # Errors
+/// [`EncodeError`] when a field cannot be represented.
+pub fn encode_publish_parts(
+    publish: &PublishRef<'_>,
+    protocol: Protocol,
+) -> Result<PublishParts, EncodeError> {
+    let topic_len = string_len(publish.topic)?;
     let id_len = if publish.qos == QoS::AtMostOnce { 0 } else { 2 };
     let v5 = protocol == Protocol::V5;
     let props_len = if v5 {
-        props_block_len(&publish.properties)?
+        props_block_len(publish.properties)?
     } else {
         0
     };
@@ -100,9 +141,9 @@ pub fn encode_publish_split(
         0
     };
     let mut buf = BytesMut::with_capacity(head_len + tail_len);
-    buf.write_u8(publish_first_byte(publish));
+    buf.write_u8(publish_first_byte(publish.dup, publish.qos, publish.retain));
     put_varint(&mut buf, remaining);
-    put_string(&mut buf, &publish.topic)?;
+    put_string(&mut buf, publish.topic)?;
     if !v5 {
         // Without properties the tail is the payload itself: shared with the message, not
         // copied (fan-in encodes every message for one receiver, so the copy was per message).
@@ -111,7 +152,7 @@ pub fn encode_publish_split(
             tail: publish.payload.clone(),
         });
     }
-    props_block(&mut buf, &publish.properties)?;
+    props_block(&mut buf, publish.properties)?;
     buf.write_bytes(publish.payload.as_ref());
     let head = buf.split_to(head_len).freeze();
     Ok(PublishParts {
@@ -217,7 +258,7 @@ fn first_byte(packet: &Packet) -> u8 {
     match packet {
         Packet::Connect(_) => 0x10,
         Packet::ConnAck(_) => 0x20,
-        Packet::Publish(publish) => publish_first_byte(publish),
+        Packet::Publish(p) => publish_first_byte(p.dup, p.qos, p.retain),
         Packet::PubAck(_) => 0x40,
         Packet::PubRec(_) => 0x50,
         Packet::PubRel(_) => 0x62,
@@ -233,8 +274,8 @@ fn first_byte(packet: &Packet) -> u8 {
     }
 }
 
-fn publish_first_byte(publish: &Publish) -> u8 {
-    0x30 | (u8::from(publish.dup) << 3) | ((publish.qos as u8) << 1) | u8::from(publish.retain)
+fn publish_first_byte(dup: bool, qos: QoS, retain: bool) -> u8 {
+    0x30 | (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain)
 }
 
 /// Writes everything after the fixed header.

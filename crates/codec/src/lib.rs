@@ -19,6 +19,8 @@ pub mod reason;
 pub mod topic;
 
 pub use decode::{decode, DecodeError};
-pub use encode::{encode, encode_publish_split, EncodeError, PublishParts};
+pub use encode::{
+    encode, encode_publish_parts, encode_publish_split, EncodeError, PublishParts, PublishRef,
+};
 pub use packet::*;
 pub use reason::ReasonCode;

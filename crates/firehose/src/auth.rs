@@ -236,8 +236,8 @@ impl Acl {
 
 /// A user of the users file: a name, a password hash and what they may publish and read.
 pub struct User {
-    /// The MQTT user name.
-    name: String,
+    /// The MQTT user name; shared, because every event the user publishes records it.
+    name: Arc<str>,
     /// The parsed PHC hash, checked when the file was loaded; `None` for an internal identity
     /// (a bridge), which nobody can log in as.
     hash: Option<PasswordHash>,
@@ -296,6 +296,15 @@ impl Identity {
         }
     }
 
+    /// The name as [`Identity::name`], shared: every event a publisher appends records it, and
+    /// a copy per event was an allocation per event.
+    pub fn shared_name(&self) -> Arc<str> {
+        match self {
+            Identity::Anonymous => ANONYMOUS.into(),
+            Identity::User(user) => user.name.clone(),
+        }
+    }
+
     /// An internal publisher (a bridge): named `name`, allowed to publish to `publish`, to
     /// subscribe to nothing, and unknown to the users file, so that nobody can log in as it.
     ///
@@ -308,7 +317,7 @@ impl Identity {
             trie.insert(filter, ());
         }
         Ok(Identity::User(Arc::new(User {
-            name: name.to_owned(),
+            name: name.into(),
             hash: None,
             token: None,
             publish: Acl {
@@ -478,7 +487,7 @@ impl Users {
             by_name.insert(
                 name.clone(),
                 Arc::new(User {
-                    name,
+                    name: name.into(),
                     hash: Some(hash),
                     token,
                     publish,

@@ -337,8 +337,11 @@ where
             }
             return ControlFlow::Continue(());
         };
-        let (level, tail) = match levels.split_once('/') {
-            Some((level, tail)) => (level, Some(tail)),
+        // A byte search: levels are short, and `split_once` went through the generic
+        // pattern searcher for every level of every routed message. `/` is ASCII, so the
+        // index is a character boundary.
+        let (level, tail) = match levels.bytes().position(|b| b == b'/') {
+            Some(i) => (&levels[..i], Some(&levels[i + 1..])),
             None => (levels, None),
         };
         let literal = node.children.as_ref().and_then(|c| c.get(level));

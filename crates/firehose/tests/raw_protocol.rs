@@ -735,6 +735,21 @@ fn publish_outside_acl_not_delivered(v5: bool) {
             "v5 publish outside the ACL: Not authorized"
         );
     }
+    // The broker remembers the verdict with the last topic: going back and forth between an
+    // allowed and a forbidden topic must give each its own.
+    let reason = limited.publish(PublishOut::new("test/allowed/x", b"inside again").qos(1, 2));
+    assert_eq!(
+        reason, 0,
+        "publish inside the ACL refused after one outside"
+    );
+    assert_eq!(sub.expect_publish().payload, b"inside again");
+    let reason = publish_refused(
+        &mut limited,
+        PublishOut::new("test/other", b"outside again").qos(1, 10),
+    );
+    if v5 {
+        assert_eq!(reason, Some(0x87), "v5 second publish outside the ACL");
+    }
     let mut publisher = RawClient::publisher(server.addr, v5);
     publisher.publish(PublishOut::new("test/marker", b"marker").qos(1, 1));
     let before = sub.publishes_until(b"marker");

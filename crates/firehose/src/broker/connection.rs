@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tracing::{debug, info, warn};
 
-use super::message::{Delivery, Message, Variant};
+use super::message::{now_ms, Delivery, Message, Variant};
 use super::outbox::Outbox;
 use super::router::{parse_filter, SubOptions};
 use super::session::{AttachRequest, Inflight, LinkSignal, Session, Stage, Subscriptions};
@@ -541,6 +541,9 @@ struct Extra {
     events_tx: Option<mpsc::UnboundedSender<ConnEvent>>,
     /// The receiving end of a channel just made, until the serve loop takes it.
     new_events: Option<mpsc::UnboundedReceiver<ConnEvent>>,
+    /// The topic of the last PUBLISH (without alias), shared with the messages made of it,
+    /// and whether the client may publish to it.
+    last_topic: Option<(Arc<str>, bool)>,
 }
 
 /// What the log tells a connection (a save from the writer thread, a stored publish from the
@@ -764,6 +767,21 @@ impl Connection {
     /// The state only some connections need, made on first use.
     fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// `topic` as a shared string, and whether this client may publish to it: the last
+    /// publish's when it is the same. A publisher mostly publishes to one topic or a few, and
+    /// a copy and an ACL walk per message were an allocation and a trie walk per message.
+    fn shared_topic(&mut self, topic: &str) -> (Arc<str>, bool) {
+        if let Some((last, allowed)) = self.extra.as_ref().and_then(|e| e.last_topic.as_ref()) {
+            if **last == *topic {
+                return (last.clone(), *allowed);
+            }
+        }
+        let shared: Arc<str> = Arc::from(topic);
+        let allowed = self.identity.may_publish(topic);
+        self.extra().last_topic = Some((shared.clone(), allowed));
+        (shared, allowed)
     }
 
     /// A sender for this connection's events, making the channel on first use.
@@ -1004,13 +1022,17 @@ impl Connection {
     fn process(&mut self, rbuf: &mut BytesMut, outbox: &mut Outbox) -> Option<End> {
         let max = self.shared.limits.max_packet_size as usize;
         let mut publishes = 0;
+        // What one read brought was received at one time: one clock read for all its
+        // publishes (a read per publish was a measurable part of the publish path), made at
+        // the first of them (reads without a publish need none).
+        let mut received_ms = None;
         let end = loop {
             match decode(rbuf, self.protocol, max) {
                 Ok(Some(packet)) => {
                     if matches!(packet, Packet::Publish(_)) {
                         publishes += 1;
                     }
-                    if let Some(end) = self.handle(packet, outbox) {
+                    if let Some(end) = self.handle(packet, &mut received_ms, outbox) {
                         break Some(end);
                     }
                 }
@@ -1032,9 +1054,19 @@ impl Connection {
         }
     }
 
-    fn handle(&mut self, packet: Packet, outbox: &mut Outbox) -> Option<End> {
+    /// Handles one packet of a read; `received_ms` is the read's time (UTC milliseconds),
+    /// taken by the first publish that needs it.
+    fn handle(
+        &mut self,
+        packet: Packet,
+        received_ms: &mut Option<i64>,
+        outbox: &mut Outbox,
+    ) -> Option<End> {
         match packet {
-            Packet::Publish(publish) => return self.on_publish(publish, outbox),
+            Packet::Publish(publish) => {
+                let received_ms = *received_ms.get_or_insert_with(now_ms);
+                return self.on_publish(publish, received_ms, outbox);
+            }
             Packet::PubAck(ack) => {
                 let mut state = self.session.lock();
                 if let Entry::Occupied(entry) = state.inflight.entry(ack.packet_id) {
@@ -1128,9 +1160,14 @@ impl Connection {
         None
     }
 
-    fn on_publish(&mut self, publish: Publish, outbox: &mut Outbox) -> Option<End> {
+    fn on_publish(
+        &mut self,
+        publish: Publish,
+        received_ms: i64,
+        outbox: &mut Outbox,
+    ) -> Option<End> {
         self.publishes = true;
-        let topic: Arc<str> = match publish.properties.topic_alias.filter(|_| self.is_v5()) {
+        let (topic, allowed) = match publish.properties.topic_alias.filter(|_| self.is_v5()) {
             Some(alias) => {
                 let max = self.shared.limits.topic_alias_maximum;
                 if alias == 0 || alias > max {
@@ -1139,7 +1176,7 @@ impl Connection {
                         format!("PUBLISH: topic alias {alias} outside 1..={max}"),
                     ));
                 }
-                if publish.topic.is_empty() {
+                let topic = if publish.topic.is_empty() {
                     match self.extra.as_ref().and_then(|e| e.aliases_in.get(&alias)) {
                         Some(topic) => topic.clone(),
                         None => {
@@ -1153,7 +1190,9 @@ impl Connection {
                     let topic: Arc<str> = publish.topic.as_str().into();
                     self.extra().aliases_in.insert(alias, topic.clone());
                     topic
-                }
+                };
+                let allowed = self.identity.may_publish(&topic);
+                (topic, allowed)
             }
             None if publish.topic.is_empty() => {
                 return Some(End::violation(
@@ -1161,7 +1200,7 @@ impl Connection {
                     "PUBLISH: empty topic name without a topic alias",
                 ))
             }
-            None => publish.topic.as_str().into(),
+            None => self.shared_topic(&publish.topic),
         };
         let id = publish.packet_id.unwrap_or(0);
         if publish.qos == QoS::ExactlyOnce {
@@ -1190,7 +1229,7 @@ impl Connection {
             }
         }
         let mut reason = ReasonCode::Success;
-        if !self.identity.may_publish(&topic) {
+        if !allowed {
             stats::add(&self.shared.stats.publish_denied, 1);
             debug!(client = %self.session.client_id, user = self.identity.name(), %topic,
                 "PUBLISH refused by the access model");
@@ -1228,7 +1267,8 @@ impl Connection {
                     }))
                 }
             };
-            self.shared.accept(message, self.identity.name(), done);
+            let publisher = self.identity.shared_name();
+            self.shared.accept(message, publisher, received_ms, done);
             return None;
         }
         // Refused. MQTT 3.1.1 has no negative acknowledgement: the message is acknowledged and
@@ -1408,12 +1448,16 @@ impl Connection {
     /// Moves queued deliveries into the outbox, within the inflight window and the outbox's
     /// high-water mark.
     fn drain(&mut self, outbox: &mut Outbox) {
+        let session = self.session.clone();
+        let mut state = session.lock();
+        if state.queue.is_empty() {
+            // Most turns of a publisher's loop: nothing to send, and no clock to read.
+            return;
+        }
         let now = std::time::Instant::now();
         let mut sent = 0;
         let next_ticket = self.save_ticket + 1;
         let mut save = false;
-        let session = self.session.clone();
-        let mut state = session.lock();
         let persistent = state.expiry_interval > 0;
         while outbox.pending_bytes() < WRITE_HIGH_WATER {
             let Some(front) = state.queue.front() else {
@@ -1628,9 +1672,9 @@ impl Connection {
                 will.properties,
                 self.session.client_id.clone(),
             );
-            let publisher = self.identity.name().to_owned();
+            let publisher = self.identity.shared_name();
             if delay == 0 {
-                shared.accept(message, &publisher, None);
+                shared.accept(message, publisher, now_ms(), None);
             } else {
                 let shared = shared.clone();
                 let session = self.session.clone();
@@ -1642,7 +1686,7 @@ impl Connection {
                         !state.ended && state.generation != generation
                     };
                     if !resumed {
-                        shared.accept(message, &publisher, None);
+                        shared.accept(message, publisher, now_ms(), None);
                     }
                 });
             }

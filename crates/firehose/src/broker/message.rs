@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use firehose_codec::{
-    encode_publish_split, EncodeError, Protocol, Publish, PublishParts, PublishProperties, QoS,
+    encode_publish_parts, EncodeError, Protocol, Publish, PublishParts, PublishProperties,
+    PublishRef, QoS,
 };
 
 use crate::store::{Event, EventProperties, NewEvent};
@@ -123,8 +124,16 @@ impl Message {
     #[cold]
     fn encode_variant(&self, variant: Variant) -> Result<&PublishParts, EncodeError> {
         let slot = &self.encoded[variant.index()];
-        let publish = self.to_publish(variant.qos, variant.retain);
-        let parts = Box::new(encode_publish_split(&publish, variant.protocol)?);
+        // Borrowed, not a `Publish`: that copied the topic and properties of every message.
+        let publish = PublishRef {
+            dup: false,
+            qos: variant.qos,
+            retain: variant.retain,
+            topic: &self.topic,
+            properties: &self.properties,
+            payload: &self.payload,
+        };
+        let parts = Box::new(encode_publish_parts(&publish, variant.protocol)?);
         Ok(slot.get_or_init(|| parts))
     }
 
@@ -172,7 +181,7 @@ pub fn now_ms() -> i64 {
 
 impl Message {
     /// The log's record of this message, received at `time_ms` from `publisher`.
-    pub fn to_new_event(&self, time_ms: i64, publisher: &str) -> NewEvent {
+    pub fn to_new_event(&self, time_ms: i64, publisher: Arc<str>) -> NewEvent {
         let p = &self.properties;
         NewEvent {
             time_ms,
@@ -180,7 +189,7 @@ impl Message {
             payload: self.payload.clone(),
             qos: self.qos as u8,
             retain: self.retain,
-            publisher: publisher.into(),
+            publisher,
             properties: EventProperties {
                 payload_format_indicator: p.payload_format_indicator,
                 message_expiry_interval: p.message_expiry_interval,

@@ -18,8 +18,14 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::message::{Message, Variant};
 
-/// Most buffers handed to one `writev` (a shared PUBLISH takes two or three).
-const MAX_IOVECS: usize = 128;
+/// Buffers handed to one `writev` while few packets wait (a shared PUBLISH takes two or three).
+const FEW_IOVECS: usize = 128;
+
+/// Buffers handed to one `writev` when more packets wait than [`FEW_IOVECS`] holds: Linux's
+/// limit (`IOV_MAX`). Why: a subscriber that many publishers feed (fan-in) got 64 messages per
+/// system call, and each call pays its own TCP push and loopback delivery; the small array
+/// stays for the common case, since the array is filled on every call.
+const MAX_IOVECS: usize = 1024;
 
 /// One queued packet, or what is left of it.
 #[derive(Debug)]
@@ -194,9 +200,22 @@ impl Outbox {
         writer: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
+        if self.chunks.len() > FEW_IOVECS / 2 {
+            self.poll_write_slices::<MAX_IOVECS, W>(writer, cx)
+        } else {
+            self.poll_write_slices::<FEW_IOVECS, W>(writer, cx)
+        }
+    }
+
+    /// [`Outbox::poll_write_some`] with at most `N` buffers.
+    fn poll_write_slices<const N: usize, W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
         // The slices are gathered on every poll, on the stack: held across a wait they would be
         // 2 KiB in the task of every connection, idle ones included.
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut slices = [IoSlice::new(&[]); N];
         let mut count = 0;
         for chunk in &self.chunks {
             match chunk.add_slices(&mut slices[count..]) {
@@ -363,5 +382,99 @@ mod tests {
                 other => panic!("expected PUBLISH, got {other:?}"),
             }
         }
+    }
+
+    /// A writer that takes everything it is given and counts its calls.
+    #[derive(Default)]
+    struct Counting {
+        out: Vec<u8>,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.calls += 1;
+            self.out.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.calls += 1;
+            let mut n = 0;
+            for buf in bufs {
+                self.out.extend_from_slice(buf);
+                n += buf.len();
+            }
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_queue_leaves_in_few_large_writes_in_order() {
+        let v311 = Variant {
+            protocol: Protocol::V311,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        };
+        let messages: Vec<Arc<Message>> = (0..1000u16)
+            .map(|i| {
+                Arc::new(Message::new(
+                    u64::from(i),
+                    "a/b".into(),
+                    Bytes::from(i.to_string()),
+                    QoS::AtLeastOnce,
+                    false,
+                    PublishProperties::default(),
+                    "publisher".into(),
+                ))
+            })
+            .collect();
+        let mut outbox = Outbox::default();
+        for (i, message) in (0u16..).zip(&messages) {
+            outbox
+                .push_shared(message, v311, Some(i + 1))
+                .expect("encodes");
+        }
+        let mut writer = Counting::default();
+        outbox.write_all(&mut writer).await.expect("writes");
+        // Three buffers per message: head, packet id, payload.
+        assert_eq!(writer.calls, 3000usize.div_ceil(MAX_IOVECS));
+        let mut wire = BytesMut::from(&writer.out[..]);
+        for i in 0..1000u16 {
+            match decode(&mut wire, Protocol::V311, 1 << 20).expect("decodes") {
+                Some(Packet::Publish(p)) => {
+                    assert_eq!(p.packet_id, Some(i + 1));
+                    assert_eq!(p.payload, Bytes::from(i.to_string()));
+                }
+                other => panic!("expected PUBLISH {i}, got {other:?}"),
+            }
+        }
+        assert!(wire.is_empty());
     }
 }

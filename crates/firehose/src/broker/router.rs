@@ -223,36 +223,46 @@ impl Router {
         if message.retain {
             self.retain(message);
         }
-        self.deliver(message, stats)
+        self.deliver(message, stats, Instant::now())
     }
 
-    /// [`Router::publish`] without storing the retained message (the caller did).
-    pub fn deliver(&self, message: &Arc<Message>, stats: &Stats) -> Fanout {
-        let now = Instant::now();
+    /// [`Router::publish`] without storing the retained message (the caller did). `now` is
+    /// when routing started: the routing task reads the clock once per batch of messages,
+    /// not once per message.
+    pub fn deliver(&self, message: &Arc<Message>, stats: &Stats, now: Instant) -> Fanout {
         let table = self.read();
-        let mut entries: Vec<&FilterEntry> = Vec::new();
-        table.for_each_match(&message.topic, |_, entry| entries.push(entry));
+        // The first match apart: most topics match one filter, and a vector for it was an
+        // allocation per message.
+        let mut first: Option<&FilterEntry> = None;
+        let mut more: Vec<&FilterEntry> = Vec::new();
+        table.for_each_match(&message.topic, |_, entry| match first {
+            None => first = Some(entry),
+            Some(_) => more.push(entry),
+        });
         let wanted = |sub: &&Subscriber| {
             !(sub.options.no_local && *sub.session.client_id == *message.publisher)
         };
-        if let [entry] = entries[..] {
-            if entry.shared.is_empty() {
-                // The common case: one filter matched, so no session appears twice (an entry
-                // holds one subscriber per session) and nothing needs merging.
-                let mut fanout = Fanout::default();
-                for sub in entry.direct.iter().filter(wanted) {
-                    fanout.add(offer(
-                        message,
-                        &sub.session,
-                        sub.options,
-                        Vec::new(),
-                        stats,
-                        now,
-                    ));
-                }
-                return fanout;
+        let Some(first) = first else {
+            return Fanout::default();
+        };
+        if more.is_empty() && first.shared.is_empty() {
+            // The common case: one filter matched, so no session appears twice (an entry
+            // holds one subscriber per session) and nothing needs merging.
+            let mut fanout = Fanout::default();
+            for sub in first.direct.iter().filter(wanted) {
+                fanout.add(offer(
+                    message,
+                    &sub.session,
+                    sub.options,
+                    Vec::new(),
+                    stats,
+                    now,
+                ));
             }
+            return fanout;
         }
+        let mut entries = more;
+        entries.insert(0, first);
         let capacity = entries
             .iter()
             .map(|e| e.direct.len() + e.shared.len())
