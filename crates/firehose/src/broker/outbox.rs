@@ -279,10 +279,22 @@ mod tests {
         ))
     }
 
-    /// A writer that takes at most `step` bytes per call, to split packets anywhere.
+    /// A writer that takes at most `step` bytes per call, to split packets anywhere, and counts
+    /// its calls.
     struct Trickle {
         out: Vec<u8>,
         step: usize,
+        calls: usize,
+    }
+
+    impl Trickle {
+        fn new(step: usize) -> Trickle {
+            Trickle {
+                out: Vec::new(),
+                step,
+                calls: 0,
+            }
+        }
     }
 
     impl AsyncWrite for Trickle {
@@ -291,6 +303,7 @@ mod tests {
             _: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> std::task::Poll<io::Result<usize>> {
+            self.calls += 1;
             let n = buf.len().min(self.step);
             self.out.extend_from_slice(&buf[..n]);
             std::task::Poll::Ready(Ok(n))
@@ -301,6 +314,7 @@ mod tests {
             _: &mut std::task::Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> std::task::Poll<io::Result<usize>> {
+            self.calls += 1;
             let mut left = self.step;
             let mut n = 0;
             for buf in bufs {
@@ -354,10 +368,7 @@ mod tests {
             outbox
                 .push_shared(&second, v311(QoS::AtMostOnce), None)
                 .expect("encodes");
-            let mut writer = Trickle {
-                out: Vec::new(),
-                step,
-            };
+            let mut writer = Trickle::new(step);
             outbox.write_all(&mut writer).await.expect("writes");
             assert!(outbox.is_empty());
             let mut wire = BytesMut::from(&writer.out[..]);
@@ -381,57 +392,6 @@ mod tests {
                 }
                 other => panic!("expected PUBLISH, got {other:?}"),
             }
-        }
-    }
-
-    /// A writer that takes everything it is given and counts its calls.
-    #[derive(Default)]
-    struct Counting {
-        out: Vec<u8>,
-        calls: usize,
-    }
-
-    impl AsyncWrite for Counting {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            self.calls += 1;
-            self.out.extend_from_slice(buf);
-            std::task::Poll::Ready(Ok(buf.len()))
-        }
-
-        fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> std::task::Poll<io::Result<usize>> {
-            self.calls += 1;
-            let mut n = 0;
-            for buf in bufs {
-                self.out.extend_from_slice(buf);
-                n += buf.len();
-            }
-            std::task::Poll::Ready(Ok(n))
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
         }
     }
 
@@ -461,7 +421,7 @@ mod tests {
                 .push_shared(message, v311, Some(i + 1))
                 .expect("encodes");
         }
-        let mut writer = Counting::default();
+        let mut writer = Trickle::new(usize::MAX);
         outbox.write_all(&mut writer).await.expect("writes");
         // Three buffers per message: head, packet id, payload.
         assert_eq!(writer.calls, 3000usize.div_ceil(MAX_IOVECS));
