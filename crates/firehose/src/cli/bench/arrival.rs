@@ -106,9 +106,13 @@ fn recv_once(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<Arrival> {
             MsgFlags::empty(),
         )?;
         let bytes = message.bytes;
-        let stamp = message.cmsgs()?.find_map(|cmsg| match cmsg {
-            ControlMessageOwned::ScmTimestampns(stamp) => Some(stamp),
-            _ => None,
+        // The bytes are read whatever the control data says: control data that did not fit
+        // (MSG_CTRUNC) costs this read its stamp, not its bytes.
+        let stamp = message.cmsgs().ok().and_then(|mut cmsgs| {
+            cmsgs.find_map(|cmsg| match cmsg {
+                ControlMessageOwned::ScmTimestampns(stamp) => Some(stamp),
+                _ => None,
+            })
         });
         buf.extend_from_slice(&scratch[..bytes]);
         Ok(Arrival {
