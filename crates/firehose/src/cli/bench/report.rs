@@ -812,6 +812,15 @@ fn memory_target(cases: &[Case<'_>], subject: &str, send_queue: u64) -> Target {
 mod tests {
     use super::*;
 
+    /// Percentiles in milliseconds.
+    fn latency(p50_ms: f64, p99_ms: f64, max_ms: f64) -> Option<Latency> {
+        Some(Latency {
+            p50_ms,
+            p99_ms,
+            max_ms,
+        })
+    }
+
     fn run(case: &str, broker: &str, delivered: f64) -> RunReport {
         RunReport {
             scenario: "fanout".into(),
@@ -842,11 +851,7 @@ mod tests {
     #[test]
     fn json_round_trip() {
         let mut r = run("c", "firehose", 10.0);
-        r.latency = Some(Latency {
-            p50_ms: 1.0,
-            p99_ms: 2.0,
-            max_ms: 3.0,
-        });
+        r.latency = latency(1.0, 2.0, 3.0);
         let line = serde_json::to_string(&r).expect("serialize");
         let back: RunReport = serde_json::from_str(&line).expect("deserialize");
         assert_eq!(back, r);
@@ -913,17 +918,9 @@ mod tests {
         );
         let mut calm = run("r", "firehose", 100.0);
         calm.rate = Some(100);
-        calm.latency = Some(Latency {
-            p50_ms: 1.0,
-            p99_ms: 5.0,
-            max_ms: 9.0,
-        });
+        calm.latency = latency(1.0, 5.0, 9.0);
         let mut jumpy = calm.clone();
-        jumpy.latency = Some(Latency {
-            p50_ms: 1.0,
-            p99_ms: 15.0,
-            max_ms: 30.0,
-        });
+        jumpy.latency = latency(1.0, 15.0, 30.0);
         assert_eq!(
             median_run(vec![&calm, &jumpy])
                 .and_then(|r| r.latency)
@@ -948,16 +945,8 @@ mod tests {
     fn websocket_against_tcp_and_latency_targets() {
         let mut rate = run("fanout-q0-rate100", "firehose", 100_000.0);
         rate.rate = Some(100);
-        rate.latency = Some(Latency {
-            p50_ms: 0.5,
-            p99_ms: 12.0,
-            max_ms: 30.0,
-        });
-        rate.read_latency = Some(Latency {
-            p50_ms: 4.0,
-            p99_ms: 19.5,
-            max_ms: 40.0,
-        });
+        rate.latency = latency(0.5, 12.0, 30.0);
+        rate.read_latency = latency(4.0, 19.5, 40.0);
         let runs = vec![
             run("fanout-q0-max", "firehose", 1_000_000.0),
             run("ws-fanout-q0-max", "firehose", 850_000.0),
