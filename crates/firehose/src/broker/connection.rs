@@ -831,16 +831,22 @@ impl Connection {
         ticket
     }
 
+    /// The oldest SUBACK/UNSUBACK (with its retained messages) that waited for a save up to
+    /// `ticket`, if any.
+    fn pop_deferred(&mut self, ticket: u64) -> Option<(Packet, Vec<Delivery>)> {
+        let deferred = &mut self.extra.as_mut()?.deferred;
+        if deferred.front()?.0 > ticket {
+            return None;
+        }
+        deferred
+            .pop_front()
+            .map(|(_, ack, retained)| (ack, retained))
+    }
+
     /// Sends what waited for the session save `ticket`: SUBACK/UNSUBACK (and retained messages),
     /// QoS 2 PUBLISH and PUBREL packets.
     fn on_saved(&mut self, ticket: u64, outbox: &mut Outbox) {
-        while let Some((_, ack, retained)) = self
-            .extra
-            .as_mut()
-            .map(|extra| &mut extra.deferred)
-            .filter(|deferred| deferred.front().is_some_and(|(t, _, _)| *t <= ticket))
-            .and_then(VecDeque::pop_front)
-        {
+        while let Some((ack, retained)) = self.pop_deferred(ticket) {
             self.push_or_log(outbox, &ack);
             for delivery in retained {
                 self.session.enqueue_direct(delivery, &self.shared.stats);
