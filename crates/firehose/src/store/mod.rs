@@ -29,8 +29,9 @@
 //!   database; changing the rules makes the next open count them once (a scan of the log).
 //!   Retained messages are a separate copy and are never deleted by retention.
 //! - **Checkpoints** (copying the WAL into `events.db`) run every 100 ms on a thread of their
-//!   own (`checkpoint.rs`), beside the writer's commits; the writer checkpoints itself only if
-//!   the WAL reaches 4096 pages anyway.
+//!   own (`checkpoint.rs`), beside the writer's commits. Past 2048 pages of WAL it holds the
+//!   writer between two batches for one last pass, so that the WAL starts over; the writer
+//!   checkpoints itself only if the WAL reaches 4096 pages anyway.
 //! - **Reads** use a pool of read-only connections: they see a consistent snapshot and never
 //!   block the writer. A page examines a bounded id window, so a rare topic costs many cheap
 //!   pages rather than one unbounded one; `scanned_to` always moves forward.

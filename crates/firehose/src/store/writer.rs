@@ -335,6 +335,9 @@ impl Writer {
                 }
             };
             batch.push(first);
+            // Outside any transaction, so that the checkpointer can copy the whole WAL; what
+            // arrives meanwhile joins this batch.
+            checkpointer.pause_here();
             gather(&rx, &mut batch, previous_batch > 1);
             previous_batch = batch.len();
             let appended = self.commit_batch(&mut batch);
