@@ -201,6 +201,40 @@ async fn packets_split_across_frames_and_joined_in_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tungstenite_receives_a_large_burst_across_many_frames() {
+    // More than loopback socket buffers hold, so the server's frames are cut by partial
+    // writes and continued; a ping halfway gets its pong between frames.
+    const MESSAGES: usize = 300;
+    let payload = |n: usize| -> Vec<u8> {
+        let len = 20_000 + n * 997 % 60_000;
+        (0..len).map(|i| (i * 31 + n) as u8).collect()
+    };
+    let (server, addrs) = start(ServerOptions::standard(), HTTP);
+    let mut sub = MqttConn::ws(addrs.http()).await;
+    sub.anonymous(true).await;
+    sub.subscribe("large/#", 0).await;
+    let mut publisher = RawClient::publisher(addrs.mqtt, true);
+    let mut total = 0;
+    for n in 0..MESSAGES {
+        let body = payload(n);
+        total += body.len();
+        publisher.publish0(&format!("large/{n}"), &body);
+    }
+    for n in 0..MESSAGES {
+        if n == MESSAGES / 2 {
+            sub.send_ws(Message::Ping(b"halfway".to_vec().into())).await;
+        }
+        let p = sub.expect_publish().await;
+        assert_eq!(p.topic, format!("large/{n}"));
+        assert!(p.payload == payload(n), "message {n}: payload differs");
+    }
+    sub.ping().await;
+    assert_eq!(sub.pongs, 1, "the ping was answered");
+    assert!(sub.frames > 1, "{total} bytes in {} frame(s)", sub.frames);
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_frame_closes_only_that_connection() {
     let (server, addrs) = start(ServerOptions::standard(), HTTP);
     let mut bystander = MqttConn::ws(addrs.http()).await;

@@ -200,7 +200,7 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
     }
 
     let trusted_proxies = config.trusted_proxies()?;
-    // A WebSocket frame or message may hold a whole packet plus the start of the next one.
+    // A WebSocket frame may hold a whole packet plus the start of the next one.
     let max_ws_message = (config.limits.max_packet_size as usize)
         .saturating_mul(2)
         .max(64 * 1024);

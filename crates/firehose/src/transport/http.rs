@@ -11,10 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Extension, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Extension, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -33,11 +31,7 @@ use crate::config::IpBlock;
 use crate::transport::metrics::{self, Metrics};
 use crate::transport::proxy;
 use crate::transport::tls::{Service, TlsSettings};
-use crate::transport::ws::WsStream;
-
-/// The WebSocket subprotocols accepted, in order of preference: `mqtt` (MQTT 3.1.1 and 5.0)
-/// and `mqttv3.1`, which older clients send.
-pub const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
+use crate::transport::ws::{handshake, WsStream};
 
 /// How long open HTTP connections get to finish their request at shutdown.
 const HTTP_GRACE: Duration = Duration::from_secs(2);
@@ -55,7 +49,8 @@ pub struct HttpOptions {
     pub metrics: Arc<Metrics>,
     /// Time allowed for the TLS handshake and for each request's headers.
     pub handshake_timeout: Duration,
-    /// Largest WebSocket frame and message accepted, in bytes.
+    /// Largest WebSocket data frame accepted, in bytes. Messages have no limit of their own:
+    /// their frames are read as one byte stream, never buffered whole.
     pub max_ws_message: usize,
     /// Largest payload of `POST /api/v1/publish/<topic>` (`limits.max_packet_size`).
     pub max_publish_body: usize,
@@ -268,29 +263,29 @@ async fn prometheus(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// MQTT over WebSocket: the handshake is checked here and answered with `101`, then hyper
+/// hands over the raw connection, framed by [`WsStream`] (not axum's `WebSocket`: see
+/// [`crate::transport::ws`] for why).
 async fn mqtt_over_websocket(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Response {
     let transport = if peer.secure { "wss" } else { "ws" };
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => {
+    let upgradable = request
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_some();
+    let accepted = match handshake::check(request.method(), request.headers(), upgradable) {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
             app.metrics.handshake_failed(transport, "upgrade");
-            debug!(peer = %peer.addr, "not a WebSocket upgrade: {rejection}");
-            return (
-                rejection.status(),
-                format!(
-                    "This is the MQTT over WebSocket endpoint (subprotocol \"mqtt\"): {}\n",
-                    rejection.body_text()
-                ),
-            )
-                .into_response();
+            debug!(peer = %peer.addr, "not a WebSocket upgrade: {refusal}");
+            return refusal.into_response();
         }
     };
-    let forwarded = headers
+    let forwarded = request
+        .headers()
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|value| value.to_str().ok());
@@ -304,18 +299,26 @@ async fn mqtt_over_websocket(
     };
     let broker = app.broker.clone();
     let metrics = app.metrics.clone();
+    let max_frame = app.max_ws_message;
     let info = ConnectionInfo {
         peer: client,
         transport,
         authenticated_user: peer.tls_user,
     };
-    upgrade
-        .protocols(SUBPROTOCOLS)
-        .max_frame_size(app.max_ws_message)
-        .max_message_size(app.max_ws_message)
-        .on_failed_upgrade(move |error| debug!(peer = %client, "WebSocket upgrade failed: {error}"))
-        .on_upgrade(move |socket| {
-            let guard = metrics.connection(transport);
-            broker.serve(WsStream::new(socket), info, permit, guard)
-        })
+    // The connection is handed over once the 101 below has been written.
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let guard = metrics.connection(transport);
+                // `TokioIo<Upgraded>` passes vectored writes straight to the TCP or TLS
+                // stream (hyper buffers nothing once upgraded), so a frame is one `writev`.
+                let stream = WsStream::new(TokioIo::new(upgraded), max_frame);
+                // A task of its own, made of only what the connection keeps (as for TCP).
+                tokio::spawn(broker.serve(stream, info, permit, guard));
+            }
+            Err(error) => debug!(peer = %client, "WebSocket upgrade failed: {error}"),
+        }
+    });
+    accepted.response()
 }

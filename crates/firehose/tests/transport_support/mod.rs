@@ -367,6 +367,10 @@ pub(crate) struct MqttConn {
     pub(crate) v5: bool,
     /// The subprotocol the server chose (WebSocket only).
     pub(crate) subprotocol: Option<String>,
+    /// Binary frames received (WebSocket only).
+    pub(crate) frames: usize,
+    /// Pong frames received (WebSocket only).
+    pub(crate) pongs: usize,
     next_id: u16,
 }
 
@@ -451,6 +455,8 @@ impl MqttConn {
             buf: Vec::new(),
             v5: false,
             subprotocol,
+            frames: 0,
+            pongs: 0,
             next_id: 1,
         })
     }
@@ -462,6 +468,8 @@ impl MqttConn {
             buf: Vec::new(),
             v5: false,
             subprotocol: None,
+            frames: 0,
+            pongs: 0,
             next_id: 1,
         }
     }
@@ -502,7 +510,11 @@ impl MqttConn {
                 match &mut self.link {
                     Link::Ws(ws) => loop {
                         match ws.next().await {
-                            Some(Ok(Message::Binary(data))) => return Ok(data.to_vec()),
+                            Some(Ok(Message::Binary(data))) => {
+                                self.frames += 1;
+                                return Ok(data.to_vec());
+                            }
+                            Some(Ok(Message::Pong(_))) => self.pongs += 1,
                             Some(Ok(Message::Close(frame))) => {
                                 return Err(frame.map(|f| u16::from(f.code)))
                             }
