@@ -213,6 +213,9 @@ fn run(
         path,
         failing: false,
     };
+    // Frames at the previous interval's pass: a WAL that did not change since is copied whole
+    // already, and starts over at the next write without the writer being held.
+    let mut previous_frames = -1;
     loop {
         match stopped.recv_timeout(cadence.interval) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -221,9 +224,10 @@ fn run(
         let Some(pass) = checkpointer.pass() else {
             continue;
         };
-        if pass.frames >= cadence.restart_frames {
+        if pass.frames >= cadence.restart_frames && pass.frames != previous_frames {
             checkpointer.copy_all(pass, hold);
         }
+        previous_frames = pass.frames;
     }
 }
 
