@@ -275,7 +275,8 @@ impl Passes<'_> {
                 return;
             };
             if pass.frames < previous.frames {
-                // The WAL started over meanwhile (the writer's fallback, or an idle moment).
+                // The WAL started over meanwhile, or this pass could not run (-1: the writer's
+                // fallback checkpoint has the lock). Either way, the next interval decides.
                 return;
             }
             let added = pass.frames - previous.copied;
