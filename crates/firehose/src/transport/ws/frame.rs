@@ -295,24 +295,37 @@ pub(super) fn server_control(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The header of a masked client frame whose first byte is `first` (FIN, RSV, opcode) and
+/// whose payload is `len` bytes: what the framing's tests feed the reader.
+#[cfg(test)]
+pub(super) fn masked_header(first: u8, len: u64, mask: [u8; 4]) -> Vec<u8> {
+    let mut bytes = vec![first];
+    if len < 126 {
+        bytes.push(0x80 | len as u8);
+    } else if len <= 0xFFFF {
+        bytes.push(0x80 | 126);
+        bytes.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        bytes.push(0x80 | 127);
+        bytes.extend_from_slice(&len.to_be_bytes());
+    }
+    bytes.extend_from_slice(&mask);
+    bytes
+}
+
+/// A whole masked client frame: [`masked_header`], then `payload` masked with `mask`.
+#[cfg(test)]
+pub(super) fn masked_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut bytes = masked_header(first, payload.len() as u64, mask);
+    let mut body = payload.to_vec();
+    apply_mask(&mut body, mask, 0);
+    bytes.extend(body);
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn masked(first: u8, len: u64, mask: [u8; 4]) -> Vec<u8> {
-        let mut bytes = vec![first];
-        if len < 126 {
-            bytes.push(0x80 | len as u8);
-        } else if len <= 0xFFFF {
-            bytes.push(0x80 | 126);
-            bytes.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            bytes.push(0x80 | 127);
-            bytes.extend_from_slice(&len.to_be_bytes());
-        }
-        bytes.extend_from_slice(&mask);
-        bytes
-    }
 
     fn head(bytes: &[u8]) -> [u8; MAX_CLIENT_HEADER] {
         let mut head = [0; MAX_CLIENT_HEADER];
@@ -323,7 +336,7 @@ mod tests {
     #[test]
     fn client_headers_of_every_length_form() {
         for len in [0, 1, 125, 126, 65535, 65536, 1 << 40] {
-            let bytes = masked(0x82, len, [1, 2, 3, 4]);
+            let bytes = masked_header(0x82, len, [1, 2, 3, 4]);
             assert_eq!(client_header_len(bytes[0], bytes[1]), Ok(bytes.len()));
             let (header, header_len) = parse_client_header(&head(&bytes)).expect("valid header");
             assert_eq!(header_len, bytes.len());
@@ -338,7 +351,7 @@ mod tests {
             );
         }
         let (continuation, _) =
-            parse_client_header(&head(&masked(0x00, 3, [0; 4]))).expect("valid");
+            parse_client_header(&head(&masked_header(0x00, 3, [0; 4]))).expect("valid");
         assert_eq!(
             (continuation.fin, continuation.opcode),
             (false, OpCode::Continuation)
@@ -371,7 +384,7 @@ mod tests {
                 len: 126
             })
         );
-        let mut huge = masked(0x82, 0, [0; 4]);
+        let mut huge = masked_header(0x82, 0, [0; 4]);
         huge[1] = 0x80 | 127;
         huge.splice(2..2, (1u64 << 63).to_be_bytes());
         assert_eq!(

@@ -264,22 +264,7 @@ mod tests {
 
     /// A masked client frame.
     fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut bytes = vec![first];
-        let len = payload.len();
-        if len < 126 {
-            bytes.push(0x80 | len as u8);
-        } else if len <= 0xFFFF {
-            bytes.push(0x80 | 126);
-            bytes.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            bytes.push(0x80 | 127);
-            bytes.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        bytes.extend_from_slice(&MASK);
-        let mut body = payload.to_vec();
-        frame::apply_mask(&mut body, MASK, 0);
-        bytes.extend(body);
-        bytes
+        frame::masked_frame(first, payload, MASK)
     }
 
     /// Everything `reader` makes of `input` fed in pieces of `step` bytes: the data, the

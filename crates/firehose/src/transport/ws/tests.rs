@@ -169,23 +169,7 @@ fn binary_stream(frames: &[ServerFrame]) -> Vec<u8> {
 
 /// A masked client frame.
 fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0xA1, 0xB2, 0xC3, 0xD4];
-    let mut bytes = vec![first];
-    let len = payload.len();
-    if len < 126 {
-        bytes.push(0x80 | len as u8);
-    } else if len <= 0xFFFF {
-        bytes.push(0x80 | 126);
-        bytes.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        bytes.push(0x80 | 127);
-        bytes.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    bytes.extend_from_slice(&mask);
-    let mut body = payload.to_vec();
-    frame::apply_mask(&mut body, mask, 0);
-    bytes.extend(body);
-    bytes
+    frame::masked_frame(first, payload, [0xA1, 0xB2, 0xC3, 0xD4])
 }
 
 /// Writes `chunks` as an outbox does: all that is left, as one vectored write, again and
