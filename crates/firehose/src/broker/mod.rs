@@ -36,7 +36,9 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::auth::{Identity, Users};
 use crate::config::Limits;
-use crate::store::{Store, StoreError, StoredInflight, StoredSession, StoredSubscription};
+use crate::store::{
+    Append, NewEvent, Store, StoreError, StoredInflight, StoredSession, StoredSubscription,
+};
 use firehose_codec::topic::validate_topic_name;
 use firehose_codec::{PublishProperties, QoS};
 use message::{now_ms, Message};
@@ -139,6 +141,59 @@ async fn route_committed(shared: Weak<Shared>, mut committed: mpsc::UnboundedRec
     }
 }
 
+/// An accepted message on its way into the log, with what happens once it is there: one
+/// allocation per publish for the event, its message and its completion.
+struct Publication {
+    /// What the log stores.
+    event: NewEvent,
+    /// What the routing task delivers, once it has its id.
+    message: Arc<Message>,
+    shared: Arc<Shared>,
+    /// Tells the publisher.
+    done: Option<Accepted>,
+}
+
+impl Append for Publication {
+    fn event(&self) -> &NewEvent {
+        &self.event
+    }
+
+    fn done(self: Box<Self>, result: Result<u64, StoreError>) {
+        let Publication {
+            event,
+            mut message,
+            shared,
+            done,
+        } = *self;
+        drop(event);
+        match result {
+            Ok(id) => {
+                let Some(unrouted) = Arc::get_mut(&mut message) else {
+                    // Cannot happen: the publication holds the only handle.
+                    tracing::error!(topic = %message.topic, "committed event shared before routing");
+                    if let Some(done) = done {
+                        done(None);
+                    }
+                    return;
+                };
+                unrouted.id = id;
+                shared.routing_backlog.fetch_add(1, Ordering::AcqRel);
+                if shared.to_route.send(Committed { message, done }).is_err() {
+                    // Only when the runtime is gone: nobody is left to deliver to or tell.
+                    shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            Err(error) => {
+                tracing::error!(topic = %message.topic, "cannot store event: {error}");
+                stats::add(&shared.stats.store_errors, 1);
+                if let Some(done) = done {
+                    done(None);
+                }
+            }
+        }
+    }
+}
+
 /// A committed event for the routing task.
 struct Committed {
     /// The event, with its id.
@@ -225,38 +280,12 @@ impl Shared {
         received_ms: i64,
         done: Option<Accepted>,
     ) {
-        let event = message.to_new_event(received_ms, publisher);
-        let mut message = Arc::new(message);
-        let shared = self.clone();
-        self.store.append(
-            event,
-            Box::new(move |result| match result {
-                Ok(id) => {
-                    let Some(unrouted) = Arc::get_mut(&mut message) else {
-                        // Cannot happen: the completion holds the only handle.
-                        tracing::error!(topic = %message.topic, "committed event shared before routing");
-                        if let Some(done) = done {
-                            done(None);
-                        }
-                        return;
-                    };
-                    unrouted.id = id;
-                    let committed = Committed { message, done };
-                    shared.routing_backlog.fetch_add(1, Ordering::AcqRel);
-                    if shared.to_route.send(committed).is_err() {
-                        // Only when the runtime is gone: nobody is left to deliver to or tell.
-                        shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(topic = %message.topic, "cannot store event: {error}");
-                    stats::add(&shared.stats.store_errors, 1);
-                    if let Some(done) = done {
-                        done(None);
-                    }
-                }
-            }),
-        );
+        self.store.append_boxed(Box::new(Publication {
+            event: message.to_new_event(received_ms, publisher),
+            message: Arc::new(message),
+            shared: Arc::clone(self),
+            done,
+        }));
     }
 
     /// Saves a persistent session (or forgets one whose expiry is 0). `done` runs once the save

@@ -54,7 +54,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use self::schema::Files;
-use self::writer::{Op, Pending, Shared, Writer};
+use self::writer::{Op, Pending, PendingAppend, Shared, Writer};
 
 /// Why the store failed; messages name the file and say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +179,34 @@ pub struct Event {
 /// Called once per appended event, in commit order, after its transaction committed (or
 /// failed). Runs on the writer thread: keep it short (route, signal, return).
 pub type Completion = Box<dyn FnOnce(Result<u64, StoreError>) + Send>;
+
+/// An event to append together with what to do once it is committed, for
+/// [`Store::append_boxed`]: the broker's publish path allocates one box per event for both,
+/// where [`Store::append`] takes one for the event and one for its completion.
+pub trait Append: Send {
+    /// The event to store; read on the writer thread, before the commit.
+    fn event(&self) -> &NewEvent;
+
+    /// Runs once, on the writer thread, in append order, after the event's transaction
+    /// committed (with its id) or failed. Keep it short (route, signal, return).
+    fn done(self: Box<Self>, result: Result<u64, StoreError>);
+}
+
+/// [`Store::append`]'s event and completion as one [`Append`].
+struct WithCompletion {
+    event: NewEvent,
+    done: Completion,
+}
+
+impl Append for WithCompletion {
+    fn event(&self) -> &NewEvent {
+        &self.event
+    }
+
+    fn done(self: Box<Self>, result: Result<u64, StoreError>) {
+        (self.done)(result);
+    }
+}
 
 /// One subscription of a stored session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,8 +434,13 @@ impl Store {
     /// `done` gets the event's id, or the error that made its transaction fail. After
     /// [`Store::close`] it gets [`StoreError::Closed`], on the calling thread.
     pub fn append(&self, event: NewEvent, done: Completion) {
+        self.append_boxed(Box::new(WithCompletion { event, done }));
+    }
+
+    /// [`Store::append`] for an event that carries its own completion ([`Append`]).
+    pub fn append_boxed(&self, append: Box<dyn Append>) {
         self.inner.shared.backlog.fetch_add(1, Ordering::Relaxed);
-        if let Err(op) = self.send(Op::Append(Box::new(event), Pending::new(done))) {
+        if let Err(op) = self.send(Op::Append(PendingAppend::new(append))) {
             self.inner.shared.backlog.fetch_sub(1, Ordering::Relaxed);
             drop(op); // runs the completion with `Closed`
         }
@@ -1313,6 +1346,52 @@ mod tests {
             vec![session("s", 7)]
         );
         assert_eq!(append_one(&store, ev("t", "p")), 102);
+    }
+
+    /// An [`Append`] that reports its topic and result.
+    struct Reporting {
+        event: NewEvent,
+        report: mpsc::Sender<(String, Result<u64, StoreError>)>,
+    }
+
+    impl Append for Reporting {
+        fn event(&self) -> &NewEvent {
+            &self.event
+        }
+
+        fn done(self: Box<Self>, result: Result<u64, StoreError>) {
+            let _ = self.report.send((self.event.topic.to_string(), result));
+        }
+    }
+
+    #[test]
+    fn boxed_appends_complete_once_each_in_order_and_with_closed_after_close() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let (tx, rx) = mpsc::channel();
+        for topic in ["a", "b", "c"] {
+            store.append_boxed(Box::new(Reporting {
+                event: ev(topic, "p"),
+                report: tx.clone(),
+            }));
+        }
+        store.close();
+        store.append_boxed(Box::new(Reporting {
+            event: ev("late", "p"),
+            report: tx,
+        }));
+        let reports: Vec<_> = rx.iter().collect();
+        assert_eq!(reports.len(), 4, "{reports:?}");
+        for (i, topic) in ["a", "b", "c"].iter().enumerate() {
+            assert_eq!(reports[i].0, *topic);
+            assert_eq!(reports[i].1.as_ref().ok(), Some(&(i as u64 + 1)));
+        }
+        assert_eq!(reports[3].0, "late");
+        assert!(matches!(reports[3].1, Err(StoreError::Closed)));
+        assert_eq!(
+            store.get(3).expect("get").map(|e| e.event.topic),
+            Some("c".into())
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rusqlite::{params, Connection};
 
 use super::checkpoint::Checkpointer;
 use super::schema::{self, to_i64, to_u64, LogState};
-use super::{Completion, Durability, NewEvent, RetentionRule, StoreError, StoredSession};
+use super::{Append, Completion, Durability, NewEvent, RetentionRule, StoreError, StoredSession};
 use crate::topic;
 
 /// Most operations written in one transaction. Large enough that a burst is written in few
@@ -106,7 +106,7 @@ impl Pending {
     /// Runs the completion with `result`.
     pub(super) fn complete(mut self, result: Result<u64, StoreError>) {
         if let Some(done) = self.0.take() {
-            run_guarded(done, result);
+            run_guarded(move || done(result));
         }
     }
 }
@@ -114,14 +114,44 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(done) = self.0.take() {
-            run_guarded(done, Err(StoreError::Closed));
+            run_guarded(move || done(Err(StoreError::Closed)));
+        }
+    }
+}
+
+/// An [`Append`] whose completion runs exactly once, as [`Pending`] does for a completion.
+pub(super) struct PendingAppend(Option<Box<dyn Append>>);
+
+impl PendingAppend {
+    /// Wraps an append.
+    pub(super) fn new(append: Box<dyn Append>) -> PendingAppend {
+        PendingAppend(Some(append))
+    }
+
+    /// The event to write (always there until the completion ran).
+    fn event(&self) -> Option<&NewEvent> {
+        self.0.as_deref().map(Append::event)
+    }
+
+    /// Runs the completion with `result`.
+    fn complete(mut self, result: Result<u64, StoreError>) {
+        if let Some(append) = self.0.take() {
+            run_guarded(move || append.done(result));
+        }
+    }
+}
+
+impl Drop for PendingAppend {
+    fn drop(&mut self) {
+        if let Some(append) = self.0.take() {
+            run_guarded(move || append.done(Err(StoreError::Closed)));
         }
     }
 }
 
 /// Runs a completion; a panic in it is logged and does not take the writer down.
-fn run_guarded(done: Completion, result: Result<u64, StoreError>) {
-    if catch_unwind(AssertUnwindSafe(move || done(result))).is_err() {
+fn run_guarded(done: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(done)).is_err() {
         tracing::error!("an event log completion panicked; the writer goes on");
     }
 }
@@ -129,11 +159,21 @@ fn run_guarded(done: Completion, result: Result<u64, StoreError>) {
 /// What the handles ask of the writer.
 pub(super) enum Op {
     /// Append an event.
-    Append(Box<NewEvent>, Pending),
+    Append(PendingAppend),
     /// Replace a session.
     SaveSession(Box<StoredSession>, Option<Pending>),
     /// Delete a session.
     DeleteSession(String),
+}
+
+impl Op {
+    /// The event of an append that has not completed yet.
+    fn event(&self) -> Option<&NewEvent> {
+        match self {
+            Op::Append(pending) => pending.event(),
+            Op::SaveSession(..) | Op::DeleteSession(_) => None,
+        }
+    }
 }
 
 /// Per-rule totals of the events a retention rule governs.
@@ -358,10 +398,7 @@ impl Writer {
         if self.broken {
             self.reopen();
         }
-        let appends = batch
-            .iter()
-            .filter(|op| matches!(op, Op::Append(..)))
-            .count();
+        let appends = batch.iter().filter_map(Op::event).count();
         let result = self.write_batch(batch);
         let ok = match result {
             Ok(effect) => {
@@ -389,7 +426,7 @@ impl Writer {
         let mut id = self.state.last_id - if ok.is_ok() { appends as u64 } else { 0 };
         for op in batch.drain(..) {
             match op {
-                Op::Append(_, done) => {
+                Op::Append(done) => {
                     self.shared.backlog.fetch_sub(1, Ordering::Relaxed);
                     match &ok {
                         Ok(()) => {
@@ -428,17 +465,14 @@ impl Writer {
             }
         }
         let tx = self.conn.transaction()?;
-        let events: Vec<&NewEvent> = batch
-            .iter()
-            .filter_map(|op| match op {
-                Op::Append(event, _) => Some(&**event),
-                _ => None,
-            })
-            .collect();
+        let events: Vec<&NewEvent> = batch.iter().filter_map(Op::event).collect();
         insert_events(&tx, state.last_id + 1, &events)?;
         for (i, op) in batch.iter().enumerate() {
             match op {
-                Op::Append(event, _) => {
+                Op::Append(pending) => {
+                    let Some(event) = pending.event() else {
+                        continue;
+                    };
                     state.last_id += 1;
                     if event.retain {
                         let properties = schema::encode_properties(&event.properties);
