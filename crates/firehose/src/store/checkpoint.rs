@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::page_cache::PageCache;
 use super::{schema, Durability};
 
 /// When the checkpointer works; tests shrink both.
@@ -213,6 +214,7 @@ fn run(
         path,
         failing: false,
     };
+    let mut cache = PageCache::open(path);
     // Frames at the previous interval's pass: a WAL that did not change since is copied whole
     // already, and starts over at the next write without the writer being held.
     let mut previous_frames = -1;
@@ -228,6 +230,9 @@ fn run(
             checkpointer.copy_all(pass, hold);
         }
         previous_frames = pass.frames;
+        if let Some(cache) = &mut cache {
+            cache.trim();
+        }
     }
 }
 

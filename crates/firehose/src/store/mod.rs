@@ -39,6 +39,7 @@
 //!   SQLite header, the schema version, and `PRAGMA quick_check` on databases up to 256 MiB.
 
 mod checkpoint;
+mod page_cache;
 mod read;
 mod schema;
 mod writer;
