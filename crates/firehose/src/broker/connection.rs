@@ -34,7 +34,7 @@ use super::session::{AttachRequest, Inflight, LinkSignal, Session, Stage, Subscr
 use super::stats;
 use super::{Accepted, ConnectionInfo, Shared};
 use crate::auth::{AuthFailure, Identity};
-use crate::store::{Page, StoreError};
+use crate::store::{Append, Page, StoreError};
 use crate::topic;
 
 /// Stop reading from a client while this many bytes wait to be written to it, so a client that
@@ -1028,17 +1028,18 @@ impl Connection {
     fn process(&mut self, rbuf: &mut BytesMut, outbox: &mut Outbox) -> Option<End> {
         let max = self.shared.limits.max_packet_size as usize;
         let mut publishes = 0;
-        // What one read brought was received at one time: one clock read for all its
-        // publishes (a read per publish was a measurable part of the publish path), made at
-        // the first of them (reads without a publish need none).
-        let mut received_ms = None;
+        let mut read = ReadBatch::default();
         let end = loop {
             match decode(rbuf, self.protocol, max) {
                 Ok(Some(packet)) => {
                     if matches!(packet, Packet::Publish(_)) {
                         publishes += 1;
+                    } else {
+                        // Whatever else the packet asks of the log comes after the publishes
+                        // before it.
+                        self.hand_over(&mut read);
                     }
-                    if let Some(end) = self.handle(packet, &mut received_ms, outbox) {
+                    if let Some(end) = self.handle(packet, &mut read, outbox) {
                         break Some(end);
                     }
                 }
@@ -1046,8 +1047,17 @@ impl Connection {
                 Err(error) => break Some(End::from_decode(error)),
             }
         };
+        self.hand_over(&mut read);
         stats::add(&self.shared.stats.messages_received, publishes);
         end
+    }
+
+    /// Hands the publishes accepted so far in this read to the log, in one send.
+    fn hand_over(&self, read: &mut ReadBatch) {
+        if !read.publications.is_empty() {
+            self.shared
+                .accept_all(std::mem::take(&mut read.publications));
+        }
     }
 
     fn push(&self, outbox: &mut Outbox, packet: &Packet) -> Result<(), EncodeError> {
@@ -1062,16 +1072,10 @@ impl Connection {
 
     /// Handles one packet of a read; `received_ms` is the read's time (UTC milliseconds),
     /// taken by the first publish that needs it.
-    fn handle(
-        &mut self,
-        packet: Packet,
-        received_ms: &mut Option<i64>,
-        outbox: &mut Outbox,
-    ) -> Option<End> {
+    fn handle(&mut self, packet: Packet, read: &mut ReadBatch, outbox: &mut Outbox) -> Option<End> {
         match packet {
             Packet::Publish(publish) => {
-                let received_ms = *received_ms.get_or_insert_with(now_ms);
-                return self.on_publish(publish, received_ms, outbox);
+                return self.on_publish(publish, read, outbox);
             }
             Packet::PubAck(ack) => {
                 let mut state = self.session.lock();
@@ -1169,7 +1173,7 @@ impl Connection {
     fn on_publish(
         &mut self,
         publish: Publish,
-        received_ms: i64,
+        read: &mut ReadBatch,
         outbox: &mut Outbox,
     ) -> Option<End> {
         self.publishes = true;
@@ -1274,7 +1278,11 @@ impl Connection {
                 }
             };
             let publisher = self.identity.shared_name();
-            self.shared.accept(message, publisher, received_ms, done);
+            let received_ms = *read.received_ms.get_or_insert_with(now_ms);
+            read.publications.push(
+                self.shared
+                    .publication(message, publisher, received_ms, done),
+            );
             return None;
         }
         // Refused. MQTT 3.1.1 has no negative acknowledgement: the message is acknowledged and
@@ -1916,6 +1924,18 @@ fn pub_response(kind: fn(PubResponse) -> Packet, packet_id: u16, reason: ReasonC
         reason,
         properties: AckProperties::default(),
     })
+}
+
+/// What the packets of one read share.
+#[derive(Default)]
+struct ReadBatch {
+    /// When the read's bytes were received (UTC milliseconds): one clock read for all its
+    /// publishes (a read per publish was a measurable part of the publish path), made at the
+    /// first of them (reads without a publish need none).
+    received_ms: Option<i64>,
+    /// Publishes accepted from the read and not yet handed to the log: they go in one send
+    /// (a read often brings dozens).
+    publications: Vec<Box<dyn Append>>,
 }
 
 #[cfg(test)]

@@ -280,12 +280,30 @@ impl Shared {
         received_ms: i64,
         done: Option<Accepted>,
     ) {
-        self.store.append_boxed(Box::new(Publication {
+        self.store
+            .append_boxed(self.publication(message, publisher, received_ms, done));
+    }
+
+    /// [`Shared::accept`] in two steps, for a connection that hands the publishes of one
+    /// read to the log together ([`Shared::accept_all`]).
+    pub(crate) fn publication(
+        self: &Arc<Self>,
+        message: Message,
+        publisher: Arc<str>,
+        received_ms: i64,
+        done: Option<Accepted>,
+    ) -> Box<dyn Append> {
+        Box::new(Publication {
             event: message.to_new_event(received_ms, publisher),
             message: Arc::new(message),
             shared: Arc::clone(self),
             done,
-        }));
+        })
+    }
+
+    /// Appends publications made by [`Shared::publication`], in order.
+    pub(crate) fn accept_all(&self, publications: Vec<Box<dyn Append>>) {
+        self.store.append_all(publications);
     }
 
     /// Saves a persistent session (or forgets one whose expiry is 0). `done` runs once the save

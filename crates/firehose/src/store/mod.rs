@@ -324,7 +324,7 @@ struct Inner {
     files: Files,
     /// The writer's queue; `None` once closed, so that later appends fail at once instead of
     /// being queued behind a writer that is gone.
-    sender: RwLock<Option<Sender<Op>>>,
+    sender: RwLock<Option<Sender<Vec<Op>>>>,
     /// The writer thread, taken by the first `close`.
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The writer thread's id: a completion that drops the last handle runs on it, and a
@@ -440,23 +440,44 @@ impl Store {
 
     /// [`Store::append`] for an event that carries its own completion ([`Append`]).
     pub fn append_boxed(&self, append: Box<dyn Append>) {
-        self.inner.shared.backlog.fetch_add(1, Ordering::Relaxed);
-        if let Err(op) = self.send(Op::Append(PendingAppend::new(append))) {
-            self.inner.shared.backlog.fetch_sub(1, Ordering::Relaxed);
-            drop(op); // runs the completion with `Closed`
+        self.append_all(vec![append]);
+    }
+
+    /// Queues several events at once, in order: one send to the writer for all, which is
+    /// what a connection does with the publishes of one read (often dozens).
+    pub fn append_all(&self, appends: Vec<Box<dyn Append>>) {
+        let count = appends.len() as u64;
+        if count == 0 {
+            return;
+        }
+        self.inner
+            .shared
+            .backlog
+            .fetch_add(count, Ordering::Relaxed);
+        let ops = appends
+            .into_iter()
+            .map(|append| Op::Append(PendingAppend::new(append)))
+            .collect();
+        if let Err(ops) = self.send(ops) {
+            self.inner
+                .shared
+                .backlog
+                .fetch_sub(count, Ordering::Relaxed);
+            drop(ops); // runs the completions with `Closed`
         }
     }
 
-    /// Sends an operation to the writer, or gives it back if the store is closed.
-    fn send(&self, op: Op) -> Result<(), Op> {
+    /// Sends operations to the writer, which takes them into one batch, or gives them back if
+    /// the store is closed.
+    fn send(&self, ops: Vec<Op>) -> Result<(), Vec<Op>> {
         let sender = self
             .inner
             .sender
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         match &*sender {
-            Some(tx) => tx.send(op).map_err(|SendError(op)| op),
-            None => Err(op),
+            Some(tx) => tx.send(ops).map_err(|SendError(ops)| ops),
+            None => Err(ops),
         }
     }
 
@@ -564,14 +585,17 @@ impl Store {
     /// is written.
     pub fn save_session(&self, session: StoredSession, done: Option<Completion>) {
         let op = Op::SaveSession(Box::new(session), done.map(Pending::new));
-        if let Err(op) = self.send(op) {
+        if let Err(op) = self.send(vec![op]) {
             drop(op); // runs the completion, if any, with `Closed`
         }
     }
 
     /// Deletes a session, through the writer.
     pub fn delete_session(&self, client_id: &str) {
-        if self.send(Op::DeleteSession(client_id.to_string())).is_err() {
+        if self
+            .send(vec![Op::DeleteSession(client_id.to_string())])
+            .is_err()
+        {
             tracing::warn!(client_id, "session not deleted: the event log is closed");
         }
     }
@@ -1366,16 +1390,25 @@ mod tests {
     }
 
     #[test]
-    fn boxed_appends_complete_once_each_in_order_and_with_closed_after_close() {
+    fn boxed_appends_alone_or_together_complete_once_each_in_order_and_with_closed_after_close() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
         let (tx, rx) = mpsc::channel();
-        for topic in ["a", "b", "c"] {
-            store.append_boxed(Box::new(Reporting {
-                event: ev(topic, "p"),
-                report: tx.clone(),
-            }));
-        }
+        store.append_boxed(Box::new(Reporting {
+            event: ev("a", "p"),
+            report: tx.clone(),
+        }));
+        let together: Vec<Box<dyn Append>> = ["b", "c"]
+            .into_iter()
+            .map(|topic| -> Box<dyn Append> {
+                Box::new(Reporting {
+                    event: ev(topic, "p"),
+                    report: tx.clone(),
+                })
+            })
+            .collect();
+        store.append_all(together);
+        store.append_all(Vec::new());
         store.close();
         store.append_boxed(Box::new(Reporting {
             event: ev("late", "p"),

@@ -55,13 +55,13 @@ const SMALL_BATCH: usize = 256;
 /// Only while appends come in crowds (`crowded`: the previous batch held more than one): a
 /// lone event at a low rate is committed at once, because a yield can cost it a whole
 /// scheduler slice behind a fan-out (the fixed-rate latency doubled).
-fn gather(rx: &Receiver<Op>, batch: &mut Vec<Op>, crowded: bool) {
+fn gather(rx: &Receiver<Vec<Op>>, batch: &mut Vec<Op>, crowded: bool) {
     let mut yields = if crowded { 0 } else { GATHER_YIELDS };
     loop {
         let before = batch.len();
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(mut ops) => batch.append(&mut ops),
                 Err(_) => break,
             }
         }
@@ -354,19 +354,19 @@ impl Writer {
     }
 
     /// The thread's body: runs until every handle's sender is gone and the queue is empty.
-    pub(super) fn run(mut self, rx: Receiver<Op>) {
+    pub(super) fn run(mut self, rx: Receiver<Vec<Op>>) {
         let checkpointer = Checkpointer::start(&self.path, self.durability);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut previous_batch = 0;
         loop {
-            let first = if self.retention.rules.is_empty() {
+            let mut first = if self.retention.rules.is_empty() {
                 match rx.recv() {
-                    Ok(op) => op,
+                    Ok(ops) => ops,
                     Err(_) => break,
                 }
             } else {
                 match rx.recv_timeout(IDLE_TICK) {
-                    Ok(op) => op,
+                    Ok(ops) => ops,
                     Err(RecvTimeoutError::Timeout) => {
                         self.retention_step(RETENTION_BUDGET);
                         continue;
@@ -374,7 +374,7 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
-            batch.push(first);
+            batch.append(&mut first);
             // Outside any transaction, so that the checkpointer can copy the whole WAL; what
             // arrives meanwhile joins this batch.
             checkpointer.pause_here();
