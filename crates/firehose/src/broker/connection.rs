@@ -1070,8 +1070,8 @@ impl Connection {
         }
     }
 
-    /// Handles one packet of a read; `received_ms` is the read's time (UTC milliseconds),
-    /// taken by the first publish that needs it.
+    /// Handles one packet of a read; `read` holds what the read's packets share (its time,
+    /// the publishes not yet handed to the log).
     fn handle(&mut self, packet: Packet, read: &mut ReadBatch, outbox: &mut Outbox) -> Option<End> {
         match packet {
             Packet::Publish(publish) => {

@@ -148,6 +148,7 @@ struct Publication {
     event: NewEvent,
     /// What the routing task delivers, once it has its id.
     message: Arc<Message>,
+    /// The broker the routing task belongs to.
     shared: Arc<Shared>,
     /// Tells the publisher.
     done: Option<Accepted>,
