@@ -55,7 +55,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use self::schema::Files;
-use self::writer::{Op, Pending, PendingAppend, Shared, Writer};
+use self::writer::{Op, Pending, Shared, Writer};
 
 /// Why the store failed; messages name the file and say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -456,7 +456,7 @@ impl Store {
             .fetch_add(count, Ordering::Relaxed);
         let ops = appends
             .into_iter()
-            .map(|append| Op::Append(PendingAppend::new(append)))
+            .map(|append| Op::Append(Pending::new(append)))
             .collect();
         if let Err(ops) = self.send(ops) {
             self.inner

@@ -92,60 +92,55 @@ pub(super) struct Shared {
     pub(super) last_id: AtomicU64,
 }
 
+/// What runs once a queued operation is decided: a plain completion, or an append's own.
+pub(super) trait Finish: Send {
+    /// Runs with the operation's result.
+    fn finish(self, result: Result<u64, StoreError>);
+}
+
+impl Finish for Completion {
+    fn finish(self, result: Result<u64, StoreError>) {
+        self(result);
+    }
+}
+
+impl Finish for Box<dyn Append> {
+    fn finish(self, result: Result<u64, StoreError>) {
+        self.done(result);
+    }
+}
+
 /// A completion that runs exactly once: with the result it is given, or with
 /// [`StoreError::Closed`] if it is dropped unrun (the queue was torn down), so that no
 /// appender ever waits forever.
-pub(super) struct Pending(Option<Completion>);
+pub(super) struct Pending<F: Finish>(Option<F>);
 
-impl Pending {
+impl<F: Finish> Pending<F> {
     /// Wraps a completion.
-    pub(super) fn new(done: Completion) -> Pending {
+    pub(super) fn new(done: F) -> Pending<F> {
         Pending(Some(done))
     }
 
     /// Runs the completion with `result`.
     pub(super) fn complete(mut self, result: Result<u64, StoreError>) {
         if let Some(done) = self.0.take() {
-            run_guarded(move || done(result));
+            run_guarded(move || done.finish(result));
         }
     }
 }
 
-impl Drop for Pending {
+impl<F: Finish> Drop for Pending<F> {
     fn drop(&mut self) {
         if let Some(done) = self.0.take() {
-            run_guarded(move || done(Err(StoreError::Closed)));
+            run_guarded(move || done.finish(Err(StoreError::Closed)));
         }
     }
 }
 
-/// An [`Append`] whose completion runs exactly once, as [`Pending`] does for a completion.
-pub(super) struct PendingAppend(Option<Box<dyn Append>>);
-
-impl PendingAppend {
-    /// Wraps an append.
-    pub(super) fn new(append: Box<dyn Append>) -> PendingAppend {
-        PendingAppend(Some(append))
-    }
-
+impl Pending<Box<dyn Append>> {
     /// The event to write (always there until the completion ran).
     fn event(&self) -> Option<&NewEvent> {
         self.0.as_deref().map(Append::event)
-    }
-
-    /// Runs the completion with `result`.
-    fn complete(mut self, result: Result<u64, StoreError>) {
-        if let Some(append) = self.0.take() {
-            run_guarded(move || append.done(result));
-        }
-    }
-}
-
-impl Drop for PendingAppend {
-    fn drop(&mut self) {
-        if let Some(append) = self.0.take() {
-            run_guarded(move || append.done(Err(StoreError::Closed)));
-        }
     }
 }
 
@@ -159,9 +154,9 @@ fn run_guarded(done: impl FnOnce()) {
 /// What the handles ask of the writer.
 pub(super) enum Op {
     /// Append an event.
-    Append(PendingAppend),
+    Append(Pending<Box<dyn Append>>),
     /// Replace a session.
-    SaveSession(Box<StoredSession>, Option<Pending>),
+    SaveSession(Box<StoredSession>, Option<Pending<Completion>>),
     /// Delete a session.
     DeleteSession(String),
 }
