@@ -4,7 +4,7 @@
 //! (protocol version x QoS x retain flag), made once on first use and shared as `Bytes` by every
 //! connection that sends it.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use firehose_codec::{
     encode_publish_parts, EncodeError, Protocol, Publish, PublishParts, PublishProperties,
     PublishRef, QoS,
 };
+use once_cell::race::OnceBox;
 
 use crate::store::{Event, EventProperties, NewEvent};
 
@@ -28,17 +29,30 @@ pub struct Message {
     pub qos: QoS,
     /// Retain flag as published.
     pub retain: bool,
-    /// MQTT 5 properties passed through to subscribers (no topic alias, no subscription ids).
-    pub properties: PublishProperties,
+    /// MQTT 5 properties passed through to subscribers (no topic alias, no subscription ids);
+    /// `None` when there are none, as for most messages (see [`Message::properties`]).
+    properties: Option<Box<PublishProperties>>,
     /// Client id of the publisher, for No Local.
     pub publisher: Arc<str>,
     /// When the message expires (MQTT 5 Message Expiry Interval), if ever.
     pub expires_at: Option<Instant>,
     /// Cached encodings, indexed by [`Variant`]. Boxed: most messages use one variant, and
     /// twelve inline slots would make every message (also those waiting for the log) three
-    /// times larger.
-    encoded: [OnceLock<Box<PublishParts>>; 12],
+    /// times larger. A `OnceBox` is one pointer, half a `OnceLock<Box<_>>`.
+    encoded: [OnceBox<PublishParts>; 12],
 }
+
+/// The properties of a message that has none.
+static NO_PROPERTIES: PublishProperties = PublishProperties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    topic_alias: None,
+    response_topic: None,
+    correlation_data: None,
+    user_properties: Vec::new(),
+    subscription_identifiers: Vec::new(),
+    content_type: None,
+};
 
 /// Which of a message's shared encodings a delivery uses: protocol version x QoS x retain flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +78,9 @@ impl Variant {
 impl Message {
     /// Builds a message; `properties.topic_alias` and subscription identifiers are cleared since
     /// they belong to one connection, not to the message.
+    ///
+    /// Properties are boxed only when there are some: a message is moved into its `Arc` and
+    /// its publication, and inline properties made each move three times longer.
     pub fn new(
         id: u64,
         topic: Arc<str>,
@@ -78,6 +95,7 @@ impl Message {
         let expires_at = properties
             .message_expiry_interval
             .map(|secs| Instant::now() + Duration::from_secs(secs.into()));
+        let properties = (properties != NO_PROPERTIES).then(|| Box::new(properties));
         Message {
             id,
             topic,
@@ -89,6 +107,11 @@ impl Message {
             expires_at,
             encoded: Default::default(),
         }
+    }
+
+    /// MQTT 5 properties passed through to subscribers (no topic alias, no subscription ids).
+    pub fn properties(&self) -> &PublishProperties {
+        self.properties.as_deref().unwrap_or(&NO_PROPERTIES)
     }
 
     /// Whether the message may no longer be delivered.
@@ -130,7 +153,7 @@ impl Message {
             qos: variant.qos,
             retain: variant.retain,
             topic: &self.topic,
-            properties: &self.properties,
+            properties: self.properties(),
             payload: &self.payload,
         };
         let parts = Box::new(encode_publish_parts(&publish, variant.protocol)?);
@@ -139,7 +162,7 @@ impl Message {
 
     /// The shared encoding for one variant if [`Message::shared_parts`] made it already.
     pub fn encoded_parts(&self, variant: Variant) -> Option<&PublishParts> {
-        self.encoded[variant.index()].get().map(|parts| &**parts)
+        self.encoded[variant.index()].get()
     }
 
     /// The PUBLISH packet for one delivery (packet id unset), for the per-subscriber path.
@@ -150,7 +173,7 @@ impl Message {
             retain,
             topic: self.topic.to_string(),
             packet_id: None,
-            properties: self.properties.clone(),
+            properties: self.properties().clone(),
             payload: self.payload.clone(),
         }
     }
@@ -182,7 +205,7 @@ pub fn now_ms() -> i64 {
 impl Message {
     /// The log's record of this message, received at `time_ms` from `publisher`.
     pub fn to_new_event(&self, time_ms: i64, publisher: Arc<str>) -> NewEvent {
-        let p = &self.properties;
+        let p = self.properties();
         NewEvent {
             time_ms,
             topic: self.topic.clone(),
@@ -228,9 +251,84 @@ impl Message {
         if let Some(secs) = p.message_expiry_interval {
             let expires_ms = e.time_ms.saturating_add(i64::from(secs) * 1000);
             let left = u64::try_from(expires_ms.saturating_sub(now_ms())).unwrap_or(0);
-            message.properties.message_expiry_interval = Some(secs);
+            message
+                .properties
+                .get_or_insert_with(Box::default)
+                .message_expiry_interval = Some(secs);
             message.expires_at = Some(Instant::now() + Duration::from_millis(left));
         }
         message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(properties: PublishProperties) -> Message {
+        Message::new(
+            7,
+            "a/b".into(),
+            Bytes::from_static(b"hello"),
+            QoS::AtLeastOnce,
+            false,
+            properties,
+            "publisher".into(),
+        )
+    }
+
+    #[test]
+    fn a_message_stays_small_enough_to_move_cheaply() {
+        // Every publish moves its message into an `Arc` and its publication; the properties
+        // and encodings were once inline and made it over 400 bytes.
+        let size = std::mem::size_of::<Message>();
+        assert!(size <= 224, "Message is {size} bytes");
+    }
+
+    #[test]
+    fn properties_are_boxed_only_when_there_are_some() {
+        let plain = message(PublishProperties {
+            topic_alias: Some(3),
+            subscription_identifiers: vec![1, 2],
+            ..PublishProperties::default()
+        });
+        assert!(
+            plain.properties.is_none(),
+            "alias and subscription ids are not kept"
+        );
+        assert_eq!(plain.properties(), &PublishProperties::default());
+
+        let typed = message(PublishProperties {
+            content_type: Some("text/plain".into()),
+            topic_alias: Some(3),
+            ..PublishProperties::default()
+        });
+        assert_eq!(
+            typed.properties().content_type.as_deref(),
+            Some("text/plain")
+        );
+        assert_eq!(typed.properties().topic_alias, None);
+        let event = typed.to_new_event(1, "user".into());
+        assert_eq!(event.properties.content_type.as_deref(), Some("text/plain"));
+    }
+
+    #[test]
+    fn each_variant_is_encoded_once_and_shared() {
+        let m = message(PublishProperties::default());
+        let variant = Variant {
+            protocol: Protocol::V5,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        };
+        assert!(m.encoded_parts(variant).is_none());
+        let first: *const PublishParts = m.shared_parts(variant).expect("encodes");
+        let again: *const PublishParts = m.shared_parts(variant).expect("encodes");
+        assert_eq!(first, again);
+        assert!(m.encoded_parts(variant).is_some());
+        let other = Variant {
+            protocol: Protocol::V311,
+            ..variant
+        };
+        assert!(m.encoded_parts(other).is_none());
     }
 }
