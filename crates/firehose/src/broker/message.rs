@@ -54,6 +54,29 @@ static NO_PROPERTIES: PublishProperties = PublishProperties {
     content_type: None,
 };
 
+/// Whether `p` holds no property, field by field: the derived `==` against
+/// [`NO_PROPERTIES`] called `memcmp` per field and cost as much as the copy it saves.
+fn is_empty(p: &PublishProperties) -> bool {
+    let PublishProperties {
+        payload_format_indicator,
+        message_expiry_interval,
+        topic_alias,
+        response_topic,
+        correlation_data,
+        user_properties,
+        subscription_identifiers,
+        content_type,
+    } = p;
+    payload_format_indicator.is_none()
+        && message_expiry_interval.is_none()
+        && topic_alias.is_none()
+        && response_topic.is_none()
+        && correlation_data.is_none()
+        && user_properties.is_empty()
+        && subscription_identifiers.is_empty()
+        && content_type.is_none()
+}
+
 /// Which of a message's shared encodings a delivery uses: protocol version x QoS x retain flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Variant {
@@ -95,7 +118,7 @@ impl Message {
         let expires_at = properties
             .message_expiry_interval
             .map(|secs| Instant::now() + Duration::from_secs(secs.into()));
-        let properties = (properties != NO_PROPERTIES).then(|| Box::new(properties));
+        let properties = (!is_empty(&properties)).then(|| Box::new(properties));
         Message {
             id,
             topic,
