@@ -32,9 +32,9 @@ use super::outbox::Outbox;
 use super::router::{parse_filter, SubOptions};
 use super::session::{AttachRequest, Inflight, LinkSignal, Session, Stage, Subscriptions};
 use super::stats;
-use super::{Accepted, ConnectionInfo, Shared};
+use super::{Accepted, ConnectionInfo, Publications, Shared};
 use crate::auth::{AuthFailure, Identity};
-use crate::store::{Append, Page, StoreError};
+use crate::store::{Page, StoreError};
 use crate::topic;
 
 /// Stop reading from a client while this many bytes wait to be written to it, so a client that
@@ -1279,10 +1279,8 @@ impl Connection {
             };
             let publisher = self.identity.shared_name();
             let received_ms = *read.received_ms.get_or_insert_with(now_ms);
-            read.publications.push(
-                self.shared
-                    .publication(message, publisher, received_ms, done),
-            );
+            read.publications
+                .push(message, publisher, received_ms, done);
             return None;
         }
         // Refused. MQTT 3.1.1 has no negative acknowledgement: the message is acknowledged and
@@ -1935,7 +1933,7 @@ struct ReadBatch {
     received_ms: Option<i64>,
     /// Publishes accepted from the read and not yet handed to the log: they go in one send
     /// (a read often brings dozens).
-    publications: Vec<Box<dyn Append>>,
+    publications: Publications,
 }
 
 #[cfg(test)]

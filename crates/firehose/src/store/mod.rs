@@ -181,15 +181,21 @@ pub struct Event {
 /// failed). Runs on the writer thread: keep it short (route, signal, return).
 pub type Completion = Box<dyn FnOnce(Result<u64, StoreError>) + Send>;
 
-/// An event to append together with what to do once it is committed, for
-/// [`Store::append_boxed`]: the broker's publish path allocates one box per event for both,
-/// where [`Store::append`] takes one for the event and one for its completion.
+/// Events to append, in order, together with what to do once they are committed, for
+/// [`Store::append_boxed`].
+///
+/// Why a group with one completion: the broker hands over the publishes of one read of a
+/// connection (often dozens) as one `Append`, so that a publish costs no box, no queue entry
+/// and no completion call of its own. [`Store::append`] is a group of one.
 pub trait Append: Send {
-    /// The event to store; read on the writer thread, before the commit.
-    fn event(&self) -> &NewEvent;
+    /// The events to store, in order; read on the writer thread, before the commit. The
+    /// writer reads them more than once: they must not change.
+    fn events(&self) -> &[NewEvent];
 
-    /// Runs once, on the writer thread, in append order, after the event's transaction
-    /// committed (with its id) or failed. Keep it short (route, signal, return).
+    /// Runs once, on the writer thread, in append order, after the events' transaction
+    /// committed or failed. On success it gets the id of the first event; the others have
+    /// the ids that follow, one apart (a group without events gets the id the next event
+    /// will have). Keep it short (route, signal, return).
     fn done(self: Box<Self>, result: Result<u64, StoreError>);
 }
 
@@ -200,8 +206,8 @@ struct WithCompletion {
 }
 
 impl Append for WithCompletion {
-    fn event(&self) -> &NewEvent {
-        &self.event
+    fn events(&self) -> &[NewEvent] {
+        std::slice::from_ref(&self.event)
     }
 
     fn done(self: Box<Self>, result: Result<u64, StoreError>) {
@@ -438,18 +444,17 @@ impl Store {
         self.append_boxed(Box::new(WithCompletion { event, done }));
     }
 
-    /// [`Store::append`] for an event that carries its own completion ([`Append`]).
+    /// [`Store::append`] for events that carry their own completion ([`Append`]).
     pub fn append_boxed(&self, append: Box<dyn Append>) {
         self.append_all(vec![append]);
     }
 
-    /// Queues several events at once, in order: one send to the writer for all, which is
-    /// what a connection does with the publishes of one read (often dozens).
+    /// Queues several groups of events at once, in order: one send to the writer for all.
     pub fn append_all(&self, appends: Vec<Box<dyn Append>>) {
-        let count = appends.len() as u64;
-        if count == 0 {
+        if appends.is_empty() {
             return;
         }
+        let count: u64 = appends.iter().map(|a| a.events().len() as u64).sum();
         self.inner
             .shared
             .backlog
@@ -1380,8 +1385,8 @@ mod tests {
     }
 
     impl Append for Reporting {
-        fn event(&self) -> &NewEvent {
-            &self.event
+        fn events(&self) -> &[NewEvent] {
+            std::slice::from_ref(&self.event)
         }
 
         fn done(self: Box<Self>, result: Result<u64, StoreError>) {
@@ -1426,6 +1431,69 @@ mod tests {
             store.get(3).expect("get").map(|e| e.event.topic),
             Some("c".into())
         );
+    }
+
+    /// An [`Append`] of several events that reports its result.
+    struct Group {
+        events: Vec<NewEvent>,
+        report: mpsc::Sender<Result<u64, StoreError>>,
+    }
+
+    impl Append for Group {
+        fn events(&self) -> &[NewEvent] {
+            &self.events
+        }
+
+        fn done(self: Box<Self>, result: Result<u64, StoreError>) {
+            let _ = self.report.send(result);
+        }
+    }
+
+    #[test]
+    fn a_group_is_stored_in_order_and_completes_once_with_the_id_of_its_first_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let (tx, rx) = mpsc::channel();
+        let group = |topics: &[&str]| -> Box<dyn Append> {
+            Box::new(Group {
+                events: topics.iter().map(|t| ev(t, "p")).collect(),
+                report: tx.clone(),
+            })
+        };
+        assert_eq!(append_one(&store, ev("before", "p")), 1);
+        store.append_all(vec![
+            group(&["a", "b", "c"]),
+            group(&[]),
+            group(&["d", "e"]),
+        ]);
+        store.append_boxed(group(&["f"]));
+        let results: Vec<_> = (0..4)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("completed"))
+            .collect();
+        let ids: Vec<_> = results
+            .iter()
+            .map(|r| *r.as_ref().expect("stored"))
+            .collect();
+        // A group without events gets the id the next event gets.
+        assert_eq!(ids, [2, 5, 5, 7]);
+        let stored: Vec<_> = read_all(&store)
+            .into_iter()
+            .map(|e| (e.id, e.event.topic.to_string()))
+            .collect();
+        let expected: Vec<_> = ["before", "a", "b", "c", "d", "e", "f"]
+            .iter()
+            .zip(1..)
+            .map(|(t, id)| (id, t.to_string()))
+            .collect();
+        assert_eq!(stored, expected);
+        assert_eq!(store.backlog(), 0, "the backlog counts events, not groups");
+        assert_eq!(store.stats().appended, 7);
+        store.close();
+        store.append_boxed(group(&["late", "later"]));
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(1)),
+            Ok(Err(StoreError::Closed))
+        ));
     }
 
     #[test]

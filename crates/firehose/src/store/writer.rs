@@ -55,20 +55,25 @@ const SMALL_BATCH: usize = 256;
 /// Only while appends come in crowds (`crowded`: the previous batch held more than one): a
 /// lone event at a low rate is committed at once, because a yield can cost it a whole
 /// scheduler slice behind a fan-out (the fixed-rate latency doubled).
-fn gather(rx: &Receiver<Vec<Op>>, batch: &mut Vec<Op>, crowded: bool) {
+///
+/// Returns the batch's size in [`Op::weight`]s; `size` is that of what is in it already.
+fn gather(rx: &Receiver<Vec<Op>>, batch: &mut Vec<Op>, mut size: usize, crowded: bool) -> usize {
     let mut yields = if crowded { 0 } else { GATHER_YIELDS };
     loop {
-        let before = batch.len();
-        while batch.len() < MAX_BATCH {
+        let before = size;
+        while size < MAX_BATCH {
             match rx.try_recv() {
-                Ok(mut ops) => batch.append(&mut ops),
+                Ok(mut ops) => {
+                    size += ops.iter().map(Op::weight).sum::<usize>();
+                    batch.append(&mut ops);
+                }
                 Err(_) => break,
             }
         }
         // Nothing arrived during the last yield: the producers are done for now.
-        let quiet = yields > 0 && batch.len() == before;
-        if quiet || batch.len() >= SMALL_BATCH || yields == GATHER_YIELDS {
-            return;
+        let quiet = yields > 0 && size == before;
+        if quiet || size >= SMALL_BATCH || yields == GATHER_YIELDS {
+            return size;
         }
         yields += 1;
         std::thread::yield_now();
@@ -138,9 +143,9 @@ impl<F: Finish> Drop for Pending<F> {
 }
 
 impl Pending<Box<dyn Append>> {
-    /// The event to write (always there until the completion ran).
-    fn event(&self) -> Option<&NewEvent> {
-        self.0.as_deref().map(Append::event)
+    /// The events to write (always there until the completion ran).
+    fn events(&self) -> &[NewEvent] {
+        self.0.as_deref().map_or(&[], Append::events)
     }
 }
 
@@ -162,12 +167,18 @@ pub(super) enum Op {
 }
 
 impl Op {
-    /// The event of an append that has not completed yet.
-    fn event(&self) -> Option<&NewEvent> {
+    /// The events of an append that has not completed yet.
+    fn events(&self) -> &[NewEvent] {
         match self {
-            Op::Append(pending) => pending.event(),
-            Op::SaveSession(..) | Op::DeleteSession(_) => None,
+            Op::Append(pending) => pending.events(),
+            Op::SaveSession(..) | Op::DeleteSession(_) => &[],
         }
+    }
+
+    /// What the operation weighs in a batch: its events, or 1 for a session change (a group
+    /// without events weighs 1 too, so that a batch of them is bounded as well).
+    fn weight(&self) -> usize {
+        self.events().len().max(1)
     }
 }
 
@@ -369,12 +380,12 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
+            let size = first.iter().map(Op::weight).sum();
             batch.append(&mut first);
             // Outside any transaction, so that the checkpointer can copy the whole WAL; what
             // arrives meanwhile joins this batch.
             checkpointer.pause_here();
-            gather(&rx, &mut batch, previous_batch > 1);
-            previous_batch = batch.len();
+            previous_batch = gather(&rx, &mut batch, size, previous_batch > 1);
             let appended = self.commit_batch(&mut batch);
             if !self.retention.rules.is_empty() {
                 self.retention_step(RETENTION_BUDGET + appended);
@@ -393,7 +404,7 @@ impl Writer {
         if self.broken {
             self.reopen();
         }
-        let appends = batch.iter().filter_map(Op::event).count();
+        let appends: usize = batch.iter().map(|op| op.events().len()).sum();
         let result = self.write_batch(batch);
         let ok = match result {
             Ok(effect) => {
@@ -422,11 +433,12 @@ impl Writer {
         for op in batch.drain(..) {
             match op {
                 Op::Append(done) => {
-                    self.shared.backlog.fetch_sub(1, Ordering::Relaxed);
+                    let events = done.events().len() as u64;
+                    self.shared.backlog.fetch_sub(events, Ordering::Relaxed);
                     match &ok {
                         Ok(()) => {
-                            id += 1;
-                            done.complete(Ok(id));
+                            done.complete(Ok(id + 1));
+                            id += events;
                         }
                         Err(message) => done.complete(Err(failed(message))),
                     }
@@ -460,38 +472,42 @@ impl Writer {
             }
         }
         let tx = self.conn.transaction()?;
-        let events: Vec<&NewEvent> = batch.iter().filter_map(Op::event).collect();
+        let events: Vec<&NewEvent> = batch.iter().flat_map(Op::events).collect();
         insert_events(&tx, state.last_id + 1, &events)?;
         for (i, op) in batch.iter().enumerate() {
             match op {
                 Op::Append(pending) => {
-                    let Some(event) = pending.event() else {
-                        continue;
-                    };
-                    state.last_id += 1;
-                    if event.retain {
-                        let properties = schema::encode_properties(&event.properties);
-                        write_retained(&tx, to_i64(state.last_id), event, properties.as_deref())?;
-                    }
-                    appended += 1;
-                    state.event_count += 1;
-                    match state.max_time_ms {
-                        Some(max) if event.time_ms < max => {
-                            state.time_skew_ms =
-                                state.time_skew_ms.max(max.saturating_sub(event.time_ms));
+                    for event in pending.events() {
+                        state.last_id += 1;
+                        if event.retain {
+                            let properties = schema::encode_properties(&event.properties);
+                            write_retained(
+                                &tx,
+                                to_i64(state.last_id),
+                                event,
+                                properties.as_deref(),
+                            )?;
                         }
-                        _ => state.max_time_ms = Some(event.time_ms),
-                    }
-                    if state.last_id.is_multiple_of(schema::TIME_MARK_EVERY) {
-                        let max = state.max_time_ms.unwrap_or(event.time_ms);
-                        tx.prepare_cached(
-                            "INSERT INTO time_marks (id, max_time_ms) VALUES (?1, ?2)",
-                        )?
-                        .execute(params![to_i64(state.last_id), max])?;
-                    }
-                    if let Some(rule) = self.retention.rule_for(&event.topic) {
-                        totals[rule].count += 1;
-                        totals[rule].bytes += (event.topic.len() + event.payload.len()) as u64;
+                        appended += 1;
+                        state.event_count += 1;
+                        match state.max_time_ms {
+                            Some(max) if event.time_ms < max => {
+                                state.time_skew_ms =
+                                    state.time_skew_ms.max(max.saturating_sub(event.time_ms));
+                            }
+                            _ => state.max_time_ms = Some(event.time_ms),
+                        }
+                        if state.last_id.is_multiple_of(schema::TIME_MARK_EVERY) {
+                            let max = state.max_time_ms.unwrap_or(event.time_ms);
+                            tx.prepare_cached(
+                                "INSERT INTO time_marks (id, max_time_ms) VALUES (?1, ?2)",
+                            )?
+                            .execute(params![to_i64(state.last_id), max])?;
+                        }
+                        if let Some(rule) = self.retention.rule_for(&event.topic) {
+                            totals[rule].count += 1;
+                            totals[rule].bytes += (event.topic.len() + event.payload.len()) as u64;
+                        }
                     }
                 }
                 Op::SaveSession(s, _) if last_session_op.get(s.client_id.as_str()) == Some(&i) => {
