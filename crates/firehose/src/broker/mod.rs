@@ -201,6 +201,16 @@ impl Publications {
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Gives back the room of a group that used less than half of it, before it waits in the
+    /// log's queue: a read with one publish would otherwise hold room for
+    /// [`PUBLICATIONS_ROOM`] events (13 KiB) there, and the queue holds up to 16,384 groups.
+    fn fit(&mut self) {
+        if self.entries.len() * 2 < self.entries.capacity() {
+            self.events.shrink_to_fit();
+            self.entries.shrink_to_fit();
+        }
+    }
 }
 
 /// [`Publications`] handed to the log.
@@ -369,10 +379,11 @@ impl Shared {
     }
 
     /// [`Shared::accept`] for several messages at once, in order: the publishes of one read.
-    pub(crate) fn accept_all(self: &Arc<Self>, publications: Publications) {
+    pub(crate) fn accept_all(self: &Arc<Self>, mut publications: Publications) {
         if publications.is_empty() {
             return;
         }
+        publications.fit();
         self.store.append_boxed(Box::new(Logged {
             publications,
             shared: Arc::clone(self),
@@ -841,5 +852,88 @@ mod tests {
         shared.slow_publishers();
         assert!(shared.publishers_wait(), "a new pause after a cleared one");
         assert_eq!(stats::get(&shared.stats.publisher_pauses), 2);
+    }
+
+    fn publications(count: usize) -> Publications {
+        let mut publications = Publications::default();
+        for i in 0..count {
+            let message = Message::new(
+                0,
+                "t".into(),
+                bytes::Bytes::from(i.to_string()),
+                QoS::AtMostOnce,
+                false,
+                PublishProperties::default(),
+                "client".into(),
+            );
+            publications.push(message, "user".into(), 1, None);
+        }
+        publications
+    }
+
+    #[test]
+    fn a_group_waits_for_the_log_without_room_it_does_not_use() {
+        let mut one = publications(1);
+        assert_eq!(one.entries.capacity(), PUBLICATIONS_ROOM);
+        one.fit();
+        assert_eq!(
+            (one.events.capacity(), one.entries.capacity()),
+            (1, 1),
+            "a read with one publish holds room for one"
+        );
+        let mut many = publications(PUBLICATIONS_ROOM / 2 + 1);
+        many.fit();
+        assert_eq!(
+            many.entries.capacity(),
+            PUBLICATIONS_ROOM,
+            "a group that used more than half keeps its room (no copy)"
+        );
+        assert_eq!(many.events.len(), PUBLICATIONS_ROOM / 2 + 1);
+    }
+
+    #[tokio::test]
+    async fn a_group_is_numbered_in_order_and_acknowledged_with_each_id() {
+        let (broker, _dir) = test_broker(Limits::default(), Users::none());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut group = Publications::default();
+        for topic in ["a", "b", "c"] {
+            let tx = tx.clone();
+            let message = Message::new(
+                0,
+                topic.into(),
+                bytes::Bytes::from_static(b"p"),
+                QoS::AtLeastOnce,
+                false,
+                PublishProperties::default(),
+                "client".into(),
+            );
+            let done: Accepted = Box::new(move |id| {
+                let _ = tx.send((topic, id));
+            });
+            group.push(message, "user".into(), now_ms(), Some(done));
+        }
+        broker.shared.accept_all(group);
+        let mut acknowledged = Vec::new();
+        for _ in 0..3 {
+            let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+            acknowledged.push(got.expect("acknowledged in time").expect("open"));
+        }
+        assert_eq!(
+            acknowledged,
+            [("a", Some(1)), ("b", Some(2)), ("c", Some(3))]
+        );
+        let stored: Vec<_> = (1..=3)
+            .map(|id| {
+                broker
+                    .store()
+                    .get(id)
+                    .expect("read")
+                    .map(|e| e.event.topic.to_string())
+            })
+            .collect();
+        assert_eq!(
+            stored,
+            [Some("a".into()), Some("b".into()), Some("c".into())]
+        );
     }
 }
