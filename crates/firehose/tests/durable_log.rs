@@ -1789,6 +1789,42 @@ fn metric(node: &Node, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
 }
 
+/// 20,000 QoS 0 publishes of 7 bytes in one write arrive in reads of thousands, and the log
+/// hands each read to the routing task as one group. With `send_queue = 1000` the subscriber
+/// gets every message, in order, and nothing is dropped: the routing task routes a few
+/// hundred events at a time and lets the subscriber's connection write between them. (Routing
+/// a whole group at once filled the queue and dropped most of them.)
+#[test]
+fn a_burst_read_at_once_is_routed_in_steps_and_a_reading_subscriber_loses_nothing() {
+    let dd = DataDir::standard("[limits]\nsend_queue = 1000\n");
+    let node = dd.start();
+    let mut subscriber = RawClient::anonymous(node.mqtt, false, "burst-sub");
+    subscriber.subscribe("b", 0);
+    const N: usize = 20_000;
+    let reader = thread::spawn(move || {
+        (0..N)
+            .map(|_| subscriber.expect_publish().payload)
+            .collect::<Vec<_>>()
+    });
+    let mut publisher = RawClient::publisher(node.mqtt, false);
+    let burst: Vec<u8> = (0..N)
+        .flat_map(|i| PublishOut::new("b", format!("{i:05}").as_bytes()).encode(false))
+        .collect();
+    publisher.send(&burst);
+    let got = reader.join().expect("subscriber");
+    let expected: Vec<Vec<u8>> = (0..N).map(|i| format!("{i:05}").into_bytes()).collect();
+    assert!(
+        got == expected,
+        "messages out of order or wrong (first difference at {:?})",
+        got.iter().zip(&expected).position(|(a, b)| a != b)
+    );
+    assert_eq!(
+        metric(&node, "firehose_messages_dropped_queue_full_total"),
+        0.0
+    );
+    assert_no_panic("firehose serve", &node.log());
+}
+
 /// Publishes `count` 1 KiB QoS 1 messages to a topic whose only subscriber never reads, and
 /// returns how many times publishers were paused.
 fn pauses_with_a_subscriber_that_never_reads(limits: &str, count: usize) -> f64 {

@@ -24,7 +24,7 @@ pub mod session;
 pub mod stats;
 pub mod sys;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -96,9 +96,10 @@ const PUBLISHER_PAUSE_MS: u64 = 5;
 /// [`PUBLISHER_PAUSE_MS`] after the clock's origin, so no pause is ever 0.
 const NO_PAUSE: u64 = 0;
 
-/// Most committed groups (the publishes of one read of a connection each) the routing task
-/// takes from its queue at once.
-const ROUTE_GROUPS: usize = 8;
+/// Most committed events routed before the routing task yields, so that the connections it
+/// woke write their queues before more is put in them: without the yield, a burst filled
+/// every subscriber's queue and the broker dropped QoS 0 messages.
+const ROUTE_BATCH: usize = 256;
 
 /// Routes committed events, in log order, on the runtime.
 ///
@@ -107,50 +108,74 @@ const ROUTE_GROUPS: usize = 8;
 /// foreign thread goes through the shared injection queue and unparks a worker, once per
 /// subscriber. On a machine with more cores, SQLite commits and fan-out also overlap. The task
 /// holds the broker weakly so that it ends with the broker.
+///
+/// Events come in groups (the publishes of one read of a connection, up to hundreds); they
+/// are numbered as they arrive and routed [`ROUTE_BATCH`] at a time.
 async fn route_committed(
     shared: Weak<Shared>,
     mut committed: mpsc::UnboundedReceiver<CommittedGroup>,
 ) {
-    let mut groups = Vec::with_capacity(ROUTE_GROUPS);
-    while committed.recv_many(&mut groups, ROUTE_GROUPS).await > 0 {
+    let mut queued: VecDeque<Committed> = VecDeque::new();
+    let mut batch = Vec::with_capacity(ROUTE_BATCH);
+    loop {
+        if queued.is_empty() {
+            let Some(group) = committed.recv().await else {
+                return;
+            };
+            queue_group(&shared, group, &mut queued);
+        }
+        while queued.len() < ROUTE_BATCH {
+            match committed.try_recv() {
+                Ok(group) => queue_group(&shared, group, &mut queued),
+                Err(_) => break,
+            }
+        }
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        let take = queued.len().min(ROUTE_BATCH);
+        batch.extend(queued.drain(..take));
         // Publishers first: their acknowledgements need not wait for the fan-out.
-        for group in &mut groups {
-            let unnumbered = group.number();
-            if unnumbered > 0 {
-                shared
-                    .routing_backlog
-                    .fetch_sub(unnumbered, Ordering::AcqRel);
+        for entry in &mut batch {
+            if entry.message.retain {
+                // A publisher told "stored" must find its retained message in place.
+                shared.router.retain(&entry.message);
             }
-            for entry in &mut group.entries {
-                if entry.message.retain {
-                    // A publisher told "stored" must find its retained message in place.
-                    shared.router.retain(&entry.message);
-                }
-                if let Some(done) = entry.done.take() {
-                    done(Some(entry.message.id));
-                }
+            if let Some(done) = entry.done.take() {
+                done(Some(entry.message.id));
             }
         }
         // Once per batch: a clock read per message was a measurable part of routing.
         let now = std::time::Instant::now();
-        for group in groups.drain(..) {
-            let count = group.entries.len();
-            for Committed { message, .. } in group.entries {
-                shared.routing_started.store(message.id, Ordering::SeqCst);
-                let fanout = shared.router.deliver(&message, &shared.stats, now);
-                if fanout.mostly_behind() && shared.limits.pause_publishers {
-                    shared.slow_publishers();
-                }
+        for Committed { message, .. } in batch.drain(..) {
+            shared.routing_started.store(message.id, Ordering::SeqCst);
+            let fanout = shared.router.deliver(&message, &shared.stats, now);
+            shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
+            if fanout.mostly_behind() && shared.limits.pause_publishers {
+                shared.slow_publishers();
             }
-            shared.routing_backlog.fetch_sub(count, Ordering::AcqRel);
         }
         shared.log_advanced.notify_waiters();
+        if queued.capacity() > 4 * ROUTE_BATCH && queued.len() < ROUTE_BATCH {
+            queued.shrink_to(ROUTE_BATCH);
+        }
         // Let the connections just woken write before the next batch is routed.
         tokio::task::yield_now().await;
     }
+}
+
+/// Numbers a committed group's events and queues them for routing; those it cannot number
+/// leave the routing backlog at once.
+fn queue_group(shared: &Weak<Shared>, mut group: CommittedGroup, queued: &mut VecDeque<Committed>) {
+    let unnumbered = group.number();
+    if unnumbered > 0 {
+        if let Some(shared) = shared.upgrade() {
+            shared
+                .routing_backlog
+                .fetch_sub(unnumbered, Ordering::AcqRel);
+        }
+    }
+    queued.extend(group.entries);
 }
 
 /// Accepted messages on their way into the log, in order: what the log stores, and what the
