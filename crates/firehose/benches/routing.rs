@@ -1,6 +1,8 @@
 //! The broker's hot path without sockets: matching a topic against 100,000 subscriptions in the
-//! topic trie, and the fan-out of one message into the queues of 1,000 subscribed sessions
-//! (`Router::publish`: trie walk, per-session lock, queue push, wake-up).
+//! topic trie, the fan-out of one message into the queues of 1,000 subscribed sessions
+//! (`Router::publish`: trie walk, per-session lock, queue push, wake-up), and finding the
+//! retained messages of a new subscription among 100,000 (`TopicNames`, beside testing every
+//! topic as the broker did before).
 //!
 //! `cargo bench -p firehose --bench routing` (add `-- --quick` for a short run).
 
@@ -14,7 +16,7 @@ use firehose::broker::message::Message;
 use firehose::broker::router::{Router, SubOptions};
 use firehose::broker::session::{Link, Session};
 use firehose::broker::stats::Stats;
-use firehose::topic::TopicTrie;
+use firehose::topic::{matches, TopicNames, TopicTrie};
 use firehose_codec::{Protocol, PublishProperties, QoS};
 
 const EVENTS: [&str; 10] = [
@@ -142,5 +144,58 @@ fn bench_fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_trie, bench_fanout);
+/// 100,000 retained topics shaped like the filters above: the last event of each Gerrit
+/// project, a status per host, a last push per webhook repository.
+fn retained_topics() -> Vec<String> {
+    let mut all = Vec::with_capacity(100_000);
+    for i in 0..60_000 {
+        all.push(format!(
+            "gerrit/project-{}/{}",
+            i % 6_000,
+            EVENTS[i / 6_000]
+        ));
+    }
+    for i in 0..20_000 {
+        all.push(format!("status/host-{i}"));
+    }
+    for i in 0..20_000 {
+        all.push(format!(
+            "webhooks/github/owner-{}/repo-{}/push",
+            i % 2_000,
+            i
+        ));
+    }
+    all
+}
+
+fn bench_retained(c: &mut Criterion) {
+    let topics = retained_topics();
+    let mut names = TopicNames::default();
+    for (i, topic) in topics.iter().enumerate() {
+        names.insert(topic, i);
+    }
+    assert_eq!(names.len(), 100_000);
+    let mut group = c.benchmark_group("retained_lookup_100k_topics");
+    group.throughput(Throughput::Elements(1));
+    for (name, filter, found) in [
+        ("exact_1", "gerrit/project-42/comment-added", 1),
+        ("project_10", "gerrit/project-42/+", 10),
+        ("owner_10", "webhooks/github/owner-7/#", 10),
+        ("none", "nothing/here/#", 0),
+    ] {
+        assert_eq!(names.matching(filter).len(), found, "{filter}");
+        group.bench_function(format!("tree_{name}"), |b| {
+            b.iter(|| black_box(names.matching(black_box(filter)).len()))
+        });
+        group.bench_function(format!("scan_{name}"), |b| {
+            b.iter(|| {
+                let filter = black_box(filter);
+                black_box(topics.iter().filter(|t| matches(filter, t)).count())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_trie, bench_fanout, bench_retained);
 criterion_main!(benches);

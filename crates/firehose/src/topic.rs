@@ -15,11 +15,15 @@
 //! An invalid one is stored and matched consistently rather than rejected: a `#` that is not the
 //! last level, and levels that merely contain `+` or `#` (`a+`), are plain text.
 
+mod names;
+
 use std::collections::HashMap;
 use std::fmt;
 
 use foldhash::fast::RandomState;
 use std::ops::ControlFlow;
+
+pub use names::TopicNames;
 
 /// A map from topic filter to `T`, searchable by topic name.
 ///

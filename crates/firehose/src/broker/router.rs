@@ -5,7 +5,6 @@
 //! Publishers only take the table's read lock, so publishes from many connections route in
 //! parallel; subscribe and unsubscribe take the write lock briefly.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -15,7 +14,7 @@ use firehose_codec::QoS;
 use super::message::{Delivery, Message};
 use super::session::Session;
 use super::stats::Stats;
-use crate::topic::{self, TopicTrie};
+use crate::topic::{TopicNames, TopicTrie};
 
 /// The options of one subscription, as the router needs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +83,8 @@ pub fn parse_filter(raw: &str) -> ParsedFilter<'_> {
 #[derive(Debug, Default)]
 pub struct Router {
     table: RwLock<TopicTrie<FilterEntry>>,
-    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    /// Retained messages by topic, found by filter on subscribe without testing every one.
+    retained: RwLock<TopicNames<Arc<Message>>>,
 }
 
 impl Router {
@@ -186,7 +186,7 @@ impl Router {
         if message.payload.is_empty() {
             retained.remove(&message.topic);
         } else {
-            retained.insert(message.topic.clone(), message.clone());
+            retained.insert(&message.topic, message.clone());
         }
     }
 
@@ -206,11 +206,7 @@ impl Router {
     /// Retained messages whose topic matches `filter`.
     pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
         let retained = self.retained.read().unwrap_or_else(|p| p.into_inner());
-        retained
-            .values()
-            .filter(|m| topic::matches(filter, &m.topic))
-            .cloned()
-            .collect()
+        retained.matching(filter).into_iter().cloned().collect()
     }
 
     /// Routes a message to every matching session (one delivery per session, with the highest
