@@ -10,8 +10,6 @@
 
 use std::collections::HashMap;
 
-use foldhash::fast::RandomState;
-
 use super::{steps, Step};
 
 /// A map from topic name to `T`, searchable by topic filter with the matching rules of the
@@ -23,8 +21,9 @@ pub struct TopicNames<T> {
     len: usize,
 }
 
-/// The literal next levels of a level, by their text.
-type Children<T> = HashMap<Box<str>, Level<T>, RandomState>;
+/// The literal next levels of a level, by their text. SipHash, as in the filter trie:
+/// publishers choose the names, and a subscriber sees the order of a wildcard's matches.
+type Children<T> = HashMap<Box<str>, Level<T>>;
 
 /// One level of the stored names.
 struct Level<T> {
