@@ -398,7 +398,11 @@ impl Shared {
         received_ms: i64,
         done: Option<Accepted>,
     ) {
-        let mut publications = Publications::default();
+        // Room for exactly one: bridges publish one message at a time, at high rates too.
+        let mut publications = Publications {
+            events: Vec::with_capacity(1),
+            entries: Vec::with_capacity(1),
+        };
         publications.push(message, publisher, received_ms, done);
         self.accept_all(publications);
     }

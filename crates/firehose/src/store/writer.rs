@@ -1,5 +1,5 @@
 //! The single writer thread: it owns the write connection and the directory lock, takes
-//! everything queued (up to [`MAX_BATCH`] operations), writes it in one transaction, commits,
+//! everything queued (up to about [`MAX_BATCH`] events), writes it in one transaction, commits,
 //! then runs the completions in queue order; between batches it does a bounded amount of
 //! retention work.
 //!
@@ -22,8 +22,10 @@ use super::schema::{self, to_i64, to_u64, LogState};
 use super::{Append, Completion, Durability, NewEvent, RetentionRule, StoreError, StoredSession};
 use crate::topic;
 
-/// Most operations written in one transaction. Large enough that a burst is written in few
-/// transactions, small enough that the first completion of a batch is not delayed long.
+/// Events (or session changes, see [`Op::weight`]) after which a batch takes nothing more; the
+/// last send taken may carry it over by one connection's read. Large enough that a burst is
+/// written in few transactions, small enough that the first completion of a batch is not
+/// delayed long.
 const MAX_BATCH: usize = 4096;
 
 /// Retention rows deleted after each batch, on top of as many as the batch appended (so that
@@ -478,36 +480,8 @@ impl Writer {
             match op {
                 Op::Append(pending) => {
                     for event in pending.events() {
-                        state.last_id += 1;
-                        if event.retain {
-                            let properties = schema::encode_properties(&event.properties);
-                            write_retained(
-                                &tx,
-                                to_i64(state.last_id),
-                                event,
-                                properties.as_deref(),
-                            )?;
-                        }
+                        record_event(&tx, &mut state, &mut totals, &mut self.retention, event)?;
                         appended += 1;
-                        state.event_count += 1;
-                        match state.max_time_ms {
-                            Some(max) if event.time_ms < max => {
-                                state.time_skew_ms =
-                                    state.time_skew_ms.max(max.saturating_sub(event.time_ms));
-                            }
-                            _ => state.max_time_ms = Some(event.time_ms),
-                        }
-                        if state.last_id.is_multiple_of(schema::TIME_MARK_EVERY) {
-                            let max = state.max_time_ms.unwrap_or(event.time_ms);
-                            tx.prepare_cached(
-                                "INSERT INTO time_marks (id, max_time_ms) VALUES (?1, ?2)",
-                            )?
-                            .execute(params![to_i64(state.last_id), max])?;
-                        }
-                        if let Some(rule) = self.retention.rule_for(&event.topic) {
-                            totals[rule].count += 1;
-                            totals[rule].bytes += (event.topic.len() + event.payload.len()) as u64;
-                        }
                     }
                 }
                 Op::SaveSession(s, _) if last_session_op.get(s.client_id.as_str()) == Some(&i) => {
@@ -722,6 +696,40 @@ fn bind_event(
     insert.raw_bind_parameter(offset + 5, &*event.publisher)?;
     insert.raw_bind_parameter(offset + 6, schema::encode_properties(&event.properties))?;
     insert.raw_bind_parameter(offset + 7, &event.payload[..])?;
+    Ok(())
+}
+
+/// What an event inserted by [`insert_events`] changes besides its row, inside the batch's
+/// transaction: the retained message of its topic, the log's counters and time bounds, a
+/// time mark every [`schema::TIME_MARK_EVERY`] ids, its retention rule's totals.
+fn record_event(
+    tx: &rusqlite::Transaction<'_>,
+    state: &mut LogState,
+    totals: &mut [RuleTotals],
+    retention: &mut Retention,
+    event: &NewEvent,
+) -> rusqlite::Result<()> {
+    state.last_id += 1;
+    if event.retain {
+        let properties = schema::encode_properties(&event.properties);
+        write_retained(tx, to_i64(state.last_id), event, properties.as_deref())?;
+    }
+    state.event_count += 1;
+    match state.max_time_ms {
+        Some(max) if event.time_ms < max => {
+            state.time_skew_ms = state.time_skew_ms.max(max.saturating_sub(event.time_ms));
+        }
+        _ => state.max_time_ms = Some(event.time_ms),
+    }
+    if state.last_id.is_multiple_of(schema::TIME_MARK_EVERY) {
+        let max = state.max_time_ms.unwrap_or(event.time_ms);
+        tx.prepare_cached("INSERT INTO time_marks (id, max_time_ms) VALUES (?1, ?2)")?
+            .execute(params![to_i64(state.last_id), max])?;
+    }
+    if let Some(rule) = retention.rule_for(&event.topic) {
+        totals[rule].count += 1;
+        totals[rule].bytes += (event.topic.len() + event.payload.len()) as u64;
+    }
     Ok(())
 }
 
