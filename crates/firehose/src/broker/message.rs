@@ -102,8 +102,8 @@ impl Message {
     /// Builds a message; `properties.topic_alias` and subscription identifiers are cleared since
     /// they belong to one connection, not to the message.
     ///
-    /// Properties are boxed only when there are some: a message is moved into its `Arc` and
-    /// its publication, and inline properties made each move three times longer.
+    /// Properties are boxed only when there are some: a message is moved on its way into its
+    /// `Arc`, and inline properties made each move three times longer.
     pub fn new(
         id: u64,
         topic: Arc<str>,
