@@ -32,9 +32,9 @@ const EVENTS: [&str; 10] = [
     "vote-deleted",
 ];
 
-/// 100,000 filters shaped like Firehose's topic scheme: exact Gerrit topics, per-host log
-/// filters ending in `+`, per-repository webhook filters ending in `#`, and a few broad ones.
-fn filters() -> Vec<String> {
+/// 60,000 exact Gerrit topics (6,000 projects, ten event types), with room for 100,000: the
+/// first part of both the filters and the retained topics below.
+fn gerrit_topics() -> Vec<String> {
     let mut all = Vec::with_capacity(100_000);
     for i in 0..60_000 {
         all.push(format!(
@@ -43,6 +43,13 @@ fn filters() -> Vec<String> {
             EVENTS[i / 6_000]
         ));
     }
+    all
+}
+
+/// 100,000 filters shaped like Firehose's topic scheme: exact Gerrit topics, per-host log
+/// filters ending in `+`, per-repository webhook filters ending in `#`, and a few broad ones.
+fn filters() -> Vec<String> {
+    let mut all = gerrit_topics();
     for i in 0..20_000 {
         all.push(format!("logs/host-{i}/+"));
     }
@@ -147,14 +154,7 @@ fn bench_fanout(c: &mut Criterion) {
 /// 100,000 retained topics shaped like the filters above: the last event of each Gerrit
 /// project, a status per host, a last push per webhook repository.
 fn retained_topics() -> Vec<String> {
-    let mut all = Vec::with_capacity(100_000);
-    for i in 0..60_000 {
-        all.push(format!(
-            "gerrit/project-{}/{}",
-            i % 6_000,
-            EVENTS[i / 6_000]
-        ));
-    }
+    let mut all = gerrit_topics();
     for i in 0..20_000 {
         all.push(format!("status/host-{i}"));
     }

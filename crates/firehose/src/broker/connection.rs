@@ -1052,12 +1052,11 @@ impl Connection {
         end
     }
 
-    /// Hands the publishes accepted so far in this read to the log, in one send.
+    /// Hands the publishes accepted so far in this read to the log, in one send (none when
+    /// there are none: `accept_all` sees to that).
     fn hand_over(&self, read: &mut ReadBatch) {
-        if !read.publications.is_empty() {
-            self.shared
-                .accept_all(std::mem::take(&mut read.publications));
-        }
+        self.shared
+            .accept_all(std::mem::take(&mut read.publications));
     }
 
     fn push(&self, outbox: &mut Outbox, packet: &Packet) -> Result<(), EncodeError> {

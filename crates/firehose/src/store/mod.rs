@@ -330,7 +330,7 @@ struct Inner {
     files: Files,
     /// The writer's queue; `None` once closed, so that later appends fail at once instead of
     /// being queued behind a writer that is gone.
-    sender: RwLock<Option<Sender<Vec<Op>>>>,
+    sender: RwLock<Option<Sender<Op>>>,
     /// The writer thread, taken by the first `close`.
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The writer thread's id: a completion that drops the last handle runs on it, and a
@@ -444,45 +444,33 @@ impl Store {
         self.append_boxed(Box::new(WithCompletion { event, done }));
     }
 
-    /// [`Store::append`] for events that carry their own completion ([`Append`]).
+    /// [`Store::append`] for events that carry their own completion ([`Append`]): the broker
+    /// hands over the publishes of one read this way, in one send.
     pub fn append_boxed(&self, append: Box<dyn Append>) {
-        self.append_all(vec![append]);
-    }
-
-    /// Queues several groups of events at once, in order: one send to the writer for all.
-    pub fn append_all(&self, appends: Vec<Box<dyn Append>>) {
-        if appends.is_empty() {
-            return;
-        }
-        let count: u64 = appends.iter().map(|a| a.events().len() as u64).sum();
+        let count = append.events().len() as u64;
         self.inner
             .shared
             .backlog
             .fetch_add(count, Ordering::Relaxed);
-        let ops = appends
-            .into_iter()
-            .map(|append| Op::Append(Pending::new(append)))
-            .collect();
-        if let Err(ops) = self.send(ops) {
+        if let Err(op) = self.send(Op::Append(Pending::new(append))) {
             self.inner
                 .shared
                 .backlog
                 .fetch_sub(count, Ordering::Relaxed);
-            drop(ops); // runs the completions with `Closed`
+            drop(op); // runs the completion with `Closed`
         }
     }
 
-    /// Sends operations to the writer, which takes them into one batch, or gives them back if
-    /// the store is closed.
-    fn send(&self, ops: Vec<Op>) -> Result<(), Vec<Op>> {
+    /// Sends an operation to the writer, or gives it back if the store is closed.
+    fn send(&self, op: Op) -> Result<(), Op> {
         let sender = self
             .inner
             .sender
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         match &*sender {
-            Some(tx) => tx.send(ops).map_err(|SendError(ops)| ops),
-            None => Err(ops),
+            Some(tx) => tx.send(op).map_err(|SendError(op)| op),
+            None => Err(op),
         }
     }
 
@@ -590,17 +578,14 @@ impl Store {
     /// is written.
     pub fn save_session(&self, session: StoredSession, done: Option<Completion>) {
         let op = Op::SaveSession(Box::new(session), done.map(Pending::new));
-        if let Err(op) = self.send(vec![op]) {
+        if let Err(op) = self.send(op) {
             drop(op); // runs the completion, if any, with `Closed`
         }
     }
 
     /// Deletes a session, through the writer.
     pub fn delete_session(&self, client_id: &str) {
-        if self
-            .send(vec![Op::DeleteSession(client_id.to_string())])
-            .is_err()
-        {
+        if self.send(Op::DeleteSession(client_id.to_string())).is_err() {
             tracing::warn!(client_id, "session not deleted: the event log is closed");
         }
     }
@@ -1395,25 +1380,16 @@ mod tests {
     }
 
     #[test]
-    fn boxed_appends_alone_or_together_complete_once_each_in_order_and_with_closed_after_close() {
+    fn boxed_appends_complete_once_each_in_order_and_with_closed_after_close() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
         let (tx, rx) = mpsc::channel();
-        store.append_boxed(Box::new(Reporting {
-            event: ev("a", "p"),
-            report: tx.clone(),
-        }));
-        let together: Vec<Box<dyn Append>> = ["b", "c"]
-            .into_iter()
-            .map(|topic| -> Box<dyn Append> {
-                Box::new(Reporting {
-                    event: ev(topic, "p"),
-                    report: tx.clone(),
-                })
-            })
-            .collect();
-        store.append_all(together);
-        store.append_all(Vec::new());
+        for topic in ["a", "b", "c"] {
+            store.append_boxed(Box::new(Reporting {
+                event: ev(topic, "p"),
+                report: tx.clone(),
+            }));
+        }
         store.close();
         store.append_boxed(Box::new(Reporting {
             event: ev("late", "p"),
@@ -1461,12 +1437,9 @@ mod tests {
             })
         };
         assert_eq!(append_one(&store, ev("before", "p")), 1);
-        store.append_all(vec![
-            group(&["a", "b", "c"]),
-            group(&[]),
-            group(&["d", "e"]),
-        ]);
-        store.append_boxed(group(&["f"]));
+        for topics in [&["a", "b", "c"][..], &[], &["d", "e"], &["f"]] {
+            store.append_boxed(group(topics));
+        }
         let results: Vec<_> = (0..4)
             .map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("completed"))
             .collect();

@@ -59,15 +59,15 @@ const SMALL_BATCH: usize = 256;
 /// scheduler slice behind a fan-out (the fixed-rate latency doubled).
 ///
 /// Returns the batch's size in [`Op::weight`]s; `size` is that of what is in it already.
-fn gather(rx: &Receiver<Vec<Op>>, batch: &mut Vec<Op>, mut size: usize, crowded: bool) -> usize {
+fn gather(rx: &Receiver<Op>, batch: &mut Vec<Op>, mut size: usize, crowded: bool) -> usize {
     let mut yields = if crowded { 0 } else { GATHER_YIELDS };
     loop {
         let before = size;
         while size < MAX_BATCH {
             match rx.try_recv() {
-                Ok(mut ops) => {
-                    size += ops.iter().map(Op::weight).sum::<usize>();
-                    batch.append(&mut ops);
+                Ok(op) => {
+                    size += op.weight();
+                    batch.push(op);
                 }
                 Err(_) => break,
             }
@@ -362,19 +362,19 @@ impl Writer {
     }
 
     /// The thread's body: runs until every handle's sender is gone and the queue is empty.
-    pub(super) fn run(mut self, rx: Receiver<Vec<Op>>) {
+    pub(super) fn run(mut self, rx: Receiver<Op>) {
         let checkpointer = Checkpointer::start(&self.path, self.durability);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut previous_batch = 0;
         loop {
-            let mut first = if self.retention.rules.is_empty() {
+            let first = if self.retention.rules.is_empty() {
                 match rx.recv() {
-                    Ok(ops) => ops,
+                    Ok(op) => op,
                     Err(_) => break,
                 }
             } else {
                 match rx.recv_timeout(IDLE_TICK) {
-                    Ok(ops) => ops,
+                    Ok(op) => op,
                     Err(RecvTimeoutError::Timeout) => {
                         self.retention_step(RETENTION_BUDGET);
                         continue;
@@ -382,8 +382,8 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
-            let size = first.iter().map(Op::weight).sum();
-            batch.append(&mut first);
+            let size = first.weight();
+            batch.push(first);
             // Outside any transaction, so that the checkpointer can copy the whole WAL; what
             // arrives meanwhile joins this batch.
             checkpointer.pause_here();
