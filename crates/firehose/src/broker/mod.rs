@@ -118,10 +118,18 @@ async fn route_committed(
     let mut queued: VecDeque<Committed> = VecDeque::new();
     let mut batch = Vec::with_capacity(ROUTE_BATCH);
     loop {
-        if queued.is_empty() {
+        let waited = if queued.is_empty() {
             let Some(group) = committed.recv().await else {
                 return;
             };
+            Some(group)
+        } else {
+            None
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Some(group) = waited {
             queue_group(&shared, group, &mut queued);
         }
         while queued.len() < ROUTE_BATCH {
@@ -130,9 +138,6 @@ async fn route_committed(
                 Err(_) => break,
             }
         }
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
         let take = queued.len().min(ROUTE_BATCH);
         batch.extend(queued.drain(..take));
         // Publishers first: their acknowledgements need not wait for the fan-out.
@@ -166,14 +171,12 @@ async fn route_committed(
 
 /// Numbers a committed group's events and queues them for routing; those it cannot number
 /// leave the routing backlog at once.
-fn queue_group(shared: &Weak<Shared>, mut group: CommittedGroup, queued: &mut VecDeque<Committed>) {
+fn queue_group(shared: &Shared, mut group: CommittedGroup, queued: &mut VecDeque<Committed>) {
     let unnumbered = group.number();
     if unnumbered > 0 {
-        if let Some(shared) = shared.upgrade() {
-            shared
-                .routing_backlog
-                .fetch_sub(unnumbered, Ordering::AcqRel);
-        }
+        shared
+            .routing_backlog
+            .fetch_sub(unnumbered, Ordering::AcqRel);
     }
     queued.extend(group.entries);
 }

@@ -160,7 +160,7 @@ fn run_guarded(done: impl FnOnce()) {
 
 /// What the handles ask of the writer.
 pub(super) enum Op {
-    /// Append an event.
+    /// Append a group of events (the publishes of one read, or one event).
     Append(Pending<Box<dyn Append>>),
     /// Replace a session.
     SaveSession(Box<StoredSession>, Option<Pending<Completion>>),
