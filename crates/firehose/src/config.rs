@@ -298,6 +298,18 @@ pub struct Limits {
     pub max_connections_per_ip: u64,
     /// Most subscriptions one session may hold.
     pub max_subscriptions_per_client: u64,
+    /// Most levels (`a/b/c` has three) in a topic name or filter. Every level is a node in the
+    /// subscription trie or the retained tree, so without it one 64 KiB topic of empty levels
+    /// costs megabytes. 0 = no limit.
+    pub max_topic_levels: u32,
+    /// Most retained messages kept at once; a retained publish to a further topic is refused
+    /// (MQTT 5: reason 0x97, Quota exceeded). Replacing or clearing one always works.
+    /// 0 = no limit.
+    pub max_retained_messages: u64,
+    /// Most memory for retained messages, in bytes: each is charged its topic and payload,
+    /// and 256 bytes for itself and per topic level (what the message and its index take).
+    /// Refused like `max_retained_messages`. 0 = no limit.
+    pub max_retained_bytes: u64,
     /// Messages queued for one client (connected or offline) before further ones are dropped
     /// and counted.
     pub send_queue: u64,
@@ -324,6 +336,20 @@ pub struct Limits {
     pub max_session_expiry_secs: u32,
 }
 
+impl Limits {
+    /// The number of levels of `topic` when it has more than `max_topic_levels`, for the
+    /// refusal to name; `None` when it fits.
+    pub fn topic_too_deep(&self, topic: &str) -> Option<usize> {
+        if self.max_topic_levels == 0 {
+            return None;
+        }
+        // Counting separators needs no allocation, and a topic is checked once per connection
+        // that uses it (see `Connection::shared_topic`).
+        let levels = topic.bytes().filter(|&byte| byte == b'/').count() + 1;
+        (levels > self.max_topic_levels as usize).then_some(levels)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -331,6 +357,9 @@ impl Default for Limits {
             max_connections: 0,
             max_connections_per_ip: 0,
             max_subscriptions_per_client: 1000,
+            max_topic_levels: 128,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 256 * 1024 * 1024,
             send_queue: 10_000,
             pause_publishers: true,
             receive_maximum: 1024,
@@ -1063,6 +1092,27 @@ mod tests {
             Listen::On("0.0.0.0:1883".parse().expect("addr"))
         );
         assert_eq!(config.limits.max_packet_size, 1024 * 1024);
+    }
+
+    #[test]
+    fn topic_levels_are_counted_with_empty_levels_and_zero_lifts_the_limit() {
+        let limits = Limits {
+            max_topic_levels: 3,
+            ..Limits::default()
+        };
+        for fits in ["a", "a/b/c", "/a/", "+/+/#"] {
+            assert_eq!(limits.topic_too_deep(fits), None, "{fits}");
+        }
+        assert_eq!(limits.topic_too_deep("a/b/c/d"), Some(4));
+        assert_eq!(limits.topic_too_deep("///"), Some(4));
+        let deep = "/".repeat(60_000);
+        assert_eq!(limits.topic_too_deep(&deep), Some(60_001));
+        let unlimited = Limits {
+            max_topic_levels: 0,
+            ..Limits::default()
+        };
+        assert_eq!(unlimited.topic_too_deep(&deep), None);
+        assert_eq!(Limits::default().max_topic_levels, 128);
     }
 
     #[test]

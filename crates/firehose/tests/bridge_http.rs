@@ -190,6 +190,93 @@ fn http_publish_with_basic_auth_or_token_once_durable() {
     assert_eq!(topics, ["ci/builds/42", "ci/status"]);
 }
 
+/// `limits.max_topic_levels` and the retained quota through HTTP publish: a deep topic gets
+/// 400, a retained message to a new topic beyond `max_retained_bytes` 507; both say which
+/// limit, and neither is published. Replacing a retained message with a smaller one passes.
+#[test]
+fn http_publish_refuses_deep_topics_and_retained_messages_beyond_the_quota() {
+    // Each retained message is charged its topic, payload and 256 bytes per message and level:
+    // `ci/status` with 500 bytes takes 1277 of the 3000, `ci/other` with 1000 bytes 1776.
+    let (_dir, node) = node_with(
+        &users(),
+        "[sys]\ninterval_secs = 0\n\
+         [limits]\nmax_topic_levels = 4\nmax_retained_bytes = 3000\n",
+    );
+    let mut sub = RawClient::anonymous(node.mqtt, true, "limits-sub");
+    sub.subscribe("ci/#", 1);
+    let auth = basic("ci", CI_PASSWORD);
+    let publish = |target: &str, body: &[u8]| {
+        post(node.http, target, &[("Authorization", auth.as_str())], body)
+    };
+    let fits = publish("/api/v1/publish/ci/a/b/c", b"four levels");
+    assert_eq!(fits.status, 200, "{}", fits.text());
+    let retained = publish("/api/v1/publish/ci/status?retain=true", &[b's'; 500]);
+    assert_eq!(retained.status, 200, "{}", retained.text());
+    assert_eq!(sub.expect_publish().topic, "ci/a/b/c");
+    assert_eq!(sub.expect_publish().topic, "ci/status");
+
+    let refusals = [
+        (
+            "/api/v1/publish/ci/a/b/c/d",
+            vec![b'x'],
+            400,
+            "max_topic_levels",
+        ),
+        (
+            "/api/v1/publish/ci/other?retain=true",
+            vec![b'x'; 1000],
+            507,
+            "max_retained_bytes",
+        ),
+        (
+            "/api/v1/publish/ci/status?retain=true",
+            vec![b'x'; 2300],
+            507,
+            "max_retained_bytes",
+        ),
+    ];
+    for (target, body, status, limit) in refusals {
+        let answer = publish(target, &body);
+        assert_eq!(answer.status, status, "{target}: {}", answer.text());
+        let error = answer.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(error.contains(limit), "{target}: {error:?} lacks {limit:?}");
+    }
+    sub.expect_silence(QUIET);
+
+    let smaller = publish("/api/v1/publish/ci/status?retain=true", b"small");
+    assert_eq!(
+        smaller.status,
+        200,
+        "a smaller replacement: {}",
+        smaller.text()
+    );
+    let other = publish("/api/v1/publish/ci/other?retain=true", &[b'x'; 1000]);
+    assert_eq!(
+        other.status,
+        200,
+        "room made by the smaller one: {}",
+        other.text()
+    );
+    let mut late = RawClient::anonymous(node.mqtt, true, "late");
+    late.subscribe("ci/#", 0);
+    let mut kept: Vec<(String, usize)> = (0..2)
+        .map(|_| {
+            let got = late.expect_publish();
+            assert!(got.retain);
+            (got.topic, got.payload.len())
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [("ci/other".to_owned(), 1000), ("ci/status".to_owned(), 5)]
+    );
+    late.expect_silence(QUIET);
+}
+
 /// The config for the webhook sources, with the Gitea secret in a file.
 fn webhook_config(dir: &std::path::Path) -> String {
     let secret_file = dir.join("gitea-secret");

@@ -718,6 +718,80 @@ fn retained_survive_restarts(v5: bool) {
     );
 }
 
+/// `limits.max_retained_messages` counts the retained messages restored from the log too: a
+/// new retained topic beyond it is refused (PUBACK 0x97) before and after `kill -9`; a quota
+/// lowered below what is stored keeps every stored message, says so in the log, and refuses
+/// new topics until enough are cleared.
+#[test]
+fn the_retained_quota_holds_across_restarts_and_a_lowered_one_forgets_nothing() {
+    let quota =
+        |max: u32| format!("[sys]\ninterval_secs = 0\n[limits]\nmax_retained_messages = {max}\n");
+    let dd = DataDir::standard(&quota(3));
+    let publish = |node: &Node, topic: &str, payload: &[u8]| {
+        RawClient::publisher(node.mqtt, true)
+            .publish(PublishOut::new(topic, payload).qos(1, 0).retain())
+    };
+    let kept = |topics: &[&str]| -> Vec<(String, String)> {
+        topics
+            .iter()
+            .map(|t| (t.to_string(), format!("{t} kept")))
+            .collect()
+    };
+    let node = dd.start();
+    for topic in ["ret/a", "ret/b", "ret/c"] {
+        assert_eq!(publish(&node, topic, format!("{topic} kept").as_bytes()), 0);
+    }
+    assert_eq!(
+        publish(&node, "ret/d", b"one too many"),
+        0x97,
+        "quota exceeded"
+    );
+    assert_eq!(
+        publish(&node, "ret/c", b"ret/c kept"),
+        0,
+        "a replacement passes"
+    );
+    assert_eq!(
+        retained_seen(&node, true),
+        kept(&["ret/a", "ret/b", "ret/c"])
+    );
+    node.kill9();
+
+    let node = dd.start();
+    assert_eq!(
+        publish(&node, "ret/d", b"one too many"),
+        0x97,
+        "restored ones count"
+    );
+    assert_eq!(
+        retained_seen(&node, true),
+        kept(&["ret/a", "ret/b", "ret/c"])
+    );
+    let status = node.terminate();
+    assert!(status.success(), "SIGTERM exit: {status}");
+
+    std::fs::write(dd.dir.path().join("firehose.toml"), quota(2)).expect("lower the quota");
+    let node = dd.start();
+    assert_eq!(
+        retained_seen(&node, true),
+        kept(&["ret/a", "ret/b", "ret/c"])
+    );
+    assert!(
+        node.log().contains("exceed the retained quota"),
+        "no warning about the lowered quota:\n{}",
+        node.log()
+    );
+    assert_eq!(publish(&node, "ret/a", b""), 0, "a clear passes");
+    assert_eq!(
+        publish(&node, "ret/d", b"ret/d kept"),
+        0x97,
+        "still at the quota"
+    );
+    assert_eq!(publish(&node, "ret/b", b""), 0);
+    assert_eq!(publish(&node, "ret/d", b"ret/d kept"), 0, "room again");
+    assert_eq!(retained_seen(&node, true), kept(&["ret/c", "ret/d"]));
+}
+
 #[test]
 fn retained_survive_restarts_v311() {
     retained_survive_restarts(false);

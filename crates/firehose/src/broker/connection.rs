@@ -383,6 +383,11 @@ async fn handshake<W: AsyncWrite + Unpin>(
     }
 
     let will = match connect.will {
+        Some(will) if limits.topic_too_deep(&will.topic).is_some() => {
+            debug!(%peer, client = %client_id,
+                "will refused: its topic has more than limits.max_topic_levels levels; it will never be published");
+            None
+        }
         Some(will) if identity.may_publish(&will.topic) => Some(Box::new(will)),
         Some(will) => {
             debug!(%peer, client = %client_id, topic = %will.topic,
@@ -542,8 +547,8 @@ struct Extra {
     /// The receiving end of a channel just made, until the serve loop takes it.
     new_events: Option<mpsc::UnboundedReceiver<ConnEvent>>,
     /// The topic of the last PUBLISH (without alias), shared with the messages made of it,
-    /// and whether the client may publish to it.
-    last_topic: Option<(Arc<str>, bool)>,
+    /// and its [`Connection::topic_verdict`].
+    last_topic: Option<(Arc<str>, ReasonCode)>,
 }
 
 /// What the log tells a connection (a save from the writer thread, a stored publish from the
@@ -769,19 +774,31 @@ impl Connection {
         self.extra.get_or_insert_with(Box::default)
     }
 
-    /// `topic` as a shared string, and whether this client may publish to it: the last
-    /// publish's when it is the same. A publisher mostly publishes to one topic or a few, and
+    /// `topic` as a shared string, and its [`Connection::topic_verdict`]: the last publish's
+    /// when it is the same. A publisher mostly publishes to one topic or a few, and
     /// a copy and an ACL walk per message were an allocation and a trie walk per message.
-    fn shared_topic(&mut self, topic: &str) -> (Arc<str>, bool) {
-        if let Some((last, allowed)) = self.extra.as_ref().and_then(|e| e.last_topic.as_ref()) {
+    fn shared_topic(&mut self, topic: &str) -> (Arc<str>, ReasonCode) {
+        if let Some((last, verdict)) = self.extra.as_ref().and_then(|e| e.last_topic.as_ref()) {
             if **last == *topic {
-                return (last.clone(), *allowed);
+                return (last.clone(), *verdict);
             }
         }
         let shared: Arc<str> = Arc::from(topic);
-        let allowed = self.identity.may_publish(topic);
-        self.extra().last_topic = Some((shared.clone(), allowed));
-        (shared, allowed)
+        let verdict = self.topic_verdict(topic);
+        self.extra().last_topic = Some((shared.clone(), verdict));
+        (shared, verdict)
+    }
+
+    /// Whether this client may publish to `topic`: `Success`, `NotAuthorized` outside its
+    /// access, or `TopicNameInvalid` beyond `limits.max_topic_levels`.
+    fn topic_verdict(&self, topic: &str) -> ReasonCode {
+        if self.shared.limits.topic_too_deep(topic).is_some() {
+            ReasonCode::TopicNameInvalid
+        } else if self.identity.may_publish(topic) {
+            ReasonCode::Success
+        } else {
+            ReasonCode::NotAuthorized
+        }
     }
 
     /// A sender for this connection's events, making the channel on first use.
@@ -1176,7 +1193,7 @@ impl Connection {
         outbox: &mut Outbox,
     ) -> Option<End> {
         self.publishes = true;
-        let (topic, allowed) = match publish.properties.topic_alias.filter(|_| self.is_v5()) {
+        let (topic, verdict) = match publish.properties.topic_alias.filter(|_| self.is_v5()) {
             Some(alias) => {
                 let max = self.shared.limits.topic_alias_maximum;
                 if alias == 0 || alias > max {
@@ -1200,8 +1217,8 @@ impl Connection {
                     self.extra().aliases_in.insert(alias, topic.clone());
                     topic
                 };
-                let allowed = self.identity.may_publish(&topic);
-                (topic, allowed)
+                let verdict = self.topic_verdict(&topic);
+                (topic, verdict)
             }
             None if publish.topic.is_empty() => {
                 return Some(End::violation(
@@ -1237,17 +1254,32 @@ impl Connection {
                 ));
             }
         }
-        let mut reason = ReasonCode::Success;
-        if !allowed {
+        let mut reason = verdict;
+        if reason == ReasonCode::NotAuthorized {
             stats::add(&self.shared.stats.publish_denied, 1);
             debug!(client = %self.session.client_id, user = self.identity.name(), %topic,
                 "PUBLISH refused by the access model");
-            reason = ReasonCode::NotAuthorized;
+        } else if reason == ReasonCode::TopicNameInvalid {
+            stats::add(&self.shared.stats.publish_over_limits, 1);
+            debug!(client = %self.session.client_id, user = self.identity.name(),
+                "PUBLISH refused: its topic has more than limits.max_topic_levels levels");
         } else if self.is_v5()
             && publish.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&publish.payload).is_err()
         {
             reason = ReasonCode::PayloadFormatInvalid;
+        }
+        let mut claim = None;
+        let mut quota_full = None;
+        if reason == ReasonCode::Success && publish.retain {
+            match self.shared.claim_retained(&topic, publish.payload.len()) {
+                Ok(claimed) => claim = claimed,
+                Err(full) => {
+                    debug!(client = %self.session.client_id, %topic, "PUBLISH refused: {full}");
+                    quota_full = Some(full);
+                    reason = ReasonCode::QuotaExceeded;
+                }
+            }
         }
         if reason == ReasonCode::Success {
             let message = Message::new(
@@ -1279,7 +1311,7 @@ impl Connection {
             let publisher = self.identity.shared_name();
             let received_ms = *read.received_ms.get_or_insert_with(now_ms);
             read.publications
-                .push(message, publisher, received_ms, done);
+                .push(message, publisher, received_ms, done, claim);
             return None;
         }
         // Refused. MQTT 3.1.1 has no negative acknowledgement: the message is acknowledged and
@@ -1298,6 +1330,13 @@ impl Connection {
                 r.properties.reason_string = Some(match ack_reason {
                     ReasonCode::NotAuthorized => {
                         format!("{} may not publish to {topic}", self.identity.name())
+                    }
+                    ReasonCode::TopicNameInvalid => format!(
+                        "the topic has more than {} levels (limits.max_topic_levels)",
+                        self.shared.limits.max_topic_levels
+                    ),
+                    ReasonCode::QuotaExceeded => {
+                        quota_full.map(|full| full.to_string()).unwrap_or_default()
                     }
                     _ => "payload is not valid UTF-8 but its format indicator says so".into(),
                 });
@@ -1339,6 +1378,12 @@ impl Connection {
             if !self.identity.may_subscribe(&sub.filter) {
                 debug!(client = %self.session.client_id, filter = %sub.filter, "SUBSCRIBE refused by the access model");
                 reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
+            if let Some(levels) = self.shared.limits.topic_too_deep(parsed.filter) {
+                debug!(client = %self.session.client_id, levels,
+                    "SUBSCRIBE refused: the filter has more than limits.max_topic_levels levels");
+                reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
             let count = {
@@ -1685,7 +1730,7 @@ impl Connection {
             );
             let publisher = self.identity.shared_name();
             if delay == 0 {
-                shared.accept(message, publisher, now_ms(), None);
+                accept_will(shared, message, publisher);
             } else {
                 let shared = shared.clone();
                 let session = self.session.clone();
@@ -1697,11 +1742,20 @@ impl Connection {
                         !state.ended && state.generation != generation
                     };
                     if !resumed {
-                        shared.accept(message, publisher, now_ms(), None);
+                        accept_will(&shared, message, publisher);
                     }
                 });
             }
         }
+    }
+}
+
+/// Publishes a will. A retained will beyond the retained quota is not published: its client
+/// is gone and cannot be told, so the refusal is logged (and counted).
+fn accept_will(shared: &Arc<Shared>, message: Message, publisher: Arc<str>) {
+    let (client, topic) = (message.publisher.clone(), message.topic.clone());
+    if let Err(full) = shared.accept(message, publisher, now_ms(), None) {
+        debug!(%client, %topic, "will not published: {full}");
     }
 }
 

@@ -10,6 +10,7 @@
 //!   writes batches.
 //! - [`session`]: what outlives a connection, and the client-id registry (takeover, resume).
 //! - [`router`]: the subscription table and retained messages; fan-out.
+//! - [`retained`]: the retained messages by topic, and their quota.
 //! - [`message`]: a routed message with its shared encodings.
 //! - [`outbox`]: the per-connection write queue (vectored writes).
 //! - [`stats`] and [`sys`]: counters and their `$SYS/broker/...` publication.
@@ -19,6 +20,7 @@ pub mod message;
 pub mod outbox;
 mod passwords;
 mod restore;
+pub mod retained;
 pub mod router;
 pub mod session;
 pub mod stats;
@@ -42,6 +44,7 @@ use crate::store::{
 use firehose_codec::topic::validate_topic_name;
 use firehose_codec::{PublishProperties, QoS};
 use message::{now_ms, Message};
+use retained::{Claim, QuotaFull, Retained};
 use router::Router;
 use session::Registry;
 use stats::Stats;
@@ -86,6 +89,9 @@ pub(crate) struct Shared {
     publishers_wait_until: AtomicU64,
     /// The broker's clock origin.
     started: std::time::Instant,
+    /// Whether the retained quota's refusal was logged since a new retained topic last fit:
+    /// a flood of refused messages logs one warning, not one per message.
+    retained_full_warned: AtomicBool,
 }
 
 /// How long publishers pause when most subscribers of a message are behind. Short: they read
@@ -212,6 +218,7 @@ impl Publications {
         publisher: Arc<str>,
         received_ms: i64,
         done: Option<Accepted>,
+        claim: Option<Box<Claim>>,
     ) {
         if self.entries.capacity() == 0 {
             self.events.reserve(PUBLICATIONS_ROOM);
@@ -222,6 +229,7 @@ impl Publications {
         self.entries.push(Committed {
             message: Arc::new(message),
             done,
+            _claim: claim,
         });
     }
 
@@ -271,7 +279,7 @@ impl Append for Logged {
                 }
             }
             Err(error) => {
-                for Committed { message, done } in entries {
+                for Committed { message, done, .. } in entries {
                     tracing::error!(topic = %message.topic, "cannot store event: {error}");
                     stats::add(&shared.stats.store_errors, 1);
                     if let Some(done) = done {
@@ -327,6 +335,9 @@ struct Committed {
     /// Tells the publisher it is stored; run by the routing task so that the writer thread
     /// wakes the runtime once per batch, not once per publishing connection.
     done: Option<Accepted>,
+    /// The room a retained message claimed in the quota, given back when the entry is
+    /// dropped: once the message is in place, or when it is not stored. Held, never read.
+    _claim: Option<Box<Claim>>,
 }
 
 /// Called once a session save is durable.
@@ -394,20 +405,53 @@ impl Shared {
     /// Appends an accepted message (after access checks), received at `received_ms` (UTC
     /// milliseconds, the event's time), to the log; once it is durable `done` is told and the
     /// routing task routes it, in log order.
+    ///
+    /// # Errors
+    /// [`QuotaFull`] for a retained message the quota has no room for (counted; `done` is
+    /// dropped untold).
     pub(crate) fn accept(
         self: &Arc<Self>,
         message: Message,
         publisher: Arc<str>,
         received_ms: i64,
         done: Option<Accepted>,
-    ) {
+    ) -> Result<(), QuotaFull> {
+        let claim = if message.retain {
+            self.claim_retained(&message.topic, message.payload.len())?
+        } else {
+            None
+        };
         // Room for exactly one: bridges publish one message at a time, at high rates too.
         let mut publications = Publications {
             events: Vec::with_capacity(1),
             entries: Vec::with_capacity(1),
         };
-        publications.push(message, publisher, received_ms, done);
+        publications.push(message, publisher, received_ms, done, claim);
         self.accept_all(publications);
+        Ok(())
+    }
+
+    /// Claims room in the retained quota for a retained message (see [`Retained::claim`]); a
+    /// refusal is counted, and logged as a warning once until a new retained topic fits again.
+    pub(crate) fn claim_retained(
+        &self,
+        topic: &str,
+        payload_len: usize,
+    ) -> Result<Option<Box<Claim>>, QuotaFull> {
+        let claimed = self.router.retained().claim(topic, payload_len);
+        match &claimed {
+            Ok(Some(_)) => self.retained_full_warned.store(false, Ordering::Relaxed),
+            Ok(None) => {}
+            Err(full) => {
+                stats::add(&self.stats.publish_over_limits, 1);
+                if !self.retained_full_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "retained message refused: {full}; new retained topics are refused until some are cleared"
+                    );
+                }
+            }
+        }
+        claimed
     }
 
     /// [`Shared::accept`] for several messages at once, in order: the publishes of one read.
@@ -589,6 +633,9 @@ pub enum PublishError {
     /// The log could not store the event.
     #[error("the event log could not store the event")]
     NotStored,
+    /// A retained message the retained quota has no room for.
+    #[error("retained message refused: {0}")]
+    RetainedQuotaFull(QuotaFull),
 }
 
 /// Why a new connection was refused before it could speak MQTT.
@@ -670,11 +717,12 @@ impl Broker {
         let last_id = store.last_id();
         let users = Arc::new(users);
         let (to_route, committed) = mpsc::unbounded_channel();
+        let retained = Retained::new(limits.max_retained_messages, limits.max_retained_bytes);
         let shared = Arc::new(Shared {
             limits,
             passwords: passwords::PasswordChecks::new(users.clone()),
             users,
-            router: Router::default(),
+            router: Router::new(retained),
             registry: Registry::default(),
             stats: Stats::new(),
             shutdown,
@@ -687,6 +735,7 @@ impl Broker {
             routing_backlog: AtomicUsize::new(0),
             publishers_wait_until: AtomicU64::new(NO_PAUSE),
             started: std::time::Instant::now(),
+            retained_full_warned: AtomicBool::new(false),
         });
         tokio::spawn(route_committed(Arc::downgrade(&shared), committed));
         restore::retained(&shared)?;
@@ -740,6 +789,11 @@ impl Broker {
         &self.shared.stats
     }
 
+    /// The retained messages kept and what they take of the quota, for metrics.
+    pub fn retained_usage(&self) -> retained::Usage {
+        self.shared.router.retained().usage()
+    }
+
     /// Publishes as `publisher` from inside the process (bridges, HTTP publish), with the same
     /// access checks as MQTT. Resolves once the event is durable, with its id.
     ///
@@ -756,6 +810,13 @@ impl Broker {
         properties: PublishProperties,
     ) -> Result<u64, PublishError> {
         validate_topic_name(topic).map_err(|e| PublishError::InvalidTopic(e.to_string()))?;
+        if let Some(levels) = self.shared.limits.topic_too_deep(topic) {
+            stats::add(&self.shared.stats.publish_over_limits, 1);
+            return Err(PublishError::InvalidTopic(format!(
+                "the topic has {levels} levels, more than limits.max_topic_levels ({})",
+                self.shared.limits.max_topic_levels
+            )));
+        }
         if !publisher.may_publish(topic) {
             stats::add(&self.shared.stats.publish_denied, 1);
             return Err(PublishError::NotAuthorized {
@@ -774,14 +835,16 @@ impl Broker {
         );
         stats::add(&self.shared.stats.messages_received, 1);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.shared.accept(
-            message,
-            publisher.shared_name(),
-            now_ms(),
-            Some(Box::new(move |id| {
-                let _ = tx.send(id);
-            })),
-        );
+        self.shared
+            .accept(
+                message,
+                publisher.shared_name(),
+                now_ms(),
+                Some(Box::new(move |id| {
+                    let _ = tx.send(id);
+                })),
+            )
+            .map_err(PublishError::RetainedQuotaFull)?;
         match rx.await {
             Ok(Some(id)) => Ok(id),
             _ => Err(PublishError::NotStored),
@@ -898,7 +961,7 @@ mod tests {
                 PublishProperties::default(),
                 "client".into(),
             );
-            publications.push(message, "user".into(), 1, None);
+            publications.push(message, "user".into(), 1, None, None);
         }
         publications
     }
@@ -942,7 +1005,7 @@ mod tests {
             let done: Accepted = Box::new(move |id| {
                 let _ = tx.send((topic, id));
             });
-            group.push(message, "user".into(), now_ms(), Some(done));
+            group.push(message, "user".into(), now_ms(), Some(done), None);
         }
         broker.shared.accept_all(group);
         let mut acknowledged = Vec::new();

@@ -10,10 +10,25 @@ use super::session::{Session, Stage};
 use super::Shared;
 use crate::store::StoreError;
 
-/// Loads the retained messages into the router.
+/// Loads the retained messages into the router, all of them: a quota lowered since they were
+/// kept refuses new retained topics until enough are cleared, and forgets none.
 pub(super) fn retained(shared: &Shared) -> Result<(), StoreError> {
     for event in shared.store.load_retained()? {
         shared.router.retain(&Arc::new(Message::from_event(&event)));
+    }
+    let usage = shared.router.retained().usage();
+    let limits = &shared.limits;
+    let over = |limit: u64, used: u64| limit > 0 && used > limit;
+    if over(limits.max_retained_messages, usage.messages)
+        || over(limits.max_retained_bytes, usage.bytes)
+    {
+        tracing::warn!(
+            messages = usage.messages,
+            bytes = usage.bytes,
+            max_retained_messages = limits.max_retained_messages,
+            max_retained_bytes = limits.max_retained_bytes,
+            "the stored retained messages exceed the retained quota: new retained topics are refused until enough are cleared"
+        );
     }
     Ok(())
 }

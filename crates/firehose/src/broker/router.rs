@@ -12,9 +12,10 @@ use std::time::Instant;
 use firehose_codec::QoS;
 
 use super::message::{Delivery, Message};
+use super::retained::Retained;
 use super::session::Session;
 use super::stats::Stats;
-use crate::topic::{TopicNames, TopicTrie};
+use crate::topic::TopicTrie;
 
 /// The options of one subscription, as the router needs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,11 +84,19 @@ pub fn parse_filter(raw: &str) -> ParsedFilter<'_> {
 #[derive(Debug, Default)]
 pub struct Router {
     table: RwLock<TopicTrie<FilterEntry>>,
-    /// Retained messages by topic, found by filter on subscribe without testing every one.
-    retained: RwLock<TopicNames<Arc<Message>>>,
+    /// Retained messages by topic, and their quota.
+    retained: Retained,
 }
 
 impl Router {
+    /// A router whose retained messages are bounded by `retained`'s limits.
+    pub fn new(retained: Retained) -> Router {
+        Router {
+            table: RwLock::default(),
+            retained,
+        }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, TopicTrie<FilterEntry>> {
         self.table.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -182,20 +191,17 @@ impl Router {
 
     /// Stores or clears (empty payload) the retained message of a topic.
     pub fn retain(&self, message: &Arc<Message>) {
-        let mut retained = self.retained.write().unwrap_or_else(|p| p.into_inner());
-        if message.payload.is_empty() {
-            retained.remove(&message.topic);
-        } else {
-            retained.insert(&message.topic, message.clone());
-        }
+        self.retained.set(message);
+    }
+
+    /// The retained messages and what they take.
+    pub fn retained(&self) -> &Retained {
+        &self.retained
     }
 
     /// Number of retained messages.
-    pub fn retained_count(&self) -> usize {
-        self.retained
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+    pub fn retained_count(&self) -> u64 {
+        self.retained.usage().messages
     }
 
     /// Number of distinct filters with subscribers.
@@ -205,8 +211,7 @@ impl Router {
 
     /// Retained messages whose topic matches `filter`.
     pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        let retained = self.retained.read().unwrap_or_else(|p| p.into_inner());
-        retained.matching(filter).into_iter().cloned().collect()
+        self.retained.matching(filter)
     }
 
     /// Routes a message to every matching session (one delivery per session, with the highest

@@ -33,6 +33,9 @@ pub struct Stats {
     pub dropped_expired: AtomicU64,
     /// PUBLISH packets refused by the access model (anonymous or outside the user's ACL).
     pub publish_denied: AtomicU64,
+    /// Publishes refused by a limit: a topic deeper than `limits.max_topic_levels`, or a new
+    /// retained message beyond the retained quota.
+    pub publish_over_limits: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
     /// Times a live session's queue filled and it switched to reading from the log.
@@ -64,6 +67,7 @@ impl Stats {
             dropped_too_large: AtomicU64::new(0),
             dropped_expired: AtomicU64::new(0),
             publish_denied: AtomicU64::new(0),
+            publish_over_limits: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             lagging_switches: AtomicU64::new(0),
             skipped_qos0_catchup: AtomicU64::new(0),

@@ -60,6 +60,10 @@ pub(crate) fn snapshot(shared: &Shared) -> Vec<(&'static str, String)> {
             "publish/messages/denied",
             get(&s.publish_denied).to_string(),
         ),
+        (
+            "publish/messages/over_limits",
+            get(&s.publish_over_limits).to_string(),
+        ),
         ("bytes/received", get(&s.bytes_received).to_string()),
         ("bytes/sent", get(&s.bytes_sent).to_string()),
         (

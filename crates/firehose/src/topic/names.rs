@@ -64,8 +64,8 @@ impl<T> TopicNames<T> {
         self.len == 0
     }
 
-    /// Stores `value` under `topic`, replacing what was there.
-    pub fn insert(&mut self, topic: &str, value: T) {
+    /// Stores `value` under `topic`; returns what was there.
+    pub fn insert(&mut self, topic: &str, value: T) -> Option<T> {
         let mut level = &mut self.root;
         for name in topic.split('/') {
             level = level
@@ -74,9 +74,20 @@ impl<T> TopicNames<T> {
                 .entry(Box::from(name))
                 .or_default();
         }
-        if level.value.replace(value).is_none() {
+        let replaced = level.value.replace(value);
+        if replaced.is_none() {
             self.len += 1;
         }
+        replaced
+    }
+
+    /// The value stored under exactly `topic`.
+    pub fn get(&self, topic: &str) -> Option<&T> {
+        let mut level = &self.root;
+        for name in topic.split('/') {
+            level = level.children.as_ref()?.get(name)?;
+        }
+        level.value.as_ref()
     }
 
     /// Removes and returns the value stored under `topic`, and the levels that lead only to
@@ -350,9 +361,13 @@ mod tests {
     #[test]
     fn insert_replaces_and_remove_prunes_what_leads_only_to_the_removed_name() {
         let mut names = names(&["a/b/c/d", "a/b", "a/x"]);
-        names.insert("a/b", "again".into());
+        assert_eq!(names.insert("a/b", "again".into()).as_deref(), Some("a/b"));
         assert_eq!(names.len(), 3);
         assert_eq!(found(&names, "a/b"), ["again"]);
+        assert_eq!(names.get("a/b").map(String::as_str), Some("again"));
+        assert_eq!(names.get("a/b/c"), None, "a level on the way, not a name");
+        assert_eq!(names.get("a/b/c/d/e"), None);
+        assert_eq!(names.get("a/x/"), None);
 
         assert_eq!(
             names.remove("a/b/c"),

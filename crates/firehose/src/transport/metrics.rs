@@ -192,6 +192,21 @@ impl Collector for BrokerCollector {
             None,
             i64::try_from(read(&stats.clients_connected)).unwrap_or(i64::MAX),
         )?;
+        let retained = self.broker.retained_usage();
+        gauge(
+            e,
+            "firehose_retained_messages",
+            "Retained messages kept (limits.max_retained_messages)",
+            None,
+            i64::try_from(retained.messages).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            e,
+            "firehose_retained",
+            "What the retained messages are charged (limits.max_retained_bytes): topics, payloads, and 256 bytes per message and per topic level",
+            Some(&Unit::Bytes),
+            i64::try_from(retained.bytes).unwrap_or(i64::MAX),
+        )?;
         gauge(
             e,
             "firehose_uptime",
@@ -268,6 +283,13 @@ impl Collector for BrokerCollector {
             "PUBLISH packets refused by the access model",
             None,
             read(&stats.publish_denied),
+        )?;
+        counter(
+            e,
+            "firehose_publish_over_limits",
+            "Publishes refused by a limit: a topic deeper than max_topic_levels, or a new retained message beyond the retained quota",
+            None,
+            read(&stats.publish_over_limits),
         )?;
         counter(
             e,
@@ -476,6 +498,9 @@ mod tests {
             "firehose_sent_bytes_total 0",
             "firehose_messages_sent_total 0",
             "firehose_clients_connected 0",
+            "firehose_retained_messages 0",
+            "firehose_retained_bytes 0",
+            "firehose_publish_over_limits_total 0",
             "firehose_log_events 0",
             "firehose_log_backlog 0",
             "firehose_log_appended_total 0",

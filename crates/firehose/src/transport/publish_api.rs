@@ -9,6 +9,9 @@
 //!   the log: the id can be fed to `GET /api/v1/events/<id>`.
 //! - `?qos=0|1|2` (default 1) and `?retain=true` set the message's QoS and retain flag;
 //!   a body larger than `limits.max_packet_size` gets 413.
+//! - A topic with more levels than `limits.max_topic_levels` gets 400; a retained message to a
+//!   new topic beyond the retained quota (`limits.max_retained_messages`,
+//!   `limits.max_retained_bytes`) gets 507.
 //!
 //! Password and token checks cost an argon2 hash each (tens of milliseconds, on a blocking
 //! thread, at most [`MAX_CONCURRENT_CHECKS`] at once); successful credentials are remembered by
@@ -258,6 +261,9 @@ async fn publish(
         }
         Err(error @ PublishError::NotStored) => {
             answer(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }
+        Err(error @ PublishError::RetainedQuotaFull(_)) => {
+            answer(StatusCode::INSUFFICIENT_STORAGE, error.to_string())
         }
     }
 }

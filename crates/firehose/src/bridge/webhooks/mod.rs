@@ -474,6 +474,7 @@ async fn receive(
                 PublishError::NotAuthorized { .. } | PublishError::NotStored => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
+                PublishError::RetainedQuotaFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             };
             refuse(status, error.to_string())
         }
