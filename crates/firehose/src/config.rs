@@ -324,7 +324,9 @@ pub struct Limits {
     /// Unacknowledged QoS 1/2 publishes the broker sends to one client at once (further limited
     /// by the client's own Receive Maximum).
     pub max_inflight: u16,
-    /// Highest topic alias a client may use towards the broker (MQTT 5). 0 disables aliases.
+    /// Highest topic alias a client may use towards the broker (MQTT 5), and the most aliases
+    /// the broker uses towards a client (each holds a topic name for the life of the
+    /// connection). 0 disables aliases.
     pub topic_alias_maximum: u16,
     /// Seconds a new connection has to send CONNECT before it is closed.
     pub connect_timeout_secs: u64,

@@ -1239,6 +1239,61 @@ fn v5_topic_alias_from_client() {
     }
 }
 
+/// Topic aliases cannot hold a connection's memory: an anonymous client (its publishes are
+/// refused, but an alias is set first) setting aliases to topics of 60 KB is disconnected
+/// with 0x97 once they would hold more than 256 KiB, and the broker uses no more aliases
+/// towards a subscriber than `limits.topic_alias_maximum`, whatever the subscriber allows.
+#[test]
+fn v5_topic_aliases_are_bounded_both_ways() {
+    let server =
+        Server::start(ServerOptions::standard().with_config("[limits]\ntopic_alias_maximum = 5"));
+    let mut anonymous = RawClient::anonymous(server.addr, true, "aliases");
+    let long = |alias: u16, fill: &str| format!("{alias}/{}", fill.repeat(60_000));
+    for alias in 1..=4u16 {
+        let set = PropsOut::new().u16(prop::TOPIC_ALIAS, alias);
+        assert_eq!(
+            anonymous.publish(
+                PublishOut::new(&long(alias, "x"), b"x")
+                    .qos(1, alias)
+                    .props(set)
+            ),
+            0x87,
+            "refused by the access model, alias {alias} kept"
+        );
+    }
+    // Replacing an alias gives its room back: four long topics, 240 KB, stay.
+    let set = PropsOut::new().u16(prop::TOPIC_ALIAS, 4);
+    assert_eq!(
+        anonymous.publish(PublishOut::new(&long(4, "y"), b"x").qos(1, 5).props(set)),
+        0x87
+    );
+    // A fifth would make 300 KB.
+    let set = PropsOut::new().u16(prop::TOPIC_ALIAS, 5);
+    anonymous.send(&PublishOut::new(&long(5, "x"), b"x").props(set).encode(true));
+    let before = anonymous.expect_closed();
+    let reasons: Vec<_> = before
+        .iter()
+        .filter_map(|p| p.disconnect_reason().ok())
+        .collect();
+    assert_eq!(reasons, [0x97], "DISCONNECT Quota exceeded: {before:?}");
+
+    let opts = ConnectOpts::new(true, &Server::client_id("alias-sub"))
+        .props(PropsOut::new().u16(prop::TOPIC_ALIAS_MAXIMUM, 100));
+    let (mut sub, _) = RawClient::connect(server.addr, &opts);
+    sub.subscribe("test/out/#", 0);
+    let mut publisher = RawClient::publisher(server.addr, true);
+    for i in 0..7 {
+        publisher.publish(PublishOut::new(&format!("test/out/{i}"), b"p").qos(1, 1));
+    }
+    let aliases: Vec<Option<u32>> = (0..7)
+        .map(|_| sub.expect_publish().props.int(prop::TOPIC_ALIAS))
+        .collect();
+    assert_eq!(
+        aliases,
+        [Some(1), Some(2), Some(3), Some(4), Some(5), None, None]
+    );
+}
+
 #[test]
 fn v5_server_assigns_client_id() {
     let server = Server::standard();

@@ -40,6 +40,12 @@ use crate::topic;
 /// Stop reading from a client while this many bytes wait to be written to it, so a client that
 /// floods without reading cannot grow our memory.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// Most bytes of topic names a client's topic aliases may hold. Without it, any client
+/// (anonymous ones too: an alias is set before the publish is judged) could keep
+/// `topic_alias_maximum` topics of 64 KiB each, 64 MiB, for the life of its connection. The
+/// same room as the write queue's.
+const MAX_ALIAS_TOPIC_BYTES: usize = 256 * 1024;
 /// Read buffer growth step while a packet is incomplete, and the most one read of a connection
 /// with an empty read buffer takes.
 const READ_CHUNK: usize = 16 * 1024;
@@ -460,7 +466,13 @@ async fn handshake<W: AsyncWrite + Unpin>(
             .min(limits.max_inflight),
         client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         extra: None,
-        alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+        // No more aliases towards a client than it may use towards us: each holds a topic name
+        // for the life of the connection, and a client may ask for 65,535.
+        alias_out_max: connect
+            .properties
+            .topic_alias_maximum
+            .unwrap_or(0)
+            .min(limits.topic_alias_maximum),
         problem_information: connect
             .properties
             .request_problem_information
@@ -533,6 +545,8 @@ struct Connection {
 struct Extra {
     /// Topic aliases the client set (MQTT 5).
     aliases_in: HashMap<u16, Arc<str>>,
+    /// The bytes of the topic names in `aliases_in` (at most [`MAX_ALIAS_TOPIC_BYTES`]).
+    alias_bytes: usize,
     /// Topic aliases we set towards the client (MQTT 5).
     aliases_out: HashMap<Arc<str>, u16>,
     /// SUBACK/UNSUBACK of a persistent session held until the save that records the change is
@@ -1214,7 +1228,20 @@ impl Connection {
                     }
                 } else {
                     let topic: Arc<str> = publish.topic.as_str().into();
-                    self.extra().aliases_in.insert(alias, topic.clone());
+                    let extra = self.extra();
+                    extra.alias_bytes += topic.len();
+                    if let Some(replaced) = extra.aliases_in.insert(alias, topic.clone()) {
+                        extra.alias_bytes -= replaced.len();
+                    }
+                    if extra.alias_bytes > MAX_ALIAS_TOPIC_BYTES {
+                        return Some(End::violation(
+                            ReasonCode::QuotaExceeded,
+                            format!(
+                                "PUBLISH: topic aliases would hold more than {} KiB of topic names",
+                                MAX_ALIAS_TOPIC_BYTES / 1024
+                            ),
+                        ));
+                    }
                     topic
                 };
                 let verdict = self.topic_verdict(&topic);
