@@ -345,9 +345,8 @@ impl Limits {
         if self.max_topic_levels == 0 {
             return None;
         }
-        // Counting separators needs no allocation, and a topic is checked once per connection
-        // that uses it (see `Connection::shared_topic`).
-        let levels = topic.bytes().filter(|&byte| byte == b'/').count() + 1;
+        // Checked once per connection that uses the topic (see `Connection::shared_topic`).
+        let levels = crate::topic::level_count(topic);
         (levels > self.max_topic_levels as usize).then_some(levels)
     }
 }

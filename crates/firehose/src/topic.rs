@@ -416,6 +416,12 @@ impl<T: fmt::Debug> fmt::Debug for TopicTrie<T> {
     }
 }
 
+/// The number of levels of a topic name or filter (`a//b` has three): what it costs in a tree
+/// of levels, counted without splitting.
+pub fn level_count(topic: &str) -> usize {
+    topic.bytes().filter(|&byte| byte == b'/').count() + 1
+}
+
 /// Whether the filter `filter` matches the topic name `topic`, by the rules in the module
 /// documentation. For one-off checks; to test one topic against many filters use a
 /// [`TopicTrie`].

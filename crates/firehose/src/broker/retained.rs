@@ -7,10 +7,10 @@
 //! that messages on their way through the log count too and the limits hold however many
 //! are in flight. Replacing a topic with a message no larger, and clearing one, always pass.
 
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use super::message::Message;
-use crate::topic::TopicNames;
+use crate::topic::{level_count, TopicNames};
 
 /// What a retained message is charged besides its topic and payload, once for the message
 /// and once per topic level: a message and an index level each take about 200-250 bytes
@@ -20,7 +20,7 @@ pub const RETAINED_ALLOWANCE: u64 = 256;
 
 /// The room a retained message takes in the byte limit: see [`RETAINED_ALLOWANCE`].
 pub fn retained_cost(topic: &str, payload_len: usize) -> u64 {
-    let levels = topic.bytes().filter(|&byte| byte == b'/').count() as u64 + 1;
+    let levels = level_count(topic) as u64;
     (topic.len() + payload_len) as u64 + RETAINED_ALLOWANCE * (levels + 1)
 }
 
@@ -79,7 +79,7 @@ struct Quota {
 }
 
 impl Quota {
-    fn claimed(&self) -> std::sync::MutexGuard<'_, Usage> {
+    fn claimed(&self) -> MutexGuard<'_, Usage> {
         self.claimed.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
