@@ -307,7 +307,7 @@ pub struct Limits {
     /// 0 = no limit.
     pub max_retained_messages: u64,
     /// Most memory for retained messages, in bytes: each is charged its topic and payload,
-    /// and 256 bytes for itself and per topic level (what the message and its index take).
+    /// and 320 bytes for itself and per topic level (what the message and its index take).
     /// Refused like `max_retained_messages`. 0 = no limit.
     pub max_retained_bytes: u64,
     /// Messages queued for one client (connected or offline) before further ones are dropped

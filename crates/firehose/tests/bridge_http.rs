@@ -195,8 +195,8 @@ fn http_publish_with_basic_auth_or_token_once_durable() {
 /// limit, and neither is published. Replacing a retained message with a smaller one passes.
 #[test]
 fn http_publish_refuses_deep_topics_and_retained_messages_beyond_the_quota() {
-    // Each retained message is charged its topic, payload and 256 bytes per message and level:
-    // `ci/status` with 500 bytes takes 1277 of the 3000, `ci/other` with 1000 bytes 1776.
+    // Each retained message is charged its topic, payload and 320 bytes per message and level:
+    // `ci/status` with 500 bytes takes 1469 of the 3000, `ci/other` with 1000 bytes 1968.
     let (_dir, node) = node_with(
         &users(),
         "[sys]\ninterval_secs = 0\n\

@@ -203,7 +203,7 @@ impl Collector for BrokerCollector {
         gauge(
             e,
             "firehose_retained",
-            "What the retained messages are charged (limits.max_retained_bytes): topics, payloads, and 256 bytes per message and per topic level",
+            "What the retained messages are charged (limits.max_retained_bytes): topics, payloads, and 320 bytes per message and per topic level",
             Some(&Unit::Bytes),
             i64::try_from(retained.bytes).unwrap_or(i64::MAX),
         )?;
