@@ -32,7 +32,7 @@ use super::outbox::Outbox;
 use super::router::{parse_filter, SubOptions};
 use super::session::{AttachRequest, Inflight, LinkSignal, Session, Stage, Subscriptions};
 use super::stats;
-use super::{Accepted, ConnectionInfo, Publications, Shared};
+use super::{publish_verdict, Accepted, ConnectionInfo, Publications, Shared};
 use crate::auth::{AuthFailure, Identity};
 use crate::store::{Page, StoreError};
 use crate::topic;
@@ -389,17 +389,14 @@ async fn handshake<W: AsyncWrite + Unpin>(
     }
 
     let will = match connect.will {
-        Some(will) if limits.topic_too_deep(&will.topic).is_some() => {
-            debug!(%peer, client = %client_id,
-                "will refused: its topic has more than limits.max_topic_levels levels; it will never be published");
-            None
-        }
-        Some(will) if identity.may_publish(&will.topic) => Some(Box::new(will)),
-        Some(will) => {
-            debug!(%peer, client = %client_id, topic = %will.topic,
-                "will refused by the access model: it will never be published");
-            None
-        }
+        Some(will) => match publish_verdict(limits, &identity, &will.topic) {
+            ReasonCode::Success => Some(Box::new(will)),
+            refused => {
+                debug!(%peer, client = %client_id, topic = %will.topic, reason = ?refused,
+                    "will refused (access model or limits.max_topic_levels): it will never be published");
+                None
+            }
+        },
         None => None,
     };
 
@@ -561,7 +558,7 @@ struct Extra {
     /// The receiving end of a channel just made, until the serve loop takes it.
     new_events: Option<mpsc::UnboundedReceiver<ConnEvent>>,
     /// The topic of the last PUBLISH (without alias), shared with the messages made of it,
-    /// and its [`Connection::topic_verdict`].
+    /// and its [`publish_verdict`].
     last_topic: Option<(Arc<str>, ReasonCode)>,
 }
 
@@ -788,7 +785,7 @@ impl Connection {
         self.extra.get_or_insert_with(Box::default)
     }
 
-    /// `topic` as a shared string, and its [`Connection::topic_verdict`]: the last publish's
+    /// `topic` as a shared string, and its [`publish_verdict`]: the last publish's
     /// when it is the same. A publisher mostly publishes to one topic or a few, and
     /// a copy and an ACL walk per message were an allocation and a trie walk per message.
     fn shared_topic(&mut self, topic: &str) -> (Arc<str>, ReasonCode) {
@@ -798,21 +795,9 @@ impl Connection {
             }
         }
         let shared: Arc<str> = Arc::from(topic);
-        let verdict = self.topic_verdict(topic);
+        let verdict = publish_verdict(&self.shared.limits, &self.identity, topic);
         self.extra().last_topic = Some((shared.clone(), verdict));
         (shared, verdict)
-    }
-
-    /// Whether this client may publish to `topic`: `Success`, `NotAuthorized` outside its
-    /// access, or `TopicNameInvalid` beyond `limits.max_topic_levels`.
-    fn topic_verdict(&self, topic: &str) -> ReasonCode {
-        if self.shared.limits.topic_too_deep(topic).is_some() {
-            ReasonCode::TopicNameInvalid
-        } else if self.identity.may_publish(topic) {
-            ReasonCode::Success
-        } else {
-            ReasonCode::NotAuthorized
-        }
     }
 
     /// A sender for this connection's events, making the channel on first use.
@@ -1244,7 +1229,7 @@ impl Connection {
                     }
                     topic
                 };
-                let verdict = self.topic_verdict(&topic);
+                let verdict = publish_verdict(&self.shared.limits, &self.identity, &topic);
                 (topic, verdict)
             }
             None if publish.topic.is_empty() => {

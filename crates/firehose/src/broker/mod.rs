@@ -42,7 +42,7 @@ use crate::store::{
     Append, NewEvent, Store, StoreError, StoredInflight, StoredSession, StoredSubscription,
 };
 use firehose_codec::topic::validate_topic_name;
-use firehose_codec::{PublishProperties, QoS};
+use firehose_codec::{PublishProperties, QoS, ReasonCode};
 use message::{now_ms, Message};
 use retained::{Claim, QuotaFull, Retained};
 use router::Router;
@@ -338,6 +338,19 @@ struct Committed {
     /// The room a retained message claimed in the quota, given back when the entry is
     /// dropped: once the message is in place, or when it is not stored. Held, never read.
     _claim: Option<Box<Claim>>,
+}
+
+/// Whether `identity` may publish to `topic`: `Success`, `TopicNameInvalid` beyond
+/// `limits.max_topic_levels`, or `NotAuthorized` outside its access. One verdict for a
+/// connection's publishes, its will and in-process publishes (bridges, HTTP).
+pub(crate) fn publish_verdict(limits: &Limits, identity: &Identity, topic: &str) -> ReasonCode {
+    if limits.topic_too_deep(topic).is_some() {
+        ReasonCode::TopicNameInvalid
+    } else if identity.may_publish(topic) {
+        ReasonCode::Success
+    } else {
+        ReasonCode::NotAuthorized
+    }
 }
 
 /// Called once a session save is durable.
@@ -810,19 +823,23 @@ impl Broker {
         properties: PublishProperties,
     ) -> Result<u64, PublishError> {
         validate_topic_name(topic).map_err(|e| PublishError::InvalidTopic(e.to_string()))?;
-        if let Some(levels) = self.shared.limits.topic_too_deep(topic) {
-            stats::add(&self.shared.stats.publish_over_limits, 1);
-            return Err(PublishError::InvalidTopic(format!(
-                "the topic has {levels} levels, more than limits.max_topic_levels ({})",
-                self.shared.limits.max_topic_levels
-            )));
-        }
-        if !publisher.may_publish(topic) {
-            stats::add(&self.shared.stats.publish_denied, 1);
-            return Err(PublishError::NotAuthorized {
-                user: publisher.name().to_owned(),
-                topic: topic.to_owned(),
-            });
+        match publish_verdict(&self.shared.limits, publisher, topic) {
+            ReasonCode::Success => {}
+            ReasonCode::TopicNameInvalid => {
+                stats::add(&self.shared.stats.publish_over_limits, 1);
+                return Err(PublishError::InvalidTopic(format!(
+                    "the topic has {} levels, more than limits.max_topic_levels ({})",
+                    crate::topic::level_count(topic),
+                    self.shared.limits.max_topic_levels
+                )));
+            }
+            _ => {
+                stats::add(&self.shared.stats.publish_denied, 1);
+                return Err(PublishError::NotAuthorized {
+                    user: publisher.name().to_owned(),
+                    topic: topic.to_owned(),
+                });
+            }
         }
         let message = Message::new(
             0,
