@@ -1432,7 +1432,7 @@ impl Connection {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                for message in self.shared.router.retained_matching(parsed.filter) {
+                for message in self.shared.router.retained().matching(parsed.filter) {
                     retained.push(Delivery {
                         qos: options.qos.min(message.qos),
                         retain: true,

@@ -150,7 +150,7 @@ async fn route_committed(
         for entry in &mut batch {
             if entry.message.retain {
                 // A publisher told "stored" must find its retained message in place.
-                shared.router.retain(&entry.message);
+                shared.router.retained().set(&entry.message);
             }
             if let Some(done) = entry.done.take() {
                 done(Some(entry.message.id));

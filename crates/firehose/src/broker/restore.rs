@@ -14,7 +14,10 @@ use crate::store::StoreError;
 /// kept refuses new retained topics until enough are cleared, and forgets none.
 pub(super) fn retained(shared: &Shared) -> Result<(), StoreError> {
     for event in shared.store.load_retained()? {
-        shared.router.retain(&Arc::new(Message::from_event(&event)));
+        shared
+            .router
+            .retained()
+            .set(&Arc::new(Message::from_event(&event)));
     }
     let usage = shared.router.retained().usage();
     let limits = &shared.limits;

@@ -189,29 +189,14 @@ impl Router {
         removed
     }
 
-    /// Stores or clears (empty payload) the retained message of a topic.
-    pub fn retain(&self, message: &Arc<Message>) {
-        self.retained.set(message);
-    }
-
-    /// The retained messages and what they take.
+    /// The retained messages: kept, found by filter, and their quota.
     pub fn retained(&self) -> &Retained {
         &self.retained
-    }
-
-    /// Number of retained messages.
-    pub fn retained_count(&self) -> u64 {
-        self.retained.usage().messages
     }
 
     /// Number of distinct filters with subscribers.
     pub fn filter_count(&self) -> usize {
         self.read().len()
-    }
-
-    /// Retained messages whose topic matches `filter`.
-    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        self.retained.matching(filter)
     }
 
     /// Routes a message to every matching session (one delivery per session, with the highest
@@ -222,7 +207,7 @@ impl Router {
     /// id as their cursor into the log.
     pub fn publish(&self, message: &Arc<Message>, stats: &Stats) -> Fanout {
         if message.retain {
-            self.retain(message);
+            self.retained.set(message);
         }
         self.deliver(message, stats, Instant::now())
     }
@@ -534,13 +519,13 @@ mod tests {
         router.publish(&message("r/1", QoS::AtMostOnce, true, b"old"), &stats);
         router.publish(&message("r/1", QoS::AtMostOnce, true, b"new"), &stats);
         router.publish(&message("r/2", QoS::AtMostOnce, true, b"two"), &stats);
-        let found = router.retained_matching("r/1");
+        let found = router.retained().matching("r/1");
         assert_eq!(found.len(), 1);
         assert_eq!(&found[0].payload[..], b"new");
-        assert_eq!(router.retained_matching("r/+").len(), 2);
-        assert!(router.retained_matching("#").len() == 2);
+        assert_eq!(router.retained().matching("r/+").len(), 2);
+        assert!(router.retained().matching("#").len() == 2);
         router.publish(&message("r/1", QoS::AtMostOnce, true, b""), &stats);
-        assert_eq!(router.retained_count(), 1);
+        assert_eq!(router.retained().usage().messages, 1);
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Vec<(&'static str, String)> {
         ),
         (
             "retained messages/count",
-            shared.router.retained_count().to_string(),
+            shared.router.retained().usage().messages.to_string(),
         ),
         (
             "connections/refused",
