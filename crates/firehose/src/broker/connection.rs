@@ -662,6 +662,9 @@ impl Connection {
                 ready!(turns.poll_timer(cx));
                 turns.paused = false;
             }
+            // Before draining: an event committed while this task waited its turn joins the
+            // queue, to be written with what is already there.
+            self.shared.route_waiting();
             let outbox = outbox_slot.get_or_insert_with(Box::default);
             self.drain(outbox);
             if turns.catchup.is_none() {

@@ -10,6 +10,7 @@
 //!   writes batches.
 //! - [`session`]: what outlives a connection, and the client-id registry (takeover, resume).
 //! - [`router`]: the subscription table and retained messages; fan-out.
+//! - `routing`: committed events to their fan-out, in log order.
 //! - [`retained`]: the retained messages by topic, and their quota.
 //! - [`message`]: a routed message with its shared encodings.
 //! - [`outbox`]: the per-connection write queue (vectored writes).
@@ -22,15 +23,16 @@ mod passwords;
 mod restore;
 pub mod retained;
 pub mod router;
+mod routing;
 pub mod session;
 pub mod stats;
 pub mod sys;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -46,6 +48,7 @@ use firehose_codec::{PublishProperties, QoS, ReasonCode};
 use message::{now_ms, Message};
 use retained::{Claim, QuotaFull, Retained};
 use router::Router;
+use routing::{CommittedGroup, RoutingQueue};
 use session::Registry;
 use stats::Stats;
 
@@ -78,11 +81,14 @@ pub(crate) struct Shared {
     pub(crate) routing_started: AtomicU64,
     /// Woken after every logged event is routed, for readers that follow the log.
     log_advanced: Notify,
-    /// Committed events on their way from the log's writer thread to the routing task, with
-    /// what their publisher is told.
+    /// Committed events on their way from the log's writer thread to routing, with what their
+    /// publisher is told.
     to_route: mpsc::UnboundedSender<CommittedGroup>,
-    /// Events sent to the routing task and not yet routed; counted with the store's backlog
-    /// when connections decide whether to keep reading.
+    /// What was committed and is not yet routed: the receiving end of `to_route`.
+    routing_queue: RoutingQueue,
+    /// Events sent to routing and not yet routed; counted with the store's backlog when
+    /// connections decide whether to keep reading, and read by connections that route a few
+    /// waiting events themselves (see `routing`).
     routing_backlog: AtomicUsize,
     /// Until when (milliseconds after `started`) publishing connections are not read, because
     /// most subscribers of a recent message were behind.
@@ -101,91 +107,6 @@ const PUBLISHER_PAUSE_MS: u64 = 5;
 /// `publishers_wait_until` when publishers are not paused. Pauses end at least
 /// [`PUBLISHER_PAUSE_MS`] after the clock's origin, so no pause is ever 0.
 const NO_PAUSE: u64 = 0;
-
-/// Most committed events routed before the routing task yields, so that the connections it
-/// woke write their queues before more is put in them: without the yield, a burst filled
-/// every subscriber's queue and the broker dropped QoS 0 messages.
-const ROUTE_BATCH: usize = 256;
-
-/// Routes committed events, in log order, on the runtime.
-///
-/// Why a task and not the writer thread: fan-out wakes every subscriber's connection task, and
-/// a wake from inside the runtime is a push onto the worker's own queue, while a wake from a
-/// foreign thread goes through the shared injection queue and unparks a worker, once per
-/// subscriber. On a machine with more cores, SQLite commits and fan-out also overlap. The task
-/// holds the broker weakly so that it ends with the broker.
-///
-/// Events come in groups (the publishes of one read of a connection, up to hundreds); they
-/// are numbered as they arrive and routed [`ROUTE_BATCH`] at a time.
-async fn route_committed(
-    shared: Weak<Shared>,
-    mut committed: mpsc::UnboundedReceiver<CommittedGroup>,
-) {
-    let mut queued: VecDeque<Committed> = VecDeque::new();
-    let mut batch = Vec::with_capacity(ROUTE_BATCH);
-    loop {
-        let waited = if queued.is_empty() {
-            let Some(group) = committed.recv().await else {
-                return;
-            };
-            Some(group)
-        } else {
-            None
-        };
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        if let Some(group) = waited {
-            queue_group(&shared, group, &mut queued);
-        }
-        while queued.len() < ROUTE_BATCH {
-            match committed.try_recv() {
-                Ok(group) => queue_group(&shared, group, &mut queued),
-                Err(_) => break,
-            }
-        }
-        let take = queued.len().min(ROUTE_BATCH);
-        batch.extend(queued.drain(..take));
-        // Publishers first: their acknowledgements need not wait for the fan-out.
-        for entry in &mut batch {
-            if entry.message.retain {
-                // A publisher told "stored" must find its retained message in place.
-                shared.router.retained().set(&entry.message);
-            }
-            if let Some(done) = entry.done.take() {
-                done(Some(entry.message.id));
-            }
-        }
-        // Once per batch: a clock read per message was a measurable part of routing.
-        let now = std::time::Instant::now();
-        for Committed { message, .. } in batch.drain(..) {
-            shared.routing_started.store(message.id, Ordering::SeqCst);
-            let fanout = shared.router.deliver(&message, &shared.stats, now);
-            shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
-            if fanout.mostly_behind() && shared.limits.pause_publishers {
-                shared.slow_publishers();
-            }
-        }
-        shared.log_advanced.notify_waiters();
-        if queued.capacity() > 4 * ROUTE_BATCH && queued.len() < ROUTE_BATCH {
-            queued.shrink_to(ROUTE_BATCH);
-        }
-        // Let the connections just woken write before the next batch is routed.
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Numbers a committed group's events and queues them for routing; those it cannot number
-/// leave the routing backlog at once.
-fn queue_group(shared: &Shared, mut group: CommittedGroup, queued: &mut VecDeque<Committed>) {
-    let unnumbered = group.number();
-    if unnumbered > 0 {
-        shared
-            .routing_backlog
-            .fetch_sub(unnumbered, Ordering::AcqRel);
-    }
-    queued.extend(group.entries);
-}
 
 /// Accepted messages on their way into the log, in order: what the log stores, and what the
 /// routing task delivers once they are committed.
@@ -291,49 +212,13 @@ impl Append for Logged {
     }
 }
 
-/// Committed events for the routing task: the [`Publications`] of one hand-over.
-struct CommittedGroup {
-    /// The id of the first; the others follow it, one apart.
-    first_id: u64,
-    /// The events, not yet numbered.
-    entries: Vec<Committed>,
-}
-
-impl CommittedGroup {
-    /// Gives each message its id, on the routing task's thread, which reads the message next
-    /// anyway (the writer thread only passes the group on). Returns how many it could not
-    /// number and dropped.
-    fn number(&mut self) -> usize {
-        let before = self.entries.len();
-        let mut id = self.first_id;
-        self.entries.retain_mut(|entry| {
-            let numbered = match Arc::get_mut(&mut entry.message) {
-                Some(unrouted) => {
-                    unrouted.id = id;
-                    true
-                }
-                None => {
-                    // Cannot happen: the group holds the only handle until it is routed.
-                    tracing::error!(topic = %entry.message.topic, "committed event shared before routing");
-                    if let Some(done) = entry.done.take() {
-                        done(None);
-                    }
-                    false
-                }
-            };
-            id += 1;
-            numbered
-        });
-        before - self.entries.len()
-    }
-}
-
-/// A committed event for the routing task.
+/// A committed event for routing.
 struct Committed {
     /// The event, with its id.
     message: Arc<Message>,
-    /// Tells the publisher it is stored; run by the routing task so that the writer thread
-    /// wakes the runtime once per batch, not once per publishing connection.
+    /// Tells the publisher it is stored; run on the runtime by whichever task routes the
+    /// event, so that the writer thread wakes the runtime once per batch, not once per
+    /// publishing connection.
     done: Option<Accepted>,
     /// The room a retained message claimed in the quota, given back when the entry is
     /// dropped: once the message is in place, or when it is not stored. Held, never read.
@@ -730,6 +615,7 @@ impl Broker {
         let last_id = store.last_id();
         let users = Arc::new(users);
         let (to_route, committed) = mpsc::unbounded_channel();
+        let routing_queue = routing::queue(committed);
         let retained = Retained::new(limits.max_retained_messages, limits.max_retained_bytes);
         let shared = Arc::new(Shared {
             limits,
@@ -745,12 +631,13 @@ impl Broker {
             routing_started: AtomicU64::new(last_id),
             log_advanced: Notify::new(),
             to_route,
+            routing_queue: routing_queue.clone(),
             routing_backlog: AtomicUsize::new(0),
             publishers_wait_until: AtomicU64::new(NO_PAUSE),
             started: std::time::Instant::now(),
             retained_full_warned: AtomicBool::new(false),
         });
-        tokio::spawn(route_committed(Arc::downgrade(&shared), committed));
+        tokio::spawn(routing::run(Arc::downgrade(&shared), routing_queue));
         restore::retained(&shared)?;
         restore::sessions(&shared)?;
         Ok(Broker { shared })

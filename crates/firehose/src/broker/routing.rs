@@ -1,0 +1,339 @@
+//! Routing committed events to the sessions that want them, in log order.
+//!
+//! The log's writer thread hands every committed group over through a channel. Two kinds of
+//! task route from it, one at a time (a lock over the channel and what was taken from it):
+//! - the routing task ([`run`]), which waits on the channel and routes bursts
+//!   [`ROUTE_BATCH`] at a time;
+//! - any connection that, at the start of its turn, finds a few events committed and not yet
+//!   routed ([`Shared::route_waiting`]).
+//!
+//! Why connections help: a fan-out wakes every subscriber's connection task, and Tokio runs
+//! them in the order they were woken, most of them through its shared injection queue. The
+//! routing task, woken by the writer thread for the next event, joins the end of that queue.
+//! When a fan-out took longer than the time to the next message (1000 subscribers at 100
+//! messages a second, on a busy core), the next one was routed only after every connection
+//! had written the one before, and every connection then wrote it alone: each fan-out took as
+//! long as the last, and the delay piled up. Routed by the next connection to run, a new event
+//! joins the queues of the connections that have not written the previous one yet, and they
+//! write both in one `writev`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::poll_fn;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
+use std::task::{Context, Poll};
+
+use tokio::sync::mpsc;
+
+use super::{Committed, Shared};
+
+/// Most committed events routed before the routing task yields, so that the connections it
+/// woke write their queues before more is put in them: without the yield, a burst filled
+/// every subscriber's queue and the broker dropped QoS 0 messages.
+const ROUTE_BATCH: usize = 256;
+
+/// Most committed events waiting for which a connection routes them at the start of its turn.
+/// More is a burst, left to the routing task, which paces it with its yields (see
+/// [`ROUTE_BATCH`]).
+const ROUTED_BY_A_CONNECTION: usize = 16;
+
+/// Committed events not yet routed, shared by the routing task and the connections.
+pub(super) type RoutingQueue = Arc<Mutex<Waiting>>;
+
+/// The channel from the log's writer thread, and what was taken from it and not yet routed.
+pub(super) struct Waiting {
+    /// Committed groups, in log order.
+    committed: mpsc::UnboundedReceiver<CommittedGroup>,
+    /// Numbered events taken from the channel, in log order.
+    queued: VecDeque<Committed>,
+    /// The events being routed; kept for its allocation.
+    batch: Vec<Committed>,
+}
+
+impl fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiting")
+            .field("queued", &self.queued.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The routing queue fed by the channel whose sending end the log's writer uses.
+pub(super) fn queue(committed: mpsc::UnboundedReceiver<CommittedGroup>) -> RoutingQueue {
+    Arc::new(Mutex::new(Waiting {
+        committed,
+        queued: VecDeque::new(),
+        batch: Vec::with_capacity(ROUTE_BATCH),
+    }))
+}
+
+/// The routing task: routes committed events, in log order, on the runtime.
+///
+/// Why a task and not the writer thread: fan-out wakes every subscriber's connection task, and
+/// a wake from inside the runtime is a push onto the worker's own queue, while a wake from a
+/// foreign thread goes through the shared injection queue and unparks a worker, once per
+/// subscriber. On a machine with more cores, SQLite commits and fan-out also overlap.
+///
+/// The task holds the broker weakly, and ends with it: the broker holds the channel's sending
+/// end, whose drop wakes the task.
+pub(super) async fn run(shared: Weak<Shared>, queue: RoutingQueue) {
+    loop {
+        let open = poll_fn(|cx| lock(&queue).poll_committed(&shared, cx)).await;
+        if !open {
+            return;
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let more = lock(&queue).route(&shared, ROUTE_BATCH);
+        drop(shared);
+        // With more waiting, let the connections just woken write before the next batch is
+        // routed. With nothing waiting, wait on the channel instead: a yield puts the task
+        // behind every connection it woke.
+        if more {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+impl Shared {
+    /// Routes the events committed and not yet routed, when they are few and no other task is
+    /// routing. Connections call it at the start of every turn (see the module's
+    /// documentation): it costs them one atomic load when nothing waits.
+    pub(crate) fn route_waiting(&self) {
+        let waiting = self.routing_backlog.load(Ordering::Acquire);
+        if waiting == 0 || waiting > ROUTED_BY_A_CONNECTION {
+            return;
+        }
+        let mut queue = match self.routing_queue.try_lock() {
+            Ok(queue) => queue,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        queue.route(self, ROUTED_BY_A_CONNECTION);
+    }
+}
+
+/// Locks the routing queue; a panic while routing leaves nothing half done that routing the
+/// rest would make worse.
+fn lock(queue: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
+    queue.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Waiting {
+    /// Ready with `true` once events are queued, with `false` when the channel closed or the
+    /// broker is gone.
+    fn poll_committed(&mut self, shared: &Weak<Shared>, cx: &mut Context<'_>) -> Poll<bool> {
+        if !self.queued.is_empty() {
+            return Poll::Ready(true);
+        }
+        match self.committed.poll_recv(cx) {
+            Poll::Ready(Some(group)) => match shared.upgrade() {
+                Some(shared) => {
+                    queue_group(&shared, group, &mut self.queued);
+                    Poll::Ready(true)
+                }
+                None => Poll::Ready(false),
+            },
+            Poll::Ready(None) => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Routes up to `most` events, taking what the channel holds first; returns whether more
+    /// are waiting.
+    fn route(&mut self, shared: &Shared, most: usize) -> bool {
+        while self.queued.len() < most {
+            match self.committed.try_recv() {
+                Ok(group) => queue_group(shared, group, &mut self.queued),
+                Err(_) => break,
+            }
+        }
+        let take = self.queued.len().min(most);
+        self.batch.extend(self.queued.drain(..take));
+        // Publishers first: their acknowledgements need not wait for the fan-out.
+        for entry in &mut self.batch {
+            if entry.message.retain {
+                // A publisher told "stored" must find its retained message in place.
+                shared.router.retained().set(&entry.message);
+            }
+            if let Some(done) = entry.done.take() {
+                done(Some(entry.message.id));
+            }
+        }
+        // Once per batch: a clock read per message was a measurable part of routing.
+        let now = std::time::Instant::now();
+        for Committed { message, .. } in self.batch.drain(..) {
+            shared.routing_started.store(message.id, Ordering::SeqCst);
+            let fanout = shared.router.deliver(&message, &shared.stats, now);
+            shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
+            if fanout.mostly_behind() && shared.limits.pause_publishers {
+                shared.slow_publishers();
+            }
+        }
+        if take > 0 {
+            shared.log_advanced.notify_waiters();
+        }
+        if self.queued.capacity() > 4 * ROUTE_BATCH && self.queued.len() < ROUTE_BATCH {
+            self.queued.shrink_to(ROUTE_BATCH);
+        }
+        !self.queued.is_empty() || !self.committed.is_empty()
+    }
+}
+
+/// Numbers a committed group's events and queues them for routing; those it cannot number
+/// leave the routing backlog at once.
+fn queue_group(shared: &Shared, mut group: CommittedGroup, queued: &mut VecDeque<Committed>) {
+    let unnumbered = group.number();
+    if unnumbered > 0 {
+        shared
+            .routing_backlog
+            .fetch_sub(unnumbered, Ordering::AcqRel);
+    }
+    queued.extend(group.entries);
+}
+
+/// Committed events for routing: the [`super::Publications`] of one hand-over.
+pub(super) struct CommittedGroup {
+    /// The id of the first; the others follow it, one apart.
+    pub(super) first_id: u64,
+    /// The events, not yet numbered.
+    pub(super) entries: Vec<Committed>,
+}
+
+impl CommittedGroup {
+    /// Gives each message its id, on the runtime, which reads the message next anyway (the
+    /// writer thread only passes the group on). Returns how many it could not
+    /// number and dropped.
+    fn number(&mut self) -> usize {
+        let before = self.entries.len();
+        let mut id = self.first_id;
+        self.entries.retain_mut(|entry| {
+            let numbered = match Arc::get_mut(&mut entry.message) {
+                Some(unrouted) => {
+                    unrouted.id = id;
+                    true
+                }
+                None => {
+                    // Cannot happen: the group holds the only handle until it is routed.
+                    tracing::error!(topic = %entry.message.topic, "committed event shared before routing");
+                    if let Some(done) = entry.done.take() {
+                        done(None);
+                    }
+                    false
+                }
+            };
+            id += 1;
+            numbered
+        });
+        before - self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::time::{Duration, Instant};
+
+    use firehose_codec::{PublishProperties, QoS};
+
+    use super::*;
+    use crate::auth::Users;
+    use crate::broker::message::{now_ms, Message};
+    use crate::broker::{test_broker, Publications};
+    use crate::config::Limits;
+
+    /// `count` publishes to `t`, each acknowledging by storing its id into `acked`.
+    fn publications(count: usize, acked: &Arc<AtomicU64>) -> Publications {
+        let mut publications = Publications::default();
+        for _ in 0..count {
+            let message = Message::new(
+                0,
+                "t".into(),
+                bytes::Bytes::from_static(b"p"),
+                QoS::AtLeastOnce,
+                false,
+                PublishProperties::default(),
+                "client".into(),
+            );
+            let acked = Arc::clone(acked);
+            let done: super::super::Accepted = Box::new(move |id| {
+                acked.fetch_max(id.unwrap_or(0), Ordering::SeqCst);
+            });
+            publications.push(message, "user".into(), now_ms(), Some(done), None);
+        }
+        publications
+    }
+
+    /// Blocks the thread (so the current-thread runtime's routing task cannot run) until the
+    /// log's writer has committed `count` events and handed them over for routing.
+    fn wait_until_committed(shared: &Shared, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shared.routing_backlog.load(Ordering::Acquire) < count {
+            assert!(Instant::now() < deadline, "the log commits in time");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_routes_a_few_committed_events_before_the_routing_task_runs() {
+        let (broker, _dir) = test_broker(Limits::default(), Users::none());
+        let shared = &broker.shared;
+        let acked = Arc::new(AtomicU64::new(0));
+        shared.accept_all(publications(2, &acked));
+        wait_until_committed(shared, 2);
+        assert_eq!(acked.load(Ordering::SeqCst), 0, "nothing routed yet");
+
+        shared.route_waiting();
+        assert_eq!(acked.load(Ordering::SeqCst), 2, "both routed, in order");
+        assert_eq!(shared.routing_backlog.load(Ordering::Acquire), 0);
+        assert_eq!(shared.routing_started.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_left_to_the_routing_task() {
+        let (broker, _dir) = test_broker(Limits::default(), Users::none());
+        let shared = &broker.shared;
+        let acked = Arc::new(AtomicU64::new(0));
+        let burst = ROUTED_BY_A_CONNECTION + 1;
+        shared.accept_all(publications(burst, &acked));
+        wait_until_committed(shared, burst);
+
+        shared.route_waiting();
+        assert_eq!(
+            acked.load(Ordering::SeqCst),
+            0,
+            "a connection leaves a burst"
+        );
+        assert_eq!(shared.routing_backlog.load(Ordering::Acquire), burst);
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shared.routing_backlog.load(Ordering::Acquire) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the routing task routes the burst"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(acked.load(Ordering::SeqCst), burst as u64);
+    }
+
+    #[tokio::test]
+    async fn the_routing_task_ends_with_the_broker() {
+        let (broker, _dir) = test_broker(Limits::default(), Users::none());
+        let queue = Arc::clone(&broker.shared.routing_queue);
+        tokio::task::yield_now().await; // the task starts waiting on the channel
+        assert_eq!(
+            Arc::strong_count(&queue),
+            3,
+            "the broker's, the task's, this one"
+        );
+        drop(broker);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&queue) > 1 {
+            assert!(Instant::now() < deadline, "the routing task ends");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
