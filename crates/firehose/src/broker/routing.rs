@@ -21,8 +21,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
+use std::task::{ready, Context, Poll};
 
 use tokio::sync::mpsc;
 
@@ -79,20 +79,29 @@ pub(super) fn queue(committed: mpsc::UnboundedReceiver<CommittedGroup>) -> Routi
 /// end, whose drop wakes the task.
 pub(super) async fn run(shared: Weak<Shared>, queue: RoutingQueue) {
     loop {
-        let open = poll_fn(|cx| lock(&queue).poll_committed(&shared, cx)).await;
-        if !open {
-            return;
-        }
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let more = lock(&queue).route(&shared, ROUTE_BATCH);
-        drop(shared);
-        // With more waiting, let the connections just woken write before the next batch is
-        // routed. With nothing waiting, wait on the channel instead: a yield puts the task
-        // behind every connection it woke.
-        if more {
-            tokio::task::yield_now().await;
+        let routed = poll_fn(|cx| {
+            let Some(mut waiting) = try_lock(&queue) else {
+                // A connection on another worker is routing a few events: come back after it
+                // rather than block this worker's thread.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            };
+            if !ready!(waiting.poll_committed(&shared, cx)) {
+                return Poll::Ready(None);
+            }
+            let Some(shared) = shared.upgrade() else {
+                return Poll::Ready(None);
+            };
+            Poll::Ready(Some(waiting.route(&shared, ROUTE_BATCH)))
+        });
+        match routed.await {
+            None => return,
+            // More waiting: let the connections just woken write before the next batch is
+            // routed.
+            Some(true) => tokio::task::yield_now().await,
+            // Nothing waiting: wait on the channel, without a yield, which would put the task
+            // behind every connection it woke.
+            Some(false) => {}
         }
     }
 }
@@ -106,19 +115,20 @@ impl Shared {
         if waiting == 0 || waiting > ROUTED_BY_A_CONNECTION {
             return;
         }
-        let mut queue = match self.routing_queue.try_lock() {
-            Ok(queue) => queue,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
-        };
-        queue.route(self, ROUTED_BY_A_CONNECTION);
+        if let Some(mut queue) = try_lock(&self.routing_queue) {
+            queue.route(self, ROUTED_BY_A_CONNECTION);
+        }
     }
 }
 
-/// Locks the routing queue; a panic while routing leaves nothing half done that routing the
-/// rest would make worse.
-fn lock(queue: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
-    queue.lock().unwrap_or_else(PoisonError::into_inner)
+/// The routing queue, unless another task is routing. A panic while routing leaves nothing
+/// half done that routing the rest would make worse.
+fn try_lock(queue: &Mutex<Waiting>) -> Option<MutexGuard<'_, Waiting>> {
+    match queue.try_lock() {
+        Ok(waiting) => Some(waiting),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
 }
 
 impl Waiting {
@@ -313,6 +323,38 @@ mod tests {
             assert!(
                 Instant::now() < deadline,
                 "the routing task routes the burst"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(acked.load(Ordering::SeqCst), burst as u64);
+    }
+
+    // The lock is held across the sleep on purpose: it stands for another worker routing.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn the_routing_task_waits_for_another_router_without_blocking_its_thread() {
+        let (broker, _dir) = test_broker(Limits::default(), Users::none());
+        let shared = &broker.shared;
+        let acked = Arc::new(AtomicU64::new(0));
+        let burst = ROUTED_BY_A_CONNECTION + 1;
+        // Another task routing: on this current-thread runtime, a routing task that blocked on
+        // the lock would stop the runtime, and the sleep below would never end.
+        let held = try_lock(&shared.routing_queue).expect("nobody routes yet");
+        shared.accept_all(publications(burst, &acked));
+        wait_until_committed(shared, burst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            acked.load(Ordering::SeqCst),
+            0,
+            "nothing routed past the lock"
+        );
+        drop(held);
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shared.routing_backlog.load(Ordering::Acquire) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the routing task routes once it may"
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
