@@ -286,6 +286,15 @@ mod tests {
         }
     }
 
+    /// Lets the runtime's other tasks run until `done` holds; fails after 10 s, saying `what`.
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_connection_routes_a_few_committed_events_before_the_routing_task_runs() {
         let (broker, _dir) = test_broker(Limits::default(), Users::none());
@@ -318,14 +327,10 @@ mod tests {
         );
         assert_eq!(shared.routing_backlog.load(Ordering::Acquire), burst);
 
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while shared.routing_backlog.load(Ordering::Acquire) > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the routing task routes the burst"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        eventually("the routing task routes the burst", || {
+            shared.routing_backlog.load(Ordering::Acquire) == 0
+        })
+        .await;
         assert_eq!(acked.load(Ordering::SeqCst), burst as u64);
     }
 
@@ -350,14 +355,10 @@ mod tests {
         );
         drop(held);
 
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while shared.routing_backlog.load(Ordering::Acquire) > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the routing task routes once it may"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        eventually("the routing task routes once it may", || {
+            shared.routing_backlog.load(Ordering::Acquire) == 0
+        })
+        .await;
         assert_eq!(acked.load(Ordering::SeqCst), burst as u64);
     }
 
@@ -372,10 +373,6 @@ mod tests {
             "the broker's, the task's, this one"
         );
         drop(broker);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Arc::strong_count(&queue) > 1 {
-            assert!(Instant::now() < deadline, "the routing task ends");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        eventually("the routing task ends", || Arc::strong_count(&queue) == 1).await;
     }
 }
