@@ -19,18 +19,12 @@ pub(super) fn retained(shared: &Shared) -> Result<(), StoreError> {
             .retained()
             .set(&Arc::new(Message::from_event(&event)));
     }
-    let usage = shared.router.retained().usage();
-    let limits = &shared.limits;
-    let over = |limit: u64, used: u64| limit > 0 && used > limit;
-    if over(limits.max_retained_messages, usage.messages)
-        || over(limits.max_retained_bytes, usage.bytes)
-    {
+    if let Some(full) = shared.router.retained().over_quota() {
+        let usage = shared.router.retained().usage();
         tracing::warn!(
             messages = usage.messages,
             bytes = usage.bytes,
-            max_retained_messages = limits.max_retained_messages,
-            max_retained_bytes = limits.max_retained_bytes,
-            "the stored retained messages exceed the retained quota: new retained topics are refused until enough are cleared"
+            "the stored retained messages exceed the retained quota ({full}): new retained topics are refused until enough are cleared"
         );
     }
     Ok(())

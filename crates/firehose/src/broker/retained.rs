@@ -83,6 +83,17 @@ impl Quota {
     fn claimed(&self) -> MutexGuard<'_, Usage> {
         self.claimed.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The limit `usage` goes beyond, if any.
+    fn exceeded_by(&self, usage: Usage) -> Option<QuotaFull> {
+        if self.max_messages > 0 && usage.messages > self.max_messages {
+            return Some(QuotaFull::Messages(self.max_messages));
+        }
+        if self.max_bytes > 0 && usage.bytes > self.max_bytes {
+            return Some(QuotaFull::Bytes(self.max_bytes));
+        }
+        None
+    }
 }
 
 /// Room claimed for one accepted retained message, given back when it is dropped: after the
@@ -151,12 +162,12 @@ impl Retained {
         }
         let quota = &self.quota;
         let mut claimed = quota.claimed();
-        let messages = kept.names.len() as u64 + claimed.messages + usage.messages;
-        if quota.max_messages > 0 && messages > quota.max_messages {
-            return Err(QuotaFull::Messages(quota.max_messages));
-        }
-        if quota.max_bytes > 0 && kept.bytes + claimed.bytes + usage.bytes > quota.max_bytes {
-            return Err(QuotaFull::Bytes(quota.max_bytes));
+        let total = Usage {
+            messages: kept.names.len() as u64 + claimed.messages + usage.messages,
+            bytes: kept.bytes + claimed.bytes + usage.bytes,
+        };
+        if let Some(full) = quota.exceeded_by(total) {
+            return Err(full);
         }
         claimed.messages += usage.messages;
         claimed.bytes += usage.bytes;
@@ -189,6 +200,12 @@ impl Retained {
             messages: kept.names.len() as u64,
             bytes: kept.bytes,
         }
+    }
+
+    /// The limit the kept messages go beyond, if any: only after a restart with a lowered
+    /// quota, since nothing beyond it is kept otherwise.
+    pub fn over_quota(&self) -> Option<QuotaFull> {
+        self.quota.exceeded_by(self.usage())
     }
 
     /// Retained messages whose topic matches `filter`.
