@@ -30,7 +30,7 @@ pub struct EventParts<'a> {
     pub retain: bool,
     /// The identity that published it, when known.
     pub publisher: Option<&'a str>,
-    /// The payload, shown by [`payload_json`].
+    /// The payload (shown as JSON, text or base64, with its `payload_encoding`).
     pub payload: &'a [u8],
     /// MQTT 5 content type.
     pub content_type: Option<&'a str>,

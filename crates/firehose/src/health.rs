@@ -2,10 +2,10 @@
 //! errors, refused inputs, the last gap in its stream), read by `/healthz`, `/metrics` and the
 //! bridges' own status events (`firehose/bridges/<name>/status`).
 //!
-//! A leaf (layer 1): depends on std and serde_json only, so that the HTTP listener can show the
-//! bridges' health without knowing any bridge. The bridges (`crate::bridge`) write it; `cli`
-//! hands the same [`BridgeStates`] to both sides. It holds no clock: callers pass the time,
-//! so every state change is plain data.
+//! A leaf (layer 1): depends on no module of this crate (std, serde_json and humantime only),
+//! so that the HTTP listener can show the bridges' health without knowing any bridge. The
+//! bridges (`crate::bridge`) write it; `cli` hands the same [`BridgeStates`] to both sides.
+//! It holds no clock: callers pass the time, so every state change is plain data.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,5 +1,5 @@
 //! The `[bridge]` section's machinery: what every kind of bridge shares. The list of kinds
-//! itself is [`BridgesConfig`](super::BridgesConfig) in `bridge/mod.rs`, declared with
+//! itself is [`BridgesConfig`] in `bridge/mod.rs`, declared with
 //! `bridge_kinds!`; each kind's tables and their checks are in its own folder
 //! (`bridge/<kind>/config.rs`).
 //!
@@ -10,7 +10,7 @@
 //! # Why `[bridge]` is not in `crate::config`
 //! `config` is a leaf (layer 1) and bridges are layer 4: for config to list the bridges' tables
 //! it would have to import them. Instead [`crate::config::Config`] takes the section's type as
-//! a parameter, [`BridgesConfig`](super::BridgesConfig) implements
+//! a parameter, [`BridgesConfig`] implements
 //! [`crate::config::BridgeSection`] here, and `cli` names the whole file's type. Arrows point
 //! down (bridge -> config, cli -> both), the file still parses in one pass (unknown keys
 //! reported with their line), and a bridge author stays in `bridge/`.
@@ -53,7 +53,7 @@ impl<T: BridgeConfig + Clone + 'static> BridgeKind for Vec<T> {
     }
 }
 
-/// Declares [`BridgesConfig`](super::BridgesConfig), the `[bridge]` section, from its fields
+/// Declares [`BridgesConfig`], the `[bridge]` section, from its fields
 /// (one line per kind of bridge: `pub <kind>: <type implementing BridgeKind>,`), and from the
 /// same lines its list of kinds (`kinds()`), so that the section and the list that is checked
 /// and built cannot disagree.

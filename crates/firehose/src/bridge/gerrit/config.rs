@@ -3,7 +3,7 @@
 //! Compiled with or without the `gerrit` cargo feature: without it the table still parses and
 //! is checked, and building it says that this binary cannot run it.
 //!
-//! Depends on [`crate::config`] (errors) and the bridge framework ([`crate::bridge`]).
+//! Depends on the bridge framework ([`crate::bridge`]) only.
 
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
 //! `[[bridge.mail]]`: one IMAP mailbox, its checks, and how it builds.
 //!
-//! Depends on [`crate::config`] (errors) and the bridge framework ([`crate::bridge`]).
+//! Depends on the bridge framework ([`crate::bridge`]) only.
 
 use std::path::PathBuf;
 

@@ -14,7 +14,7 @@
 //! `mail/<bridge>/malformed`; it never stops the bridge. A lost connection is retried with
 //! capped exponential backoff.
 //!
-//! Depends on the bridge framework ([`super`]) and [`crate::config`] only. Its table,
+//! Depends on the bridge framework ([`super`]) only. Its table,
 //! `[[bridge.mail]]`, and the table's checks are in [`config`].
 
 pub mod config;

@@ -1,7 +1,7 @@
 //! `[[bridge.syslog]]`: one syslog bridge's listeners and limits, their checks, and how it
 //! builds.
 //!
-//! Depends on [`crate::config`] (errors) and the bridge framework ([`crate::bridge`]).
+//! Depends on the bridge framework ([`crate::bridge`]) only.
 
 use std::net::SocketAddr;
 

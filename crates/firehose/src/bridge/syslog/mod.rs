@@ -13,7 +13,7 @@
 //! that is not syslog (or JSON), or is longer than `max_line_bytes`, is counted as a refused
 //! input and logged (at most one warning per second per bridge); it never closes the listener.
 //!
-//! Depends on the bridge framework ([`super`]) and [`crate::config`] only. Its table,
+//! Depends on the bridge framework ([`super`]) only. Its table,
 //! `[[bridge.syslog]]`, and the table's checks are in [`config`].
 
 pub mod config;
