@@ -19,6 +19,8 @@ pub mod bridge;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod event;
+pub mod health;
 pub mod store;
 pub mod topic;
 pub mod transport;

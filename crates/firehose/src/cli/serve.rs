@@ -8,8 +8,9 @@ use anyhow::Context;
 use tracing::{error, info};
 
 use crate::auth::Users;
+use crate::bridge::BridgesConfig;
 use crate::broker::Broker;
-use crate::config::{Config, Listen};
+use crate::config::Listen;
 use crate::store::{Store, StoreConfig};
 use crate::transport::http::{HttpListener, HttpOptions};
 use crate::transport::metrics::Metrics;
@@ -18,6 +19,10 @@ use crate::transport::tls::{self, TlsSettings};
 
 /// How long connections get to close after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The whole config file: the leaf `config` leaves the `[bridge]` section's type open, and the
+/// bridges' own settings fill it here, where layers meet.
+type Config = crate::config::Config<BridgesConfig>;
 
 /// Flags of `firehose serve`; each overrides the config file.
 #[derive(Debug, clap::Args)]
@@ -294,5 +299,39 @@ impl Termination {
             _ = self.term.recv() => info!("received SIGTERM"),
             _ = self.int.recv() => info!("received SIGINT"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::ConfigError;
+
+    #[test]
+    fn example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/firehose.example.toml");
+        let config = Config::load(&path).expect("example config loads");
+        assert_eq!(
+            config.mqtt_listen().expect("mqtt"),
+            Listen::On("0.0.0.0:1883".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn production_config_loads() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/firehose.production.toml");
+        let config = Config::load(&path).expect("production config loads");
+        let port = |listen: Result<Listen, ConfigError>| match listen.expect("listen") {
+            Listen::On(addr) => addr.port(),
+            Listen::Off => 0,
+        };
+        assert_eq!(port(config.mqtt_listen()), 1883);
+        assert_eq!(port(config.mqtts_listen()), 8883);
+        assert_eq!(port(config.http_listen()), 80);
+        assert_eq!(port(config.https_listen()), 443);
+        assert!(config.tls.cert.is_some() && config.tls.key.is_some());
     }
 }

@@ -18,14 +18,14 @@ use firehose_codec::{
     Connect, ConnectProperties, Packet, Protocol, PubResponse, Publish, QoS, ReasonCode, Subscribe,
     Subscription, SubscriptionOptions,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::task::JoinSet;
 
 use super::event_filter::{all_match, Condition};
 use super::http_client::HttpClient;
 use super::mqtt_client::{bytes_of, MqttClient};
 use super::net::{servers_and_tls, ServerUrl, TlsOptions};
-use crate::transport::history::{add_properties, payload_json};
+use crate::event::{self, EventParts};
 
 /// Longest wait between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -783,23 +783,19 @@ async fn acknowledge(client: &mut MqttClient, ack: Option<Ack>) -> anyhow::Resul
 /// The JSON an MQTT message is printed as: the shape of the history API, without the log id
 /// (MQTT does not carry it), with the time it was received.
 fn mqtt_event(publish: Publish) -> Event {
-    let (payload, encoding) = payload_json(&publish.payload);
-    let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let mut json = json!({
-        "time": time,
-        "topic": publish.topic,
-        "qos": publish.qos as u8,
-        "retain": publish.retain,
-        "payload": payload,
-        "payload_encoding": encoding,
-    });
     let p = &publish.properties;
-    add_properties(
-        &mut json,
-        p.content_type.as_ref(),
-        &p.user_properties,
-        p.response_topic.as_ref(),
-    );
+    let json = event::to_json(EventParts {
+        id: None,
+        time: SystemTime::now(),
+        topic: &publish.topic,
+        qos: publish.qos as u8,
+        retain: publish.retain,
+        publisher: None,
+        payload: &publish.payload,
+        content_type: p.content_type.as_deref(),
+        user_properties: &p.user_properties,
+        response_topic: p.response_topic.as_deref(),
+    });
     let ack = publish.packet_id.map(|packet_id| Ack {
         packet_id,
         qos: publish.qos,

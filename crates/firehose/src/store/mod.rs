@@ -1,7 +1,8 @@
 //! The store: the durable event log (every accepted PUBLISH, with a monotonically increasing
 //! id), retained messages and persistent sessions, in one embedded SQLite database.
 //!
-//! Layer 2: depends on [`crate::topic`] only. The broker appends through [`Store::append`] and is
+//! Layer 2: depends on [`crate::topic`], and on [`crate::config`] for the settings it is opened
+//! with ([`Durability`], [`RetentionRule`]). The broker appends through [`Store::append`] and is
 //! told, in commit order, once each event is durable; it never assumes it holds the only copy of
 //! an event (the clustered mode replaces this module with NATS JetStream).
 //!
@@ -50,12 +51,14 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SendError, Sender};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle, ThreadId};
-use std::time::Duration;
 
 use bytes::Bytes;
 
 use self::schema::Files;
 use self::writer::{Op, Pending, Shared, Writer};
+/// The store's settings are defined by the configuration (a leaf), which the store imports;
+/// they are named here too because they are part of [`StoreConfig`].
+pub use crate::config::{Durability, RetentionRule};
 
 /// Why the store failed; messages name the file and say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -93,31 +96,6 @@ pub enum StoreError {
     /// The writer thread has stopped (after a fatal error or shutdown).
     #[error("the event log writer has stopped")]
     Closed,
-}
-
-/// How far an acknowledged event is safe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Durability {
-    /// Survives a crash of the process (`kill -9`): SQLite WAL with `synchronous=NORMAL`.
-    #[default]
-    Process,
-    /// Also survives power loss or an OS crash: `synchronous=FULL` (an fsync per commit).
-    PowerLoss,
-}
-
-/// A retention rule: events whose topic matches `filter` are deleted when older than
-/// `max_age`, or beyond the newest `max_count` / `max_bytes` of that filter's events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetentionRule {
-    /// MQTT topic filter the rule applies to (e.g. `logs/#`). The first matching rule wins.
-    pub filter: String,
-    /// Delete events older than this.
-    pub max_age: Option<Duration>,
-    /// Keep at most this many events matching the filter.
-    pub max_count: Option<u64>,
-    /// Keep at most this many payload+topic bytes of events matching the filter.
-    pub max_bytes: Option<u64>,
 }
 
 /// How the store is opened.
@@ -645,7 +623,7 @@ mod tests {
     use std::path::Path;
     use std::process::{Command, Stdio};
     use std::sync::mpsc::Receiver;
-    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     fn config(dir: &Path) -> StoreConfig {
         StoreConfig {

@@ -3,7 +3,8 @@
 //! the log from a position, then live, resumable with `Last-Event-ID`) and the OpenAPI document.
 //!
 //! Everything is read from the store, so an SSE client that reads slowly only slows its own
-//! reads: nothing is buffered for it beyond one page.
+//! reads: nothing is buffered for it beyond one page. Events are shown in their JSON form
+//! ([`crate::event`]), the one `firehose sub` prints too.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -15,12 +16,12 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use base64::Engine;
 use futures_util::Stream;
 use serde_json::{json, Value};
 
 use crate::broker::Broker;
 use crate::config::parse_duration;
+use crate::event::event_json;
 use crate::store::{Event, Page, Query};
 use crate::topic;
 
@@ -255,70 +256,6 @@ fn percent_decode(text: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("query parameter {text:?} is not UTF-8"))
 }
 
-/// A payload as events show it, with its `payload_encoding`: JSON embedded as JSON, UTF-8 text
-/// as a string, anything else as base64. `firehose sub` prints MQTT messages the same way.
-pub(crate) fn payload_json(payload: &[u8]) -> (Value, &'static str) {
-    match serde_json::from_slice::<Value>(payload) {
-        Ok(value) if !payload.is_empty() => (value, "json"),
-        _ => match std::str::from_utf8(payload) {
-            Ok(text) => (Value::String(text.to_owned()), "text"),
-            Err(_) => (
-                Value::String(base64::engine::general_purpose::STANDARD.encode(payload)),
-                "base64",
-            ),
-        },
-    }
-}
-
-/// Adds to an event's JSON object the MQTT 5 properties a consumer may use, those that are set.
-pub(crate) fn add_properties(
-    object: &mut Value,
-    content_type: Option<&String>,
-    user_properties: &[(String, String)],
-    response_topic: Option<&String>,
-) {
-    if let Some(map) = object.as_object_mut() {
-        if let Some(ct) = content_type {
-            map.insert("content_type".into(), json!(ct));
-        }
-        if !user_properties.is_empty() {
-            map.insert("user_properties".into(), json!(user_properties));
-        }
-        if let Some(rt) = response_topic {
-            map.insert("response_topic".into(), json!(rt));
-        }
-    }
-}
-
-/// An event as the API shows it; see [`payload_json`] for the payload.
-pub fn event_json(event: &Event) -> Value {
-    let e = &event.event;
-    let (payload, encoding) = payload_json(&e.payload);
-    let mut object = json!({
-        "id": event.id,
-        "time": format_time(e.time_ms),
-        "topic": &*e.topic,
-        "qos": e.qos,
-        "retain": e.retain,
-        "publisher": &*e.publisher,
-        "payload": payload,
-        "payload_encoding": encoding,
-    });
-    let p = &e.properties;
-    add_properties(
-        &mut object,
-        p.content_type.as_ref(),
-        &p.user_properties,
-        p.response_topic.as_ref(),
-    );
-    object
-}
-
-fn format_time(ms: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(time).to_string()
-}
-
 fn page_json(page: &Page, limit: usize) -> Value {
     let events: Vec<Value> = page.events.iter().map(event_json).collect();
     let more = page.more || page.events.len() >= limit;
@@ -550,38 +487,5 @@ mod tests {
             &["since", "until"],
         );
         assert!(p.expect_err("since after until").0.contains("until"));
-    }
-
-    #[test]
-    fn payloads_are_json_text_or_base64() {
-        let event = |payload: &'static [u8]| Event {
-            id: 1,
-            event: crate::store::NewEvent {
-                time_ms: 0,
-                topic: "t".into(),
-                payload: bytes::Bytes::from_static(payload),
-                qos: 0,
-                retain: false,
-                publisher: "p".into(),
-                properties: Default::default(),
-            },
-        };
-        let json = event_json(&event(br#"{"type":"comment-added"}"#));
-        assert_eq!(json["payload"]["type"], "comment-added");
-        assert_eq!(json["payload_encoding"], "json");
-        assert_eq!(json["time"], "1970-01-01T00:00:00.000Z");
-        let text = event_json(&event(b"hello world"));
-        assert_eq!(
-            (text["payload"].as_str(), text["payload_encoding"].as_str()),
-            (Some("hello world"), Some("text"))
-        );
-        let binary = event_json(&event(&[0xff, 0x00, 0x10]));
-        assert_eq!(
-            (
-                binary["payload"].as_str(),
-                binary["payload_encoding"].as_str()
-            ),
-            (Some("/wAQ"), Some("base64"))
-        );
     }
 }

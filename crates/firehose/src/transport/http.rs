@@ -25,9 +25,9 @@ use tokio::time::timeout;
 use tower_service::Service as _;
 use tracing::{debug, info};
 
-use crate::bridge::Bridges;
 use crate::broker::{Broker, ConnectionInfo};
 use crate::config::IpBlock;
+use crate::health::BridgeStates;
 use crate::transport::metrics::{self, Metrics};
 use crate::transport::proxy;
 use crate::transport::tls::{Service, TlsSettings};
@@ -54,9 +54,10 @@ pub struct HttpOptions {
     pub max_ws_message: usize,
     /// Largest payload of `POST /api/v1/publish/<topic>` (`limits.max_packet_size`).
     pub max_publish_body: usize,
-    /// The bridges' states, for `/healthz` and `/metrics`.
-    pub bridges: Bridges,
-    /// Routes of the bridges that listen on HTTP (webhooks, schemas).
+    /// The bridges' states, for `/healthz`.
+    pub bridges: BridgeStates,
+    /// Further routes, merged in as given: `cli` passes those of the bridges that listen on
+    /// HTTP (webhooks, topic schemas), so that this listener never names a bridge.
     pub routes: Router,
 }
 
@@ -67,7 +68,7 @@ struct App {
     metrics: Arc<Metrics>,
     trusted_proxies: Vec<IpBlock>,
     max_ws_message: usize,
-    bridges: Bridges,
+    bridges: BridgeStates,
 }
 
 /// What the listener knows about the connection a request came on.

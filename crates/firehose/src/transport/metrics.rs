@@ -17,8 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::bridge::Bridges;
 use crate::broker::Broker;
+use crate::health::{BridgeState, BridgeStates};
 
 /// The transports, as the `transport` label spells them.
 pub const TRANSPORTS: [&str; 4] = ["tcp", "tls", "ws", "wss"];
@@ -92,7 +92,7 @@ impl Metrics {
     }
 
     /// Adds the bridges' states (`firehose_bridge_*{bridge}`), read at scrape time.
-    pub fn with_bridges(mut self, bridges: Bridges) -> Metrics {
+    pub fn with_bridges(mut self, bridges: BridgeStates) -> Metrics {
         self.registry
             .register_collector(Box::new(BridgeCollector { bridges }));
         self
@@ -398,7 +398,7 @@ struct BridgeLabel {
 /// Reads the bridges' states at scrape time.
 #[derive(Debug)]
 struct BridgeCollector {
-    bridges: Bridges,
+    bridges: BridgeStates,
 }
 
 impl Collector for BridgeCollector {
@@ -406,8 +406,8 @@ impl Collector for BridgeCollector {
         if self.bridges.is_empty() {
             return Ok(());
         }
-        type Read = fn(&crate::bridge::BridgeState) -> i64;
-        type Count = fn(&crate::bridge::BridgeState) -> u64;
+        type Read = fn(&BridgeState) -> i64;
+        type Count = fn(&BridgeState) -> u64;
         let gauges: [(&str, &str, Option<Unit>, Read); 2] = [
             (
                 "firehose_bridge_connected",
@@ -440,22 +440,22 @@ impl Collector for BridgeCollector {
             (
                 "firehose_bridge_events",
                 "Events the bridge published",
-                crate::bridge::BridgeState::events_in,
+                BridgeState::events_in,
             ),
             (
                 "firehose_bridge_reconnects",
                 "Connections the bridge re-established after losing one",
-                crate::bridge::BridgeState::reconnects,
+                BridgeState::reconnects,
             ),
             (
                 "firehose_bridge_errors",
                 "Failed or lost connections and events the log refused",
-                crate::bridge::BridgeState::errors,
+                BridgeState::errors,
             ),
             (
                 "firehose_bridge_rejected",
                 "Inputs refused as invalid: non-JSON lines, bad signatures, oversized bodies",
-                crate::bridge::BridgeState::rejected,
+                BridgeState::rejected,
             ),
         ];
         for (name, help, read) in counters {

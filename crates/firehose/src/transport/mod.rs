@@ -1,6 +1,7 @@
 //! Transports: listeners that accept connections and hand each stream to the broker.
 //!
-//! Depends on [`crate::broker`], [`crate::auth`] and [`crate::config`]; only `cli` uses it.
+//! Depends on [`crate::broker`], [`crate::auth`], [`crate::config`], [`crate::store`],
+//! [`crate::event`] and [`crate::health`]; only `cli` uses it.
 //!
 //! # Layout
 //! - [`tcp`]: the MQTT listeners (TCP, and TLS for MQTTS), PROXY protocol in front.
@@ -14,8 +15,9 @@
 //!   assets embedded in the binary.
 //!
 //! The HTTP listener also serves the routes of the bridges that listen on it (webhooks, the
-//! topic schemas) and reads the bridges' states for `/healthz` and `/metrics`: the only uses
-//! of [`crate::bridge`] here, given by `cli` through [`http::HttpOptions`].
+//! topic schemas) and shows the bridges' health in `/healthz` and `/metrics`. Both come from
+//! `cli` as data ([`http::HttpOptions`]: an axum router, and [`crate::health::BridgeStates`]),
+//! so no transport names a bridge.
 
 pub mod history;
 pub mod http;

@@ -9,8 +9,8 @@ use russh::client::{self, Handle};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
 
+use super::GerritBridgeConfig;
 use crate::bridge::BridgeError;
-use crate::config::GerritBridgeConfig;
 
 /// Time allowed for the TCP connect, the SSH handshake and the login.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -14,9 +14,13 @@
 //! `mail/<bridge>/malformed`; it never stops the bridge. A lost connection is retried with
 //! capped exponential backoff.
 //!
-//! Depends on the bridge framework ([`super`]) and [`crate::config`] only.
+//! Depends on the bridge framework ([`super`]) only. Its table,
+//! `[[bridge.mail]]`, and the table's checks are in [`config`].
 
+pub mod config;
 mod parse;
+
+pub use config::{MailBridgeConfig, OnProcessed};
 
 use std::path::Path;
 use std::pin::Pin;
@@ -36,8 +40,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
-use super::{BridgeConfig, BridgeContext, BridgeError, BuiltBridge};
-use crate::config::{MailBridgeConfig, OnProcessed};
+use super::{BridgeContext, BridgeError, BuiltBridge};
 
 /// Longest wait for a connection, the greeting, the login or one command.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,65 +52,34 @@ const SYSTEM_CA_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
-/// A mail bridge, built from its `[[bridge.mail]]` table.
-#[derive(Debug)]
-pub struct MailBridge {
-    /// The table.
-    config: MailBridgeConfig,
-}
-
-impl MailBridge {
-    /// The bridge of one `[[bridge.mail]]` table.
-    pub fn new(config: MailBridgeConfig) -> MailBridge {
-        MailBridge { config }
-    }
-}
-
-impl BridgeConfig for MailBridge {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "mail"
-    }
-
-    fn topics(&self) -> Vec<String> {
-        vec![
-            "launchpad/#".into(),
-            "launchpad".into(),
-            format!("mail/{}/#", self.config.name),
-        ]
-    }
-
-    fn build(&self, cx: BridgeContext) -> Result<BuiltBridge, BridgeError> {
-        let config = self.config.clone();
-        let password = match (&config.password, &config.password_file) {
-            (Some(password), _) => password.clone(),
-            (None, Some(path)) => read_password(&config.name, path)?,
-            (None, None) => {
-                return Err(BridgeError::Invalid {
-                    bridge: config.name.clone(),
-                    message: "no password".into(),
-                })
-            }
-        };
-        let tls = if config.tls {
-            Some(connector(&config.name, config.ca_file.as_deref())?)
-        } else {
-            None
-        };
-        let worker = Worker {
-            cx,
-            config,
-            password,
-            tls,
-        };
-        Ok(BuiltBridge {
-            task: Some(Box::pin(worker.run())),
-            routes: None,
-        })
-    }
+/// Reads the password and the CA file of one `[[bridge.mail]]` table and returns its task.
+fn build(config: &MailBridgeConfig, cx: BridgeContext) -> Result<BuiltBridge, BridgeError> {
+    let config = config.clone();
+    let password = match (&config.password, &config.password_file) {
+        (Some(password), _) => password.clone(),
+        (None, Some(path)) => read_password(&config.name, path)?,
+        (None, None) => {
+            return Err(BridgeError::Invalid {
+                bridge: config.name.clone(),
+                message: "no password".into(),
+            })
+        }
+    };
+    let tls = if config.tls {
+        Some(connector(&config.name, config.ca_file.as_deref())?)
+    } else {
+        None
+    };
+    let worker = Worker {
+        cx,
+        config,
+        password,
+        tls,
+    };
+    Ok(BuiltBridge {
+        task: Some(Box::pin(worker.run())),
+        routes: None,
+    })
 }
 
 /// Reads a password file, without its trailing newline.

@@ -13,9 +13,13 @@
 //! that is not syslog (or JSON), or is longer than `max_line_bytes`, is counted as a refused
 //! input and logged (at most one warning per second per bridge); it never closes the listener.
 //!
-//! Depends on the bridge framework ([`super`]) and [`crate::config`] only.
+//! Depends on the bridge framework ([`super`]) only. Its table,
+//! `[[bridge.syslog]]`, and the table's checks are in [`config`].
 
+pub mod config;
 mod parse;
+
+pub use config::SyslogBridgeConfig;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -32,28 +36,13 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use self::parse::{Frame, Framer, LogEvent};
-use super::{BridgeConfig, BridgeContext, BridgeError, BuiltBridge};
-use crate::config::SyslogBridgeConfig;
+use super::{BridgeContext, BridgeError, BuiltBridge};
 
 /// First topic level of every log event.
 const TOPIC_ROOT: &str = "logs";
 
 /// Bytes read from a TCP connection at a time.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// A syslog bridge, built from its `[[bridge.syslog]]` table.
-#[derive(Debug)]
-pub struct SyslogBridge {
-    /// The table.
-    config: SyslogBridgeConfig,
-}
-
-impl SyslogBridge {
-    /// The bridge of one `[[bridge.syslog]]` table.
-    pub fn new(config: SyslogBridgeConfig) -> SyslogBridge {
-        SyslogBridge { config }
-    }
-}
 
 /// What a listener receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,59 +76,47 @@ struct Sockets {
     json_tcp: Option<std::net::TcpListener>,
 }
 
-impl BridgeConfig for SyslogBridge {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "syslog"
-    }
-
-    fn topics(&self) -> Vec<String> {
-        vec![format!("{TOPIC_ROOT}/#")]
-    }
-
-    fn build(&self, cx: BridgeContext) -> Result<BuiltBridge, BridgeError> {
-        let name = &self.config.name;
-        let bind_error = |input: Input, addr: SocketAddr, e: std::io::Error| BridgeError::Invalid {
-            bridge: name.clone(),
-            message: format!("cannot bind the {} listener on {addr}: {e}", input.as_str()),
+/// Binds the listeners of one `[[bridge.syslog]]` table (so that a busy address stops `serve`
+/// at start) and returns the task that serves them.
+fn build(config: &SyslogBridgeConfig, cx: BridgeContext) -> Result<BuiltBridge, BridgeError> {
+    let name = &config.name;
+    let bind_error = |input: Input, addr: SocketAddr, e: std::io::Error| BridgeError::Invalid {
+        bridge: name.clone(),
+        message: format!("cannot bind the {} listener on {addr}: {e}", input.as_str()),
+    };
+    let udp = match config.udp {
+        Some(addr) => {
+            let socket = std::net::UdpSocket::bind(addr)
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .map_err(|e| bind_error(Input::Udp, addr, e))?;
+            let bound = socket.local_addr().unwrap_or(addr);
+            info!(addr = %bound, "bridge {name}: syslog UDP listener bound");
+            Some(socket)
+        }
+        None => None,
+    };
+    let tcp_listener = |input: Input, addr: Option<SocketAddr>, label: &str| {
+        let Some(addr) = addr else {
+            return Ok(None);
         };
-        let udp = match self.config.udp {
-            Some(addr) => {
-                let socket = std::net::UdpSocket::bind(addr)
-                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
-                    .map_err(|e| bind_error(Input::Udp, addr, e))?;
-                let bound = socket.local_addr().unwrap_or(addr);
-                info!(addr = %bound, "bridge {name}: syslog UDP listener bound");
-                Some(socket)
-            }
-            None => None,
-        };
-        let tcp_listener = |input: Input, addr: Option<SocketAddr>, label: &str| {
-            let Some(addr) = addr else {
-                return Ok(None);
-            };
-            let listener = std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|e| bind_error(input, addr, e))?;
-            let bound = listener.local_addr().unwrap_or(addr);
-            info!(addr = %bound, "bridge {name}: {label} listener bound");
-            Ok::<_, BridgeError>(Some(listener))
-        };
-        let tcp = tcp_listener(Input::Tcp, self.config.tcp, "syslog TCP")?;
-        let json_tcp = tcp_listener(Input::JsonTcp, self.config.json_tcp, "JSON lines TCP")?;
-        let sockets = Sockets { udp, tcp, json_tcp };
-        let limits = Limits {
-            max_line: self.config.max_line_bytes,
-            connections: Arc::new(Semaphore::new(self.config.max_connections)),
-        };
-        Ok(BuiltBridge {
-            task: Some(Box::pin(run(cx, sockets, limits))),
-            routes: None,
-        })
-    }
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| bind_error(input, addr, e))?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        info!(addr = %bound, "bridge {name}: {label} listener bound");
+        Ok::<_, BridgeError>(Some(listener))
+    };
+    let tcp = tcp_listener(Input::Tcp, config.tcp, "syslog TCP")?;
+    let json_tcp = tcp_listener(Input::JsonTcp, config.json_tcp, "JSON lines TCP")?;
+    let sockets = Sockets { udp, tcp, json_tcp };
+    let limits = Limits {
+        max_line: config.max_line_bytes,
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+    };
+    Ok(BuiltBridge {
+        task: Some(Box::pin(run(cx, sockets, limits))),
+        routes: None,
+    })
 }
 
 /// Limits shared by the listeners of one bridge.

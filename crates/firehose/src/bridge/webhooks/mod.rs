@@ -17,6 +17,13 @@
 //! A missing or wrong signature gets 401 and publishes nothing; a body over
 //! `bridge.webhooks.max_body_bytes` gets 413; a request without an event header or whose
 //! payload is not JSON gets 400. Each is counted as a refused input of the source's bridge.
+//!
+//! The section, `[bridge.webhooks]`, and its checks are in [`config`]. Depends on the bridge
+//! framework ([`super`]), [`crate::broker`] (its publish errors) and [`crate::config`].
+
+pub mod config;
+
+pub use config::{WebhookSourceConfig, WebhooksConfig};
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -35,7 +42,6 @@ use tracing::{debug, info};
 
 use super::{BridgeConfig, BridgeContext, BridgeError, BuiltBridge};
 use crate::broker::PublishError;
-use crate::config::{WebhookSourceConfig, WebhooksConfig};
 
 /// Delivery ids remembered per source for deduplication.
 const DEDUPE_CAPACITY: usize = 10_000;
@@ -234,32 +240,16 @@ impl Seen {
     }
 }
 
-/// One webhook source's bridge configuration.
+/// One webhook source's bridge, made from `[bridge.webhooks]` by its
+/// [`BridgeKind`](crate::bridge::BridgeKind) implementation.
 #[derive(Debug, Clone)]
 pub struct WebhookBridge {
+    /// The forge.
     source: Source,
+    /// Its secret.
     config: WebhookSourceConfig,
+    /// `bridge.webhooks.max_body_bytes`.
     max_body_bytes: usize,
-}
-
-/// The bridges of the configured sources.
-pub(crate) fn configs(config: &WebhooksConfig) -> Vec<Box<dyn BridgeConfig>> {
-    [
-        (Source::GitHub, &config.github),
-        (Source::GitLab, &config.gitlab),
-        (Source::Gitea, &config.gitea),
-    ]
-    .into_iter()
-    .filter_map(|(source, section)| {
-        section.as_ref().map(|section| {
-            Box::new(WebhookBridge {
-                source,
-                config: section.clone(),
-                max_body_bytes: config.max_body_bytes,
-            }) as Box<dyn BridgeConfig>
-        })
-    })
-    .collect()
 }
 
 impl WebhookBridge {
