@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::stats::Latency;
-use super::Usage;
+use crate::stats::Latency;
+use crate::Usage;
 
 /// Generator CPU (percent of one core) from which a run is called generator-bound.
 const GENERATOR_BOUND_PCT: f64 = 90.0;

@@ -16,7 +16,7 @@
 //! A read of several deliveries takes its newest segment's stamp for all of them, which can
 //! only make the earlier ones look later, never earlier.
 //!
-//! Only fixed-rate runs ask for stamps ([`super::wire::Target::stamp_arrivals`]): there latency
+//! Only fixed-rate runs ask for stamps ([`crate::wire::Target::stamp_arrivals`]): there latency
 //! is the measurement, and a socket is read soon after each delivery.
 
 use std::cell::RefCell;
@@ -30,7 +30,7 @@ use nix::sys::time::TimeSpec;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::wire::READ_CHUNK;
+use crate::wire::READ_CHUNK;
 
 thread_local! {
     /// Where `recvmsg` writes before the bytes are appended to the caller's buffer: `recvmsg`
