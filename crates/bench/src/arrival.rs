@@ -18,6 +18,9 @@
 //!
 //! Only fixed-rate runs ask for stamps ([`crate::wire::Target::stamp_arrivals`]): there latency
 //! is the measurement, and a socket is read soon after each delivery.
+//!
+//! Depends on nix (`recvmsg`, `SO_TIMESTAMPNS`: safe wrappers, as the workspace forbids `unsafe`)
+//! and tokio's sockets.
 
 use std::cell::RefCell;
 use std::io::{self, IoSliceMut};

@@ -6,6 +6,9 @@
 //! window when its stamp (send time) lies in it, and a subscriber counts it against loss by the
 //! same stamp, however late it arrives; delivered/s and latency count what arrives within the
 //! window, by arrival time.
+//!
+//! Depends on `wire` (connections, templates), `packets` (the frame scanner, PUBACK), `arrival`
+//! and `stats`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

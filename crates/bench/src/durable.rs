@@ -1,6 +1,8 @@
 //! The durable path: QoS 1 publishes whose PUBACK (for Firehose) means "in the event log", with
 //! one persistent subscriber (clean session off) so that a broker with persistence has a
 //! session to keep the messages for. Reports PUBACKs per second and their latency.
+//!
+//! A scenario: depends on `load`, `wire` and `report`, like the others.
 
 use crate::load::{self, PublisherSpec};
 use crate::packets::QoS;

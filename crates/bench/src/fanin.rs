@@ -1,5 +1,7 @@
 //! Fan-in: M publishers, each on its own topic, to one subscriber of them all (`<run>/+`):
 //! delivered/s, loss, and whether a flood of publishers starves the subscriber.
+//!
+//! A scenario: depends on `load`, `wire` and `report`, like the others.
 
 use crate::load::{self, PublisherSpec};
 use crate::packets::QoS;

@@ -1,5 +1,7 @@
 //! Fan-out: one publisher, N subscribers of one topic. Firehose's common case: few publishers,
 //! very many subscribers. Over TCP, or with the subscribers over WebSocket.
+//!
+//! A scenario: depends on `load`, `wire` and `report`, like the others.
 
 use crate::load::{self, PublisherSpec};
 use crate::packets::QoS;

@@ -1,5 +1,7 @@
 //! Idle connections: C subscribers, each subscribed to its own topic, then silent. Measures how
 //! fast the broker takes connections and what each costs it in resident memory.
+//!
+//! A scenario: depends on `wire` and `report` (no load, so not on `load`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;

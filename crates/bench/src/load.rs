@@ -1,5 +1,7 @@
 //! One load run, whatever its shape: start connected subscribers and publishers, warm up,
 //! measure the window (with the broker's CPU and memory), let what is in flight arrive, stop.
+//!
+//! Depends on `clients`, `wire` and `report`; the scenarios depend on it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -36,8 +36,6 @@ mod fanin;
 mod fanout;
 mod idle;
 mod load;
-#[cfg(test)]
-mod oracle;
 mod packets;
 mod report;
 mod stats;
@@ -424,6 +422,9 @@ where
 pub(crate) async fn sleep_until_ns(clock: &Clock, ns: u64) {
     tokio::time::sleep_until(clock.at(ns).into()).await;
 }
+
+#[cfg(test)]
+mod oracle;
 
 #[cfg(test)]
 mod tests {

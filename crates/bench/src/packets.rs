@@ -358,10 +358,7 @@ fn publish_frame(first: u8, body: &[u8], protocol: Protocol) -> Result<Frame<'_>
         None
     };
     if protocol == Protocol::V5 {
-        let (props_len, len_len) = read_varint(body.get(at..).ok_or(short.clone())?)?.ok_or(
-            PacketError::Malformed("PUBLISH properties length cut short"),
-        )?;
-        at += len_len + props_len;
+        at = skip_properties(body, at, "PUBLISH properties length cut short")?;
     }
     let payload = body.get(at..).ok_or(short)?;
     Ok(Frame::Publish {
@@ -369,6 +366,16 @@ fn publish_frame(first: u8, body: &[u8], protocol: Protocol) -> Result<Frame<'_>
         packet_id,
         payload,
     })
+}
+
+/// Where the MQTT 5 property list that starts at `at` in `body` ends (it is not read).
+///
+/// # Errors
+/// The body ends before the property list's length does.
+fn skip_properties(body: &[u8], at: usize, short: &'static str) -> Result<usize, PacketError> {
+    let rest = body.get(at..).ok_or(PacketError::Malformed(short))?;
+    let (props_len, len_len) = read_varint(rest)?.ok_or(PacketError::Malformed(short))?;
+    Ok(at + len_len + props_len)
 }
 
 /// The broker's answer to a handshake step, as far as the generator needs it.
@@ -407,12 +414,9 @@ pub(crate) fn take_answer(
             Answer::ConnAck(*code)
         }
         SUBACK_TYPE => {
-            let short = PacketError::Malformed("SUBACK too short");
             let mut at = 2; // packet identifier
             if protocol == Protocol::V5 {
-                let (props_len, len_len) =
-                    read_varint(body.get(at..).ok_or(short.clone())?)?.ok_or(short)?;
-                at += len_len + props_len;
+                at = skip_properties(body, at, "SUBACK too short")?;
             }
             Answer::SubAck(body.get(at).copied())
         }
