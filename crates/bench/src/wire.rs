@@ -303,9 +303,7 @@ impl Conn {
             login,
             session_expiry: (!role.clean).then_some(3600),
         };
-        let mut packet = BytesMut::new();
-        packets::connect(&mut packet, &spec)?;
-        conn.stream.write_all(&packet).await?;
+        conn.send(|out| packets::connect(out, &spec)).await?;
         match conn.expect_answer().await? {
             Answer::ConnAck(0) => Ok(conn),
             Answer::ConnAck(code) => bail!(
@@ -322,9 +320,9 @@ impl Conn {
     /// # Errors
     /// The broker refuses the subscription or the connection fails.
     pub(crate) async fn subscribe(&mut self, filter: &str, qos: QoS) -> anyhow::Result<()> {
-        let mut packet = BytesMut::new();
-        packets::subscribe(&mut packet, self.protocol, 1, filter, qos)?;
-        self.stream.write_all(&packet).await?;
+        let protocol = self.protocol;
+        self.send(|out| packets::subscribe(out, protocol, 1, filter, qos))
+            .await?;
         match self.expect_answer().await? {
             Answer::SubAck(Some(code)) if code < 0x80 => Ok(()),
             Answer::SubAck(Some(code)) => bail!("SUBSCRIBE {filter} refused: {code:#04x}"),
@@ -339,8 +337,24 @@ impl Conn {
     /// # Errors
     /// Writing fails.
     pub(crate) async fn disconnect(&mut self) -> anyhow::Result<()> {
+        self.send(|out| {
+            packets::disconnect(out);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Writes the packet that `write` appends to an empty buffer (handshakes and goodbyes:
+    /// publishes and acknowledgements are batched by their loops instead).
+    ///
+    /// # Errors
+    /// The packet cannot be written in MQTT, or the write fails.
+    async fn send(
+        &mut self,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), packets::PacketError>,
+    ) -> anyhow::Result<()> {
         let mut packet = BytesMut::new();
-        packets::disconnect(&mut packet);
+        write(&mut packet)?;
         self.stream.write_all(&packet).await?;
         Ok(())
     }
