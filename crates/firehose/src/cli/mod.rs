@@ -1,7 +1,6 @@
 //! The `firehose` command line: `serve` runs the broker, `passwd` hashes a password for the
 //! users file, `replay` prints history from a server's HTTP API. The only module that wires transports to the broker; `anyhow` lives here.
 
-mod bench;
 mod event_filter;
 mod http_client;
 mod mqtt_client;
@@ -46,9 +45,6 @@ enum Command {
     Sub(sub::SubArgs),
     /// Publish one message over MQTT; exit status 1 with the reason when it is refused.
     Pub(publish::PubArgs),
-    /// Load-test an MQTT broker (this one, Mosquitto, rumqttd): fan-out, fan-in, idle
-    /// connections, the durable path; or build the comparison report.
-    Bench(bench::BenchArgs),
 }
 
 /// Runs the command line and turns any error into a message on stderr and exit status 1.
@@ -70,7 +66,6 @@ pub fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Sub(args) => sub::run(args),
         Command::Pub(args) => publish::run(args),
-        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,12 +1,13 @@
 //! Fan-in: M publishers, each on its own topic, to one subscriber of them all (`<run>/+`):
 //! delivered/s, loss, and whether a flood of publishers starves the subscriber.
+//!
+//! A scenario: depends on `load`, `wire` and `report`, like the others.
 
-use firehose_codec::QoS;
-
-use super::load::{self, PublisherSpec};
-use super::report::RunReport;
-use super::wire::{Clock, Conn, PublishTemplate, Role, Transport};
-use super::{connect_all, Common, Monitor};
+use crate::load::{self, PublisherSpec};
+use crate::packets::QoS;
+use crate::report::RunReport;
+use crate::wire::{Clock, Conn, PublishTemplate, Role, Transport};
+use crate::{connect_all, Common, Monitor};
 
 /// Options of `bench fanin`.
 #[derive(Debug, clap::Args)]

@@ -16,8 +16,11 @@
 //! A read of several deliveries takes its newest segment's stamp for all of them, which can
 //! only make the earlier ones look later, never earlier.
 //!
-//! Only fixed-rate runs ask for stamps ([`super::wire::Target::stamp_arrivals`]): there latency
+//! Only fixed-rate runs ask for stamps ([`crate::wire::Target::stamp_arrivals`]): there latency
 //! is the measurement, and a socket is read soon after each delivery.
+//!
+//! Depends on nix (`recvmsg`, `SO_TIMESTAMPNS`: safe wrappers, as the workspace forbids `unsafe`)
+//! and tokio's sockets.
 
 use std::cell::RefCell;
 use std::io::{self, IoSliceMut};
@@ -30,7 +33,7 @@ use nix::sys::time::TimeSpec;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::wire::READ_CHUNK;
+use crate::wire::READ_CHUNK;
 
 thread_local! {
     /// Where `recvmsg` writes before the bytes are appended to the caller's buffer: `recvmsg`

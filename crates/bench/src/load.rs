@@ -1,5 +1,7 @@
 //! One load run, whatever its shape: start connected subscribers and publishers, warm up,
 //! measure the window (with the broker's CPU and memory), let what is in flight arrive, stop.
+//!
+//! Depends on `clients`, `wire` and `report`; the scenarios depend on it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -7,10 +9,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::clients::{self, Progress, Published, PublisherPlan, Received};
-use super::report::RunReport;
-use super::wire::{Clock, Conn, PublishTemplate};
-use super::{sleep_until_ns, Common, Monitor, Usage, Window};
+use crate::clients::{self, Progress, Published, PublisherPlan, Received};
+use crate::report::RunReport;
+use crate::wire::{Clock, Conn, PublishTemplate};
+use crate::{sleep_until_ns, Common, Monitor, Usage, Window};
 
 /// After publishing stops, a run waiting for messages in flight gives up once nothing has
 /// arrived for this long.
@@ -61,11 +63,11 @@ impl Outcome {
         } else {
             (report.lost as f64 / expected as f64 * 1e6).round() / 1e4
         };
-        report.latency = super::stats::Latency::from_nanos(&self.received.latency);
-        report.read_latency = super::stats::Latency::from_nanos(&self.received.read_latency);
+        report.latency = crate::stats::Latency::from_nanos(&self.received.latency);
+        report.read_latency = crate::stats::Latency::from_nanos(&self.received.read_latency);
         if self.published.ack_latency.len() > 0 {
             report.acked_per_s = Some(per_s(self.published.acked_in_window));
-            report.ack_latency = super::stats::Latency::from_nanos(&self.published.ack_latency);
+            report.ack_latency = crate::stats::Latency::from_nanos(&self.published.ack_latency);
         }
         report.apply_usage(&self.usage);
         report

@@ -1,12 +1,13 @@
 //! Fan-out: one publisher, N subscribers of one topic. Firehose's common case: few publishers,
 //! very many subscribers. Over TCP, or with the subscribers over WebSocket.
+//!
+//! A scenario: depends on `load`, `wire` and `report`, like the others.
 
-use firehose_codec::QoS;
-
-use super::load::{self, PublisherSpec};
-use super::report::RunReport;
-use super::wire::{Clock, Conn, PublishTemplate, Role, Transport};
-use super::{connect_all, Common, Monitor};
+use crate::load::{self, PublisherSpec};
+use crate::packets::QoS;
+use crate::report::RunReport;
+use crate::wire::{Clock, Conn, PublishTemplate, Role, Transport};
+use crate::{connect_all, Common, Monitor};
 
 /// Options of `bench fanout`.
 #[derive(Debug, clap::Args)]

@@ -2,6 +2,8 @@
 //! lines of runs against several brokers and writes Markdown tables, brokers side by side, with
 //! the ratio of the subject (Firehose) to the baseline (Mosquitto) and the targets of the
 //! performance issue marked met or not met.
+//!
+//! Depends on `stats` and serde_json only: `report` runs without a broker, on files.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -9,8 +11,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::stats::Latency;
-use super::Usage;
+use crate::stats::Latency;
+use crate::Usage;
 
 /// Generator CPU (percent of one core) from which a run is called generator-bound.
 const GENERATOR_BOUND_PCT: f64 = 90.0;

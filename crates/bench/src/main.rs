@@ -1,12 +1,17 @@
-//! `firehose bench`: a load generator that speaks MQTT to any broker (Firehose, Mosquitto,
+//! `firehose-bench`: a load generator that speaks MQTT to any broker (Firehose, Mosquitto,
 //! rumqttd) and reports delivered messages per second, loss, latency, and the CPU and memory of
-//! the broker and of itself.
+//! the broker and of itself. `scripts/bench-compare` runs it against each broker in turn and
+//! writes `BENCHMARKS.md`.
 //!
 //! # Layout
+//! - this file: the command line, the measured [`Window`], and the [`Monitor`] of the broker's
+//!   and the generator's CPU and memory.
+//! - [`packets`]: the MQTT packets it sends and the little it reads back, written by hand, and
+//!   the allocation-free frame scanner of the receive path.
 //! - [`arrival`]: the kernel's receive timestamps, so latency ends when a delivery reached its
 //!   subscriber's socket, not when the generator got round to reading it.
-//! - [`wire`]: connections (TCP, WebSocket), handshakes with the codec crate, pre-encoded
-//!   PUBLISH packets, and the allocation-free frame scanner of the receive path.
+//! - [`wire`]: connections (TCP, WebSocket), the CONNECT and SUBSCRIBE handshakes, pre-encoded
+//!   PUBLISH packets stamped for every send.
 //! - [`stats`]: the latency histogram and `/proc` readings.
 //! - [`clients`]: the publisher and subscriber loops every scenario is made of.
 //! - [`fanout`], [`fanin`], [`idle`], [`durable`]: the scenarios.
@@ -19,7 +24,10 @@
 //! and never decodes a received PUBLISH beyond its payload's first 20 bytes. It reports its own
 //! CPU so a reader can tell when it was the limit anyway.
 //!
-//! Depends on the codec crate, tokio and tokio-tungstenite; nothing of the broker.
+//! It shares nothing with the broker it measures: no dependency on the `firehose` crate, and
+//! none on `firehose-codec` (a generator that spoke MQTT through the broker's own codec would
+//! share its bugs; the codec is a test oracle only, see `packets`). Depends on tokio,
+//! tokio-tungstenite and nix (receive timestamps); `anyhow` carries errors to `main`.
 
 mod arrival;
 mod clients;
@@ -28,6 +36,7 @@ mod fanin;
 mod fanout;
 mod idle;
 mod load;
+mod packets;
 mod report;
 mod stats;
 mod wire;
@@ -36,16 +45,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use firehose_codec::Protocol;
+use std::process::ExitCode;
 
+use anyhow::Context;
+use clap::Parser;
+
+use packets::Protocol;
 use report::RunReport;
 use stats::{Pid, ProcSample};
 use wire::{Clock, Target};
 
-/// `firehose bench`: run one scenario against a broker, or build the comparison report.
-#[derive(Debug, clap::Args)]
-pub(crate) struct BenchArgs {
+/// Load-test an MQTT broker (Firehose, Mosquitto, rumqttd): fan-out, fan-in, idle connections,
+/// the durable path; or build the comparison report of BENCHMARKS.md.
+#[derive(Debug, clap::Parser)]
+#[command(name = "firehose-bench", version)]
+struct Cli {
+    /// What to run.
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -339,12 +354,23 @@ impl Drop for Monitor {
     }
 }
 
-/// Runs `firehose bench`.
+/// Runs the command line and turns any error into a message on stderr and exit status 1.
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("firehose-bench: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one scenario, or the report.
 ///
 /// # Errors
 /// The broker cannot be reached or refuses the generator's connections, or a file cannot be
 /// read or written.
-pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+fn run(args: Cli) -> anyhow::Result<()> {
     if let Scenario::Report(args) = args.scenario {
         return report::run(args);
     }
@@ -398,6 +424,9 @@ pub(crate) async fn sleep_until_ns(clock: &Clock, ns: u64) {
 }
 
 #[cfg(test)]
+mod oracle;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -414,12 +443,6 @@ mod tests {
 
     #[test]
     fn every_scenario_parses() {
-        use clap::Parser;
-        #[derive(Debug, clap::Parser)]
-        struct Top {
-            #[command(flatten)]
-            bench: BenchArgs,
-        }
         for line in [
             "x fanout --subscribers 10 --qos 1 --rate 100 --transport ws",
             "x fanin --publishers 5 --mqtt 5",
@@ -427,7 +450,7 @@ mod tests {
             "x durable --publishers 2 --inflight 10",
             "x report results.jsonl",
         ] {
-            Top::try_parse_from(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}"));
+            Cli::try_parse_from(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}"));
         }
     }
 }

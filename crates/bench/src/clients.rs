@@ -6,20 +6,23 @@
 //! window when its stamp (send time) lies in it, and a subscriber counts it against loss by the
 //! same stamp, however late it arrives; delivered/s and latency count what arrives within the
 //! window, by arrival time.
+//!
+//! Depends on `wire` (connections, templates), `packets` (the frame scanner, PUBACK), `arrival`
+//! and `stats`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use firehose_codec::Protocol;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{watch, Notify};
 
-use super::arrival::{self, Arrival};
-use super::stats::Histogram;
-use super::wire::{append_puback, scan, Clock, Conn, Frame, PublishTemplate, Stamp};
-use super::{sleep_until_ns, Window};
+use crate::arrival::{self, Arrival};
+use crate::packets::{self, scan, Frame, Protocol};
+use crate::stats::Histogram;
+use crate::wire::{Clock, Conn, PublishTemplate, Stamp};
+use crate::{sleep_until_ns, Window};
 
 /// Packet identifiers cycle through 1..=65535.
 const PACKET_IDS: u64 = 65_535;
@@ -51,7 +54,7 @@ pub(crate) struct Received {
     /// Every message received.
     pub(crate) total: u64,
     /// Send-to-arrival time of the messages that arrived within the window, nanoseconds: until
-    /// the delivery reached the subscriber's socket (see [`super::arrival`]).
+    /// the delivery reached the subscriber's socket (see [`crate::arrival`]).
     pub(crate) latency: Histogram,
     /// Send-to-read time of the messages the generator read within the window, nanoseconds:
     /// includes the generator's own wait before it read the socket. Only where the kernel
@@ -170,7 +173,7 @@ pub(crate) async fn subscriber(
                     }
                 }
                 if let (1, Some(id)) = (qos, packet_id) {
-                    append_puback(&mut acks, id, protocol);
+                    packets::puback(&mut acks, id);
                 }
             }
             Frame::PubAck(_) => {}

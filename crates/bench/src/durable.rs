@@ -1,13 +1,14 @@
 //! The durable path: QoS 1 publishes whose PUBACK (for Firehose) means "in the event log", with
 //! one persistent subscriber (clean session off) so that a broker with persistence has a
 //! session to keep the messages for. Reports PUBACKs per second and their latency.
+//!
+//! A scenario: depends on `load`, `wire` and `report`, like the others.
 
-use firehose_codec::{Disconnect, Packet, QoS};
-
-use super::load::{self, PublisherSpec};
-use super::report::RunReport;
-use super::wire::{Clock, Conn, PublishTemplate, Role, Target, Transport};
-use super::{connect_all, Common, Monitor};
+use crate::load::{self, PublisherSpec};
+use crate::packets::QoS;
+use crate::report::RunReport;
+use crate::wire::{Clock, Conn, PublishTemplate, Role, Target, Transport};
+use crate::{connect_all, Common, Monitor};
 
 /// Options of `bench durable`.
 #[derive(Debug, clap::Args)]
@@ -113,5 +114,5 @@ async fn forget_session(target: &Target, client_id: &str) -> anyhow::Result<()> 
         clean: true,
     };
     let mut conn = Conn::connect(target, Transport::Tcp, client_id, role, None).await?;
-    conn.send(&Packet::Disconnect(Disconnect::default())).await
+    conn.disconnect().await
 }

@@ -1,14 +1,15 @@
 //! Idle connections: C subscribers, each subscribed to its own topic, then silent. Measures how
 //! fast the broker takes connections and what each costs it in resident memory.
+//!
+//! A scenario: depends on `wire` and `report` (no load, so not on `load`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
-use firehose_codec::QoS;
-
-use super::report::RunReport;
-use super::wire::{Clock, Conn, Role, Transport};
-use super::{connect_all, sleep_until_ns, Common, Monitor, Window};
+use crate::packets::QoS;
+use crate::report::RunReport;
+use crate::wire::{Clock, Conn, Role, Transport};
+use crate::{connect_all, sleep_until_ns, Common, Monitor, Window};
 
 /// Options of `bench idle`. `--warmup` is the time left for the broker to settle after the last
 /// connection, `--duration` the idle time over which its CPU is measured.

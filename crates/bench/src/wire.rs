@@ -1,11 +1,8 @@
 //! The generator's side of the wire: connecting over TCP or WebSocket, the CONNECT and SUBSCRIBE
-//! handshakes (with the codec crate), pre-encoded PUBLISH packets, and a scanner that reads
-//! received frames without allocating.
+//! handshakes, pre-encoded PUBLISH packets stamped for every send, and the run's clock.
 //!
-//! Why not the codec's `decode` for everything: a subscriber of a fan-out run receives up to a
-//! million PUBLISH packets a second, and decoding each into a [`Publish`] (topic `String`,
-//! properties) would make the generator the bottleneck. The scanner finds frame boundaries and
-//! reads only the payload's [`Stamp`]; every other packet is handed to the codec.
+//! The bytes of each packet are [`crate::packets`]' business; this module moves them over
+//! sockets. Depends on `packets`, `arrival`, tokio and tokio-tungstenite.
 
 use std::fmt;
 use std::io;
@@ -14,10 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
-use firehose_codec::{
-    decode, encode, encode_publish_split, Connect, Packet, Protocol, PubResponse, Publish, QoS,
-    ReasonCode, Subscribe, Subscription, SubscriptionOptions,
-};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -26,7 +19,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use super::arrival::{self, Arrival};
+use crate::arrival::{self, Arrival};
+use crate::packets::{self, Answer, ConnectSpec, Protocol, QoS};
 
 /// Largest packet the generator accepts from a broker.
 const MAX_PACKET: usize = 16 << 20;
@@ -297,30 +291,27 @@ impl Conn {
             protocol: target.protocol,
             stamped: target.stamp_arrivals && transport == Transport::Tcp,
         };
-        let (username, password) = match (&target.credentials, role.publisher) {
-            (Some((user, pass)), true) => (
-                Some(user.clone()),
-                Some(Bytes::copy_from_slice(pass.as_bytes())),
-            ),
-            _ => (None, None),
+        let login = match (&target.credentials, role.publisher) {
+            (Some((user, pass)), true) => Some((user.as_str(), pass.as_bytes())),
+            _ => None,
         };
-        let mut connect = Connect {
+        let spec = ConnectSpec {
             protocol: target.protocol,
             clean_start: role.clean,
             keep_alive: target.keep_alive,
-            client_id: client_id.to_string(),
-            username,
-            password,
-            ..Connect::default()
+            client_id,
+            login,
+            session_expiry: (!role.clean).then_some(3600),
         };
-        if !role.clean && target.protocol == Protocol::V5 {
-            connect.properties.session_expiry_interval = Some(3600);
-        }
-        conn.send(&Packet::Connect(Box::new(connect))).await?;
-        match conn.expect_packet().await? {
-            Packet::ConnAck(ack) if ack.reason == ReasonCode::Success => Ok(conn),
-            Packet::ConnAck(ack) => bail!("{client_id}: CONNECT refused: {:?}", ack.reason),
-            other => bail!("{client_id}: expected CONNACK, got {}", other.name()),
+        conn.send(|out| packets::connect(out, &spec)).await?;
+        match conn.expect_answer().await? {
+            Answer::ConnAck(0) => Ok(conn),
+            Answer::ConnAck(code) => bail!(
+                "{client_id}: CONNECT refused: {}",
+                packets::refusal(code, conn.protocol)
+            ),
+            Answer::SubAck(_) => bail!("{client_id}: expected CONNACK, got SUBACK"),
+            Answer::Other(name) => bail!("{client_id}: expected CONNACK, got {name}"),
         }
     }
 
@@ -329,44 +320,56 @@ impl Conn {
     /// # Errors
     /// The broker refuses the subscription or the connection fails.
     pub(crate) async fn subscribe(&mut self, filter: &str, qos: QoS) -> anyhow::Result<()> {
-        let subscribe = Subscribe {
-            packet_id: 1,
-            subscriptions: vec![Subscription {
-                filter: filter.to_string(),
-                options: SubscriptionOptions {
-                    qos,
-                    ..SubscriptionOptions::default()
-                },
-            }],
-            ..Subscribe::default()
-        };
-        self.send(&Packet::Subscribe(subscribe)).await?;
-        match self.expect_packet().await? {
-            Packet::SubAck(ack) => match ack.reasons.first() {
-                Some(reason) if !reason.is_error() => Ok(()),
-                other => bail!("SUBSCRIBE {filter} refused: {other:?}"),
-            },
-            other => bail!("expected SUBACK, got {}", other.name()),
+        let protocol = self.protocol;
+        self.send(|out| packets::subscribe(out, protocol, 1, filter, qos))
+            .await?;
+        match self.expect_answer().await? {
+            Answer::SubAck(Some(code)) if code < 0x80 => Ok(()),
+            Answer::SubAck(Some(code)) => bail!("SUBSCRIBE {filter} refused: {code:#04x}"),
+            Answer::SubAck(None) => bail!("SUBSCRIBE {filter}: a SUBACK without a return code"),
+            Answer::ConnAck(_) => bail!("expected SUBACK, got CONNACK"),
+            Answer::Other(name) => bail!("expected SUBACK, got {name}"),
         }
     }
 
-    /// Encodes and writes one packet.
+    /// Says goodbye with a DISCONNECT (normal disconnection: the broker drops the will).
     ///
     /// # Errors
-    /// Encoding or writing fails.
-    pub(crate) async fn send(&mut self, packet: &Packet) -> anyhow::Result<()> {
-        let mut buf = BytesMut::new();
-        encode(packet, self.protocol, &mut buf)?;
-        self.stream.write_all(&buf).await?;
+    /// Writing fails.
+    pub(crate) async fn disconnect(&mut self) -> anyhow::Result<()> {
+        self.send(|out| {
+            packets::disconnect(out);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Writes the packet that `write` appends to an empty buffer (handshakes and goodbyes:
+    /// publishes and acknowledgements are batched by their loops instead).
+    ///
+    /// # Errors
+    /// The packet cannot be written in MQTT, or the write fails.
+    async fn send(
+        &mut self,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), packets::PacketError>,
+    ) -> anyhow::Result<()> {
+        let mut packet = BytesMut::new();
+        write(&mut packet)?;
+        self.stream.write_all(&packet).await?;
         Ok(())
     }
 
-    /// Reads the next packet with the codec (handshakes only).
-    async fn expect_packet(&mut self) -> anyhow::Result<Packet> {
+    /// Reads the broker's answer to a handshake step.
+    async fn expect_answer(&mut self) -> anyhow::Result<Answer> {
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         loop {
-            if let Some(packet) = decode(&mut self.rbuf, self.protocol, MAX_PACKET)? {
-                return Ok(packet);
+            if let Some(answer) = packets::take_answer(&mut self.rbuf, self.protocol)? {
+                return Ok(answer);
+            }
+            if self.rbuf.len() > MAX_PACKET {
+                bail!(
+                    "the broker sent a packet of more than {MAX_PACKET} bytes during a handshake"
+                );
             }
             let reading = self.stream.read(&mut self.rbuf, self.stamped);
             let read = tokio::time::timeout_at(deadline, reading)
@@ -379,13 +382,13 @@ impl Conn {
     }
 }
 
-/// A PUBLISH encoded once with the codec, stamped and copied out for every send.
+/// A PUBLISH encoded once, stamped and copied out for every send.
 #[derive(Debug, Clone)]
 pub(crate) struct PublishTemplate {
     /// Fixed header and topic.
     head: Bytes,
     /// Properties (MQTT 5) and payload; the stamp is rewritten in place for every send.
-    tail: Vec<u8>,
+    tail: BytesMut,
     /// Where the payload starts in `tail`.
     payload_at: usize,
     /// Whether a packet identifier goes between head and tail.
@@ -396,7 +399,7 @@ impl PublishTemplate {
     /// Encodes a PUBLISH of `payload_len` bytes (at least [`STAMP_LEN`]) to `topic`.
     ///
     /// # Errors
-    /// The payload is shorter than a stamp, or the codec cannot encode the packet.
+    /// The payload is shorter than a stamp, or the topic too long for MQTT.
     pub(crate) fn new(
         topic: &str,
         payload_len: usize,
@@ -406,19 +409,11 @@ impl PublishTemplate {
         if payload_len < STAMP_LEN {
             bail!("payloads carry a {STAMP_LEN}-byte timestamp: --payload must be at least {STAMP_LEN}, got {payload_len}");
         }
-        let publish = Publish {
-            qos,
-            topic: topic.to_string(),
-            packet_id: (qos != QoS::AtMostOnce).then_some(1),
-            payload: Bytes::from(vec![b'x'; payload_len]),
-            ..Publish::default()
-        };
-        let parts = encode_publish_split(&publish, protocol)?;
-        let tail = parts.tail.to_vec();
+        let parts = packets::publish_parts(topic, &vec![b'x'; payload_len], qos, protocol)?;
         Ok(PublishTemplate {
-            head: parts.head,
-            payload_at: tail.len() - payload_len,
-            tail,
+            head: parts.head.freeze(),
+            payload_at: parts.tail.len() - payload_len,
+            tail: parts.tail,
             with_id: qos != QoS::AtMostOnce,
         })
     }
@@ -444,124 +439,17 @@ impl PublishTemplate {
     }
 }
 
-/// Appends a PUBACK for `packet_id` to `out`, with the codec.
-pub(crate) fn append_puback(out: &mut BytesMut, packet_id: u16, protocol: Protocol) {
-    let ack = Packet::PubAck(PubResponse {
-        packet_id,
-        ..PubResponse::default()
-    });
-    // A PUBACK without properties always encodes.
-    let _ = encode(&ack, protocol, out);
-}
-
-/// One complete frame found by [`scan`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Frame<'a> {
-    /// A PUBLISH, read just enough to know its QoS, packet id and payload.
-    Publish {
-        /// 0, 1 or 2.
-        qos: u8,
-        /// Present for QoS 1 and 2.
-        packet_id: Option<u16>,
-        /// The application payload.
-        payload: &'a [u8],
-    },
-    /// A PUBACK: only its packet id matters here.
-    PubAck(u16),
-    /// Anything else, whole (fixed header included), for the codec.
-    Other(&'a [u8]),
-}
-
-/// Why [`scan`] gave up: the broker sent bytes that are not MQTT.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed packet from the broker: {0}")]
-pub(crate) struct ScanError(&'static str);
-
-/// Calls `each` for every complete frame at the start of `buf` and returns how many bytes they
-/// took; an incomplete frame at the end is left for the next read.
-///
-/// # Errors
-/// A remaining length longer than four bytes, or a PUBLISH too short for its own fields.
-pub(crate) fn scan(
-    buf: &[u8],
-    protocol: Protocol,
-    mut each: impl FnMut(Frame<'_>),
-) -> Result<usize, ScanError> {
-    let mut at = 0;
-    loop {
-        let rest = &buf[at..];
-        let Some(&first) = rest.first() else {
-            return Ok(at);
-        };
-        let Some((remaining, len_len)) = read_varint(&rest[1..])? else {
-            return Ok(at);
-        };
-        let size = 1 + len_len + remaining;
-        if rest.len() < size {
-            return Ok(at);
-        }
-        let body = &rest[1 + len_len..size];
-        let frame = match first >> 4 {
-            3 => publish_frame(first, body, protocol)?,
-            4 if body.len() >= 2 => Frame::PubAck(u16::from_be_bytes([body[0], body[1]])),
-            _ => Frame::Other(&rest[..size]),
-        };
-        each(frame);
-        at += size;
-    }
-}
-
-/// The remaining length at the start of `bytes` and its own length; `None` while incomplete.
-fn read_varint(bytes: &[u8]) -> Result<Option<(usize, usize)>, ScanError> {
-    let mut value = 0usize;
-    for (i, byte) in bytes.iter().enumerate().take(4) {
-        value |= usize::from(byte & 0x7F) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok(Some((value, i + 1)));
-        }
-    }
-    if bytes.len() >= 4 {
-        return Err(ScanError("remaining length longer than 4 bytes"));
-    }
-    Ok(None)
-}
-
-fn publish_frame(first: u8, body: &[u8], protocol: Protocol) -> Result<Frame<'_>, ScanError> {
-    let qos = (first >> 1) & 0x03;
-    let short = ScanError("PUBLISH shorter than its fields");
-    let topic_len = usize::from(u16::from_be_bytes([
-        *body.first().ok_or(short.clone())?,
-        *body.get(1).ok_or(short.clone())?,
-    ]));
-    let mut at = 2 + topic_len;
-    let packet_id = if qos > 0 {
-        let id = body.get(at..at + 2).ok_or(short.clone())?;
-        at += 2;
-        Some(u16::from_be_bytes([id[0], id[1]]))
-    } else {
-        None
-    };
-    if protocol == Protocol::V5 {
-        let (props_len, len_len) = read_varint(body.get(at..).ok_or(short.clone())?)?
-            .ok_or(ScanError("PUBLISH properties length cut short"))?;
-        at += len_len + props_len;
-    }
-    let payload = body.get(at..).ok_or(short)?;
-    Ok(Frame::Publish {
-        qos,
-        packet_id,
-        payload,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oracle;
+    use crate::packets::{puback, scan, Frame};
+    use firehose_codec as codec;
 
-    fn decoded(bytes: &[u8], protocol: Protocol) -> Publish {
-        let mut buf = BytesMut::from(bytes);
-        match decode(&mut buf, protocol, MAX_PACKET) {
-            Ok(Some(Packet::Publish(p))) => p,
+    /// What the broker's codec reads in `bytes`: a PUBLISH.
+    fn decoded(bytes: &[u8], protocol: Protocol) -> codec::Publish {
+        match oracle::reads(bytes, protocol) {
+            codec::Packet::Publish(p) => p,
             other => panic!("expected a PUBLISH, got {other:?}"),
         }
     }
@@ -595,7 +483,7 @@ mod tests {
                 assert_eq!(out.len(), template.len());
                 let publish = decoded(&out, protocol);
                 assert_eq!(publish.topic, "bench/x/fanout");
-                assert_eq!(publish.qos, qos);
+                assert_eq!(publish.qos, oracle::qos(qos));
                 assert_eq!(publish.payload.len(), 256);
                 assert_eq!(Stamp::read(&publish.payload), Some(stamp));
                 let expected_id = (qos != QoS::AtMostOnce).then_some(513);
@@ -623,8 +511,8 @@ mod tests {
                 };
                 template.append(&mut buf, seq as u16 + 1, &stamp);
             }
-            append_puback(&mut buf, 77, protocol);
-            encode(&Packet::PingResp, protocol, &mut buf).expect("PINGRESP");
+            puback(&mut buf, 77);
+            buf.extend_from_slice(&oracle::writes(&codec::Packet::PingResp, protocol));
             let whole = buf.len();
             template.append(&mut buf, 9, &Stamp::default());
             let partial = &buf[..buf.len() - 5];
@@ -658,48 +546,5 @@ mod tests {
                 "{protocol:?}"
             );
         }
-    }
-
-    #[test]
-    fn scan_stops_at_an_incomplete_length() {
-        assert_eq!(scan(&[0x30], Protocol::V311, |_| {}), Ok(0));
-        assert_eq!(scan(&[0x30, 0x80, 0x80], Protocol::V311, |_| {}), Ok(0));
-        assert_eq!(scan(&[], Protocol::V311, |_| {}), Ok(0));
-    }
-
-    #[test]
-    fn scan_refuses_garbage() {
-        assert!(scan(
-            &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
-            Protocol::V311,
-            |_| {}
-        )
-        .is_err());
-        // A PUBLISH whose topic length runs past its end.
-        assert!(scan(&[0x30, 0x02, 0x00, 0x09], Protocol::V311, |_| {}).is_err());
-    }
-
-    #[test]
-    fn scan_reads_a_qos0_publish_with_v5_properties() {
-        let publish = Publish {
-            topic: "t".into(),
-            payload: Bytes::from_static(&[1u8; 24]),
-            properties: firehose_codec::PublishProperties {
-                content_type: Some("application/json".into()),
-                ..Default::default()
-            },
-            ..Publish::default()
-        };
-        let mut buf = BytesMut::new();
-        encode(&Packet::Publish(publish), Protocol::V5, &mut buf).expect("encode");
-        let mut payloads = Vec::new();
-        let used = scan(&buf, Protocol::V5, |frame| {
-            if let Frame::Publish { payload, .. } = frame {
-                payloads.push(payload.to_vec());
-            }
-        })
-        .expect("scan");
-        assert_eq!(used, buf.len());
-        assert_eq!(payloads, [vec![1u8; 24]]);
     }
 }
