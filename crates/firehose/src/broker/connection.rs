@@ -29,9 +29,9 @@ use tracing::{debug, info, warn};
 
 use super::message::{now_ms, Delivery, Message, Variant};
 use super::outbox::Outbox;
-use super::router::{parse_filter, SubOptions};
 use super::session::{AttachRequest, Inflight, LinkSignal, Session, Stage, Subscriptions};
 use super::stats;
+use super::subscription::{parse_filter, SubOptions};
 use super::{publish_verdict, Accepted, ConnectionInfo, Publications, Shared};
 use crate::auth::{AuthFailure, Identity};
 use crate::store::{Page, StoreError};

@@ -26,6 +26,7 @@ pub mod router;
 mod routing;
 pub mod session;
 pub mod stats;
+pub mod subscription;
 pub mod sys;
 
 use std::collections::HashMap;

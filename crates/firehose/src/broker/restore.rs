@@ -5,8 +5,8 @@ use std::sync::Arc;
 use firehose_codec::{Protocol, QoS};
 
 use super::message::{now_ms, Delivery, Message};
-use super::router::SubOptions;
 use super::session::{Session, Stage};
+use super::subscription::SubOptions;
 use super::Shared;
 use crate::store::StoreError;
 

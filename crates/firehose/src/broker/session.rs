@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use firehose_codec::{Protocol, QoS};
 
 use super::message::Delivery;
-use super::router::SubOptions;
 use super::stats::{self, Stats};
+use super::subscription::SubOptions;
 
 /// How long a session may be behind without taking a single delivery before it counts as
 /// stuck (a client that stopped reading) rather than slow: a stuck subscriber only loses its
