@@ -11,7 +11,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,10 +29,12 @@ use tracing::{debug, info, warn};
 
 use super::message::{now_ms, Delivery, Message, Variant};
 use super::outbox::Outbox;
+use super::pipeline::{publish_verdict, Accepted, Publications};
 use super::session::{AttachRequest, Inflight, LinkSignal, Session, Stage, Subscriptions};
+use super::shared::Shared;
 use super::stats;
 use super::subscription::{parse_filter, SubOptions};
-use super::{publish_verdict, Accepted, ConnectionInfo, Publications, Shared};
+use super::ConnectionInfo;
 use crate::auth::{AuthFailure, Identity};
 use crate::store::{Page, StoreError};
 use crate::topic;
@@ -167,7 +169,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let peer = info.peer;
-    let connect_timeout = Duration::from_secs(shared.limits.connect_timeout_secs);
+    let connect_timeout = Duration::from_secs(shared.limits().connect_timeout_secs);
     let first = timeout(connect_timeout, read_first_packet(shared, stream, rbuf)).await;
     let connect = match first {
         Err(_) => {
@@ -183,7 +185,7 @@ where
             return None;
         }
         Ok(Err(FirstPacketError::Decode(error))) => {
-            stats::add(&shared.stats.protocol_errors, 1);
+            stats::add(&shared.stats().protocol_errors, 1);
             info!(%peer, "closing connection: {error}");
             if let DecodeError::UnsupportedProtocol(_) = error {
                 // 3.1.1 section 3.1.2.2: answer return code 1, then close.
@@ -194,7 +196,7 @@ where
         }
         Ok(Ok(Packet::Connect(connect))) => *connect,
         Ok(Ok(other)) => {
-            stats::add(&shared.stats.protocol_errors, 1);
+            stats::add(&shared.stats().protocol_errors, 1);
             info!(%peer, "closing connection: expected CONNECT as first packet, got {}", other.name());
             return None;
         }
@@ -246,7 +248,7 @@ async fn read_first_packet<R: AsyncRead + Unpin>(
     reader: &mut R,
     rbuf: &mut BytesMut,
 ) -> Result<Packet, FirstPacketError> {
-    let max = shared.limits.max_packet_size as usize;
+    let max = shared.limits().max_packet_size as usize;
     loop {
         if let Some(packet) = decode(rbuf, Protocol::V311, max).map_err(FirstPacketError::Decode)? {
             return Ok(packet);
@@ -257,7 +259,7 @@ async fn read_first_packet<R: AsyncRead + Unpin>(
         if n == 0 {
             return Err(FirstPacketError::Closed);
         }
-        stats::add(&shared.stats.bytes_received, n as u64);
+        stats::add(&shared.stats().bytes_received, n as u64);
     }
 }
 
@@ -271,10 +273,7 @@ fn authenticate_by_transport(
     if connect_username.is_some_and(|name| name != user) {
         return Err(AuthFailure::BadCredentials);
     }
-    shared
-        .users
-        .identity_of(user)
-        .ok_or(AuthFailure::BadCredentials)
+    shared.identity_of(user).ok_or(AuthFailure::BadCredentials)
 }
 
 fn connack(reason: ReasonCode) -> Packet {
@@ -321,7 +320,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
 ) -> Option<Connection> {
     let peer = info.peer;
     let protocol = connect.protocol;
-    let limits = &shared.limits;
+    let limits = &shared.limits();
     let refuse = |reason: ReasonCode, why: &str| {
         info!(%peer, client = %connect.client_id, "refused CONNECT: {why}");
         connack(reason)
@@ -338,8 +337,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
         Some(user) => authenticate_by_transport(shared, user, connect.username.as_deref()),
         None => {
             shared
-                .passwords
-                .check(connect.username.as_deref(), connect.password.as_deref())
+                .check_password(connect.username.as_deref(), connect.password.as_deref())
                 .await
         }
     };
@@ -400,19 +398,16 @@ async fn handshake<W: AsyncWrite + Unpin>(
         None => None,
     };
 
-    let attached = shared.registry.attach(
+    let attached = shared.attach(
         &client_id,
         AttachRequest {
             clean_start: connect.clean_start,
             expiry_interval: expiry,
             protocol,
             queue_limit: usize::try_from(limits.send_queue).unwrap_or(usize::MAX),
-            cursor: shared.store.last_id(),
+            cursor: shared.last_event_id(),
         },
     );
-    if let Some((old, filters)) = &attached.discarded {
-        shared.router.remove_all(old, filters);
-    }
     // CONNACK says "session present": the stored session must agree if we crash right after.
     save_and_wait(shared, &attached.session, true).await;
 
@@ -436,7 +431,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
     let mut outbox = Outbox::default();
     let written = match outbox.push_packet(&ack, protocol) {
         Ok(size) => {
-            stats::add(&shared.stats.bytes_sent, size as u64);
+            stats::add(&shared.stats().bytes_sent, size as u64);
             outbox.write_all(writer).await.map_err(|e| e.to_string())
         }
         Err(e) => Err(e.to_string()),
@@ -475,7 +470,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
             .request_problem_information
             .unwrap_or(true),
     };
-    stats::add(&shared.stats.clients_connected, 1);
+    stats::add(&shared.stats().clients_connected, 1);
     info!(
         client = %conn.session.client_id,
         %peer,
@@ -673,7 +668,7 @@ impl Connection {
             let store_busy = self.shared.delivery_backlog() >= MAX_STORE_BACKLOG
                 || (self.publishes && self.shared.publishers_wait());
             let read_open = outbox.pending_bytes() < WRITE_HIGH_WATER
-                && self.pending_acks < u32::from(self.shared.limits.receive_maximum)
+                && self.pending_acks < u32::from(self.shared.limits().receive_maximum)
                 && !store_busy;
             // After everything above that may have made the channel (drain saves sessions).
             if let Some(receiver) = self.extra.as_mut().and_then(|e| e.new_events.take()) {
@@ -698,7 +693,7 @@ impl Connection {
             let signals = Signals {
                 session: &self.session,
                 generation: self.generation,
-                closing: &self.shared.closing,
+                shared: &self.shared,
             };
             let io = Io {
                 stream: &mut *stream,
@@ -715,7 +710,7 @@ impl Connection {
             match step {
                 Step::Kicked => return Poll::Ready(End::TakenOver),
                 Step::ShuttingDown => return Poll::Ready(End::Shutdown),
-                Step::Written(Ok(n)) => stats::add(&self.shared.stats.bytes_sent, n as u64),
+                Step::Written(Ok(n)) => stats::add(&self.shared.stats().bytes_sent, n as u64),
                 Step::Written(Err(error)) => {
                     return Poll::Ready(End::Lost(format!("write failed: {error}")))
                 }
@@ -747,7 +742,7 @@ impl Connection {
                     return Poll::Ready(End::Lost("connection closed without DISCONNECT".into()))
                 }
                 Step::Read(Ok(n)) => {
-                    stats::add(&self.shared.stats.bytes_received, n as u64);
+                    stats::add(&self.shared.stats().bytes_received, n as u64);
                     turns.last_seen = Instant::now();
                     if let Some(end) = self.process(rbuf, outbox) {
                         return Poll::Ready(end);
@@ -798,7 +793,7 @@ impl Connection {
             }
         }
         let shared: Arc<str> = Arc::from(topic);
-        let verdict = publish_verdict(&self.shared.limits, &self.identity, topic);
+        let verdict = publish_verdict(self.shared.limits(), &self.identity, topic);
         self.extra().last_topic = Some((shared.clone(), verdict));
         (shared, verdict)
     }
@@ -868,7 +863,7 @@ impl Connection {
         while let Some((ack, retained)) = self.pop_deferred(ticket) {
             self.push_or_log(outbox, &ack);
             for delivery in retained {
-                self.session.enqueue_direct(delivery, &self.shared.stats);
+                self.session.enqueue_direct(delivery, self.shared.stats());
             }
         }
         let ready: Vec<(u16, Inflight)> = self
@@ -889,8 +884,8 @@ impl Connection {
                 Stage::PublishUnsaved { .. } => {
                     self.unsaved_publishes = self.unsaved_publishes.saturating_sub(1);
                     match self.write_publish(&inflight.delivery, Some(id), false, now, outbox) {
-                        Ok(true) => stats::add(&self.shared.stats.messages_sent, 1),
-                        Ok(false) => stats::add(&self.shared.stats.dropped_too_large, 1),
+                        Ok(true) => stats::add(&self.shared.stats().messages_sent, 1),
+                        Ok(false) => stats::add(&self.shared.stats().dropped_too_large, 1),
                         Err(error) => {
                             warn!(client = %self.session.client_id, "cannot encode PUBLISH: {error}")
                         }
@@ -931,25 +926,22 @@ impl Connection {
             if filters.is_empty() || only_qos0 {
                 // Nothing to read (catch-up replays QoS >= 1 only): back to live routing from
                 // the current position.
-                state.cursor = state
-                    .cursor
-                    .max(self.shared.routing_started.load(Ordering::SeqCst));
+                state.cursor = state.cursor.max(self.shared.log_position());
                 state.lagging = false;
                 return None;
             }
             (state.cursor, filters)
         };
-        let store = self.shared.store.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            store.read_after(from, &filters, CATCHUP_BATCH, CATCHUP_SCAN)
-        });
+        let read = self
+            .shared
+            .read_log_after(from, filters, CATCHUP_BATCH, CATCHUP_SCAN);
         Some(CatchUp { from, read })
     }
 
     /// Queues what a catch-up read found, in log order, and returns the session to live routing
     /// once it has reached the event being routed.
     fn apply_catchup(&mut self, from: u64, page: Page) {
-        let stats = &self.shared.stats;
+        let stats = self.shared.stats();
         let mut state = self.session.lock();
         if state.cursor != from || !state.lagging {
             return; // a takeover or clean start moved the session meanwhile
@@ -990,8 +982,7 @@ impl Connection {
         }
         let cursor = state.cursor;
         state.delivered_ahead.forget_up_to(cursor);
-        if !full && !page.more && state.cursor >= self.shared.routing_started.load(Ordering::SeqCst)
-        {
+        if !full && !page.more && state.cursor >= self.shared.log_position() {
             state.lagging = false;
         }
         drop(state);
@@ -1045,7 +1036,7 @@ impl Connection {
 
     /// Decodes and handles every complete packet in `rbuf`.
     fn process(&mut self, rbuf: &mut BytesMut, outbox: &mut Outbox) -> Option<End> {
-        let max = self.shared.limits.max_packet_size as usize;
+        let max = self.shared.limits().max_packet_size as usize;
         let mut publishes = 0;
         let mut read = ReadBatch::default();
         let end = loop {
@@ -1067,7 +1058,7 @@ impl Connection {
             }
         };
         self.hand_over(&mut read);
-        stats::add(&self.shared.stats.messages_received, publishes);
+        stats::add(&self.shared.stats().messages_received, publishes);
         end
     }
 
@@ -1197,7 +1188,7 @@ impl Connection {
         self.publishes = true;
         let (topic, verdict) = match publish.properties.topic_alias.filter(|_| self.is_v5()) {
             Some(alias) => {
-                let max = self.shared.limits.topic_alias_maximum;
+                let max = self.shared.limits().topic_alias_maximum;
                 if alias == 0 || alias > max {
                     return Some(End::violation(
                         ReasonCode::TopicAliasInvalid,
@@ -1232,7 +1223,7 @@ impl Connection {
                     }
                     topic
                 };
-                let verdict = publish_verdict(&self.shared.limits, &self.identity, &topic);
+                let verdict = publish_verdict(self.shared.limits(), &self.identity, &topic);
                 (topic, verdict)
             }
             None if publish.topic.is_empty() => {
@@ -1259,23 +1250,23 @@ impl Connection {
                 return None;
             }
             let unreleased = state.incoming_qos2.len() + uncommitted.map_or(0, HashSet::len);
-            if unreleased >= usize::from(self.shared.limits.receive_maximum) {
+            if unreleased >= usize::from(self.shared.limits().receive_maximum) {
                 return Some(End::violation(
                     ReasonCode::ReceiveMaximumExceeded,
                     format!(
                         "more than {} unreleased QoS 2 publishes",
-                        self.shared.limits.receive_maximum
+                        self.shared.limits().receive_maximum
                     ),
                 ));
             }
         }
         let mut reason = verdict;
         if reason == ReasonCode::NotAuthorized {
-            stats::add(&self.shared.stats.publish_denied, 1);
+            stats::add(&self.shared.stats().publish_denied, 1);
             debug!(client = %self.session.client_id, user = self.identity.name(), %topic,
                 "PUBLISH refused by the access model");
         } else if reason == ReasonCode::TopicNameInvalid {
-            stats::add(&self.shared.stats.publish_over_limits, 1);
+            stats::add(&self.shared.stats().publish_over_limits, 1);
             debug!(client = %self.session.client_id, user = self.identity.name(),
                 "PUBLISH refused: its topic has more than limits.max_topic_levels levels");
         } else if self.is_v5()
@@ -1348,7 +1339,7 @@ impl Connection {
                     }
                     ReasonCode::TopicNameInvalid => format!(
                         "the topic has more than {} levels (limits.max_topic_levels)",
-                        self.shared.limits.max_topic_levels
+                        self.shared.limits().max_topic_levels
                     ),
                     ReasonCode::QuotaExceeded => {
                         quota_full.map(|full| full.to_string()).unwrap_or_default()
@@ -1376,7 +1367,7 @@ impl Connection {
     }
 
     fn on_subscribe(&mut self, subscribe: Subscribe, outbox: &mut Outbox) -> Option<End> {
-        let limit = self.shared.limits.max_subscriptions_per_client;
+        let limit = self.shared.limits().max_subscriptions_per_client;
         let mut reasons = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained = Vec::new();
         for sub in &subscribe.subscriptions {
@@ -1395,7 +1386,7 @@ impl Connection {
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
             }
-            if let Some(levels) = self.shared.limits.topic_too_deep(parsed.filter) {
+            if let Some(levels) = self.shared.limits().topic_too_deep(parsed.filter) {
                 debug!(client = %self.session.client_id, levels,
                     "SUBSCRIBE refused: the filter has more than limits.max_topic_levels levels");
                 reasons.push(ReasonCode::TopicFilterInvalid);
@@ -1420,10 +1411,7 @@ impl Connection {
                 retain_as_published: v5 && sub.options.retain_as_published,
                 id: subscribe.subscription_identifier.filter(|_| v5),
             };
-            let existed = self
-                .shared
-                .router
-                .subscribe(&self.session, &sub.filter, options);
+            let existed = self.shared.subscribe(&self.session, &sub.filter, options);
             self.session
                 .lock()
                 .subscriptions
@@ -1435,7 +1423,7 @@ impl Connection {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                for message in self.shared.router.retained().matching(parsed.filter) {
+                for message in self.shared.retained_matching(parsed.filter) {
                     retained.push(Delivery {
                         qos: options.qos.min(message.qos),
                         retain: true,
@@ -1472,14 +1460,14 @@ impl Connection {
         self.shared.save_session(&self.session, true, None);
         self.push_or_log(outbox, &ack);
         for delivery in retained {
-            self.session.enqueue_direct(delivery, &self.shared.stats);
+            self.session.enqueue_direct(delivery, self.shared.stats());
         }
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, outbox: &mut Outbox) {
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
-            let existed = self.shared.router.unsubscribe(&self.session, filter);
+            let existed = self.shared.unsubscribe(&self.session, filter);
             self.session.lock().subscriptions.remove(filter);
             reasons.push(if existed {
                 ReasonCode::Success
@@ -1508,7 +1496,7 @@ impl Connection {
                     "DISCONNECT: session expiry set after connecting with 0",
                 );
             }
-            self.expiry = expiry.min(self.shared.limits.max_session_expiry_secs);
+            self.expiry = expiry.min(self.shared.limits().max_session_expiry_secs);
             self.session.lock().expiry_interval = self.expiry;
         }
         End::Client {
@@ -1547,7 +1535,7 @@ impl Connection {
             };
             state.last_progress = now;
             if delivery.message.is_expired(now) {
-                stats::add(&self.shared.stats.dropped_expired, 1);
+                stats::add(&self.shared.stats().dropped_expired, 1);
                 continue;
             }
             let id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
@@ -1576,7 +1564,7 @@ impl Connection {
                         state.add_inflight(id, delivery, stage);
                     }
                 }
-                Ok(false) => stats::add(&self.shared.stats.dropped_too_large, 1),
+                Ok(false) => stats::add(&self.shared.stats().dropped_too_large, 1),
                 Err(error) => {
                     warn!(client = %self.session.client_id, topic = %delivery.message.topic,
                         "cannot encode PUBLISH: {error}");
@@ -1588,7 +1576,7 @@ impl Connection {
             state.queue.shrink_to(64);
         }
         drop(state);
-        stats::add(&self.shared.stats.messages_sent, sent);
+        stats::add(&self.shared.stats().messages_sent, sent);
         if save {
             self.request_save();
         }
@@ -1705,7 +1693,7 @@ impl Connection {
             let _ = timeout(CLOSE_GRACE, writer.shutdown()).await;
         }
         shared
-            .stats
+            .stats()
             .clients_connected
             .fetch_sub(1, Ordering::Relaxed);
         match &end {
@@ -1716,7 +1704,7 @@ impl Connection {
                 info!(client = %self.session.client_id, peer = %self.peer, "connection lost: {why}")
             }
             End::Violation { message, reason } => {
-                stats::add(&shared.stats.protocol_errors, 1);
+                stats::add(&shared.stats().protocol_errors, 1);
                 info!(client = %self.session.client_id, peer = %self.peer,
                     "closing connection: {message} (reason 0x{:02X})", reason.as_u8());
             }
@@ -1858,8 +1846,9 @@ struct Signals<'a> {
     session: &'a Session,
     /// The connection's generation: another one in the session's link means a takeover.
     generation: u64,
-    /// The broker's shutdown flag; `Registry::wake_all` wakes every connection after setting it.
-    closing: &'a AtomicBool,
+    /// The broker, whose shutdown flag ([`Shared::is_closing`]) is set before
+    /// `Registry::wake_all` wakes every connection.
+    shared: &'a Shared,
 }
 
 /// Which of the optional branches of one turn of the serve loop may fire.
@@ -1901,7 +1890,7 @@ where
     if signal == LinkSignal::Kicked {
         return Poll::Ready(Step::Kicked);
     }
-    if signals.closing.load(Ordering::SeqCst) {
+    if signals.shared.is_closing() {
         return Poll::Ready(Step::ShuttingDown);
     }
     let Io {
