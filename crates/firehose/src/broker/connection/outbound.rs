@@ -1,0 +1,191 @@
+//! Outbound: what a resumed session left unacknowledged, resent ([`Connection::start`]);
+//! queued deliveries moved into the outbox within the inflight window and the write queue's
+//! high-water mark ([`Connection::drain`]); one PUBLISH encoded, shared or per delivery
+//! ([`Connection::write_publish`]).
+
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+use firehose_codec::{encode, EncodeError, Packet, QoS, ReasonCode};
+use tracing::warn;
+
+use super::{pub_response, Connection, WRITE_HIGH_WATER};
+use crate::broker::message::{Delivery, Variant};
+use crate::broker::outbox::Outbox;
+use crate::broker::session::Stage;
+use crate::broker::stats;
+
+impl Connection {
+    /// Resends what the resumed session left unacknowledged, DUP set, in the original order.
+    pub(super) fn start(&mut self, outbox: &mut Outbox) {
+        let pending = self.session.lock().inflight_in_order();
+        let now = std::time::Instant::now();
+        for (id, inflight) in pending {
+            // A previous connection's unsaved stages were either saved by now or lost with it:
+            // resend as if they had been sent.
+            let result = match inflight.stage {
+                Stage::AwaitPubAck | Stage::AwaitPubRec | Stage::PublishUnsaved { .. } => self
+                    .write_publish(&inflight.delivery, Some(id), true, now, outbox)
+                    .map(|_| ()),
+                Stage::AwaitPubComp | Stage::ReleaseUnsaved { .. } => self.push(
+                    outbox,
+                    &pub_response(Packet::PubRel, id, ReasonCode::Success),
+                ),
+            };
+            let settled = match inflight.stage {
+                Stage::PublishUnsaved { .. } => Some(Stage::AwaitPubRec),
+                Stage::ReleaseUnsaved { .. } => Some(Stage::AwaitPubComp),
+                _ => None,
+            };
+            if let Some(stage) = settled {
+                if let Some(f) = self.session.lock().inflight.get_mut(&id) {
+                    f.stage = stage;
+                }
+            }
+            if let Err(error) = result {
+                warn!(client = %self.session.client_id, "cannot resend message {id}: {error}");
+            }
+        }
+    }
+
+    /// Moves queued deliveries into the outbox, within the inflight window and the outbox's
+    /// high-water mark.
+    pub(super) fn drain(&mut self, outbox: &mut Outbox) {
+        let session = self.session.clone();
+        let mut state = session.lock();
+        if state.queue.is_empty() {
+            // Most turns of a publisher's loop: nothing to send, and no clock to read.
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut sent = 0;
+        let next_ticket = self.save_ticket + 1;
+        let mut save = false;
+        let persistent = state.expiry_interval > 0;
+        while outbox.pending_bytes() < WRITE_HIGH_WATER {
+            let Some(front) = state.queue.front() else {
+                break;
+            };
+            // Nothing overtakes a QoS 2 message waiting for its record to be durable.
+            let qos2_run = front.qos == QoS::ExactlyOnce && front.from_log && persistent;
+            if self.unsaved_publishes > 0 && !(save && qos2_run) {
+                break;
+            }
+            if front.qos != QoS::AtMostOnce && state.inflight.len() >= usize::from(self.window) {
+                break;
+            }
+            let Some(delivery) = state.queue.pop_front() else {
+                break;
+            };
+            state.last_progress = now;
+            if delivery.message.is_expired(now) {
+                stats::add(&self.shared.stats().dropped_expired, 1);
+                continue;
+            }
+            let id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
+            if let (Some(id), QoS::ExactlyOnce, true, true) =
+                (id, delivery.qos, persistent, delivery.from_log)
+            {
+                // Recorded before it is sent, so that after a crash it is resent with the same
+                // packet id instead of as a new message.
+                let stage = Stage::PublishUnsaved {
+                    ticket: next_ticket,
+                };
+                state.add_inflight(id, delivery, stage);
+                self.unsaved_publishes += 1;
+                save = true;
+                continue;
+            }
+            match self.write_publish(&delivery, id, false, now, outbox) {
+                Ok(true) => {
+                    sent += 1;
+                    if let Some(id) = id {
+                        let stage = if delivery.qos == QoS::AtLeastOnce {
+                            Stage::AwaitPubAck
+                        } else {
+                            Stage::AwaitPubRec
+                        };
+                        state.add_inflight(id, delivery, stage);
+                    }
+                }
+                Ok(false) => stats::add(&self.shared.stats().dropped_too_large, 1),
+                Err(error) => {
+                    warn!(client = %self.session.client_id, topic = %delivery.message.topic,
+                        "cannot encode PUBLISH: {error}");
+                }
+            }
+        }
+        if state.queue.is_empty() && state.queue.capacity() > 1024 {
+            // A burst is over: give its memory back.
+            state.queue.shrink_to(64);
+        }
+        drop(state);
+        stats::add(&self.shared.stats().messages_sent, sent);
+        if save {
+            self.request_save();
+        }
+    }
+
+    /// Queues one PUBLISH; `Ok(false)` when it exceeds the client's Maximum Packet Size and
+    /// was skipped (MQTT 5 section 3.1.2.11.4: as if delivered).
+    pub(super) fn write_publish(
+        &mut self,
+        delivery: &Delivery,
+        packet_id: Option<u16>,
+        dup: bool,
+        now: std::time::Instant,
+        outbox: &mut Outbox,
+    ) -> Result<bool, EncodeError> {
+        let message = &delivery.message;
+        let per_delivery = dup
+            || (self.is_v5()
+                && (!delivery.subscription_ids.is_empty()
+                    || message.expires_at.is_some()
+                    || self.alias_out_max > 0));
+        if !per_delivery {
+            let variant = Variant {
+                protocol: self.protocol,
+                qos: delivery.qos,
+                retain: delivery.retain,
+            };
+            let parts = message.shared_parts(variant)?;
+            if self.too_large_for_client(parts.len(packet_id.is_some())) {
+                return Ok(false);
+            }
+            outbox.push_shared(message, variant, packet_id)?;
+            return Ok(true);
+        }
+        let mut publish = message.to_publish(delivery.qos, delivery.retain);
+        publish.dup = dup;
+        publish.packet_id = packet_id;
+        let mut new_alias = None;
+        if self.is_v5() {
+            publish.properties.subscription_identifiers = delivery.subscription_ids.clone();
+            publish.properties.message_expiry_interval = message.remaining_expiry(now);
+            if self.alias_out_max > 0 {
+                let aliases = self.extra.as_ref().map(|e| &e.aliases_out);
+                let set = aliases.map_or(0, HashMap::len);
+                if let Some(alias) = aliases.and_then(|a| a.get(&message.topic)) {
+                    publish.properties.topic_alias = Some(*alias);
+                    publish.topic.clear();
+                } else if set < usize::from(self.alias_out_max) {
+                    let alias = set as u16 + 1;
+                    publish.properties.topic_alias = Some(alias);
+                    new_alias = Some(alias);
+                }
+            }
+        }
+        let mut buf = BytesMut::new();
+        encode(&Packet::Publish(publish), self.protocol, &mut buf)?;
+        if self.too_large_for_client(buf.len()) {
+            return Ok(false);
+        }
+        if let Some(alias) = new_alias {
+            self.extra()
+                .aliases_out
+                .insert(message.topic.clone(), alias);
+        }
+        outbox.push(buf.freeze());
+        Ok(true)
+    }
+}
