@@ -7,6 +7,7 @@
 //! # Layout
 //! One concern per file; each adds the methods of its concern to [`Connection`], defined here
 //! with the state every concern shares.
+//! - `aliases`: MQTT 5 topic aliases in both directions, and their byte limit.
 //! - `handshake`: the first packet, authentication, client-id assignment, CONNACK.
 //! - `serve`: the serve loop and its I/O: one poll per wake of the task (timers, reads,
 //!   writes, the log's answers, the session's signals).
@@ -24,6 +25,7 @@
 //! messages, the outbox and the publish pipeline; nothing in the broker depends on it but
 //! [`super::Broker::serve`].
 
+mod aliases;
 mod catchup;
 mod end;
 mod handshake;
@@ -34,7 +36,7 @@ mod save;
 mod serve;
 mod subscribe;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +57,7 @@ use super::session::Session;
 use super::shared::Shared;
 use super::ConnectionInfo;
 use crate::auth::Identity;
+use aliases::TopicAliases;
 use serve::{Served, Turns};
 
 /// Stop reading from a client while this many bytes wait to be written to it, so a client that
@@ -157,12 +160,8 @@ struct Connection {
 /// made on first use: empty, these maps are 170 bytes, in every connection for its whole life.
 #[derive(Debug, Default)]
 struct Extra {
-    /// Topic aliases the client set (MQTT 5).
-    aliases_in: HashMap<u16, Arc<str>>,
-    /// The bytes of the topic names in `aliases_in` (at most [`MAX_ALIAS_TOPIC_BYTES`]).
-    alias_bytes: usize,
-    /// Topic aliases we set towards the client (MQTT 5).
-    aliases_out: HashMap<Arc<str>, u16>,
+    /// Topic aliases (MQTT 5), those the client set and those we set towards it.
+    aliases: TopicAliases,
     /// SUBACK/UNSUBACK of a persistent session held until the save that records the change is
     /// durable, with the retained messages to send after a SUBACK.
     deferred: VecDeque<(u64, Packet, Vec<Delivery>)>,

@@ -3,12 +3,11 @@
 //! high-water mark ([`Connection::drain`]); one PUBLISH encoded, shared or per delivery
 //! ([`Connection::write_publish`]).
 
-use std::collections::HashMap;
-
 use bytes::BytesMut;
 use firehose_codec::{encode, EncodeError, Packet, QoS, ReasonCode};
 use tracing::warn;
 
+use super::aliases::{OutboundAlias, TopicAliases};
 use super::{pub_response, Connection, WRITE_HIGH_WATER};
 use crate::broker::message::{Delivery, Variant};
 use crate::broker::outbox::Outbox;
@@ -163,15 +162,17 @@ impl Connection {
             publish.properties.subscription_identifiers = delivery.subscription_ids.clone();
             publish.properties.message_expiry_interval = message.remaining_expiry(now);
             if self.alias_out_max > 0 {
-                let aliases = self.extra.as_ref().map(|e| &e.aliases_out);
-                let set = aliases.map_or(0, HashMap::len);
-                if let Some(alias) = aliases.and_then(|a| a.get(&message.topic)) {
-                    publish.properties.topic_alias = Some(*alias);
-                    publish.topic.clear();
-                } else if set < usize::from(self.alias_out_max) {
-                    let alias = set as u16 + 1;
-                    publish.properties.topic_alias = Some(alias);
-                    new_alias = Some(alias);
+                let aliases = self.extra.as_deref().map(|e| &e.aliases);
+                match TopicAliases::outbound(aliases, &message.topic, self.alias_out_max) {
+                    Some(OutboundAlias::Set(alias)) => {
+                        publish.properties.topic_alias = Some(alias);
+                        publish.topic.clear();
+                    }
+                    Some(OutboundAlias::New(alias)) => {
+                        publish.properties.topic_alias = Some(alias);
+                        new_alias = Some(alias);
+                    }
+                    None => {}
                 }
             }
         }
@@ -181,9 +182,7 @@ impl Connection {
             return Ok(false);
         }
         if let Some(alias) = new_alias {
-            self.extra()
-                .aliases_out
-                .insert(message.topic.clone(), alias);
+            self.extra().aliases.remember(message.topic.clone(), alias);
         }
         outbox.push(buf.freeze());
         Ok(true)

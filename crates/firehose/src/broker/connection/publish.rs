@@ -8,6 +8,7 @@ use std::sync::Arc;
 use firehose_codec::{AckProperties, Packet, PubResponse, Publish, QoS, ReasonCode};
 use tracing::debug;
 
+use super::aliases::TopicAliases;
 use super::end::End;
 use super::inbound::ReadBatch;
 use super::{pub_response, AcceptedPublish, ConnEvent, Connection};
@@ -15,12 +16,6 @@ use crate::broker::message::{now_ms, Message};
 use crate::broker::outbox::Outbox;
 use crate::broker::pipeline::{publish_verdict, Accepted};
 use crate::broker::stats;
-
-/// Most bytes of topic names a client's topic aliases may hold. Without it, any client
-/// (anonymous ones too: an alias is set before the publish is judged) could keep
-/// `topic_alias_maximum` topics of 64 KiB each, 64 MiB, for the life of its connection. The
-/// same room as the write queue's.
-const MAX_ALIAS_TOPIC_BYTES: usize = 256 * 1024;
 
 impl Connection {
     pub(super) fn on_publish(
@@ -33,39 +28,23 @@ impl Connection {
         let (topic, verdict) = match publish.properties.topic_alias.filter(|_| self.is_v5()) {
             Some(alias) => {
                 let max = self.shared.limits().topic_alias_maximum;
-                if alias == 0 || alias > max {
-                    return Some(End::violation(
-                        ReasonCode::TopicAliasInvalid,
-                        format!("PUBLISH: topic alias {alias} outside 1..={max}"),
-                    ));
-                }
-                let topic = if publish.topic.is_empty() {
-                    match self.extra.as_ref().and_then(|e| e.aliases_in.get(&alias)) {
-                        Some(topic) => topic.clone(),
-                        None => {
-                            return Some(End::violation(
-                                ReasonCode::ProtocolError,
-                                format!("PUBLISH: topic alias {alias} was never set"),
-                            ))
+                let resolved = match self.extra.as_deref_mut() {
+                    Some(extra) => extra.aliases.inbound(alias, &publish.topic, max),
+                    // No alias set yet: the state is made only for one that gets set.
+                    None => {
+                        let mut aliases = TopicAliases::default();
+                        let resolved = aliases.inbound(alias, &publish.topic, max);
+                        if resolved.is_ok() {
+                            self.extra().aliases = aliases;
                         }
+                        resolved
                     }
-                } else {
-                    let topic: Arc<str> = publish.topic.as_str().into();
-                    let extra = self.extra();
-                    extra.alias_bytes += topic.len();
-                    if let Some(replaced) = extra.aliases_in.insert(alias, topic.clone()) {
-                        extra.alias_bytes -= replaced.len();
+                };
+                let topic = match resolved {
+                    Ok(topic) => topic,
+                    Err(refused) => {
+                        return Some(End::violation(refused.reason(), refused.to_string()))
                     }
-                    if extra.alias_bytes > MAX_ALIAS_TOPIC_BYTES {
-                        return Some(End::violation(
-                            ReasonCode::QuotaExceeded,
-                            format!(
-                                "PUBLISH: topic aliases would hold more than {} KiB of topic names",
-                                MAX_ALIAS_TOPIC_BYTES / 1024
-                            ),
-                        ));
-                    }
-                    topic
                 };
                 let verdict = publish_verdict(self.shared.limits(), &self.identity, &topic);
                 (topic, verdict)
