@@ -193,3 +193,50 @@ fn accept_will(shared: &Arc<Shared>, message: Message, publisher: Arc<str>) {
         debug!(%client, %topic, "will not published: {full}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_end() -> [End; 7] {
+        [
+            End::Client { with_will: false },
+            End::Client { with_will: true },
+            End::Lost("gone".into()),
+            End::violation(ReasonCode::ProtocolError, "bad"),
+            End::KeepAliveTimeout,
+            End::TakenOver,
+            End::Shutdown,
+        ]
+    }
+
+    #[test]
+    fn only_a_normal_disconnect_drops_the_will() {
+        let wills: Vec<bool> = every_end().iter().map(End::publishes_will).collect();
+        assert_eq!(wills, [false, true, true, true, true, true, true]);
+    }
+
+    #[test]
+    fn the_broker_owes_a_disconnect_only_for_the_ends_it_decided() {
+        let reasons: Vec<Option<ReasonCode>> =
+            every_end().iter().map(End::disconnect_reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                None,
+                None,
+                None,
+                Some(ReasonCode::ProtocolError),
+                Some(ReasonCode::KeepAliveTimeout),
+                Some(ReasonCode::SessionTakenOver),
+                Some(ReasonCode::ServerShuttingDown),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_decode_error_ends_with_the_matching_reason() {
+        let end = End::from_decode(DecodeError::TooLarge { size: 10, max: 5 });
+        assert_eq!(end.disconnect_reason(), Some(ReasonCode::PacketTooLarge));
+    }
+}

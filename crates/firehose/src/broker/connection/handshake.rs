@@ -208,21 +208,14 @@ async fn handshake<W: AsyncWrite + Unpin>(
         connect.client_id.clone().into()
     };
 
-    let requested_expiry = match protocol {
-        Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
-        Protocol::V311 if connect.clean_start => 0,
-        Protocol::V311 => u32::MAX,
-    };
+    let requested_expiry = requested_expiry(
+        protocol,
+        connect.clean_start,
+        connect.properties.session_expiry_interval,
+    );
     let expiry = requested_expiry.min(limits.max_session_expiry_secs);
-    let mut keep_alive = connect.keep_alive;
-    let mut server_keep_alive = None;
-    if protocol == Protocol::V5
-        && limits.max_keep_alive > 0
-        && (keep_alive == 0 || keep_alive > limits.max_keep_alive)
-    {
-        keep_alive = limits.max_keep_alive;
-        server_keep_alive = Some(keep_alive);
-    }
+    let (keep_alive, server_keep_alive) =
+        granted_keep_alive(protocol, connect.keep_alive, limits.max_keep_alive);
 
     let will = match connect.will {
         Some(will) => match publish_verdict(limits, &identity, &will.topic) {
@@ -326,4 +319,58 @@ async fn handshake<W: AsyncWrite + Unpin>(
         return None;
     }
     Some(conn)
+}
+
+/// The Session Expiry Interval a client asks for: MQTT 5 says it (0 when absent); an MQTT
+/// 3.1.1 session ends with its connection under clean session and never expires without.
+fn requested_expiry(protocol: Protocol, clean_start: bool, asked: Option<u32>) -> u32 {
+    match protocol {
+        Protocol::V5 => asked.unwrap_or(0),
+        Protocol::V311 if clean_start => 0,
+        Protocol::V311 => u32::MAX,
+    }
+}
+
+/// The keep alive a connection runs with, and the Server Keep Alive an MQTT 5 client is told:
+/// `max` (`limits.max_keep_alive`, 0 for none) replaces a keep alive of 0 (none) or above it.
+/// An MQTT 3.1.1 client cannot be told, so its keep alive stands.
+fn granted_keep_alive(protocol: Protocol, asked: u16, max: u16) -> (u16, Option<u16>) {
+    if protocol == Protocol::V5 && max > 0 && (asked == 0 || asked > max) {
+        (max, Some(max))
+    } else {
+        (asked, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v3_session_persists_without_clean_session_and_a_v5_one_as_asked() {
+        assert_eq!(requested_expiry(Protocol::V311, true, Some(60)), 0);
+        assert_eq!(requested_expiry(Protocol::V311, false, None), u32::MAX);
+        assert_eq!(requested_expiry(Protocol::V5, false, None), 0);
+        assert_eq!(requested_expiry(Protocol::V5, true, Some(60)), 60);
+    }
+
+    #[test]
+    fn the_broker_keep_alive_replaces_none_or_a_longer_one_for_v5_clients_only() {
+        assert_eq!(granted_keep_alive(Protocol::V5, 0, 60), (60, Some(60)));
+        assert_eq!(granted_keep_alive(Protocol::V5, 90, 60), (60, Some(60)));
+        assert_eq!(granted_keep_alive(Protocol::V5, 30, 60), (30, None));
+        assert_eq!(
+            granted_keep_alive(Protocol::V5, 0, 0),
+            (0, None),
+            "no maximum"
+        );
+        assert_eq!(granted_keep_alive(Protocol::V311, 0, 60), (0, None));
+    }
+
+    #[test]
+    fn assigned_client_ids_do_not_repeat() {
+        let first = assign_client_id();
+        assert!(first.starts_with("firehose-"));
+        assert_ne!(first, assign_client_id());
+    }
 }

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use firehose_codec::{decode, Disconnect, Packet, ReasonCode};
 
 use super::end::End;
+use super::qos::{self, Completion, PubRecAction};
 use super::{pub_response, Connection};
 use crate::broker::outbox::Outbox;
 use crate::broker::pipeline::Publications;
@@ -73,7 +74,7 @@ impl Connection {
             Packet::PubAck(ack) => {
                 let mut state = self.session.lock();
                 if let Entry::Occupied(entry) = state.inflight.entry(ack.packet_id) {
-                    if entry.get().stage == Stage::AwaitPubAck {
+                    if qos::completes(Completion::PubAck, entry.get().stage) {
                         entry.remove();
                     }
                 }
@@ -81,44 +82,37 @@ impl Connection {
             Packet::PubRec(rec) => {
                 let persistent = self.is_persistent();
                 let next_ticket = self.save_ticket + 1;
-                let mut save = false;
                 let mut state = self.session.lock();
-                let reply = match state.inflight.get_mut(&rec.packet_id) {
-                    Some(f) if f.stage == Stage::AwaitPubRec => {
-                        if rec.reason.is_error() {
-                            state.inflight.remove(&rec.packet_id);
-                            None
-                        } else if persistent && f.delivery.from_log {
-                            // PUBREL leaves once the store knows the client has the message.
-                            f.stage = Stage::ReleaseUnsaved {
-                                ticket: next_ticket,
-                            };
-                            save = true;
-                            None
-                        } else {
-                            f.stage = Stage::AwaitPubComp;
-                            Some(ReasonCode::Success)
-                        }
+                let found = state.inflight.get_mut(&rec.packet_id);
+                let action = qos::on_pubrec(
+                    found.as_deref().map(|f| (f.stage, f.delivery.from_log)),
+                    rec.reason.is_error(),
+                    persistent,
+                );
+                match (action, found) {
+                    (PubRecAction::Forget, _) => {
+                        state.inflight.remove(&rec.packet_id);
                     }
-                    Some(f) if matches!(f.stage, Stage::ReleaseUnsaved { .. }) => None,
-                    Some(f) if f.stage == Stage::AwaitPubComp => Some(ReasonCode::Success),
-                    _ => Some(ReasonCode::PacketIdentifierNotFound),
-                };
+                    // PUBREL leaves once the store knows the client has the message.
+                    (PubRecAction::SaveThenRelease, Some(f)) => {
+                        f.stage = Stage::ReleaseUnsaved {
+                            ticket: next_ticket,
+                        };
+                    }
+                    (PubRecAction::Release, Some(f)) => f.stage = Stage::AwaitPubComp,
+                    _ => {}
+                }
                 drop(state);
-                if save {
+                if action == PubRecAction::SaveThenRelease {
                     self.request_save();
                 }
-                if let Some(reason) = reply {
+                if let Some(reason) = action.pubrel() {
                     self.push_or_log(outbox, &pub_response(Packet::PubRel, rec.packet_id, reason));
                 }
             }
             Packet::PubRel(rel) => {
                 let found = self.session.lock().incoming_qos2.remove(&rel.packet_id);
-                let reason = if found {
-                    ReasonCode::Success
-                } else {
-                    ReasonCode::PacketIdentifierNotFound
-                };
+                let reason = qos::pubcomp_reason(found);
                 self.push_or_log(
                     outbox,
                     &pub_response(Packet::PubComp, rel.packet_id, reason),
@@ -129,7 +123,7 @@ impl Connection {
                 if state
                     .inflight
                     .get(&comp.packet_id)
-                    .is_some_and(|f| f.stage == Stage::AwaitPubComp)
+                    .is_some_and(|f| qos::completes(Completion::PubComp, f.stage))
                 {
                     state.inflight.remove(&comp.packet_id);
                 }

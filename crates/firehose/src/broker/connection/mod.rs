@@ -15,6 +15,8 @@
 //! - `publish`: an inbound PUBLISH, from its topic (alias) and verdict to its hand-over to the
 //!   log, and its acknowledgement once the log has it.
 //! - `subscribe`: SUBSCRIBE and UNSUBSCRIBE, and their acknowledgement.
+//! - `qos`: the QoS 1/2 rules as decisions without I/O (inflight window, stages, QoS 2
+//!   duplicates, acknowledgements), unit-tested.
 //! - `outbound`: queued deliveries into the outbox within the inflight window; one PUBLISH.
 //! - `catchup`: reading what a lagging session missed from the log.
 //! - `save`: saving a persistent session, and what waits for a save to be durable.
@@ -32,6 +34,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 mod publish;
+mod qos;
 mod save;
 mod serve;
 mod subscribe;

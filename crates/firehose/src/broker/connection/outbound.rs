@@ -8,6 +8,7 @@ use firehose_codec::{encode, EncodeError, Packet, QoS, ReasonCode};
 use tracing::warn;
 
 use super::aliases::{OutboundAlias, TopicAliases};
+use super::qos::{self, Window};
 use super::{pub_response, Connection, WRITE_HIGH_WATER};
 use crate::broker::message::{Delivery, Variant};
 use crate::broker::outbox::Outbox;
@@ -31,12 +32,7 @@ impl Connection {
                     &pub_response(Packet::PubRel, id, ReasonCode::Success),
                 ),
             };
-            let settled = match inflight.stage {
-                Stage::PublishUnsaved { .. } => Some(Stage::AwaitPubRec),
-                Stage::ReleaseUnsaved { .. } => Some(Stage::AwaitPubComp),
-                _ => None,
-            };
-            if let Some(stage) = settled {
+            if let Some(stage) = qos::settled(inflight.stage) {
                 if let Some(f) = self.session.lock().inflight.get_mut(&id) {
                     f.stage = stage;
                 }
@@ -65,12 +61,14 @@ impl Connection {
             let Some(front) = state.queue.front() else {
                 break;
             };
-            // Nothing overtakes a QoS 2 message waiting for its record to be durable.
-            let qos2_run = front.qos == QoS::ExactlyOnce && front.from_log && persistent;
-            if self.unsaved_publishes > 0 && !(save && qos2_run) {
-                break;
-            }
-            if front.qos != QoS::AtMostOnce && state.inflight.len() >= usize::from(self.window) {
+            let window = Window {
+                max: self.window,
+                inflight: state.inflight.len(),
+                unsaved_publishes: self.unsaved_publishes,
+                saving: save,
+                persistent,
+            };
+            if !qos::may_send(front.qos, front.from_log, window) {
                 break;
             }
             let Some(delivery) = state.queue.pop_front() else {
@@ -82,14 +80,12 @@ impl Connection {
                 continue;
             }
             let id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
-            if let (Some(id), QoS::ExactlyOnce, true, true) =
-                (id, delivery.qos, persistent, delivery.from_log)
-            {
+            let stage = id.map(|_| {
+                qos::first_stage(delivery.qos, delivery.from_log, persistent, next_ticket)
+            });
+            if let (Some(id), Some(stage @ Stage::PublishUnsaved { .. })) = (id, stage) {
                 // Recorded before it is sent, so that after a crash it is resent with the same
                 // packet id instead of as a new message.
-                let stage = Stage::PublishUnsaved {
-                    ticket: next_ticket,
-                };
                 state.add_inflight(id, delivery, stage);
                 self.unsaved_publishes += 1;
                 save = true;
@@ -98,12 +94,7 @@ impl Connection {
             match self.write_publish(&delivery, id, false, now, outbox) {
                 Ok(true) => {
                     sent += 1;
-                    if let Some(id) = id {
-                        let stage = if delivery.qos == QoS::AtLeastOnce {
-                            Stage::AwaitPubAck
-                        } else {
-                            Stage::AwaitPubRec
-                        };
+                    if let (Some(id), Some(stage)) = (id, stage) {
                         state.add_inflight(id, delivery, stage);
                     }
                 }

@@ -2,15 +2,15 @@
 //! either its place in the read's group for the log ([`Connection::on_publish`]) or its
 //! refusal; and its PUBACK/PUBREC once the log has it ([`Connection::on_accepted`]).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use firehose_codec::{AckProperties, Packet, PubResponse, Publish, QoS, ReasonCode};
+use firehose_codec::{Packet, PubResponse, Publish, QoS, ReasonCode};
 use tracing::debug;
 
 use super::aliases::TopicAliases;
 use super::end::End;
 use super::inbound::ReadBatch;
+use super::qos::{self, LoggedAck, Qos2Arrival};
 use super::{pub_response, AcceptedPublish, ConnEvent, Connection};
 use crate::broker::message::{now_ms, Message};
 use crate::broker::outbox::Outbox;
@@ -60,27 +60,24 @@ impl Connection {
         let id = publish.packet_id.unwrap_or(0);
         if publish.qos == QoS::ExactlyOnce {
             let uncommitted = self.extra.as_ref().map(|e| &e.uncommitted_qos2);
-            if uncommitted.is_some_and(|ids| ids.contains(&id)) {
-                return None; // its PUBREC follows when the first copy is durable
-            }
-            let state = self.session.lock();
-            if state.incoming_qos2.contains(&id) {
-                drop(state);
-                self.push_or_log(
-                    outbox,
-                    &pub_response(Packet::PubRec, id, ReasonCode::Success),
-                );
-                return None;
-            }
-            let unreleased = state.incoming_qos2.len() + uncommitted.map_or(0, HashSet::len);
-            if unreleased >= usize::from(self.shared.limits().receive_maximum) {
-                return Some(End::violation(
-                    ReasonCode::ReceiveMaximumExceeded,
-                    format!(
-                        "more than {} unreleased QoS 2 publishes",
-                        self.shared.limits().receive_maximum
-                    ),
-                ));
+            let receive_maximum = self.shared.limits().receive_maximum;
+            match qos::qos2_arrival(id, uncommitted, receive_maximum, || self.session.lock()) {
+                // Its PUBREC follows when the first copy is durable.
+                Qos2Arrival::Uncommitted => return None,
+                Qos2Arrival::Unreleased => {
+                    self.push_or_log(
+                        outbox,
+                        &pub_response(Packet::PubRec, id, ReasonCode::Success),
+                    );
+                    return None;
+                }
+                Qos2Arrival::OverReceiveMaximum => {
+                    return Some(End::violation(
+                        ReasonCode::ReceiveMaximumExceeded,
+                        format!("more than {receive_maximum} unreleased QoS 2 publishes"),
+                    ))
+                }
+                Qos2Arrival::New => {}
             }
         }
         let mut reason = verdict;
@@ -217,39 +214,27 @@ impl Connection {
                 extra.uncommitted_qos2.remove(&id);
             }
         }
-        if !done.stored {
-            if !self.is_v5() {
+        let (kind, reason): (fn(PubResponse) -> Packet, _) =
+            match qos::logged_ack(done.qos, done.stored, self.is_v5()) {
                 // 3.1.1 has no negative acknowledgement: close so the client publishes again.
-                return Some(End::Lost("the event log could not store a publish".into()));
-            }
-            let mut ack = PubResponse {
-                packet_id: id,
-                reason: ReasonCode::UnspecifiedError,
-                properties: AckProperties::default(),
+                LoggedAck::Close => {
+                    return Some(End::Lost("the event log could not store a publish".into()))
+                }
+                LoggedAck::PubAck(reason) => (Packet::PubAck, reason),
+                LoggedAck::PubRec(reason) => {
+                    if reason == ReasonCode::Success {
+                        self.session.lock().incoming_qos2.insert(id);
+                    }
+                    (Packet::PubRec, reason)
+                }
             };
-            if self.problem_information {
-                ack.properties.reason_string = Some("the event log could not store it".into());
-            }
-            let packet = if done.qos == QoS::AtLeastOnce {
-                Packet::PubAck(ack)
-            } else {
-                Packet::PubRec(ack)
-            };
-            self.push_or_log(outbox, &packet);
-            return None;
+        let mut packet = pub_response(kind, id, reason);
+        if let (Packet::PubAck(ack) | Packet::PubRec(ack), true) =
+            (&mut packet, reason.is_error() && self.problem_information)
+        {
+            ack.properties.reason_string = Some("the event log could not store it".into());
         }
-        if done.qos == QoS::ExactlyOnce {
-            self.session.lock().incoming_qos2.insert(id);
-            self.push_or_log(
-                outbox,
-                &pub_response(Packet::PubRec, id, ReasonCode::Success),
-            );
-        } else {
-            self.push_or_log(
-                outbox,
-                &pub_response(Packet::PubAck, id, ReasonCode::Success),
-            );
-        }
+        self.push_or_log(outbox, &packet);
         None
     }
 }

@@ -6,6 +6,7 @@ use firehose_codec::{Packet, ReasonCode};
 use tokio::time::timeout;
 use tracing::warn;
 
+use super::qos;
 use super::{pub_response, ConnEvent, Connection, CLOSE_GRACE};
 use crate::broker::message::Delivery;
 use crate::broker::outbox::Outbox;
@@ -75,16 +76,12 @@ impl Connection {
             .lock()
             .inflight_in_order()
             .into_iter()
-            .filter(|(_, f)| match f.stage {
-                Stage::PublishUnsaved { ticket: t } | Stage::ReleaseUnsaved { ticket: t } => {
-                    t <= ticket
-                }
-                _ => false,
-            })
+            .filter(|(_, f)| qos::released_by_save(f.stage, ticket))
             .collect();
         let now = std::time::Instant::now();
         for (id, inflight) in ready {
-            let next = match inflight.stage {
+            let settled = qos::settled(inflight.stage);
+            match inflight.stage {
                 Stage::PublishUnsaved { .. } => {
                     self.unsaved_publishes = self.unsaved_publishes.saturating_sub(1);
                     match self.write_publish(&inflight.delivery, Some(id), false, now, outbox) {
@@ -94,17 +91,15 @@ impl Connection {
                             warn!(client = %self.session.client_id, "cannot encode PUBLISH: {error}")
                         }
                     }
-                    Stage::AwaitPubRec
                 }
                 _ => {
                     self.push_or_log(
                         outbox,
                         &pub_response(Packet::PubRel, id, ReasonCode::Success),
                     );
-                    Stage::AwaitPubComp
                 }
-            };
-            if let Some(f) = self.session.lock().inflight.get_mut(&id) {
+            }
+            if let (Some(next), Some(f)) = (settled, self.session.lock().inflight.get_mut(&id)) {
                 f.stage = next;
             }
         }
