@@ -6,20 +6,25 @@
 //! [`crate::auth`], [`crate::topic`], [`crate::config`] and the codec crate, never on transports.
 //!
 //! # Layout
-//! - [`connection`]: one task per connection: reads packets, runs the MQTT state machines,
-//!   writes batches.
-//! - `pipeline`: the publish pipeline, in data-flow order: the verdict on a publish, the group
-//!   of one read's publishes, its hand-over to the log and completion, routing in log order,
-//!   and the back-pressure that flows back.
+//! - [`connection`] (a folder, one concern per file): one task per connection. `handshake`
+//!   (CONNECT, authentication, CONNACK), `serve` (the serve loop and its I/O), `inbound`,
+//!   `publish` and `subscribe` (packets from the client), `outbound` (deliveries within the
+//!   inflight window, one `writev` per batch), `qos` (the QoS 1/2 rules, without I/O),
+//!   `aliases` (topic aliases both ways), `catchup` (reading the log for a lagging session),
+//!   `save` (persistent session saves) and `end` (how a connection ends, wills).
+//! - `pipeline` (a folder, in data-flow order): the path of an accepted publish. `verdict`
+//!   (ACL, topic depth, retained quota), `group` (the publishes of one read), `log` (the
+//!   hand-over to the log and its completion), `routing` (committed events to their fan-out,
+//!   in log order) and `pressure` (what flows back: paused readers and publishers).
+//! - `shared`: the broker's shared state, reached through named methods.
+//! - `admission`: connection limits, and the permit that holds a connection's slot.
 //! - [`session`]: what outlives a connection, and the client-id registry (takeover, resume).
 //! - [`subscription`]: one subscription's options and its filter (`$share` groups).
 //! - [`router`]: the subscription table and retained messages; fan-out.
 //! - [`retained`]: the retained messages by topic, and their quota.
 //! - [`message`]: a routed message with its shared encodings.
 //! - [`outbox`]: the per-connection write queue (vectored writes).
-//! - `shared`: the broker's shared state, reached through named methods.
-//! - `admission`: connection limits and the permit that holds a connection's slot.
-//! - `passwords`, `restore`: bounded password checks; the state restored at startup.
+//! - `passwords` and `restore`: bounded password checks; the state restored at startup.
 //! - [`stats`] and [`sys`]: counters and their `$SYS/broker/...` publication.
 
 mod admission;

@@ -4,6 +4,9 @@
 //!
 //! Publishers only take the table's read lock, so publishes from many connections route in
 //! parallel; subscribe and unsubscribe take the write lock briefly.
+//!
+//! Depends on sessions (it offers them deliveries), the subscription options, the retained
+//! messages and the topic trie; sessions know nothing of it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};

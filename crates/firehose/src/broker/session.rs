@@ -1,6 +1,9 @@
 //! Session state: what outlives a connection (subscriptions, queued and unacknowledged
 //! messages, QoS 2 packet ids), and the registry that maps client ids to sessions.
 //!
+//! Depends on messages, counters and the subscription options, never on the router (which
+//! points at sessions).
+//!
 //! Lock order: registry, then one session. Never call into the router while holding a session
 //! lock: the router's publish path takes the subscription table, then session locks.
 

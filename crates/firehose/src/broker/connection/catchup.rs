@@ -2,6 +2,9 @@
 //! missed from the log on a blocking thread ([`Connection::start_catchup`]), queues what
 //! matches its subscriptions in log order, and returns to live routing once its cursor has
 //! reached the event being routed ([`Connection::apply_catchup`]).
+//!
+//! Depends on the broker's shared state (the log read, the routing position), the session and
+//! the topic matcher.
 
 use std::sync::Arc;
 
@@ -17,6 +20,7 @@ use crate::topic;
 
 /// Most events one catch-up read returns, and most rows it examines.
 const CATCHUP_BATCH: usize = 1000;
+/// See [`CATCHUP_BATCH`].
 const CATCHUP_SCAN: usize = 20_000;
 
 /// A catch-up read of the log in progress.

@@ -2,6 +2,9 @@
 //! MQTT 5 client is owed and whether the will is published; [`Connection::finish`] settles the
 //! session (ended now, or kept until its expiry), closes and publishes the will (at once or
 //! after its delay).
+//!
+//! Depends on the broker's shared state (session end and expiry, will acceptance) and the
+//! session saves.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,11 +26,19 @@ use crate::broker::stats;
 #[derive(Debug)]
 pub(super) enum End {
     /// The client sent DISCONNECT; `with_will` for MQTT 5 reason 0x04.
-    Client { with_will: bool },
+    Client {
+        /// MQTT 5 reason 0x04: publish the will all the same.
+        with_will: bool,
+    },
     /// The connection broke or the client vanished: the will is published.
     Lost(String),
     /// The client broke the protocol; MQTT 5 clients get DISCONNECT with `reason`.
-    Violation { reason: ReasonCode, message: String },
+    Violation {
+        /// The DISCONNECT reason code.
+        reason: ReasonCode,
+        /// What was violated, for the log and the MQTT 5 reason string.
+        message: String,
+    },
     /// No packet within 1.5 times the keep alive.
     KeepAliveTimeout,
     /// Another connection with the same client id took the session.
@@ -37,6 +48,7 @@ pub(super) enum End {
 }
 
 impl End {
+    /// A protocol violation: MQTT 5 clients get DISCONNECT with `reason`, and `message`.
     pub(super) fn violation(reason: ReasonCode, message: impl Into<String>) -> End {
         End::Violation {
             reason,
@@ -44,6 +56,7 @@ impl End {
         }
     }
 
+    /// The violation a packet that cannot be decoded is (malformed, too large, protocol).
     pub(super) fn from_decode(error: DecodeError) -> End {
         let reason = match &error {
             DecodeError::Malformed { .. } => ReasonCode::MalformedPacket,
@@ -66,6 +79,8 @@ impl End {
         }
     }
 
+    /// Whether the will is published (a DISCONNECT without will is the only end that
+    /// drops it; the broker's shutdown is handled by [`Connection::finish`]).
     fn publishes_will(&self) -> bool {
         !matches!(self, End::Client { with_will: false })
     }

@@ -2,6 +2,9 @@
 //! authentication (password or the transport's client certificate), the client id (assigned
 //! when empty), keep alive and session expiry, the session attached (resumed or taken over),
 //! and CONNACK. What it builds is the [`Connection`] the serve loop then runs.
+//!
+//! Depends on the broker's shared state (password checks, the session registry, saves), the
+//! publish verdict (for the will) and the outbox; hands the connection to the serve loop.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -74,13 +77,18 @@ where
     handshake(shared, connect, &info, stream).await
 }
 
+/// Why no first packet was read.
 #[derive(Debug)]
 enum FirstPacketError {
+    /// The client closed the connection before a whole packet.
     Closed,
+    /// Reading failed.
     Io(std::io::Error),
+    /// The bytes were not a valid packet (or an unsupported protocol version).
     Decode(DecodeError),
 }
 
+/// Reads until one whole packet is decoded (as MQTT 3.1.1 until CONNECT says otherwise).
 async fn read_first_packet<R: AsyncRead + Unpin>(
     shared: &Shared,
     reader: &mut R,
@@ -114,6 +122,7 @@ fn authenticate_by_transport(
     shared.identity_of(user).ok_or(AuthFailure::BadCredentials)
 }
 
+/// A CONNACK with `reason` and no session: what a refused client is told.
 fn connack(reason: ReasonCode) -> Packet {
     Packet::ConnAck(ConnAck {
         session_present: false,
@@ -122,6 +131,7 @@ fn connack(reason: ReasonCode) -> Packet {
     })
 }
 
+/// Writes `packet`, then closes the stream, each within [`CLOSE_GRACE`].
 async fn send_and_close<W: AsyncWrite + Unpin>(
     writer: &mut W,
     packet: &Packet,

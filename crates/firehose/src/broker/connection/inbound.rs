@@ -2,6 +2,8 @@
 //! [`Connection::handle`]), with the acknowledgements a client sends for what it was sent
 //! (PUBACK, PUBREC, PUBCOMP), PUBREL for what it sent, PINGREQ and DISCONNECT. PUBLISH,
 //! SUBSCRIBE and UNSUBSCRIBE have files of their own.
+//!
+//! Depends on the codec's decoder, the session's QoS state and the QoS rules (`qos`).
 
 use std::collections::hash_map::Entry;
 
@@ -157,6 +159,7 @@ impl Connection {
         None
     }
 
+    /// A client's DISCONNECT: a v5 client may change its session expiry (never from 0).
     fn on_disconnect(&mut self, disconnect: Disconnect) -> End {
         if let Some(expiry) = disconnect
             .properties

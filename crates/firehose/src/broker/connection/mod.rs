@@ -1,11 +1,11 @@
 //! One task per connection: the CONNECT handshake, then a loop that reads packets, runs the QoS
 //! state machines, moves queued deliveries into the outbox and writes them in batches.
 //!
-//! Every way a connection can end goes through [`End`](end::End), which decides the will, the
+//! Every way a connection can end goes through `End`, which decides the will, the
 //! session's fate and the final DISCONNECT an MQTT 5 client is owed.
 //!
 //! # Layout
-//! One concern per file; each adds the methods of its concern to [`Connection`], defined here
+//! One concern per file; each adds the methods of its concern to `Connection`, defined here
 //! with the state every concern shares.
 //! - `aliases`: MQTT 5 topic aliases in both directions, and their byte limit.
 //! - `handshake`: the first packet, authentication, client-id assignment, CONNACK.
@@ -20,10 +20,10 @@
 //! - `outbound`: queued deliveries into the outbox within the inflight window; one PUBLISH.
 //! - `catchup`: reading what a lagging session missed from the log.
 //! - `save`: saving a persistent session, and what waits for a save to be durable.
-//! - `end`: how a connection ends ([`End`](end::End)): the final DISCONNECT, the session's
+//! - `end`: how a connection ends (`End`): the final DISCONNECT, the session's
 //!   fate, the will.
 //!
-//! Depends on the broker's shared state ([`Shared`], through its named methods), sessions,
+//! Depends on the broker's shared state (`Shared`, through its named methods), sessions,
 //! messages, the outbox and the publish pipeline; nothing in the broker depends on it but
 //! [`super::Broker::serve`].
 
@@ -120,11 +120,17 @@ where
 
 /// The state of one connected client.
 struct Connection {
+    /// The broker, reached through its named methods.
     shared: Arc<Shared>,
+    /// The session this connection is attached to.
     session: Arc<Session>,
+    /// This connection's generation of the session: another one there means a takeover.
     generation: u64,
+    /// MQTT 3.1.1 or 5, from CONNECT.
     protocol: Protocol,
+    /// Who the client authenticated as (anonymous included): its ACL.
     identity: Identity,
+    /// The client's address, for logs.
     peer: SocketAddr,
     /// Boxed: most clients have none, and this struct lives as long as the connection.
     will: Option<Box<Will>>,
@@ -177,7 +183,7 @@ struct Extra {
     /// The receiving end of a channel just made, until the serve loop takes it.
     new_events: Option<mpsc::UnboundedReceiver<ConnEvent>>,
     /// The topic of the last PUBLISH (without alias), shared with the messages made of it,
-    /// and its [`publish_verdict`].
+    /// and its [`publish_verdict`](crate::broker::pipeline::publish_verdict).
     last_topic: Option<(Arc<str>, ReasonCode)>,
 }
 
@@ -194,12 +200,16 @@ enum ConnEvent {
 /// A publish of this connection that the log committed (or failed to).
 #[derive(Debug)]
 struct AcceptedPublish {
+    /// The client's packet id of the publish.
     packet_id: u16,
+    /// Its QoS (1 or 2): PUBACK or PUBREC.
     qos: QoS,
+    /// Whether the log stored it.
     stored: bool,
 }
 
 impl Connection {
+    /// Whether the client speaks MQTT 5 (reason codes, properties, aliases).
     fn is_v5(&self) -> bool {
         self.protocol == Protocol::V5
     }
@@ -231,10 +241,12 @@ impl Connection {
         tx
     }
 
+    /// Queues `packet`, encoded for this client's protocol.
     fn push(&self, outbox: &mut Outbox, packet: &Packet) -> Result<(), EncodeError> {
         outbox.push_packet(packet, self.protocol).map(|_| ())
     }
 
+    /// [`Connection::push`], logging a packet that cannot be encoded (it is not sent).
     fn push_or_log(&self, outbox: &mut Outbox, packet: &Packet) {
         if let Err(error) = self.push(outbox, packet) {
             warn!(client = %self.session.client_id, "cannot encode {}: {error}", packet.name());
@@ -242,6 +254,7 @@ impl Connection {
     }
 }
 
+/// A PUBACK, PUBREC, PUBREL or PUBCOMP (`kind`) without properties.
 fn pub_response(kind: fn(PubResponse) -> Packet, packet_id: u16, reason: ReasonCode) -> Packet {
     kind(PubResponse {
         packet_id,

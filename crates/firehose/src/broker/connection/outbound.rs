@@ -2,6 +2,9 @@
 //! queued deliveries moved into the outbox within the inflight window and the write queue's
 //! high-water mark ([`Connection::drain`]); one PUBLISH encoded, shared or per delivery
 //! ([`Connection::write_publish`]).
+//!
+//! Depends on the session's queue and inflight state, the QoS rules, the topic aliases and
+//! the message's shared encodings.
 
 use bytes::BytesMut;
 use firehose_codec::{encode, EncodeError, Packet, QoS, ReasonCode};

@@ -1,6 +1,8 @@
 //! An inbound PUBLISH: its topic (or topic alias), QoS 2 duplicate check and verdict, then
 //! either its place in the read's group for the log ([`Connection::on_publish`]) or its
 //! refusal; and its PUBACK/PUBREC once the log has it ([`Connection::on_accepted`]).
+//!
+//! Depends on the topic aliases, the QoS rules and the publish pipeline (verdict, group, log).
 
 use std::sync::Arc;
 
@@ -18,6 +20,8 @@ use crate::broker::pipeline::{publish_verdict, Accepted};
 use crate::broker::stats;
 
 impl Connection {
+    /// One PUBLISH of a read: accepted into `read`'s group for the log, or refused (and
+    /// acknowledged as MQTT 3.1.1 or 5 wants).
     pub(super) fn on_publish(
         &mut self,
         publish: Publish,

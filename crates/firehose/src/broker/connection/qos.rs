@@ -428,22 +428,18 @@ mod tests {
 
     #[test]
     fn a_publish_the_log_could_not_store_is_refused_in_v5_and_closes_v3() {
-        assert_eq!(
-            logged_ack(QoS::AtLeastOnce, true, false),
-            LoggedAck::PubAck(ReasonCode::Success)
-        );
-        assert_eq!(
-            logged_ack(QoS::ExactlyOnce, true, true),
-            LoggedAck::PubRec(ReasonCode::Success)
-        );
+        use LoggedAck::{Close, PubAck, PubRec};
+        use ReasonCode::{Success, UnspecifiedError};
+        assert_eq!(logged_ack(QoS::AtLeastOnce, true, false), PubAck(Success));
+        assert_eq!(logged_ack(QoS::ExactlyOnce, true, true), PubRec(Success));
         assert_eq!(
             logged_ack(QoS::ExactlyOnce, false, true),
-            LoggedAck::PubRec(ReasonCode::UnspecifiedError)
+            PubRec(UnspecifiedError)
         );
         assert_eq!(
             logged_ack(QoS::AtLeastOnce, false, true),
-            LoggedAck::PubAck(ReasonCode::UnspecifiedError)
+            PubAck(UnspecifiedError)
         );
-        assert_eq!(logged_ack(QoS::ExactlyOnce, false, false), LoggedAck::Close);
+        assert_eq!(logged_ack(QoS::ExactlyOnce, false, false), Close, "3.1.1");
     }
 }

@@ -1,6 +1,8 @@
 //! Saving a persistent session: its cursor when it moved, and every change a client must not
 //! lose once told (a SUBACK/UNSUBACK, a QoS 2 PUBLISH or PUBREL of a logged message), which
 //! waits until the save is durable ([`Connection::on_saved`]).
+//!
+//! Depends on the broker's shared state (`Shared::save_session`), the session and the QoS rules.
 
 use firehose_codec::{Packet, ReasonCode};
 use tokio::time::timeout;

@@ -3,6 +3,9 @@
 //! waits on everything a connection waits on at once ([`poll_step`], in priority order): the
 //! session's signals (takeover, new deliveries), shutdown, writes, the log's answers, catch-up
 //! reads, reads from the client and the one timer.
+//!
+//! Depends on the stream (any `AsyncRead + AsyncWrite`), the session's link, the outbox and
+//! the broker's shared state; calls into the other concerns of the connection for each step.
 
 use std::future::Future;
 use std::io;
@@ -213,6 +216,7 @@ pub(super) struct Turns {
 }
 
 impl Turns {
+    /// The state of a loop that has not turned yet.
     pub(super) fn new() -> Turns {
         let now = Instant::now();
         Turns {
@@ -250,6 +254,7 @@ impl Turns {
 
 /// What the serve loop works on besides the connection, owned by the task.
 pub(super) struct Served<S> {
+    /// The client's stream, read and written by the one task.
     pub(super) stream: S,
     /// Bytes read and not yet decoded.
     pub(super) rbuf: BytesMut,
@@ -262,6 +267,7 @@ pub(super) struct Served<S> {
 
 /// The stream and the buffers on either side of it, for one poll.
 struct Io<'a, S> {
+    /// The client's stream.
     stream: &'a mut S,
     /// Bytes read and not yet decoded.
     rbuf: &'a mut BytesMut,
@@ -271,6 +277,7 @@ struct Io<'a, S> {
 
 /// How the serve loop learns of a takeover, of new deliveries and of shutdown.
 struct Signals<'a> {
+    /// The connection's session, whose link carries wakes and takeovers.
     session: &'a Session,
     /// The connection's generation: another one in the session's link means a takeover.
     generation: u64,
@@ -291,13 +298,21 @@ struct Open {
 
 /// What ended one wait of the serve loop.
 enum Step {
+    /// Another connection took the session over.
     Kicked,
+    /// The broker is shutting down.
     ShuttingDown,
+    /// Part of the outbox was written (or the write failed).
     Written(io::Result<usize>),
+    /// The log answered: a publish committed or a session save durable.
     Event(ConnEvent),
+    /// A catch-up read of the log finished.
     CaughtUp(Result<Result<Page, StoreError>, tokio::task::JoinError>),
+    /// Bytes arrived from the client (0: it closed), or the read failed.
     Read(io::Result<usize>),
+    /// The session's queue stopped being empty.
     Woken,
+    /// The timer fired (keep alive, periodic save, or the end of a pause).
     Timer,
 }
 

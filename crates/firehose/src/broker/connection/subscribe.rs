@@ -1,6 +1,9 @@
 //! SUBSCRIBE and UNSUBSCRIBE: each filter checked (access, depth, quota) and put in the
 //! subscription table and the session, the retained messages a new subscription brings, and
 //! the SUBACK/UNSUBACK, held for a persistent session until the change is durable.
+//!
+//! Depends on the broker's shared state (subscription table, retained messages), the
+//! subscription options and the session.
 
 use firehose_codec::{
     AckProperties, Packet, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
@@ -15,6 +18,8 @@ use crate::broker::outbox::Outbox;
 use crate::broker::subscription::{parse_filter, SubOptions};
 
 impl Connection {
+    /// A SUBSCRIBE: a reason per filter (granted QoS or refusal) and the retained messages
+    /// of the new subscriptions; a `$share` filter with No Local ends the connection.
     pub(super) fn on_subscribe(
         &mut self,
         subscribe: Subscribe,
@@ -117,6 +122,7 @@ impl Connection {
         }
     }
 
+    /// An UNSUBSCRIBE: each filter out of the table and the session.
     pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, outbox: &mut Outbox) {
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {

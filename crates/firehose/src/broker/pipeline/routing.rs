@@ -269,11 +269,16 @@ mod tests {
         publications
     }
 
+    /// Events committed and not yet routed.
+    fn backlog(shared: &Shared) -> usize {
+        shared.pipeline().routing_backlog.load(Ordering::Acquire)
+    }
+
     /// Blocks the thread (so the current-thread runtime's routing task cannot run) until the
     /// log's writer has committed `count` events and handed them over for routing.
     fn wait_until_committed(shared: &Shared, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while shared.pipeline().routing_backlog.load(Ordering::Acquire) < count {
+        while backlog(shared) < count {
             assert!(Instant::now() < deadline, "the log commits in time");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -299,7 +304,7 @@ mod tests {
 
         shared.route_waiting();
         assert_eq!(acked.load(Ordering::SeqCst), 2, "both routed, in order");
-        assert_eq!(shared.pipeline().routing_backlog.load(Ordering::Acquire), 0);
+        assert_eq!(backlog(shared), 0);
         assert_eq!(shared.pipeline().routing_started.load(Ordering::SeqCst), 2);
     }
 
@@ -318,15 +323,9 @@ mod tests {
             0,
             "a connection leaves a burst"
         );
-        assert_eq!(
-            shared.pipeline().routing_backlog.load(Ordering::Acquire),
-            burst
-        );
+        assert_eq!(backlog(shared), burst);
 
-        eventually("the routing task routes the burst", || {
-            shared.pipeline().routing_backlog.load(Ordering::Acquire) == 0
-        })
-        .await;
+        eventually("the routing task routes the burst", || backlog(shared) == 0).await;
         assert_eq!(acked.load(Ordering::SeqCst), burst as u64);
     }
 
@@ -352,7 +351,7 @@ mod tests {
         drop(held);
 
         eventually("the routing task routes once it may", || {
-            shared.pipeline().routing_backlog.load(Ordering::Acquire) == 0
+            backlog(shared) == 0
         })
         .await;
         assert_eq!(acked.load(Ordering::SeqCst), burst as u64);
