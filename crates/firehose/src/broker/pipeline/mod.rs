@@ -8,20 +8,22 @@
 //! 2. [`group`]: the accepted publishes of one read of a connection travel together as one
 //!    [`Publications`] (one event for the log and one entry for routing per message, each
 //!    message in its `Arc` already).
-//! 3. [`log`]: hand-over and completion. [`Shared::accept_all`] gives the group to the log's
-//!    writer thread as one `Append` (one queue entry); the writer commits many groups in one
-//!    SQLite transaction and completes each, in commit (= id) order, by sending it to routing
-//!    as a `CommittedGroup`, or by telling its publishers it could not be stored.
-//! 4. [`routing`]: one task at a time, in id order, takes the committed groups, numbers their
+//! 3. [`log`], the hand-over: [`Shared::accept_all`] gives the group to the log's writer
+//!    thread as one `Append` (one queue entry); the writer commits many groups in one SQLite
+//!    transaction.
+//! 4. [`log`], the completion: the writer completes each group, in commit (= id) order, by
+//!    sending it to routing as one `CommittedGroup` (or by telling its publishers it could
+//!    not be stored).
+//! 5. [`routing`]: one task at a time, in id order, takes the committed groups, numbers their
 //!    messages (first id + position), stores retained messages, tells the publishers (PUBACK,
 //!    PUBREC) and fans out through [`super::router::Router::deliver`]. The routing task does
 //!    bursts; a connection that finds a few events waiting at the start of its turn routes
 //!    them itself ([`Shared::route_waiting`]), so that they join the queues of connections that
 //!    have not written the previous message yet.
-//! 5. [`pressure`]: what flows back. Connections stop reading while too many accepted
-//!    messages wait for the log or routing ([`Shared::delivery_backlog`]), and publishers
-//!    pause while most subscribers of the last routed message are behind
-//!    ([`Shared::publishers_wait`]).
+//!
+//! Then what flows back ([`pressure`]): connections stop reading while too many accepted
+//! messages wait for the log or routing ([`Shared::delivery_backlog`]), and publishers pause
+//! while most subscribers of the last routed message are behind ([`Shared::publishers_wait`]).
 //!
 //! The pipeline's own state ([`Pipeline`]) sits in the broker's [`Shared`] state; only this
 //! module reads its fields. Depends on the router, the retained quota, the store and the
