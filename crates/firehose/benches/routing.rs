@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use firehose::broker::message::Message;
-use firehose::broker::router::{Router, SubOptions};
+use firehose::broker::router::Router;
 use firehose::broker::session::{Link, Session};
 use firehose::broker::stats::Stats;
+use firehose::broker::subscription::SubOptions;
 use firehose::topic::{matches, TopicNames, TopicTrie};
 use firehose_codec::{Protocol, PublishProperties, QoS};
 

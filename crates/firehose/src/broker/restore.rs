@@ -5,22 +5,22 @@ use std::sync::Arc;
 use firehose_codec::{Protocol, QoS};
 
 use super::message::{now_ms, Delivery, Message};
-use super::router::SubOptions;
 use super::session::{Session, Stage};
-use super::Shared;
+use super::shared::Shared;
+use super::subscription::SubOptions;
 use crate::store::StoreError;
 
 /// Loads the retained messages into the router, all of them: a quota lowered since they were
 /// kept refuses new retained topics until enough are cleared, and forgets none.
 pub(super) fn retained(shared: &Shared) -> Result<(), StoreError> {
-    for event in shared.store.load_retained()? {
+    for event in shared.store().load_retained()? {
         shared
-            .router
+            .router()
             .retained()
             .set(&Arc::new(Message::from_event(&event)));
     }
-    if let Some(full) = shared.router.retained().over_quota() {
-        let usage = shared.router.retained().usage();
+    if let Some(full) = shared.router().retained().over_quota() {
+        let usage = shared.router().retained().usage();
         tracing::warn!(
             messages = usage.messages,
             bytes = usage.bytes,
@@ -34,9 +34,9 @@ pub(super) fn retained(shared: &Shared) -> Result<(), StoreError> {
 /// forgets the expired ones.
 pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
     let now = now_ms();
-    let queue_limit = usize::try_from(shared.limits.send_queue).unwrap_or(usize::MAX);
+    let queue_limit = usize::try_from(shared.limits().send_queue).unwrap_or(usize::MAX);
     let mut restored = 0;
-    for stored in shared.store.load_sessions()? {
+    for stored in shared.store().load_sessions()? {
         let remaining_secs = match stored.disconnected_at_ms {
             _ if stored.expiry_interval == u32::MAX => None,
             // A session that was connected when the broker stopped counts from now.
@@ -44,7 +44,7 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
             Some(at) => {
                 let ends = at.saturating_add(i64::from(stored.expiry_interval) * 1000);
                 if ends <= now {
-                    shared.store.delete_session(&stored.client_id);
+                    shared.store().delete_session(&stored.client_id);
                     continue;
                 }
                 Some(u64::try_from((ends - now) / 1000).unwrap_or(0).max(1))
@@ -73,7 +73,7 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
                     state.delivered_ahead.insert(inflight.event_id);
                     continue;
                 }
-                let Some(event) = shared.store.get(inflight.event_id)? else {
+                let Some(event) = shared.store().get(inflight.event_id)? else {
                     continue; // deleted by retention meanwhile
                 };
                 let message = Arc::new(Message::from_event(&event));
@@ -100,10 +100,10 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
         for sub in &stored.subscriptions {
             let options = session.lock().subscriptions.get(&sub.filter).copied();
             if let Some(options) = options {
-                shared.router.subscribe(&session, &sub.filter, options);
+                shared.router().subscribe(&session, &sub.filter, options);
             }
         }
-        shared.registry.restore(session.clone());
+        shared.registry().restore(session.clone());
         if let Some(secs) = remaining_secs {
             shared.schedule_expiry(session, 0, secs);
         }

@@ -4,31 +4,20 @@
 //!
 //! Publishers only take the table's read lock, so publishes from many connections route in
 //! parallel; subscribe and unsubscribe take the write lock briefly.
+//!
+//! Depends on sessions (it offers them deliveries), the subscription options, the retained
+//! messages and the topic trie; sessions know nothing of it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use firehose_codec::QoS;
-
 use super::message::{Delivery, Message};
 use super::retained::Retained;
 use super::session::Session;
 use super::stats::Stats;
+use super::subscription::{parse_filter, ParsedFilter, SubOptions};
 use crate::topic::TopicTrie;
-
-/// The options of one subscription, as the router needs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubOptions {
-    /// Highest QoS granted.
-    pub qos: QoS,
-    /// MQTT 5 No Local: skip the subscriber's own publishes.
-    pub no_local: bool,
-    /// MQTT 5 Retain As Published.
-    pub retain_as_published: bool,
-    /// MQTT 5 subscription identifier.
-    pub id: Option<u32>,
-}
 
 #[derive(Debug)]
 struct Subscriber {
@@ -52,31 +41,6 @@ struct FilterEntry {
 impl FilterEntry {
     fn is_empty(&self) -> bool {
         self.direct.is_empty() && self.shared.is_empty()
-    }
-}
-
-/// A filter as subscribed, split into its shared-subscription group (if any) and the filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ParsedFilter<'a> {
-    /// `Some(group)` for `$share/<group>/<filter>`.
-    pub group: Option<&'a str>,
-    /// The topic filter proper.
-    pub filter: &'a str,
-}
-
-/// Splits `$share/<group>/<filter>`; other filters pass unchanged.
-pub fn parse_filter(raw: &str) -> ParsedFilter<'_> {
-    if let Some(rest) = raw.strip_prefix("$share/") {
-        if let Some((group, filter)) = rest.split_once('/') {
-            return ParsedFilter {
-                group: Some(group),
-                filter,
-            };
-        }
-    }
-    ParsedFilter {
-        group: None,
-        filter: raw,
     }
 }
 
@@ -363,7 +327,7 @@ fn pick_member(group: &SharedGroup) -> Option<&Subscriber> {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use firehose_codec::{Protocol, PublishProperties};
+    use firehose_codec::{Protocol, PublishProperties, QoS};
 
     use crate::broker::session::{AttachRequest, Registry};
 
@@ -560,24 +524,6 @@ mod tests {
                 )
                 .reached,
             0
-        );
-    }
-
-    #[test]
-    fn parse_filter_splits_shared_subscriptions() {
-        assert_eq!(
-            parse_filter("$share/g/a/#"),
-            ParsedFilter {
-                group: Some("g"),
-                filter: "a/#"
-            }
-        );
-        assert_eq!(
-            parse_filter("a/#"),
-            ParsedFilter {
-                group: None,
-                filter: "a/#"
-            }
         );
     }
 

@@ -1,6 +1,9 @@
 //! Session state: what outlives a connection (subscriptions, queued and unacknowledged
 //! messages, QoS 2 packet ids), and the registry that maps client ids to sessions.
 //!
+//! Depends on messages, counters and the subscription options, never on the router (which
+//! points at sessions).
+//!
 //! Lock order: registry, then one session. Never call into the router while holding a session
 //! lock: the router's publish path takes the subscription table, then session locks.
 
@@ -13,8 +16,8 @@ use std::time::{Duration, Instant};
 use firehose_codec::{Protocol, QoS};
 
 use super::message::Delivery;
-use super::router::SubOptions;
 use super::stats::{self, Stats};
+use super::subscription::SubOptions;
 
 /// How long a session may be behind without taking a single delivery before it counts as
 /// stuck (a client that stopped reading) rather than slow: a stuck subscriber only loses its

@@ -8,13 +8,13 @@ use bytes::Bytes;
 use firehose_codec::{PublishProperties, QoS};
 
 use super::message::Message;
+use super::shared::Shared;
 use super::stats::get;
-use super::Shared;
 
 /// Publishes the statistics every `interval` until shutdown.
 pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
-    let mut shutdown = shared.shutdown.subscribe();
+    let mut shutdown = shared.watch_shutdown();
     loop {
         tokio::select! {
             _ = ticker.tick() => publish_all(&shared),
@@ -25,9 +25,9 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
 
 /// The current statistics as `(topic suffix, value)` pairs.
 pub(crate) fn snapshot(shared: &Shared) -> Vec<(&'static str, String)> {
-    let s = &shared.stats;
+    let s = shared.stats();
     let connected = get(&s.clients_connected);
-    let total = shared.registry.len() as u64;
+    let total = shared.registry().len() as u64;
     let dropped = get(&s.dropped_queue_full)
         + get(&s.dropped_offline_qos0)
         + get(&s.dropped_too_large)
@@ -68,11 +68,11 @@ pub(crate) fn snapshot(shared: &Shared) -> Vec<(&'static str, String)> {
         ("bytes/sent", get(&s.bytes_sent).to_string()),
         (
             "subscriptions/count",
-            shared.router.filter_count().to_string(),
+            shared.router().filter_count().to_string(),
         ),
         (
             "retained messages/count",
-            shared.router.retained().usage().messages.to_string(),
+            shared.router().retained().usage().messages.to_string(),
         ),
         (
             "connections/refused",

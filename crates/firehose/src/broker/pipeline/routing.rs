@@ -1,4 +1,5 @@
-//! Routing committed events to the sessions that want them, in log order.
+//! Step 5 of the publish pipeline: routing committed events to the sessions that want them,
+//! in log order.
 //!
 //! The log's writer thread hands every committed group over through a channel. Two kinds of
 //! task route from it, one at a time (a lock over the channel and what was taken from it):
@@ -26,7 +27,9 @@ use std::task::{ready, Context, Poll};
 
 use tokio::sync::mpsc;
 
-use super::{Committed, Shared};
+use super::log::{Committed, CommittedGroup};
+use crate::broker::message::Message;
+use crate::broker::shared::Shared;
 
 /// Most committed events routed before the routing task yields, so that the connections it
 /// woke write their queues before more is put in them: without the yield, a burst filled
@@ -110,14 +113,38 @@ impl Shared {
     /// Routes the events committed and not yet routed, when they are few and no other task is
     /// routing. Connections call it at the start of every turn (see the module's
     /// documentation): it costs them one atomic load when nothing waits.
+    #[inline]
     pub(crate) fn route_waiting(&self) {
-        let waiting = self.routing_backlog.load(Ordering::Acquire);
+        let pipeline = self.pipeline();
+        let waiting = pipeline.routing_backlog.load(Ordering::Acquire);
         if waiting == 0 || waiting > ROUTED_BY_A_CONNECTION {
             return;
         }
-        if let Some(mut queue) = try_lock(&self.routing_queue) {
+        if let Some(mut queue) = try_lock(&pipeline.routing_queue) {
             queue.route(self, ROUTED_BY_A_CONNECTION);
         }
+    }
+
+    /// Id of the logged event being routed (or last routed): a lagging session may return to
+    /// live routing once its cursor has reached it, and followers of the log read up to it.
+    pub(crate) fn log_position(&self) -> u64 {
+        self.pipeline().routing_started.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the log holds an event after `id` that has been routed live.
+    pub(crate) async fn wait_for_events_after(&self, id: u64) {
+        loop {
+            let advanced = self.pipeline().log_advanced.notified();
+            if self.log_position() > id {
+                return;
+            }
+            advanced.await;
+        }
+    }
+
+    /// Routes a message that is not logged (`$SYS` statistics): the one way around the log.
+    pub(crate) fn route_unlogged(&self, message: Message) {
+        self.router().publish(&Arc::new(message), self.stats());
     }
 }
 
@@ -162,11 +189,12 @@ impl Waiting {
         }
         let take = self.queued.len().min(most);
         self.batch.extend(self.queued.drain(..take));
+        let pipeline = shared.pipeline();
         // Publishers first: their acknowledgements need not wait for the fan-out.
         for entry in &mut self.batch {
             if entry.message.retain {
                 // A publisher told "stored" must find its retained message in place.
-                shared.router.retained().set(&entry.message);
+                shared.router().retained().set(&entry.message);
             }
             if let Some(done) = entry.done.take() {
                 done(Some(entry.message.id));
@@ -175,15 +203,15 @@ impl Waiting {
         // Once per batch: a clock read per message was a measurable part of routing.
         let now = std::time::Instant::now();
         for Committed { message, .. } in self.batch.drain(..) {
-            shared.routing_started.store(message.id, Ordering::SeqCst);
-            let fanout = shared.router.deliver(&message, &shared.stats, now);
-            shared.routing_backlog.fetch_sub(1, Ordering::AcqRel);
-            if fanout.mostly_behind() && shared.limits.pause_publishers {
+            pipeline.routing_started.store(message.id, Ordering::SeqCst);
+            let fanout = shared.router().deliver(&message, shared.stats(), now);
+            pipeline.routing_backlog.fetch_sub(1, Ordering::AcqRel);
+            if fanout.mostly_behind() && shared.limits().pause_publishers {
                 shared.slow_publishers();
             }
         }
         if take > 0 {
-            shared.log_advanced.notify_waiters();
+            pipeline.log_advanced.notify_waiters();
         }
         if self.queued.capacity() > 4 * ROUTE_BATCH && self.queued.len() < ROUTE_BATCH {
             self.queued.shrink_to(ROUTE_BATCH);
@@ -198,47 +226,11 @@ fn queue_group(shared: &Shared, mut group: CommittedGroup, queued: &mut VecDeque
     let unnumbered = group.number();
     if unnumbered > 0 {
         shared
+            .pipeline()
             .routing_backlog
             .fetch_sub(unnumbered, Ordering::AcqRel);
     }
     queued.extend(group.entries);
-}
-
-/// Committed events for routing: the [`super::Publications`] of one hand-over.
-pub(super) struct CommittedGroup {
-    /// The id of the first; the others follow it, one apart.
-    pub(super) first_id: u64,
-    /// The events, not yet numbered.
-    pub(super) entries: Vec<Committed>,
-}
-
-impl CommittedGroup {
-    /// Gives each message its id, on the runtime, which reads the message next anyway (the
-    /// writer thread only passes the group on). Returns how many it could not
-    /// number and dropped.
-    fn number(&mut self) -> usize {
-        let before = self.entries.len();
-        let mut id = self.first_id;
-        self.entries.retain_mut(|entry| {
-            let numbered = match Arc::get_mut(&mut entry.message) {
-                Some(unrouted) => {
-                    unrouted.id = id;
-                    true
-                }
-                None => {
-                    // Cannot happen: the group holds the only handle until it is routed.
-                    tracing::error!(topic = %entry.message.topic, "committed event shared before routing");
-                    if let Some(done) = entry.done.take() {
-                        done(None);
-                    }
-                    false
-                }
-            };
-            id += 1;
-            numbered
-        });
-        before - self.entries.len()
-    }
 }
 
 #[cfg(test)]
@@ -251,7 +243,8 @@ mod tests {
     use super::*;
     use crate::auth::Users;
     use crate::broker::message::{now_ms, Message};
-    use crate::broker::{test_broker, Publications};
+    use crate::broker::pipeline::{Accepted, Publications};
+    use crate::broker::test_broker;
     use crate::config::Limits;
 
     /// `count` publishes to `t`, each acknowledging by storing its id into `acked`.
@@ -268,7 +261,7 @@ mod tests {
                 "client".into(),
             );
             let acked = Arc::clone(acked);
-            let done: super::super::Accepted = Box::new(move |id| {
+            let done: Accepted = Box::new(move |id| {
                 acked.fetch_max(id.unwrap_or(0), Ordering::SeqCst);
             });
             publications.push(message, "user".into(), now_ms(), Some(done), None);
@@ -276,11 +269,16 @@ mod tests {
         publications
     }
 
+    /// Events committed and not yet routed.
+    fn backlog(shared: &Shared) -> usize {
+        shared.pipeline().routing_backlog.load(Ordering::Acquire)
+    }
+
     /// Blocks the thread (so the current-thread runtime's routing task cannot run) until the
     /// log's writer has committed `count` events and handed them over for routing.
     fn wait_until_committed(shared: &Shared, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while shared.routing_backlog.load(Ordering::Acquire) < count {
+        while backlog(shared) < count {
             assert!(Instant::now() < deadline, "the log commits in time");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -306,8 +304,8 @@ mod tests {
 
         shared.route_waiting();
         assert_eq!(acked.load(Ordering::SeqCst), 2, "both routed, in order");
-        assert_eq!(shared.routing_backlog.load(Ordering::Acquire), 0);
-        assert_eq!(shared.routing_started.load(Ordering::SeqCst), 2);
+        assert_eq!(backlog(shared), 0);
+        assert_eq!(shared.pipeline().routing_started.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -325,12 +323,9 @@ mod tests {
             0,
             "a connection leaves a burst"
         );
-        assert_eq!(shared.routing_backlog.load(Ordering::Acquire), burst);
+        assert_eq!(backlog(shared), burst);
 
-        eventually("the routing task routes the burst", || {
-            shared.routing_backlog.load(Ordering::Acquire) == 0
-        })
-        .await;
+        eventually("the routing task routes the burst", || backlog(shared) == 0).await;
         assert_eq!(acked.load(Ordering::SeqCst), burst as u64);
     }
 
@@ -344,7 +339,7 @@ mod tests {
         let burst = ROUTED_BY_A_CONNECTION + 1;
         // Another task routing: on this current-thread runtime, a routing task that blocked on
         // the lock would stop the runtime, and the sleep below would never end.
-        let held = try_lock(&shared.routing_queue).expect("nobody routes yet");
+        let held = try_lock(&shared.pipeline().routing_queue).expect("nobody routes yet");
         shared.accept_all(publications(burst, &acked));
         wait_until_committed(shared, burst);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -356,7 +351,7 @@ mod tests {
         drop(held);
 
         eventually("the routing task routes once it may", || {
-            shared.routing_backlog.load(Ordering::Acquire) == 0
+            backlog(shared) == 0
         })
         .await;
         assert_eq!(acked.load(Ordering::SeqCst), burst as u64);
@@ -365,7 +360,7 @@ mod tests {
     #[tokio::test]
     async fn the_routing_task_ends_with_the_broker() {
         let (broker, _dir) = test_broker(Limits::default(), Users::none());
-        let queue = Arc::clone(&broker.shared.routing_queue);
+        let queue = Arc::clone(&broker.shared.pipeline().routing_queue);
         tokio::task::yield_now().await; // the task starts waiting on the channel
         assert_eq!(
             Arc::strong_count(&queue),
