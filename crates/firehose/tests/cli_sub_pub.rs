@@ -555,6 +555,15 @@ fn docs_example_curl_sse_resumes_after_the_last_event() {
                 serde_json::from_str(&line).expect("JSON event")
             })
             .collect();
+        // The script saves an event's id just after printing it: stopping it between the two
+        // would be a test of bad timing, not of resuming. Wait for the save of the last one.
+        let last = events
+            .last()
+            .map(|e| e["id"].to_string())
+            .unwrap_or_default();
+        eventually(TIMEOUT, "state file", || {
+            std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == last)
+        });
         // The whole pipeline (sh, curl, the loop) is one process group.
         let _ = Command::new("kill")
             .args(["-TERM", "--", &format!("-{}", child.id())])
@@ -566,9 +575,13 @@ fn docs_example_curl_sse_resumes_after_the_last_event() {
     publish_ok(&node, "gerrit/a/comment-added", r#"{"n":2}"#);
     let first = run(2);
     assert_eq!(payloads(&first), [r#"{"n":1}"#, r#"{"n":2}"#]);
-    eventually(TIMEOUT, "state file", || {
-        std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "2")
-    });
+    assert_eq!(
+        std::fs::read_to_string(&state)
+            .ok()
+            .as_deref()
+            .map(str::trim),
+        Some("2")
+    );
     publish_ok(&node, "gerrit/a/comment-added", r#"{"n":3}"#);
     let second = run(1);
     assert_eq!(payloads(&second), [r#"{"n":3}"#]);
