@@ -44,6 +44,9 @@ const TOPIC_ROOT: &str = "logs";
 /// Bytes read from a TCP connection at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Larger than any UDP datagram (65,507 bytes of payload over IPv4, 65,527 over IPv6).
+const MAX_DATAGRAM: usize = 65_536;
+
 /// What a listener receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Input {
@@ -212,8 +215,10 @@ async fn udp_loop(
             return;
         }
     };
-    // One byte more than the limit, to tell a datagram at the limit from a longer one.
-    let mut buf = vec![0u8; max_line.saturating_add(1).min(65_536)];
+    // Room for a message at the limit, its line ending (`\r\n`, which some senders add and
+    // which is not counted, as over TCP) and one byte more: a datagram that fills the buffer
+    // may have been cut by the kernel, and is over the limit.
+    let mut buf = vec![0u8; max_line.saturating_add(3).min(MAX_DATAGRAM)];
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -223,17 +228,19 @@ async fn udp_loop(
                 continue;
             }
         };
-        if n > max_line {
+        let datagram = &buf[..n];
+        let message = parse::without_line_ending(datagram);
+        if message.len() > max_line || (n == buf.len() && n < MAX_DATAGRAM) {
             refusals.refuse(
                 &cx,
                 Input::Udp,
                 peer,
                 "datagram over max_line_bytes",
-                &buf[..n],
+                datagram,
             );
             continue;
         }
-        let datagram = &buf[..n];
+        // Empty datagrams are not messages (load balancers probe UDP ports with them).
         if datagram.iter().all(|b| b.is_ascii_whitespace() || *b == 0) {
             continue;
         }
