@@ -214,6 +214,12 @@ impl BridgeContext {
         self.state.count_rejected();
     }
 
+    /// Counts an input not published on purpose because it repeats one already published
+    /// (logged by the caller).
+    pub fn duplicate(&self) {
+        self.state.count_duplicate();
+    }
+
     /// Records an error without changing the state; the status event follows with the next
     /// change, or with [`BridgeContext::report`].
     pub fn error(&self, message: impl Into<String>) {
