@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use bridge_support::{
-    event_lines, fingerprint, fixture, get, keygen, node_with, play_key, user_toml, wait_until,
-    Sshd,
+    assert_log_intact, event_lines, fingerprint, fixture, get, keygen, node_with, play_key,
+    user_toml, wait_until, Sshd,
 };
 use common::durable::http_json;
 use common::wire::PublishIn;
@@ -503,4 +503,52 @@ fn the_refill_overlap_is_dropped_by_position_not_by_content() {
     });
     assert_eq!(review["gap"]["events_filled"], 2, "{review:#}");
     assert_eq!(review["duplicates"], 2, "{review:#}");
+}
+
+/// Issue 21 point 6: what Gerrit sends is logged escaped. A line that is not an event and the
+/// server's explanation on stderr both carry a newline, a carriage return and terminal escape
+/// sequences; the server's log keeps one line per entry, with no control character.
+#[test]
+fn peer_text_is_logged_escaped() {
+    let play = b"not an event \x1b[31mred\rFORGED-STDOUT\nEXIT\n".to_vec();
+    let stderr = b"fatal: refused\nFORGED-STDERR \x1b[2J\x1b]0;title\x07".to_vec();
+    let sshd = Sshd::start(&[(&play_key(STREAM, None), &play)]);
+    let stderr_file = sshd
+        .dir
+        .path()
+        .join(format!("{}.stderr", play_key(STREAM, None)));
+    std::fs::write(&stderr_file, &stderr).expect("stderr file");
+    let config = sshd.bridge_toml(
+        "review",
+        &format!("host_key_fingerprint = \"{}\"", fingerprint(&sshd.host_pub)),
+    );
+    let (_dir, node) = node_with(&user_toml("pub", "pw", None, &["#"]), &config);
+    sshd.go();
+
+    let status = wait_until("the refusal reported", || {
+        let health = http_json(node.http, "/healthz?format=json");
+        let review = health["bridges"].as_array()?.first()?.clone();
+        let error = review["last_error"].as_str()?;
+        (error.contains("FORGED-STDERR") && review["rejected"].as_u64() >= Some(1))
+            .then_some(review)
+    });
+    // The status event keeps the server's words (JSON escapes them itself).
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused\nFORGED-STDERR \u{1b}[2J"),
+        "{status:#}"
+    );
+    let log = wait_until("both log lines", || {
+        let log = node.log();
+        (log.contains("FORGED-STDOUT") && log.contains("FORGED-STDERR")).then_some(log)
+    });
+    assert_log_intact(&log);
+    assert!(
+        log.contains(r"refused\nFORGED-STDERR \u{1b}[2J\u{1b}]0;title\u{7}"),
+        "the stderr, escaped: {log}"
+    );
+    assert!(
+        log.contains(r"not an event \u{1b}[31mred\rFORGED-STDOUT"),
+        "the line, escaped: {log}"
+    );
 }

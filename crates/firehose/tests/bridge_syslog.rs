@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use bridge_support::{get, wait_until};
+use bridge_support::{assert_log_intact, get, wait_until};
 use common::durable::{enc, history, http_json, DataDir, Node};
 use common::{run_with_timeout, TIMEOUT};
 
@@ -407,4 +407,28 @@ fn a_crlf_line_of_exactly_max_line_bytes_is_accepted_over_tcp() {
         log_events(&node).iter().all(|(_, p)| p["app"] != "udpover"),
         "the datagram over the limit is not published"
     );
+}
+
+/// Issue 21 point 6: a refused message is logged with a sample of it, escaped, so that its
+/// newlines and escape sequences neither forge log lines nor reach a terminal; host and
+/// program names with control characters give topic levels without them.
+#[test]
+fn peer_text_is_logged_escaped() {
+    let dir = DataDir::standard(CONFIG);
+    let node = dir.start();
+    let l = listeners(&node);
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    udp.send_to(b"<13>Nov 25 10:00:57 web\x1b[31m1 app\x07: hi", l.udp)
+        .expect("send");
+    udp.send_to(b"no PRI \x1b[2J\rFORGED-UDP\nline", l.udp)
+        .expect("send");
+    let events = wait_for_app(&node, "app\u{7}", 1);
+    assert_eq!(events[0].0, "logs/web_[31m1/app_", "{events:?}");
+    // One warning a second: the first refusal is the one logged at warning level.
+    let log = wait_until("the refusal in the log", || {
+        let log = node.log();
+        log.contains("FORGED-UDP").then_some(log)
+    });
+    assert_log_intact(&log);
+    assert!(log.contains(r"no PRI \u{1b}[2J\rFORGED-UDP\nline"), "{log}");
 }

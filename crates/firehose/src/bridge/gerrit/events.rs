@@ -74,11 +74,12 @@ fn project_of(value: &Value) -> Option<&str> {
         .or_else(|| value.pointer("/refUpdate/project").and_then(Value::as_str))
 }
 
-/// A topic level: MQTT wildcards and NUL become `_`.
+/// A topic level: MQTT wildcards, `/` and control characters become `_`.
 fn level(text: &str) -> String {
     text.chars()
         .map(|c| match c {
-            '+' | '#' | '\0' | '/' => '_',
+            '+' | '#' | '/' => '_',
+            c if c.is_control() => '_',
             c => c,
         })
         .collect()
@@ -293,6 +294,10 @@ mod tests {
             "gerrit/-/dropped-output"
         );
         assert_eq!(topic(r#"{"type":"a+b","project":"x#y"}"#), "gerrit/x_y/a_b");
+        assert_eq!(
+            topic(r#"{"type":"a\u001b[2J","project":"x\ny/z\u0000"}"#),
+            "gerrit/x_y/z_/a_[2J"
+        );
         assert!(matches!(parse_line("g", b"not json"), Line::Invalid(_)));
         assert!(matches!(parse_line("g", b"[1]"), Line::Invalid(_)));
         assert!(matches!(parse_line("g", b"{\"type\":1}"), Line::Invalid(_)));

@@ -225,7 +225,8 @@ impl Runner {
             if published > 0 || started.elapsed() >= STABLE {
                 backoff.reset();
             }
-            warn!(bridge = %c.name, "{error}");
+            // The server's stderr is in it: escaped.
+            warn!(bridge = %c.name, error = ?error, "Gerrit stream ended");
             self.cx.error(error.clone());
             let changed = self.cx.set_state("disconnected", false).await;
             if !changed && reported.as_deref() != Some(error.as_str()) {

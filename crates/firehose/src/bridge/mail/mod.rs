@@ -220,7 +220,8 @@ impl Worker {
             match self.session(&mut connected).await {
                 Ok(()) => return,
                 Err(error) => {
-                    warn!(bridge = %self.config.name, "IMAP session ended: {error}");
+                    // It may quote the server's answer: escaped.
+                    warn!(bridge = %self.config.name, error = ?error, "IMAP session ended");
                     self.cx.error(format!("IMAP: {error}"));
                     self.cx.set_state("disconnected", false).await;
                 }
@@ -375,7 +376,7 @@ impl Worker {
                     .await?;
                 }
             }
-            debug!(bridge = %self.config.name, uid, topic = %event.topic, "mail published");
+            debug!(bridge = %self.config.name, uid, topic = ?event.topic, "mail published");
         }
         Ok(())
     }

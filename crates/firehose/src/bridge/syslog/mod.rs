@@ -22,7 +22,6 @@ mod parse;
 pub use config::SyslogBridgeConfig;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +35,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use self::parse::{Frame, Framer, LogEvent};
-use super::{BridgeContext, BridgeError, BuiltBridge};
+use super::{BridgeContext, BridgeError, BuiltBridge, Throttle};
 
 /// First topic level of every log event.
 const TOPIC_ROOT: &str = "logs";
@@ -134,10 +133,8 @@ struct Limits {
 /// Counts and logs refused inputs, with at most one warning a second per bridge.
 #[derive(Debug, Default)]
 struct Refusals {
-    /// When the last warning was logged, milliseconds since the epoch.
-    last_warn_ms: AtomicI64,
-    /// Refusals not warned about since then.
-    quiet: AtomicU64,
+    /// Rations the warnings.
+    throttle: Throttle,
 }
 
 impl Refusals {
@@ -145,26 +142,17 @@ impl Refusals {
     fn refuse(&self, cx: &BridgeContext, input: Input, peer: SocketAddr, reason: &str, raw: &[u8]) {
         cx.rejected();
         let sample = String::from_utf8_lossy(&raw[..raw.len().min(80)]).into_owned();
-        let now = super::now_ms();
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        if now - last >= 1000
-            && self
-                .last_warn_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let quiet = self.quiet.swap(0, Ordering::Relaxed);
-            warn!(
+        match self.throttle.warning() {
+            Some(quiet) => warn!(
                 bridge = %cx.state().name(),
                 listener = input.as_str(),
                 %peer,
                 also_refused = quiet,
-                "refused input: {reason}: {sample:?}"
-            );
-        } else {
-            self.quiet.fetch_add(1, Ordering::Relaxed);
-            debug!(bridge = %cx.state().name(), listener = input.as_str(), %peer,
-                "refused input: {reason}: {sample:?}");
+                sample = ?sample,
+                "refused input: {reason}"
+            ),
+            None => debug!(bridge = %cx.state().name(), listener = input.as_str(), %peer,
+                sample = ?sample, "refused input: {reason}"),
         }
     }
 }
