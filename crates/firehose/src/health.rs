@@ -287,7 +287,9 @@ mod tests {
             to_ms: 4_000,
             filled: None,
         });
+        state.count_duplicate();
         let json = state.to_json();
+        assert_eq!(json["duplicates"], 1);
         assert_eq!(json["since"], "1970-01-01T00:00:04.000Z");
         assert_eq!(json["last_event_time"], "1970-01-01T00:00:05.000Z");
         assert_eq!(json["gap"]["filled"], false);

@@ -50,6 +50,26 @@ fn collect(sub: &mut RawClient, done: impl Fn(&[PublishIn]) -> bool) -> Vec<Publ
     got
 }
 
+/// Starts a server with `config`, lets `sshd` play, and collects what is published until the
+/// change-abandoned event that ends the second stream of the reconnection fixtures.
+fn until_abandoned(
+    sshd: &Sshd,
+    config: &str,
+) -> (
+    common::durable::DataDir,
+    common::durable::Node,
+    Vec<PublishIn>,
+) {
+    let (dir, node) = node_with(&user_toml("pub", "pw", None, &["#"]), config);
+    let mut sub = subscriber(&node);
+    sshd.go();
+    let got = collect(&mut sub, |got| {
+        got.iter()
+            .any(|p| p.topic == "gerrit/infra/zuul-jobs/change-abandoned")
+    });
+    (dir, node, got)
+}
+
 /// The payloads published under `gerrit/`, in order, as text.
 fn gerrit_payloads(got: &[PublishIn]) -> Vec<String> {
     texts(
@@ -354,14 +374,7 @@ fn the_events_log_plugin_fills_the_gap_without_duplicates() {
             password_file.display()
         ),
     );
-    let (_dir, node) = node_with(&user_toml("pub", "pw", None, &["#"]), &config);
-    let mut sub = subscriber(&node);
-    sshd.go();
-
-    let got = collect(&mut sub, |got| {
-        got.iter()
-            .any(|p| p.topic == "gerrit/infra/zuul-jobs/change-abandoned")
-    });
+    let (_dir, node, got) = until_abandoned(&sshd, &config);
     let gerrit: Vec<&PublishIn> = got
         .iter()
         .filter(|p| p.topic.starts_with("gerrit/"))
@@ -472,14 +485,7 @@ fn the_refill_overlap_is_dropped_by_position_not_by_content() {
             events_log.url
         ),
     );
-    let (_dir, node) = node_with(&user_toml("pub", "pw", None, &["#"]), &config);
-    let mut sub = subscriber(&node);
-    sshd.go();
-
-    let got = collect(&mut sub, |got| {
-        got.iter()
-            .any(|p| p.topic == "gerrit/infra/zuul-jobs/change-abandoned")
-    });
+    let (_dir, node, got) = until_abandoned(&sshd, &config);
     let first = event_lines(&first);
     let refill = event_lines(&answer);
     let second = event_lines(&second);

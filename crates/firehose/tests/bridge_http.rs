@@ -292,12 +292,27 @@ fn webhook_config(dir: &std::path::Path) -> String {
     )
 }
 
+/// What a webhook test's server needs kept until its end: the Gitea secret's and the
+/// server's directories.
+type Keep = (tempfile::TempDir, common::durable::DataDir);
+
+/// A server with the three webhook sources of [`webhook_config`], `before` ahead of it in the
+/// config and `webhooks` lines added to `[bridge.webhooks]`; and a subscriber to `webhooks/#`.
+fn webhook_node(before: &str, webhooks: &str) -> (Keep, common::durable::Node, RawClient) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let config = webhook_config(scratch.path()).replace(
+        "max_body_bytes = 65536\n",
+        &format!("max_body_bytes = 65536\n{webhooks}"),
+    );
+    let (dir, node) = node_with(&users(), &format!("{before}{config}"));
+    let mut sub = RawClient::anonymous(node.mqtt, true, "webhooks-sub");
+    sub.subscribe("webhooks/#", 1);
+    ((scratch, dir), node, sub)
+}
+
 #[test]
 fn webhooks_are_verified_published_and_deduplicated() {
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let (_dir, node) = node_with(&users(), &webhook_config(scratch.path()));
-    let mut sub = RawClient::anonymous(node.mqtt, true, "hook-sub");
-    sub.subscribe("webhooks/#", 1);
+    let (_keep, node, mut sub) = webhook_node("", "");
 
     // GitHub: signature over the exact body, event and delivery headers.
     let github = fixture("webhooks/github-push.json");
@@ -596,14 +611,8 @@ fn assert_duplicate(answer: &Answer, delivery: &str) {
 /// signature is checked first.
 #[test]
 fn webhook_delivery_ids_are_required_and_replays_refused() {
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let config = webhook_config(scratch.path()).replace(
-        "max_body_bytes = 65536\n",
-        "max_body_bytes = 65536\nreplay_window_secs = 3600\nreplay_max_ids = 100\n",
-    );
-    let (_dir, node) = node_with(&users(), &config);
-    let mut sub = RawClient::anonymous(node.mqtt, true, "replay-sub");
-    sub.subscribe("webhooks/#", 1);
+    let (_keep, node, mut sub) =
+        webhook_node("", "replay_window_secs = 3600\nreplay_max_ids = 100\n");
 
     let github = fixture("webhooks/github-push.json");
     let signature = format!("sha256={}", hmac_hex(GITHUB_SECRET, &github));
@@ -731,10 +740,7 @@ fn webhook_delivery_ids_are_required_and_replays_refused() {
 /// anything else is refused with 400 and counted, before its delivery id is remembered.
 #[test]
 fn webhook_event_names_are_one_topic_level() {
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let (_dir, node) = node_with(&users(), &webhook_config(scratch.path()));
-    let mut sub = RawClient::anonymous(node.mqtt, true, "event-sub");
-    sub.subscribe("webhooks/#", 1);
+    let (_keep, node, mut sub) = webhook_node("", "");
     let github = fixture("webhooks/github-push.json");
     let signature = format!("sha256={}", hmac_hex(GITHUB_SECRET, &github));
     let send = |event: &str, delivery: &str| {
@@ -808,12 +814,7 @@ fn webhook_event_names_are_one_topic_level() {
 /// forge may deliver it again.
 #[test]
 fn webhook_payload_text_is_logged_escaped() {
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let config = format!(
-        "[limits]\nmax_topic_levels = 6\n{}",
-        webhook_config(scratch.path())
-    );
-    let (_dir, node) = node_with(&users(), &config);
+    let (_keep, node, _sub) = webhook_node("[limits]\nmax_topic_levels = 6\n", "");
     let body = br#"{"repository":{"full_name":"a/b/c\nFORGED-WEBHOOK \u001b[2J/repo"}}"#;
     let signature = format!("sha256={}", hmac_hex(GITHUB_SECRET, body));
     let send = || {
