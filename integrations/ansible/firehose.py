@@ -10,8 +10,17 @@ Topics, as the original OpenStack Firehose's Ansible plugin published them (``<p
 - ``<prefix>/playbook/<uuid>/stats/<host>`` with each host's recap;
 - ``<prefix>/playbook/<uuid>/action/finish/<OK|FAILED>`` when it ends.
 
-The plugin never fails a playbook: when Firehose cannot be reached or refuses an event, it
-prints one warning and publishes nothing more for that run.
+The plugin never fails a playbook, and never drops an event without saying so:
+
+- when Firehose cannot be reached, or refuses the credentials (401, 403), it prints one
+  warning and publishes nothing more for that run (each later event would wait or fail the
+  same way);
+- a task result larger than Firehose accepts (413) is published without its result
+  (``ansible_result`` empty, ``ansible_result_omitted_bytes`` its size), so that the task's
+  status still arrives;
+- an event Firehose refuses for any other reason (400, 503, 507) is skipped with a warning
+  (the first one) and the run goes on;
+- at the end of the run, a warning counts the events that were not published.
 """
 
 from __future__ import annotations
@@ -84,7 +93,9 @@ options:
 
 def _level(name: str) -> str:
     """A host name as one topic level: no separators or wildcards, never empty."""
-    cleaned = "".join("_" if c in "/+#" or ord(c) < 32 else c for c in str(name).strip())
+    cleaned = "".join(
+        "_" if c in "/+#" or ord(c) < 32 or 127 <= ord(c) < 160 else c for c in str(name).strip()
+    )
     return cleaned or "-"
 
 
@@ -116,6 +127,9 @@ class CallbackModule(CallbackBase):
         self.auth = None
         self.prefix = "ansible"
         self.timeout = 5.0
+        self.published = 0
+        self.dropped = 0
+        self.warned_skip = False
 
     def set_options(self, task_keys=None, var_options=None, direct=None):
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
@@ -131,10 +145,31 @@ class CallbackModule(CallbackBase):
 
     def _publish(self, suffix: str, payload: dict) -> None:
         if self.disabled:
+            self.dropped += 1
             return
         topic = f"{self.prefix}/playbook/{self.session}/{suffix}"
         payload = dict(payload, session=self.session, timestamp=_now())
         body = json.dumps(payload, default=str, sort_keys=True).encode()
+        status, detail = self._post(topic, body)
+        if status == 413 and "ansible_result" in payload:
+            # Too large for Firehose: the task's status matters more than its output.
+            payload = dict(payload, ansible_result={}, ansible_result_omitted_bytes=len(body))
+            body = json.dumps(payload, default=str, sort_keys=True).encode()
+            status, detail = self._post(topic, body)
+        if status is None:
+            self.published += 1
+        elif status in (0, 401, 403):
+            self.dropped += 1
+            self._give_up(detail)
+        else:
+            self.dropped += 1
+            if not self.warned_skip:
+                self.warned_skip = True
+                self._display.warning(f"{detail}; this event is not published to Firehose")
+
+    def _post(self, topic: str, body: bytes):
+        """POSTs one event: (None, None) once it is stored, else (HTTP status, or 0 when
+        Firehose cannot be reached, and what went wrong)."""
         request = urllib.request.Request(
             f"{self.url}/api/v1/publish/{urllib.parse.quote(topic, safe='/')}",
             data=body,
@@ -146,15 +181,23 @@ class CallbackModule(CallbackBase):
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:
                 answer.read()
+            return None, None
         except urllib.error.HTTPError as e:
             detail = e.read(500).decode("utf-8", "replace").strip()
-            self._give_up(f"Firehose refused {topic}: HTTP {e.code} {detail}")
+            return e.code, f"Firehose refused {topic}: HTTP {e.code} {detail}"
         except Exception as e:  # noqa: BLE001 -- never let a publish fail the playbook
-            self._give_up(f"Firehose at {self.url} is unreachable ({e})")
+            return 0, f"Firehose at {self.url} is unreachable ({e})"
 
     def _give_up(self, why: str) -> None:
         self.disabled = True
         self._display.warning(f"{why}; no more events of this run are published to Firehose")
+
+    def _report_dropped(self) -> None:
+        if self.dropped:
+            total = self.published + self.dropped
+            self._display.warning(
+                f"{self.dropped} of the {total} events of this run were not published to Firehose"
+            )
 
     def _base(self) -> dict:
         return {
@@ -218,3 +261,4 @@ class CallbackModule(CallbackBase):
             f"action/finish/{status}",
             dict(self._base(), status=status, ansible_type="finish"),
         )
+        self._report_dropped()

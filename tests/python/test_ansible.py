@@ -36,8 +36,12 @@ def ansible_playbook() -> str:
 class HttpFirehose:
     """`firehose serve` with HTTP on a free loopback port and a users file with `ansible`."""
 
-    def __init__(self, workdir: pathlib.Path):
+    def __init__(self, workdir: pathlib.Path, config: str = ""):
         workdir.mkdir(parents=True, exist_ok=True)
+        extra = []
+        if config:
+            (workdir / "firehose.toml").write_text(config)
+            extra = ["--config", str(workdir / "firehose.toml")]
         users = workdir / "users.toml"
         users.write_text(
             "[[user]]\n"
@@ -49,7 +53,7 @@ class HttpFirehose:
         self.proc = subprocess.Popen(
             [
                 firehose_bin(), "serve", "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                "--data-dir", str(workdir / "data"), "--users", str(users),
+                "--data-dir", str(workdir / "data"), "--users", str(users), *extra,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -94,7 +98,7 @@ class HttpFirehose:
 
 @pytest.fixture
 def firehose(tmp_path, request):
-    server = HttpFirehose(tmp_path / "firehose")
+    server = HttpFirehose(tmp_path / "firehose", getattr(request, "param", ""))
     yield server
     status = server.stop()
     rep = getattr(request.node, "rep_call", None)
@@ -261,3 +265,62 @@ def test_refused_credentials_only_warn(firehose, tmp_path):
     assert out.returncode == 0, text
     assert "HTTP 401" in text, text
     assert firehose.events("ansible/#") == []
+
+
+BIG_RESULT = """
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: small
+      debug:
+        msg: small
+    - name: big
+      debug:
+        msg: "{{ 'x' * 20000 }}"
+    - name: after
+      debug:
+        msg: after
+"""
+
+
+@pytest.mark.parametrize("firehose", ["[limits]\nmax_packet_size = 4096\n"], indirect=True)
+def test_a_result_too_large_is_published_without_it(firehose, tmp_path):
+    """Issue 27: a task result over Firehose's limit (413) no longer stops the run's events:
+    the task is published without its result, with the result's size."""
+    out = run_playbook(
+        tmp_path / "run", firehose.url, BIG_RESULT,
+        {"FIREHOSE_USER": USER, "FIREHOSE_PASSWORD": PASSWORD},
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "not published" not in text, text
+    events = wait_events(firehose, 6)
+    kinds = [(p["ansible_type"], p.get("ansible_task")) for _, p in events]
+    assert kinds == [
+        ("start", None), ("task", "small"), ("task", "big"), ("task", "after"),
+        ("stats", None), ("finish", None),
+    ], kinds
+    big = events[2][1]
+    assert big["status"] == "OK"
+    assert big["ansible_result"] == {}
+    assert big["ansible_result_omitted_bytes"] > 20000, big
+    assert events[1][1]["ansible_result"]["msg"] == "small"
+
+
+@pytest.mark.parametrize("firehose", ["[limits]\nmax_topic_levels = 5\n"], indirect=True)
+def test_refused_events_are_skipped_and_counted(firehose, tmp_path):
+    """Issue 27: an event Firehose refuses (here: topics deeper than max_topic_levels, 400) is
+    skipped with one warning, the rest of the run is still published, and the end of the run
+    says how many events were not."""
+    out = run_playbook(
+        tmp_path / "run", firehose.url, PLAYBOOK,
+        {"FIREHOSE_USER": USER, "FIREHOSE_PASSWORD": PASSWORD},
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert text.count("HTTP 400") == 1, text
+    # Three tasks and the finish have six levels; start and stats have five.
+    assert "4 of the 6 events of this run were not published to Firehose" in text, text
+    events = wait_events(firehose, 2)
+    assert [p["ansible_type"] for _, p in events] == ["start", "stats"], events

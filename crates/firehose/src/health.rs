@@ -1,5 +1,5 @@
 //! Bridge health: what every bridge reports (connected, last event, reconnects, events in,
-//! errors, refused inputs, the last gap in its stream), read by `/healthz`, `/metrics` and the
+//! errors, refused inputs, repeated inputs dropped, the last gap in its stream), read by `/healthz`, `/metrics` and the
 //! bridges' own status events (`firehose/bridges/<name>/status`).
 //!
 //! A leaf (layer 1): depends on no module of this crate (std, serde_json and humantime only),
@@ -59,6 +59,9 @@ pub struct BridgeState {
     errors: AtomicU64,
     /// Inputs refused as invalid (non-JSON lines, bad signatures, oversized bodies).
     rejected: AtomicU64,
+    /// Inputs not published because they repeat one already published (a webhook's
+    /// redelivery, an event both the Gerrit events-log plugin and a stream sent).
+    duplicates: AtomicU64,
     /// State name, last error and gap.
     detail: Mutex<Detail>,
 }
@@ -76,6 +79,7 @@ impl BridgeState {
             events_in: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             detail: Mutex::new(Detail {
                 state: "starting",
                 since_ms: now_ms,
@@ -119,6 +123,11 @@ impl BridgeState {
         self.rejected.load(Ordering::Relaxed)
     }
 
+    /// Repeated inputs dropped so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
     /// Time of the last event, milliseconds since the epoch; `None` before the first.
     pub fn last_event_ms(&self) -> Option<i64> {
         Some(self.last_event_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
@@ -139,6 +148,11 @@ impl BridgeState {
     /// Counts an input refused as invalid.
     pub fn count_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an input dropped because it repeats one already published.
+    pub fn count_duplicate(&self) {
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sets the state (`connecting`, `connected`, `listening`...) as of `now_ms`; false when
@@ -191,6 +205,7 @@ impl BridgeState {
             "reconnects": self.reconnects(),
             "errors": self.errors(),
             "rejected": self.rejected(),
+            "duplicates": self.duplicates(),
             "last_error": detail.last_error,
             "gap": gap,
         })
@@ -272,7 +287,9 @@ mod tests {
             to_ms: 4_000,
             filled: None,
         });
+        state.count_duplicate();
         let json = state.to_json();
+        assert_eq!(json["duplicates"], 1);
         assert_eq!(json["since"], "1970-01-01T00:00:04.000Z");
         assert_eq!(json["last_event_time"], "1970-01-01T00:00:05.000Z");
         assert_eq!(json["gap"]["filled"], false);

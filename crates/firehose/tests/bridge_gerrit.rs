@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use bridge_support::{
-    event_lines, fingerprint, fixture, get, keygen, node_with, play_key, user_toml, wait_until,
-    Sshd,
+    assert_log_intact, event_lines, fingerprint, fixture, get, keygen, node_with, play_key,
+    user_toml, wait_until, Sshd,
 };
 use common::durable::http_json;
 use common::wire::PublishIn;
@@ -48,6 +48,43 @@ fn collect(sub: &mut RawClient, done: impl Fn(&[PublishIn]) -> bool) -> Vec<Publ
         got.push(sub.expect_publish());
     }
     got
+}
+
+/// Starts a server with `config`, lets `sshd` play, and collects what is published until the
+/// change-abandoned event that ends the second stream of the reconnection fixtures.
+fn until_abandoned(
+    sshd: &Sshd,
+    config: &str,
+) -> (
+    common::durable::DataDir,
+    common::durable::Node,
+    Vec<PublishIn>,
+) {
+    let (dir, node) = node_with(&user_toml("pub", "pw", None, &["#"]), config);
+    let mut sub = subscriber(&node);
+    sshd.go();
+    let got = collect(&mut sub, |got| {
+        got.iter()
+            .any(|p| p.topic == "gerrit/infra/zuul-jobs/change-abandoned")
+    });
+    (dir, node, got)
+}
+
+/// The payloads published under `gerrit/`, in order, as text.
+fn gerrit_payloads(got: &[PublishIn]) -> Vec<String> {
+    texts(
+        got.iter()
+            .filter(|p| p.topic.starts_with("gerrit/"))
+            .map(|p| &p.payload),
+    )
+}
+
+/// Lines as text, for readable comparisons.
+fn texts<'a>(lines: impl IntoIterator<Item = &'a Vec<u8>>) -> Vec<String> {
+    lines
+        .into_iter()
+        .map(|line| String::from_utf8_lossy(line).into_owned())
+        .collect()
 }
 
 fn status_of(p: &PublishIn) -> Value {
@@ -337,14 +374,7 @@ fn the_events_log_plugin_fills_the_gap_without_duplicates() {
             password_file.display()
         ),
     );
-    let (_dir, node) = node_with(&user_toml("pub", "pw", None, &["#"]), &config);
-    let mut sub = subscriber(&node);
-    sshd.go();
-
-    let got = collect(&mut sub, |got| {
-        got.iter()
-            .any(|p| p.topic == "gerrit/infra/zuul-jobs/change-abandoned")
-    });
+    let (_dir, node, got) = until_abandoned(&sshd, &config);
     let gerrit: Vec<&PublishIn> = got
         .iter()
         .filter(|p| p.topic.starts_with("gerrit/"))
@@ -391,4 +421,140 @@ fn the_events_log_plugin_fills_the_gap_without_duplicates() {
         (review["gap"]["filled"] == true && review["events_in"] == 7).then_some(review)
     });
     assert_eq!(status["gap"]["events_filled"], 2, "{status:#}");
+}
+
+/// Issue 27: Gerrit can send the same line twice (replication events carry no revision, so two
+/// quick updates of one branch in one second give identical lines). Both are events: both
+/// are published, and the counters say so.
+#[test]
+fn identical_live_events_are_all_published() {
+    let stream = fixture("gerrit/stream-identical.txt");
+    let sshd = Sshd::start(&[(&play_key(STREAM, None), &stream)]);
+    let config = sshd.bridge_toml(
+        "review",
+        &format!("host_key_fingerprint = \"{}\"", fingerprint(&sshd.host_pub)),
+    );
+    let (_dir, node) = node_with(&user_toml("pub", "pw", None, &["#"]), &config);
+    let mut sub = subscriber(&node);
+    sshd.go();
+
+    let expected = event_lines(&stream);
+    assert_eq!(expected.len(), 3, "fixture events");
+    assert_eq!(
+        expected[0], expected[1],
+        "the fixture's first two lines are identical"
+    );
+    let got = collect(&mut sub, |got| {
+        got.iter()
+            .any(|p| p.topic == "gerrit/openstack/nova/ref-replicated")
+    });
+    assert_eq!(
+        gerrit_payloads(&got),
+        texts(expected.iter()),
+        "every line, in order"
+    );
+    let review = wait_until("review's counters in /healthz", || {
+        let health = http_json(node.http, "/healthz?format=json");
+        let review = health["bridges"].as_array()?.first()?.clone();
+        (review["events_in"] == 3).then_some(review)
+    });
+    assert_eq!(review["rejected"], 0, "{review:#}");
+    assert_eq!(review["duplicates"], 0, "{review:#}");
+}
+
+/// Issue 27: after a reconnection, only the overlap between the events-log plugin's answer
+/// and the streams is dropped, by position: the refill's events that the first stream had
+/// already published, and the new stream's first lines that the refill has just published.
+/// Identical events inside the refill, and identical lines of the new stream after the
+/// overlap, are all published.
+#[test]
+fn the_refill_overlap_is_dropped_by_position_not_by_content() {
+    let first = fixture("gerrit/refill-1.txt");
+    let second = fixture("gerrit/refill-2.txt");
+    let answer = fixture("gerrit/refill-events-log.txt");
+    let events_log = bridge_support::FakeEventsLog::start(answer.clone());
+    let sshd = Sshd::start(&[
+        (&play_key(STREAM, Some(1)), &first),
+        (&play_key(STREAM, None), &second),
+    ]);
+    let config = sshd.bridge_toml(
+        "review",
+        &format!(
+            "host_key_fingerprint = \"{}\"\nevents_log_url = \"{}\"",
+            fingerprint(&sshd.host_pub),
+            events_log.url
+        ),
+    );
+    let (_dir, node, got) = until_abandoned(&sshd, &config);
+    let first = event_lines(&first);
+    let refill = event_lines(&answer);
+    let second = event_lines(&second);
+    // The first stream's ref-updated; the refill's two identical replication events (its
+    // ref-updated was published already); the new stream without its first line (the
+    // refill's last event), with its two identical lines.
+    let expected = [
+        &first[0], &refill[1], &refill[2], &second[1], &second[2], &second[3],
+    ];
+    assert_eq!(
+        gerrit_payloads(&got),
+        texts(expected),
+        "published, in order"
+    );
+    let requests = events_log.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let review = wait_until("the filled gap in /healthz", || {
+        let health = http_json(node.http, "/healthz?format=json");
+        let review = health["bridges"].as_array()?.first()?.clone();
+        (review["gap"]["filled"] == true && review["events_in"] == 6).then_some(review)
+    });
+    assert_eq!(review["gap"]["events_filled"], 2, "{review:#}");
+    assert_eq!(review["duplicates"], 2, "{review:#}");
+}
+
+/// Issue 21 point 6: what Gerrit sends is logged escaped. A line that is not an event and the
+/// server's explanation on stderr both carry a newline, a carriage return and terminal escape
+/// sequences; the server's log keeps one line per entry, with no control character.
+#[test]
+fn peer_text_is_logged_escaped() {
+    let play = b"not an event \x1b[31mred\rFORGED-STDOUT\nEXIT\n".to_vec();
+    let stderr = b"fatal: refused\nFORGED-STDERR \x1b[2J\x1b]0;title\x07".to_vec();
+    let sshd = Sshd::start(&[(&play_key(STREAM, None), &play)]);
+    let stderr_file = sshd
+        .dir
+        .path()
+        .join(format!("{}.stderr", play_key(STREAM, None)));
+    std::fs::write(&stderr_file, &stderr).expect("stderr file");
+    let config = sshd.bridge_toml(
+        "review",
+        &format!("host_key_fingerprint = \"{}\"", fingerprint(&sshd.host_pub)),
+    );
+    let (_dir, node) = node_with(&user_toml("pub", "pw", None, &["#"]), &config);
+    sshd.go();
+
+    let status = wait_until("the refusal reported", || {
+        let health = http_json(node.http, "/healthz?format=json");
+        let review = health["bridges"].as_array()?.first()?.clone();
+        let error = review["last_error"].as_str()?;
+        (error.contains("FORGED-STDERR") && review["rejected"].as_u64() >= Some(1))
+            .then_some(review)
+    });
+    // The status event keeps the server's words (JSON escapes them itself).
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused\nFORGED-STDERR \u{1b}[2J"),
+        "{status:#}"
+    );
+    let log = wait_until("both log lines", || {
+        let log = node.log();
+        (log.contains("FORGED-STDOUT") && log.contains("FORGED-STDERR")).then_some(log)
+    });
+    assert_log_intact(&log);
+    assert!(
+        log.contains(r"refused\nFORGED-STDERR \u{1b}[2J\u{1b}]0;title\u{7}"),
+        "the stderr, escaped: {log}"
+    );
+    assert!(
+        log.contains(r"not an event \u{1b}[31mred\rFORGED-STDOUT"),
+        "the line, escaped: {log}"
+    );
 }

@@ -9,8 +9,10 @@ mod common;
 use base64::Engine;
 use serde_json::Value;
 
-use bridge_support::{fixture, get, hmac_hex, node_with, post, user_toml, wait_until};
-use common::durable::http_json;
+use bridge_support::{
+    assert_log_intact, fixture, get, hmac_hex, node_with, post, user_toml, wait_until, Answer,
+};
+use common::durable::{enc, history, http_json};
 use common::wire::prop;
 use common::{RawClient, QUIET};
 
@@ -290,12 +292,27 @@ fn webhook_config(dir: &std::path::Path) -> String {
     )
 }
 
+/// What a webhook test's server needs kept until its end: the Gitea secret's and the
+/// server's directories.
+type Keep = (tempfile::TempDir, common::durable::DataDir);
+
+/// A server with the three webhook sources of [`webhook_config`], `before` ahead of it in the
+/// config and `webhooks` lines added to `[bridge.webhooks]`; and a subscriber to `webhooks/#`.
+fn webhook_node(before: &str, webhooks: &str) -> (Keep, common::durable::Node, RawClient) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let config = webhook_config(scratch.path()).replace(
+        "max_body_bytes = 65536\n",
+        &format!("max_body_bytes = 65536\n{webhooks}"),
+    );
+    let (dir, node) = node_with(&users(), &format!("{before}{config}"));
+    let mut sub = RawClient::anonymous(node.mqtt, true, "webhooks-sub");
+    sub.subscribe("webhooks/#", 1);
+    ((scratch, dir), node, sub)
+}
+
 #[test]
 fn webhooks_are_verified_published_and_deduplicated() {
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let (_dir, node) = node_with(&users(), &webhook_config(scratch.path()));
-    let mut sub = RawClient::anonymous(node.mqtt, true, "hook-sub");
-    sub.subscribe("webhooks/#", 1);
+    let (_keep, node, mut sub) = webhook_node("", "");
 
     // GitHub: signature over the exact body, event and delivery headers.
     let github = fixture("webhooks/github-push.json");
@@ -423,6 +440,7 @@ fn webhooks_are_verified_published_and_deduplicated() {
         &[
             ("X-Gitlab-Event", "Push Hook"),
             ("X-Gitlab-Token", GITLAB_SECRET),
+            ("Idempotency-Key", "f5e5f430-f57b-4e6e-9fac-d9128cd7232f"),
         ],
         &gitlab,
     );
@@ -554,4 +572,271 @@ fn unconfigured_sources_and_schemas() {
             .is_some_and(|s| s.contains("json-schema.org")));
     }
     assert_eq!(get(node.http, "/api/v1/schemas/nope").status, 404);
+}
+
+/// A bridge's entry in `/healthz?format=json`.
+fn bridge_health(node: &common::durable::Node, name: &str) -> Value {
+    let health = http_json(node.http, "/healthz?format=json");
+    health["bridges"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["bridge"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no bridge {name} in {health}"))
+}
+
+/// Asserts a refusal: `status`, and `message` in the error.
+fn assert_refused(answer: &Answer, status: u16, message: &str) {
+    assert_eq!(answer.status, status, "{}", answer.text());
+    let error = answer.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains(message), "{error:?} lacks {message:?}");
+}
+
+/// Asserts the answer to a repeated delivery id: 200, so that the forge neither retries nor
+/// counts a failure, saying that nothing was published.
+fn assert_duplicate(answer: &Answer, delivery: &str) {
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["duplicate"], true, "{body}");
+    assert_eq!(body["delivery"], delivery, "{body}");
+    assert_eq!(body["message"], "duplicate delivery, ignored", "{body}");
+    assert!(body.get("id").is_none(), "{body}");
+}
+
+/// Issue 21 point 5: every source requires its delivery id, remembers it for the replay
+/// window (in a memory of at most `replay_max_ids`), answers a repeated one without publishing
+/// it, and counts both refusals and repeats. A forged request cannot burn an id: the
+/// signature is checked first.
+#[test]
+fn webhook_delivery_ids_are_required_and_replays_refused() {
+    let (_keep, node, mut sub) =
+        webhook_node("", "replay_window_secs = 3600\nreplay_max_ids = 100\n");
+
+    let github = fixture("webhooks/github-push.json");
+    let signature = format!("sha256={}", hmac_hex(GITHUB_SECRET, &github));
+    let forged = format!("sha256={}", hmac_hex("not the secret", &github));
+    let send = |delivery: Option<&str>, signature: &str| {
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", signature),
+        ];
+        if let Some(delivery) = delivery {
+            headers.push(("X-GitHub-Delivery", delivery));
+        }
+        post(node.http, "/hooks/github", &headers, &github)
+    };
+    let topic = "webhooks/github/Codertocat/Hello-World/push";
+
+    // Signed, without a delivery id: 400, nothing published.
+    assert_refused(&send(None, &signature), 400, "missing X-GitHub-Delivery");
+    // A forged request with a new id: 401, and the id is still free for the real one.
+    assert_refused(&send(Some("d-1"), &forged), 401, "does not match");
+    let first = send(Some("d-1"), &signature);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.json()["topic"], topic);
+    assert_eq!(sub.expect_publish().topic, topic);
+    // The same id again: answered, not published.
+    assert_duplicate(&send(Some("d-1"), &signature), "d-1");
+    sub.expect_silence(QUIET);
+
+    // GitLab's delivery id is Idempotency-Key; its per-request UUIDs are not enough.
+    let gitlab = fixture("webhooks/gitlab-push.json");
+    let gitlab_send = |extra: (&'static str, &'static str)| {
+        let headers = [
+            ("X-Gitlab-Event", "Push Hook"),
+            ("X-Gitlab-Token", GITLAB_SECRET),
+            extra,
+        ];
+        post(node.http, "/hooks/gitlab", &headers, &gitlab)
+    };
+    let uuid = "13792a34-cac6-4fda-95a8-c58e00a3954e";
+    assert_refused(
+        &gitlab_send(("X-Gitlab-Event-UUID", uuid)),
+        400,
+        "Idempotency-Key",
+    );
+    let key = "f5e5f430-f57b-4e6e-9fac-d9128cd7232f";
+    assert_eq!(gitlab_send(("Idempotency-Key", key)).status, 200);
+    assert_eq!(
+        sub.expect_publish().topic,
+        "webhooks/gitlab/mike/diaspora/push"
+    );
+    assert_duplicate(&gitlab_send(("Idempotency-Key", key)), key);
+
+    // Gitea and Forgejo share the memory of their source, whichever header carries the id.
+    let gitea = fixture("webhooks/gitea-push.json");
+    let gitea_signature = hmac_hex(GITEA_SECRET, &gitea);
+    let gitea_send = |event: &'static str, delivery: Option<(&'static str, &'static str)>| {
+        let mut headers = vec![
+            ("X-Gitea-Event", event),
+            ("X-Gitea-Signature", gitea_signature.as_str()),
+        ];
+        headers.extend(delivery);
+        post(node.http, "/hooks/gitea", &headers, &gitea)
+    };
+    assert_refused(&gitea_send("push", None), 400, "X-Gitea-Delivery");
+    let id = "f6266f16-1bf3-46a5-9ea4-602e06ead473";
+    assert_eq!(
+        gitea_send("push", Some(("X-Gitea-Delivery", id))).status,
+        200
+    );
+    assert_eq!(
+        sub.expect_publish().topic,
+        "webhooks/gitea/gitea/webhooks/push"
+    );
+    assert_duplicate(&gitea_send("push", Some(("X-Forgejo-Delivery", id))), id);
+    sub.expect_silence(QUIET);
+
+    // A flood of new ids: the memory keeps the newest 100, and forgets the oldest early
+    // (with a warning) rather than growing.
+    for n in 0..100 {
+        let answer = send(Some(&format!("flood-{n}")), &signature);
+        assert_eq!(answer.status, 200, "flood-{n}: {}", answer.text());
+    }
+    assert_duplicate(&send(Some("flood-99"), &signature), "flood-99");
+    let again = send(Some("d-1"), &signature);
+    assert_eq!(again.status, 200, "d-1 was pushed out: {}", again.text());
+    assert!(again.json()["id"].is_u64(), "{}", again.text());
+    assert!(
+        node.log().contains("the replay memory is full"),
+        "{}",
+        node.log()
+    );
+
+    let published = history(node.http, &format!("topic={}", enc("webhooks/#")), 500);
+    assert_eq!(
+        published.len(),
+        1 + 1 + 1 + 100 + 1,
+        "each id once, d-1 twice"
+    );
+    for (name, events, rejected, duplicates) in [
+        ("webhooks-github", 102, 2, 2),
+        ("webhooks-gitlab", 1, 1, 1),
+        ("webhooks-gitea", 1, 1, 1),
+    ] {
+        let bridge = bridge_health(&node, name);
+        assert_eq!(
+            (
+                &bridge["events_in"],
+                &bridge["rejected"],
+                &bridge["duplicates"]
+            ),
+            (&events.into(), &rejected.into(), &duplicates.into()),
+            "{bridge:#}"
+        );
+    }
+    let metrics = get(node.http, "/metrics").text();
+    let line = "firehose_bridge_rejected_total{bridge=\"webhooks-github\",kind=\"webhook\"} 2";
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "missing {line:?} in:\n{metrics}"
+    );
+}
+
+/// Issue 21 point 5: the event header becomes exactly one topic level of `[a-z0-9_]`;
+/// anything else is refused with 400 and counted, before its delivery id is remembered.
+#[test]
+fn webhook_event_names_are_one_topic_level() {
+    let (_keep, node, mut sub) = webhook_node("", "");
+    let github = fixture("webhooks/github-push.json");
+    let signature = format!("sha256={}", hmac_hex(GITHUB_SECRET, &github));
+    let send = |event: &str, delivery: &str| {
+        let headers = [
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", signature.as_str()),
+        ];
+        post(node.http, "/hooks/github", &headers, &github)
+    };
+    let bad = [
+        "push/x",
+        "push/#",
+        "#",
+        "+",
+        "Push",
+        "push-event",
+        "push event",
+        "$SYS",
+        "..",
+        "pushé",
+    ];
+    for event in bad {
+        let answer = send(event, "same-id");
+        assert_refused(&answer, 400, "an event name is 1 to 64 of a-z, 0-9 and _");
+    }
+    // The id was not remembered by the refused requests.
+    let answer = send("pull_request_review", "same-id");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        answer.json()["topic"],
+        "webhooks/github/Codertocat/Hello-World/pull_request_review"
+    );
+    let got = sub.expect_publish();
+    assert_eq!(
+        got.topic,
+        "webhooks/github/Codertocat/Hello-World/pull_request_review"
+    );
+    sub.expect_silence(QUIET);
+
+    // GitLab's names are made one level first: "Merge Request Hook" is merge_request.
+    let gitlab = fixture("webhooks/gitlab-push.json");
+    let gitlab_send = |event: &'static str, key: &'static str| {
+        let headers = [
+            ("X-Gitlab-Event", event),
+            ("X-Gitlab-Token", GITLAB_SECRET),
+            ("Idempotency-Key", key),
+        ];
+        post(node.http, "/hooks/gitlab", &headers, &gitlab)
+    };
+    assert_eq!(gitlab_send("Merge Request Hook", "k-1").status, 200);
+    assert_eq!(
+        sub.expect_publish().topic,
+        "webhooks/gitlab/mike/diaspora/merge_request"
+    );
+    assert_refused(
+        &gitlab_send("Merge/Request Hook", "k-2"),
+        400,
+        "X-Gitlab-Event",
+    );
+    assert_refused(&gitlab_send("Push+ Hook", "k-3"), 400, "X-Gitlab-Event");
+    sub.expect_silence(QUIET);
+    let bridge = bridge_health(&node, "webhooks-github");
+    assert_eq!(bridge["rejected"], bad.len(), "{bridge:#}");
+    assert_eq!(bridge_health(&node, "webhooks-gitlab")["rejected"], 2);
+}
+
+/// Issue 21 point 6: text from a webhook's payload that reaches the log (here the topic of an
+/// event the broker refuses: too many levels) is escaped, and its control characters do not
+/// reach the topic either. The event is not stored, so its delivery id is forgotten: the
+/// forge may deliver it again.
+#[test]
+fn webhook_payload_text_is_logged_escaped() {
+    let (_keep, node, _sub) = webhook_node("[limits]\nmax_topic_levels = 6\n", "");
+    let body = br#"{"repository":{"full_name":"a/b/c\nFORGED-WEBHOOK \u001b[2J/repo"}}"#;
+    let signature = format!("sha256={}", hmac_hex(GITHUB_SECRET, body));
+    let send = || {
+        let headers = [
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "d-escaped"),
+            ("X-Hub-Signature-256", signature.as_str()),
+        ];
+        post(node.http, "/hooks/github", &headers, body)
+    };
+    assert_refused(&send(), 400, "max_topic_levels");
+    assert_refused(&send(), 400, "max_topic_levels");
+    let log = wait_until("the publish failures in the log", || {
+        let log = node.log();
+        (log.matches("FORGED-WEBHOOK").count() >= 2).then_some(log)
+    });
+    assert_log_intact(&log);
+    assert!(
+        log.contains("webhooks/github/a/b/c_FORGED-WEBHOOK _[2J/repo/push"),
+        "{log}"
+    );
+    let bridge = bridge_health(&node, "webhooks-github");
+    assert_eq!(bridge["duplicates"], 0, "{bridge:#}");
+    assert_eq!(bridge["errors"], 2, "{bridge:#}");
 }

@@ -505,3 +505,79 @@ password = "secret"
         dovecot.log()
     );
 }
+
+/// A scripted IMAP server on a free loopback port, for what dovecot does not do: it answers
+/// every session with one unseen message (UID 7) whose `UID FETCH` comes back without the
+/// message's body, and records the commands it was sent.
+fn imap_without_bodies() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let commands = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = commands.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let _ = stream.write_all(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n");
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let command = line.trim_end().to_owned();
+                    line.clear();
+                    let (tag, rest) = command.split_once(' ').unwrap_or((&command, ""));
+                    let verb = rest.to_ascii_uppercase();
+                    seen.lock().expect("commands").push(verb.clone());
+                    let answer = if verb.starts_with("SELECT") {
+                        format!("* 1 EXISTS\r\n* 1 RECENT\r\n{tag} OK [READ-WRITE] selected\r\n")
+                    } else if verb.starts_with("UID SEARCH") {
+                        format!("* SEARCH 7\r\n{tag} OK searched\r\n")
+                    } else if verb.starts_with("UID FETCH") {
+                        format!("* 1 FETCH (UID 7 FLAGS ())\r\n{tag} OK fetched\r\n")
+                    } else if verb.starts_with("IDLE") {
+                        "+ idling\r\n".to_owned()
+                    } else if verb == "DONE" {
+                        continue;
+                    } else {
+                        format!("{tag} OK done\r\n")
+                    };
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, commands)
+}
+
+/// A message the server lists as unseen but sends without its body is neither published nor
+/// skipped in silence: each pass reports it (an error of the bridge, with the UID), and it is
+/// left unseen for the next pass.
+#[test]
+fn a_message_fetched_without_its_body_is_reported() {
+    let (port, commands) = imap_without_bodies();
+    let config = format!(
+        "[[bridge.mail]]\nname = \"lpmail\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+         user = \"lp\"\npassword = \"secret\"\nidle_secs = 3\n"
+    );
+    let dir = DataDir::standard(&config);
+    let node = dir.start();
+    let status = wait_until("the missing body reported", || {
+        bridge_status(&node, "lpmail").filter(|b| b["errors"].as_u64() >= Some(1))
+    });
+    assert_eq!(status["events_in"], 0, "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("UID 7 without its body")),
+        "{status}"
+    );
+    let commands = commands.lock().expect("commands").clone();
+    assert!(
+        commands.iter().all(|c| !c.contains("STORE")),
+        "never marked: {commands:?}"
+    );
+    assert!(node.log().contains("left unseen"), "{}", node.log());
+}

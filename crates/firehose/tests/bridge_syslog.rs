@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use bridge_support::{get, wait_until};
+use bridge_support::{assert_log_intact, get, wait_until};
 use common::durable::{enc, history, http_json, DataDir, Node};
 use common::{run_with_timeout, TIMEOUT};
 
@@ -323,4 +323,112 @@ fn bad_input_is_counted_and_never_stops_a_listener() {
     assert!(status.success(), "{status}");
     let node = dir.start();
     assert_eq!(log_events(&node).len(), 6);
+}
+
+/// The bytes `logger` sends over TCP for `input` (its standard input, one message per line),
+/// read by a listener of this test: to learn the length of the header it writes before a
+/// message.
+fn logger_wire(tag: &str, args: &[&str], input: &str) -> Vec<u8> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let mut wire = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut wire).expect("read");
+        wire
+    });
+    logger(port, tag, args, "", input);
+    reader.join().expect("reader")
+}
+
+/// Issue 27: over TCP with newline framing, a line of exactly `max_line_bytes` is accepted
+/// whether it ends with LF or CRLF (the `\r` is framing, not message), and one byte more is
+/// refused either way. The lines come from util-linux `logger`, which sends a `\r` at the end
+/// of an input line as it is, before its own `\n`.
+#[test]
+fn a_crlf_line_of_exactly_max_line_bytes_is_accepted_over_tcp() {
+    let dir = DataDir::standard(CONFIG);
+    let node = dir.start();
+    let l = listeners(&node);
+    let args = ["--tcp", "--rfc3164", "--size", "4096"];
+
+    // RFC 3164 headers have a fixed width (`Mmm dd hh:mm:ss`): measure this host's once.
+    let probe = logger_wire("crlfmax", &args, "probe\r\n");
+    assert!(probe.ends_with(b" crlfmax: probe\r\n"), "{probe:?}");
+    let header = probe.len() - "probe\r\n".len();
+    let body = |len: usize, mark: char| -> String {
+        let mut text = format!("{mark}{len}-");
+        text.push_str(&"m".repeat(len - header - text.len()));
+        text
+    };
+    let exact_crlf = body(MAX_LINE, 'c');
+    let exact_lf = body(MAX_LINE, 'l');
+    let over_crlf = body(MAX_LINE + 1, 'o');
+    let over_lf = body(MAX_LINE + 1, 'p');
+    let input = format!("{exact_crlf}\r\n{over_crlf}\r\n{exact_lf}\n{over_lf}\nlast\r\n");
+    logger(l.tcp.port(), "crlfmax", &args, "", &input);
+
+    let events = wait_for_app(&node, "crlfmax", 3);
+    let messages: Vec<&str> = events
+        .iter()
+        .map(|(_, p)| p["message"].as_str().expect("message"))
+        .collect();
+    assert_eq!(
+        messages,
+        [exact_crlf.as_str(), exact_lf.as_str(), "last"],
+        "the exact-limit lines, CRLF and LF, without their \\r"
+    );
+
+    // The same over UDP, where some senders end a datagram with CRLF too (raw socket).
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let datagram = |len: usize, app: &str| {
+        let mut text = format!("<13>Nov 25 10:00:57 h {app}: ");
+        text.push_str(&"u".repeat(len - text.len()));
+        text + "\r\n"
+    };
+    for (len, app) in [(MAX_LINE + 1, "udpover"), (MAX_LINE, "udpexact")] {
+        udp.send_to(datagram(len, app).as_bytes(), l.udp)
+            .expect("send");
+    }
+    let events = wait_for_app(&node, "udpexact", 1);
+    assert_eq!(
+        events[0].1["message"].as_str().map(str::len),
+        Some(MAX_LINE - "<13>Nov 25 10:00:57 h udpexact: ".len())
+    );
+
+    let bridge = wait_until("the three refusals in /healthz", || {
+        let health = http_json(node.http, "/healthz?format=json");
+        let bridge = health["bridges"].as_array()?.first()?.clone();
+        (bridge["rejected"] == 3).then_some(bridge)
+    });
+    assert_eq!(bridge["events_in"], 4, "{bridge}");
+    assert!(
+        log_events(&node).iter().all(|(_, p)| p["app"] != "udpover"),
+        "the datagram over the limit is not published"
+    );
+}
+
+/// Issue 21 point 6: a refused message is logged with a sample of it, escaped, so that its
+/// newlines and escape sequences neither forge log lines nor reach a terminal; host and
+/// program names with control characters give topic levels without them.
+#[test]
+fn peer_text_is_logged_escaped() {
+    let dir = DataDir::standard(CONFIG);
+    let node = dir.start();
+    let l = listeners(&node);
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    udp.send_to(b"<13>Nov 25 10:00:57 web\x1b[31m1 app\x07: hi", l.udp)
+        .expect("send");
+    udp.send_to(b"no PRI \x1b[2J\rFORGED-UDP\nline", l.udp)
+        .expect("send");
+    let events = wait_for_app(&node, "app\u{7}", 1);
+    assert_eq!(events[0].0, "logs/web_[31m1/app_", "{events:?}");
+    // One warning a second: the first refusal is the one logged at warning level.
+    let log = wait_until("the refusal in the log", || {
+        let log = node.log();
+        log.contains("FORGED-UDP").then_some(log)
+    });
+    assert_log_intact(&log);
+    assert!(log.contains(r"no PRI \u{1b}[2J\rFORGED-UDP\nline"), "{log}");
 }

@@ -20,12 +20,23 @@
 //! - [`mail`]: an IMAP mailbox (IDLE) to `launchpad/...` and `mail/<name>/...`.
 //! - [`schemas`]: the JSON Schemas of the topic families, served at `/api/v1/schemas`.
 //!
+//! # Logs
+//! Everything a bridge's peer sends is untrusted text: Gerrit's events and stderr, syslog host
+//! and program names, mail headers, an IMAP server's answers, webhook headers and payloads.
+//! It reaches a log line only Debug-formatted, as a `?field` (tracing's fmt layer writes a
+//! `%field`, and the message's `{}` arguments, as they are): `"a\nb"` is logged as
+//! `"a\\nb"`, so no newline can start a forged line and no escape sequence reaches a
+//! terminal. Topic levels made from such text have their control characters replaced by `_`
+//! as well, for subscribers that print topics. Refusals that anyone can cause are logged
+//! through a [`Throttle`]: one warning a second at most.
+//!
 //! # Adding a bridge
 //! A folder `bridge/<kind>/` whose `config.rs` holds its table (a struct implementing
 //! [`BridgeConfig`]), its `pub mod <kind>;` line below, and one field in [`BridgesConfig`].
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,7 +212,8 @@ impl BridgeContext {
                 Ok(id)
             }
             Err(error) => {
-                warn!(bridge = %self.state.name(), %topic, "publish failed: {error}");
+                warn!(bridge = %self.state.name(), topic = ?topic, error = ?error.to_string(),
+                    "publish failed");
                 self.state
                     .count_error(format!("publish to {topic}: {error}"));
                 Err(error)
@@ -212,6 +224,12 @@ impl BridgeContext {
     /// Counts an input refused as invalid (logged by the caller).
     pub fn rejected(&self) {
         self.state.count_rejected();
+    }
+
+    /// Counts an input not published on purpose because it repeats one already published
+    /// (logged by the caller).
+    pub fn duplicate(&self) {
+        self.state.count_duplicate();
     }
 
     /// Records an error without changing the state; the status event follows with the next
@@ -256,7 +274,8 @@ impl BridgeContext {
             )
             .await
         {
-            warn!(bridge = %self.state.name(), "cannot publish the status event: {error}");
+            warn!(bridge = %self.state.name(), error = ?error.to_string(),
+                "cannot publish the status event");
         }
     }
 }
@@ -381,6 +400,37 @@ impl Running {
         }
         for cx in &self.contexts {
             cx.set_state("stopped", false).await;
+        }
+    }
+}
+
+/// Rations the warnings about inputs a bridge refuses or drops: at most one a second, so that
+/// a flood (bad signatures from anyone on the internet, garbage datagrams) cannot flood the
+/// log. The others are logged at debug level, and the next warning says how many there were.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle {
+    /// When the last warning was logged, milliseconds since the epoch.
+    last_warn_ms: AtomicI64,
+    /// Inputs not warned about since then.
+    quiet: AtomicU64,
+}
+
+impl Throttle {
+    /// `Some(n)` when this input gets a warning, `n` being how many did not since the last
+    /// one; `None` when it is to be logged at debug level only.
+    pub(crate) fn warning(&self) -> Option<u64> {
+        let now = now_ms();
+        let last = self.last_warn_ms.load(Ordering::Relaxed);
+        if now - last >= 1000
+            && self
+                .last_warn_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.quiet.swap(0, Ordering::Relaxed))
+        } else {
+            self.quiet.fetch_add(1, Ordering::Relaxed);
+            None
         }
     }
 }

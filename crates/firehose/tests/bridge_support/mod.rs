@@ -6,7 +6,8 @@
 //! - [`Sshd`]: a real OpenSSH `sshd` on a free loopback port with its own host key, an
 //!   authorized key made with `ssh-keygen`, and a `ForceCommand` that plays recorded Gerrit
 //!   `stream-events` output (see [`Sshd::start`]);
-//! - [`wait_until`]: polls a condition with a deadline.
+//! - [`wait_until`]: polls a condition with a deadline;
+//! - [`assert_log_intact`]: no line of a server's log was forged by a peer.
 //!
 //! Every wait is bounded by `common::TIMEOUT`.
 
@@ -212,6 +213,28 @@ pub(crate) fn hmac_hex(secret: &str, body: &[u8]) -> String {
     hex
 }
 
+/// Asserts that every line of a server's log is one the server wrote: a timestamp and a
+/// level first, and no control character anywhere. A peer's newline would start a forged
+/// line; an escape sequence would drive the terminal of whoever reads the log.
+pub(crate) fn assert_log_intact(log: &str) {
+    for line in log.lines() {
+        let own = line.len() > 30
+            && line.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+            && line.as_bytes()[4] == b'-'
+            && ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+                .iter()
+                .any(|level| line.get(27..).unwrap_or("").trim_start().starts_with(level));
+        assert!(
+            own,
+            "a log line the server did not write: {line:?}\nlog:\n{log}"
+        );
+        assert!(
+            !line.chars().any(char::is_control),
+            "a control character in log line {line:?}"
+        );
+    }
+}
+
 /// Polls `check` every 50 ms until it gives a value or [`TIMEOUT`] passes.
 ///
 /// # Panics
@@ -296,6 +319,9 @@ fn current_user() -> String {
 ///   test can subscribe first;
 /// - a play file ending with a line `DROP` has the connection cut there (the per-connection
 ///   `sshd` process is killed: the TCP connection drops without an SSH close);
+/// - a play file ending with a line `EXIT` has the command exit there with status 1, after
+///   writing the file `<play file>.stderr`, if any, to its standard error (as Gerrit explains
+///   a refusal);
 /// - otherwise the stream stays open, silent, until the file `stop` appears (at most 2 min).
 const STUB: &str = r#"#!/bin/sh
 dir="$(dirname "$0")"
@@ -313,6 +339,11 @@ if [ -s "$play" ] && tail -n 1 "$play" | grep -qx DROP; then
     sleep 1
     kill -9 "$PPID"
     exit 0
+fi
+if [ -s "$play" ] && tail -n 1 "$play" | grep -qx EXIT; then
+    sed '$d' "$play"
+    [ -e "$play.stderr" ] && cat "$play.stderr" >&2
+    exit 1
 fi
 cat "$play"
 i=0

@@ -1,13 +1,14 @@
-//! Gerrit events as data: the topic of an event, its identity for deduplication, and the
-//! events-log plugin's answers. Pure functions, tested below.
+//! Gerrit events as data: the topic of an event, its identity for recognising the overlap of
+//! the events-log plugin's answers with the streams, and those answers. Pure functions and
+//! data, tested below.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use ring::digest;
 use serde_json::Value;
 
-/// Digests of recently published events remembered to drop the ones that arrive twice (from
-/// the events-log plugin and from the stream) after a reconnection.
+/// Most events remembered to recognise them in the events-log plugin's answer after a
+/// reconnection (see [`Published`]).
 const RECENT_CAPACITY: usize = 8192;
 
 /// What a line of `stream-events` output is.
@@ -19,8 +20,8 @@ pub(crate) enum Line {
         topic: String,
         /// `eventCreatedOn`, seconds since the epoch, when present.
         created_on: Option<i64>,
-        /// The canonical digest, for deduplication.
-        digest: [u8; 32],
+        /// The canonical digest, to recognise the event in the events-log plugin's answer.
+        digest: Digest,
     },
     /// Not an event: why.
     Invalid(String),
@@ -73,11 +74,12 @@ fn project_of(value: &Value) -> Option<&str> {
         .or_else(|| value.pointer("/refUpdate/project").and_then(Value::as_str))
 }
 
-/// A topic level: MQTT wildcards and NUL become `_`.
+/// A topic level: MQTT wildcards, `/` and control characters become `_`.
 fn level(text: &str) -> String {
     text.chars()
         .map(|c| match c {
-            '+' | '#' | '\0' | '/' => '_',
+            '+' | '#' | '/' => '_',
+            c if c.is_control() => '_',
             c => c,
         })
         .collect()
@@ -85,7 +87,7 @@ fn level(text: &str) -> String {
 
 /// SHA-256 of the value written with object keys sorted and no whitespace, so that the same
 /// event read from the stream and from the events-log plugin has the same digest.
-pub(crate) fn canonical_digest(value: &Value) -> [u8; 32] {
+pub(crate) fn canonical_digest(value: &Value) -> Digest {
     let mut text = String::new();
     canonical(value, &mut text);
     let mut out = [0; 32];
@@ -125,32 +127,110 @@ fn canonical(value: &Value, out: &mut String) {
     }
 }
 
-/// The digests of the most recent events.
+/// The digest of an event ([`canonical_digest`]).
+pub(crate) type Digest = [u8; 32];
+
+/// The events published lately, in order: what the events-log plugin's next answer may repeat.
+///
+/// The plugin is asked for the events since the newest `eventCreatedOn` seen, less a second,
+/// so only events of that second or later can be in its answer: older ones are forgotten as
+/// newer ones come. At most [`RECENT_CAPACITY`] are kept (a burst in one second, or events
+/// without `eventCreatedOn`).
 #[derive(Debug, Default)]
-pub(crate) struct Recent {
-    set: HashSet<[u8; 32]>,
-    order: VecDeque<[u8; 32]>,
+pub(crate) struct Published {
+    /// `eventCreatedOn` and digest, oldest first.
+    events: VecDeque<(Option<i64>, Digest)>,
 }
 
-impl Recent {
-    /// Records `digest`; false if it is already there (a duplicate).
-    pub(crate) fn insert(&mut self, digest: [u8; 32]) -> bool {
-        if !self.set.insert(digest) {
-            return false;
-        }
-        self.order.push_back(digest);
-        if self.order.len() > RECENT_CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+impl Published {
+    /// Records an event just published; `newest` is the newest `eventCreatedOn` seen so far.
+    pub(crate) fn record(&mut self, created_on: Option<i64>, digest: Digest, newest: Option<i64>) {
+        self.events.push_back((created_on, digest));
+        let oldest_wanted = newest.map(|t| t.saturating_sub(1));
+        while let Some(&(Some(t), _)) = self.events.front() {
+            if oldest_wanted.is_some_and(|oldest| t < oldest) {
+                self.events.pop_front();
+            } else {
+                break;
             }
         }
-        true
+        while self.events.len() > RECENT_CAPACITY {
+            self.events.pop_front();
+        }
+    }
+
+    /// How many times each recent event was published: a refill's event is dropped while its
+    /// count lasts, so that two identical events published before are two dropped, and a third
+    /// identical one in the plugin's answer is published.
+    pub(crate) fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for (_, digest) in &self.events {
+            *counts.0.entry(*digest).or_insert(0) += 1;
+        }
+        counts
     }
 }
 
-/// Splits an events-log answer (JSON objects one after the other, usually one per line) into
-/// the raw bytes of each object, in order. Stops at the first invalid value.
-pub(crate) fn split_objects(body: &[u8]) -> Vec<&[u8]> {
+/// A multiset of digests ([`Published::counts`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counts(HashMap<Digest, usize>);
+
+impl Counts {
+    /// Takes one `digest` out; false if none is left.
+    pub(crate) fn take(&mut self, digest: &Digest) -> bool {
+        match self.0.get_mut(digest) {
+            Some(count) if *count > 0 => {
+                *count -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The events a refill from the events-log plugin published, in order, while the new stream's
+/// first lines are read.
+///
+/// The new stream was opened before the plugin was asked, so the events that happened in
+/// between are in both: the end of the refill is the start of the stream. A stream line is
+/// taken for the refill's event when it is the same as one of the refill's events not yet
+/// passed, and everything before that one is passed; the first line that matches none ends
+/// the overlap for good. Two identical lines of the stream are thus two events unless the
+/// refill has two identical events there too.
+#[derive(Debug, Default)]
+pub(crate) struct Overlap {
+    /// The refill's events not yet passed, oldest first.
+    refill: VecDeque<Digest>,
+}
+
+impl Overlap {
+    /// The overlap after a refill that published `refill`, in order.
+    pub(crate) fn after(refill: Vec<Digest>) -> Overlap {
+        Overlap {
+            refill: refill.into(),
+        }
+    }
+
+    /// Whether the stream line with `digest` is an event the refill published (drop it).
+    pub(crate) fn take(&mut self, digest: &Digest) -> bool {
+        match self.refill.iter().position(|d| d == digest) {
+            Some(at) => {
+                self.refill.drain(..=at);
+                true
+            }
+            None => {
+                self.refill.clear();
+                false
+            }
+        }
+    }
+}
+
+/// Splits an events-log answer (JSON values one after the other, usually one object per line)
+/// into the raw bytes of each value, in order, and what follows the last one: empty (or
+/// whitespace) unless the answer holds something that is not JSON, from which on nothing can
+/// be told apart. Values that are not events are refused one by one by [`parse_line`].
+pub(crate) fn split_objects(body: &[u8]) -> (Vec<&[u8]>, &[u8]) {
     let mut out = Vec::new();
     let mut stream =
         serde_json::Deserializer::from_slice(body).into_iter::<serde::de::IgnoredAny>();
@@ -165,7 +245,7 @@ pub(crate) fn split_objects(body: &[u8]) -> Vec<&[u8]> {
         }
         start = end;
     }
-    out
+    (out, body.get(start..).unwrap_or_default())
 }
 
 /// `yyyy-MM-dd HH:mm:ss` in UTC, as the events-log plugin's `t1` expects, for `secs` since the
@@ -214,6 +294,10 @@ mod tests {
             "gerrit/-/dropped-output"
         );
         assert_eq!(topic(r#"{"type":"a+b","project":"x#y"}"#), "gerrit/x_y/a_b");
+        assert_eq!(
+            topic(r#"{"type":"a\u001b[2J","project":"x\ny/z\u0000"}"#),
+            "gerrit/x_y/z_/a_[2J"
+        );
         assert!(matches!(parse_line("g", b"not json"), Line::Invalid(_)));
         assert!(matches!(parse_line("g", b"[1]"), Line::Invalid(_)));
         assert!(matches!(parse_line("g", b"{\"type\":1}"), Line::Invalid(_)));
@@ -227,19 +311,64 @@ mod tests {
         assert_eq!(canonical_digest(&a), canonical_digest(&b));
         let c: Value = serde_json::from_str(r#"{"b":2,"a":{"y":[1,2],"x":"s"}}"#).expect("json");
         assert_ne!(canonical_digest(&a), canonical_digest(&c));
-        let mut recent = Recent::default();
-        assert!(recent.insert(canonical_digest(&a)));
-        assert!(!recent.insert(canonical_digest(&b)));
+    }
+
+    fn d(n: u8) -> Digest {
+        [n; 32]
+    }
+
+    #[test]
+    fn refills_drop_what_was_published_as_many_times_as_it_was() {
+        let mut published = Published::default();
+        published.record(Some(100), d(1), Some(100));
+        published.record(Some(200), d(2), Some(200));
+        published.record(Some(200), d(2), Some(200));
+        published.record(None, d(3), Some(200));
+        // Older than the second before the newest: the plugin's answer cannot have it.
+        let mut counts = published.counts();
+        assert!(!counts.take(&d(1)));
+        assert!(counts.take(&d(2)));
+        assert!(counts.take(&d(2)));
+        assert!(!counts.take(&d(2)), "a third identical event is new");
+        assert!(counts.take(&d(3)));
+    }
+
+    #[test]
+    fn the_overlap_is_a_prefix_of_the_stream_in_the_refill_s_order() {
+        // The stream started between the refill's 1st and 2nd events.
+        let mut overlap = Overlap::after(vec![d(1), d(2), d(3)]);
+        assert!(overlap.take(&d(2)));
+        assert!(overlap.take(&d(3)));
+        assert!(
+            !overlap.take(&d(3)),
+            "an identical line after the overlap is new"
+        );
+        assert!(!overlap.take(&d(1)), "the overlap has ended");
+        // Identical events: one in the overlap, the next ones new.
+        let mut overlap = Overlap::after(vec![d(7), d(7)]);
+        assert!(overlap.take(&d(7)));
+        assert!(overlap.take(&d(7)));
+        assert!(!overlap.take(&d(7)));
+        // A first line the refill does not have: no overlap at all.
+        let mut overlap = Overlap::after(vec![d(1), d(2)]);
+        assert!(!overlap.take(&d(5)));
+        assert!(!overlap.take(&d(2)));
+        // Nothing refilled: nothing dropped.
+        assert!(!Overlap::default().take(&d(1)));
     }
 
     #[test]
     fn events_log_answers_and_times() {
         let body = b"{\"type\":\"a\"}\n{\n \"type\": \"b\"\n}\n\n";
-        let objects = split_objects(body);
+        let (objects, rest) = split_objects(body);
         assert_eq!(
             objects,
             vec![&b"{\"type\":\"a\"}"[..], &b"{\n \"type\": \"b\"\n}"[..]]
         );
+        assert!(rest.trim_ascii().is_empty(), "{rest:?}");
+        let (objects, rest) = split_objects(b"{\"type\":\"a\"}\n{\"type\":\"b\",\"cut");
+        assert_eq!(objects, vec![&b"{\"type\":\"a\"}"[..]]);
+        assert_eq!(rest, b"\n{\"type\":\"b\",\"cut");
         assert_eq!(events_log_time(1_700_000_000), "2023-11-14 22:13:20");
     }
 }

@@ -9,9 +9,14 @@
 //! - reconnection waits grow exponentially (with jitter) up to `backoff_max_secs`, and start
 //!   again from `backoff_initial_ms` once a connection has carried events;
 //! - a line that is not a JSON event is counted (`rejected`) and logged, never published;
+//!   every other line is published, identical ones too (Gerrit sends byte-identical
+//!   replication events when a branch moves twice in a second);
 //! - after a reconnection, the events Gerrit sent meanwhile are read from the events-log
-//!   plugin when `events_log_url` is set, and published once each (events that arrive from
-//!   both the plugin and the new stream are recognised by a digest of their canonical JSON);
+//!   plugin when `events_log_url` is set, and published once each: only the overlap of the
+//!   plugin's answer with the streams is dropped and counted (`duplicates`), recognised by a
+//!   digest of the canonical JSON and by position (the events published in the second
+//!   before, as many times as they were; the new stream's first lines while they follow the
+//!   answer's last events), never two lines of a stream;
 //!   without the plugin, the gap (from the last event to the reconnection) is published in
 //!   the bridge's status event.
 //!

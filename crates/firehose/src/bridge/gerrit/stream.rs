@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use firehose_codec::PublishProperties;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::events::{self, Line, Recent};
+use super::events::{self, Digest, Line, Overlap, Published};
 use super::ssh;
 use super::GerritBridgeConfig;
 use crate::bridge::{now_ms, BridgeContext, BridgeError, BuiltBridge};
@@ -78,7 +78,7 @@ impl EventsLog {
     }
 
     /// The events after `since_secs` (the plugin's `t1`), as raw JSON objects.
-    async fn fetch(&self, since_secs: i64) -> Result<Vec<Bytes>, String> {
+    async fn fetch(&self, since_secs: i64) -> Result<Answer, String> {
         use http_body_util::{BodyExt, Empty};
         use hyper_util::client::legacy::Client;
         use hyper_util::rt::TokioExecutor;
@@ -113,11 +113,20 @@ impl EventsLog {
         if !status.is_success() {
             return Err(format!("events-log {url}: HTTP {status}"));
         }
-        Ok(events::split_objects(&body)
-            .into_iter()
-            .map(|raw| body.slice_ref(raw))
-            .collect())
+        let (objects, rest) = events::split_objects(&body);
+        Ok(Answer {
+            objects: objects.into_iter().map(|raw| body.slice_ref(raw)).collect(),
+            invalid_rest: (!rest.trim_ascii().is_empty()).then_some(rest.len()),
+        })
     }
+}
+
+/// What the events-log plugin answered.
+struct Answer {
+    /// The JSON values, in order, as raw bytes.
+    objects: Vec<Bytes>,
+    /// The length of what follows the last value when it is not JSON (a cut answer).
+    invalid_rest: Option<usize>,
 }
 
 /// Exponential backoff with up to 20% jitter.
@@ -170,8 +179,22 @@ struct Memory {
     last_created_on: Option<i64>,
     /// When the last event was received, or the last connection started if it had none.
     last_seen_ms: Option<i64>,
-    /// Digests of recent events.
-    recent: Recent,
+    /// The events published lately, which the plugin's next answer may repeat.
+    published: Published,
+    /// This connection's overlap with the refill that started it (empty without a refill).
+    overlap: Overlap,
+}
+
+/// An event read from Gerrit, ready to publish.
+struct Event {
+    /// Its topic.
+    topic: String,
+    /// `eventCreatedOn`.
+    created_on: Option<i64>,
+    /// Its digest.
+    digest: Digest,
+    /// The JSON exactly as Gerrit sent it.
+    line: Bytes,
 }
 
 impl Runner {
@@ -202,7 +225,8 @@ impl Runner {
             if published > 0 || started.elapsed() >= STABLE {
                 backoff.reset();
             }
-            warn!(bridge = %c.name, "{error}");
+            // The server's stderr is in it: escaped.
+            warn!(bridge = %c.name, error = ?error, "Gerrit stream ended");
             self.cx.error(error.clone());
             let changed = self.cx.set_state("disconnected", false).await;
             if !changed && reported.as_deref() != Some(error.as_str()) {
@@ -230,37 +254,50 @@ impl Runner {
         self.cx.set_state("connected", true).await;
         info!(bridge = %self.config.name, host = %self.config.host, port = self.config.port, "streaming Gerrit events");
         let mut published = 0u64;
+        memory.overlap = Overlap::default();
         match memory.last_seen_ms {
             // Connected before: what happened since the last event may be missing.
             Some(from) => published += self.fill_gap(memory, from, reconnected_at).await,
             None => memory.last_seen_ms = Some(reconnected_at),
         }
         let mut pending: Vec<u8> = Vec::new();
+        // Inside a line already refused as too long: its rest is dropped up to its newline.
+        let mut skipping = false;
         loop {
             let chunk = match stream.next_chunk().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(message) => return Err(fail(published, message)),
             };
-            pending.extend_from_slice(&chunk);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let line = line.strip_suffix(b"\n").unwrap_or(&line);
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let mut rest = chunk.as_slice();
+            while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                let (head, tail) = rest.split_at(end);
+                rest = &tail[1..];
+                if std::mem::take(&mut skipping) {
+                    continue;
+                }
+                pending.extend_from_slice(head);
+                let line = std::mem::take(&mut pending);
+                let line = line.strip_suffix(b"\r").unwrap_or(&line);
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                if self.handle_line(memory, Bytes::copy_from_slice(line)).await {
+                if self.live_line(memory, Bytes::copy_from_slice(line)).await {
                     published += 1;
                 }
             }
+            if skipping {
+                continue;
+            }
+            pending.extend_from_slice(rest);
             if pending.len() > MAX_LINE {
                 self.cx.rejected();
                 warn!(bridge = %self.config.name, "dropped a line longer than {MAX_LINE} bytes");
-                pending.clear();
+                pending = Vec::new();
+                skipping = true;
             }
         }
-        if !pending.iter().all(u8::is_ascii_whitespace) {
+        if !skipping && !pending.iter().all(u8::is_ascii_whitespace) {
             // The stream ended inside a line: it was cut, not sent whole.
             self.cx.rejected();
             warn!(bridge = %self.config.name, "dropped an incomplete last line ({} bytes)", pending.len());
@@ -271,14 +308,14 @@ impl Runner {
         }
     }
 
-    /// Publishes one line if it is a new event; true if it was published.
-    async fn handle_line(&self, memory: &mut Memory, line: Bytes) -> bool {
+    /// Reads one line as an event; a line that is not one is counted, logged and `None`.
+    fn event(&self, memory: &mut Memory, line: Bytes) -> Option<Event> {
         match events::parse_line(&self.config.topic_prefix, &line) {
             Line::Invalid(why) => {
                 self.cx.rejected();
                 let shown = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
-                warn!(bridge = %self.config.name, "not publishing a line that is {why}: {shown:?}");
-                false
+                warn!(bridge = %self.config.name, line = ?shown, "not publishing a line that is {why}");
+                None
             }
             Line::Event {
                 topic,
@@ -293,20 +330,57 @@ impl Runner {
                             .map_or(created_on, |t| t.max(created_on)),
                     );
                 }
-                if !memory.recent.insert(digest) {
-                    return false;
-                }
-                let properties = PublishProperties {
-                    content_type: Some("application/json".into()),
-                    ..PublishProperties::default()
-                };
-                self.cx.publish_with(&topic, line, properties).await.is_ok()
+                Some(Event {
+                    topic,
+                    created_on,
+                    digest,
+                    line,
+                })
             }
         }
     }
 
+    /// Publishes a line of the stream unless the refill that started the connection has just
+    /// published it (see [`Overlap`]); true if it was published.
+    async fn live_line(&self, memory: &mut Memory, line: Bytes) -> bool {
+        let Some(event) = self.event(memory, line) else {
+            return false;
+        };
+        if memory.overlap.take(&event.digest) {
+            self.cx.duplicate();
+            debug!(bridge = %self.config.name, topic = ?event.topic,
+                "not publishing a stream event that the events-log plugin gave already");
+            return false;
+        }
+        self.publish(memory, event).await
+    }
+
+    /// Publishes an event and remembers it; true if it was published.
+    async fn publish(&self, memory: &mut Memory, event: Event) -> bool {
+        let properties = PublishProperties {
+            content_type: Some("application/json".into()),
+            ..PublishProperties::default()
+        };
+        let published = self
+            .cx
+            .publish_with(&event.topic, event.line, properties)
+            .await
+            .is_ok();
+        if published {
+            memory
+                .published
+                .record(event.created_on, event.digest, memory.last_created_on);
+        }
+        published
+    }
+
     /// After a reconnection: publishes the events of the gap from the events-log plugin, or
     /// announces the gap. Returns the number of events published.
+    ///
+    /// The plugin's answer starts a second before the newest event seen, so it repeats the
+    /// events published since then: each is dropped as many times as it was published
+    /// ([`Published::counts`]). What it publishes is the overlap the new stream's first lines
+    /// are compared with.
     async fn fill_gap(&self, memory: &mut Memory, from_ms: i64, to_ms: i64) -> u64 {
         let mut gap = Gap {
             from_ms,
@@ -319,20 +393,39 @@ impl Runner {
                 .unwrap_or(from_ms / 1000)
                 .saturating_sub(1);
             match log.fetch(since).await {
-                Ok(objects) => {
-                    let mut published = 0;
-                    for raw in objects {
-                        if self.handle_line(memory, raw).await {
-                            published += 1;
+                Ok(answer) => {
+                    if let Some(rest) = answer.invalid_rest {
+                        self.cx.rejected();
+                        warn!(bridge = %self.config.name, bytes = rest,
+                            "the events-log answer ends with bytes that are not JSON: dropped");
+                    }
+                    let mut already = memory.published.counts();
+                    let mut refilled = Vec::new();
+                    let mut repeated = 0u64;
+                    for raw in answer.objects {
+                        let Some(event) = self.event(memory, raw) else {
+                            continue;
+                        };
+                        if already.take(&event.digest) {
+                            self.cx.duplicate();
+                            repeated += 1;
+                            continue;
+                        }
+                        let digest = event.digest;
+                        if self.publish(memory, event).await {
+                            refilled.push(digest);
                         }
                     }
-                    info!(bridge = %self.config.name, published, "gap filled from the events-log plugin");
+                    let published = refilled.len() as u64;
+                    memory.overlap = Overlap::after(refilled);
+                    info!(bridge = %self.config.name, published, already_published = repeated,
+                        "gap filled from the events-log plugin");
                     gap.filled = Some(published);
                     self.cx.gap(gap).await;
                     return published;
                 }
                 Err(message) => {
-                    warn!(bridge = %self.config.name, "cannot fill the gap: {message}");
+                    warn!(bridge = %self.config.name, error = ?message, "cannot fill the gap");
                     self.cx.error(message);
                 }
             }

@@ -220,7 +220,8 @@ impl Worker {
             match self.session(&mut connected).await {
                 Ok(()) => return,
                 Err(error) => {
-                    warn!(bridge = %self.config.name, "IMAP session ended: {error}");
+                    // It may quote the server's answer: escaped.
+                    warn!(bridge = %self.config.name, error = ?error, "IMAP session ended");
                     self.cx.error(format!("IMAP: {error}"));
                     self.cx.set_state("disconnected", false).await;
                 }
@@ -318,14 +319,25 @@ impl Worker {
                     fetches
                         .iter()
                         .find(|f| f.uid == Some(uid))
-                        .and_then(|f| f.body().map(<[u8]>::to_vec)),
+                        .map(|f| f.body().map(<[u8]>::to_vec)),
                 )
             })
             .await?;
-            let Some(raw) = raw else {
-                // Expunged meanwhile by someone else.
-                debug!(bridge = %self.config.name, uid, "message gone before its fetch");
-                continue;
+            let raw = match raw {
+                Some(Some(raw)) => raw,
+                // Expunged meanwhile by someone else: nothing was received.
+                None => {
+                    debug!(bridge = %self.config.name, uid, "message gone before its fetch");
+                    continue;
+                }
+                // The server answered without the message: left unseen, tried again on the
+                // next pass, and reported each time so that it is not skipped in silence.
+                Some(None) => {
+                    let error = format!("the server sent UID {uid} without its body");
+                    warn!(bridge = %self.config.name, uid, "{error}; left unseen");
+                    self.cx.error(error);
+                    continue;
+                }
             };
             let event = parse::to_event(&self.config.name, &raw);
             if let Some(why) = event.malformed {
@@ -375,7 +387,7 @@ impl Worker {
                     .await?;
                 }
             }
-            debug!(bridge = %self.config.name, uid, topic = %event.topic, "mail published");
+            debug!(bridge = %self.config.name, uid, topic = ?event.topic, "mail published");
         }
         Ok(())
     }

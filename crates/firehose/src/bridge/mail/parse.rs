@@ -220,12 +220,13 @@ fn format_addr(addr: &mail_parser::Addr<'_>) -> Option<String> {
     }
 }
 
-/// One safe topic level: separators and wildcards become `_`.
+/// One safe topic level: separators, wildcards and control characters become `_`.
 fn level(text: &str) -> String {
     text.trim()
         .chars()
         .map(|c| match c {
-            '/' | '+' | '#' | '\0' => '_',
+            '/' | '+' | '#' => '_',
+            c if c.is_control() => '_',
             c => c,
         })
         .collect::<String>()
@@ -275,6 +276,11 @@ X-Launchpad-Bug: status=New\r\n\r\n** Changed in: x\r\n";
         let event = to_event("lp", raw);
         assert_eq!(event.topic, "launchpad");
         assert_eq!(event.payload["event_type"], "change");
+    }
+
+    #[test]
+    fn levels_hold_no_separator_wildcard_or_control_character() {
+        assert_eq!(level(" No/va+#\u{1b}[2J\n "), "no_va___[2j");
     }
 
     #[test]

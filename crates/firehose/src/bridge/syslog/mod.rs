@@ -22,7 +22,6 @@ mod parse;
 pub use config::SyslogBridgeConfig;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,13 +35,16 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use self::parse::{Frame, Framer, LogEvent};
-use super::{BridgeContext, BridgeError, BuiltBridge};
+use super::{BridgeContext, BridgeError, BuiltBridge, Throttle};
 
 /// First topic level of every log event.
 const TOPIC_ROOT: &str = "logs";
 
 /// Bytes read from a TCP connection at a time.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Larger than any UDP datagram (65,507 bytes of payload over IPv4, 65,527 over IPv6).
+const MAX_DATAGRAM: usize = 65_536;
 
 /// What a listener receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,10 +133,8 @@ struct Limits {
 /// Counts and logs refused inputs, with at most one warning a second per bridge.
 #[derive(Debug, Default)]
 struct Refusals {
-    /// When the last warning was logged, milliseconds since the epoch.
-    last_warn_ms: AtomicI64,
-    /// Refusals not warned about since then.
-    quiet: AtomicU64,
+    /// Rations the warnings.
+    throttle: Throttle,
 }
 
 impl Refusals {
@@ -142,26 +142,17 @@ impl Refusals {
     fn refuse(&self, cx: &BridgeContext, input: Input, peer: SocketAddr, reason: &str, raw: &[u8]) {
         cx.rejected();
         let sample = String::from_utf8_lossy(&raw[..raw.len().min(80)]).into_owned();
-        let now = super::now_ms();
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        if now - last >= 1000
-            && self
-                .last_warn_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let quiet = self.quiet.swap(0, Ordering::Relaxed);
-            warn!(
+        match self.throttle.warning() {
+            Some(quiet) => warn!(
                 bridge = %cx.state().name(),
                 listener = input.as_str(),
                 %peer,
                 also_refused = quiet,
-                "refused input: {reason}: {sample:?}"
-            );
-        } else {
-            self.quiet.fetch_add(1, Ordering::Relaxed);
-            debug!(bridge = %cx.state().name(), listener = input.as_str(), %peer,
-                "refused input: {reason}: {sample:?}");
+                sample = ?sample,
+                "refused input: {reason}"
+            ),
+            None => debug!(bridge = %cx.state().name(), listener = input.as_str(), %peer,
+                sample = ?sample, "refused input: {reason}"),
         }
     }
 }
@@ -212,8 +203,10 @@ async fn udp_loop(
             return;
         }
     };
-    // One byte more than the limit, to tell a datagram at the limit from a longer one.
-    let mut buf = vec![0u8; max_line.saturating_add(1).min(65_536)];
+    // Room for a message at the limit, its line ending (`\r\n`, which some senders add and
+    // which is not counted, as over TCP) and one byte more: a datagram that fills the buffer
+    // may have been cut by the kernel, and is over the limit.
+    let mut buf = vec![0u8; max_line.saturating_add(3).min(MAX_DATAGRAM)];
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -223,17 +216,19 @@ async fn udp_loop(
                 continue;
             }
         };
-        if n > max_line {
+        let datagram = &buf[..n];
+        let message = parse::without_line_ending(datagram);
+        if message.len() > max_line || (n == buf.len() && n < MAX_DATAGRAM) {
             refusals.refuse(
                 &cx,
                 Input::Udp,
                 peer,
                 "datagram over max_line_bytes",
-                &buf[..n],
+                datagram,
             );
             continue;
         }
-        let datagram = &buf[..n];
+        // Empty datagrams are not messages (load balancers probe UDP ports with them).
         if datagram.iter().all(|b| b.is_ascii_whitespace() || *b == 0) {
             continue;
         }

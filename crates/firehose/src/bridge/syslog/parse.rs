@@ -32,7 +32,9 @@ enum Skip {
 
 /// RFC 6587 framing: each frame is either octet counted (`LEN SP MSG`, recognised by a leading
 /// digit, as a syslog message starts with `<`) or ends with a newline (non-transparent
-/// framing; a trailing `\r` is removed). Both may alternate on one connection.
+/// framing; a trailing `\r` is removed, and is not counted against the limit: a line of
+/// exactly `max` bytes is accepted whether it ends with LF or CRLF). Both may alternate on
+/// one connection.
 #[derive(Debug)]
 pub(crate) struct Framer {
     /// Longest message accepted.
@@ -106,19 +108,21 @@ impl Framer {
             }
         }
         match buf.iter().position(|&b| b == b'\n') {
-            Some(end) if end > self.max => {
-                buf.advance(end + 1);
-                Some(Frame::Oversized(end))
-            }
             Some(end) => {
                 let mut line = buf.split_to(end + 1);
                 line.truncate(end);
+                // The `\r` of a CRLF ending is framing: the limit applies to the message.
                 if line.last() == Some(&b'\r') {
                     line.truncate(end - 1);
                 }
+                if line.len() > self.max {
+                    return Some(Frame::Oversized(line.len()));
+                }
                 Some(Frame::Message(line.freeze()))
             }
-            None if buf.len() > self.max => {
+            // Without its newline yet, a line of `max` bytes may be followed by the `\r` of
+            // its CRLF: one byte more is over the limit only if it is not that `\r`.
+            None if buf.len() > self.max + usize::from(buf.last() == Some(&b'\r')) => {
                 let seen = buf.len();
                 buf.clear();
                 self.skip = Some(Skip::Line);
@@ -142,6 +146,16 @@ impl Framer {
         }
         Ok(Some(rest))
     }
+}
+
+/// `raw` without the line ending a sender may put after a message (`\n`, `\r\n`, NULs):
+/// what the limit of a datagram applies to, as for a line.
+pub(crate) fn without_line_ending(raw: &[u8]) -> &[u8] {
+    let end = raw
+        .iter()
+        .rposition(|b| !matches!(b, b'\n' | b'\r' | b'\0'))
+        .map_or(0, |last| last + 1);
+    &raw[..end]
 }
 
 /// The head of an octet-counted frame.
@@ -226,8 +240,8 @@ pub(crate) fn syslog_event(
     peer: IpAddr,
     now: DateTime<Utc>,
 ) -> Result<LogEvent, &'static str> {
-    let text = String::from_utf8_lossy(raw);
-    let text = text.trim_end_matches(['\n', '\r', '\0']);
+    let text = String::from_utf8_lossy(without_line_ending(raw));
+    let text: &str = &text;
     if !text.starts_with('<') {
         return Err("no <PRI> at the start");
     }
@@ -427,6 +441,34 @@ mod tests {
         let mut buf = BytesMut::from(&b"<13>0123456789\n<1>x\n"[..]);
         assert_eq!(framer.next(&mut buf), Some(Frame::Oversized(14)));
         assert_eq!(framer.next(&mut buf), Some(msg("<1>x")));
+    }
+
+    #[test]
+    fn the_limit_excludes_the_line_ending() {
+        let max = 8;
+        for ending in [&b"\n"[..], b"\r\n"] {
+            let exact = [&b"<13>abcd"[..], ending].concat();
+            let over = [&b"<13>abcde"[..], ending].concat();
+            let mut framer = Framer::new(max, true);
+            assert_eq!(frames(&mut framer, &exact), [msg("<13>abcd")], "{ending:?}");
+            assert_eq!(
+                frames(&mut framer, &over),
+                [Frame::Oversized(9)],
+                "{ending:?}"
+            );
+            // The same lines arriving a byte at a time: the `\r` of an exact line waits for
+            // its `\n` instead of making the line oversized.
+            let mut framer = Framer::new(max, false);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for byte in exact.iter().chain(&over) {
+                buf.extend_from_slice(&[*byte]);
+                got.extend(std::iter::from_fn(|| framer.next(&mut buf)));
+            }
+            assert_eq!(got[0], msg("<13>abcd"), "{ending:?}");
+            assert!(matches!(got[1], Frame::Oversized(_)), "{ending:?}: {got:?}");
+            assert_eq!(got.len(), 2, "{ending:?}: {got:?}");
+        }
     }
 
     #[test]

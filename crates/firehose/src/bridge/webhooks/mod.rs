@@ -4,29 +4,37 @@
 //!
 //! Each configured source is a bridge of its own (`webhooks-github`, ...), with its own state
 //! and status event. What differs between sources ([`Source`]): the signature header and how
-//! it is checked, the event header, and where the repository is in the payload.
+//! it is checked, the event and delivery headers, and where the repository is in the payload.
 //! - GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`, `X-GitHub-Event`,
-//!   deliveries deduplicated on `X-GitHub-Delivery` (redeliveries are answered, not published).
+//!   `X-GitHub-Delivery` (the same on a redelivery).
 //! - GitLab: `X-Gitlab-Token` is the secret itself (compared in constant time),
-//!   `X-Gitlab-Event` (`Merge Request Hook` becomes `merge_request`), deduplicated on
-//!   `Idempotency-Key` when GitLab sends it.
+//!   `X-Gitlab-Event` (`Merge Request Hook` becomes `merge_request`), `Idempotency-Key`
+//!   (GitLab 17.4 and later; the same on a retry). Not `X-Gitlab-Event-UUID`, which the
+//!   webhooks triggered by an earlier webhook share, nor `X-Gitlab-Webhook-UUID`, new on each
+//!   retry.
 //! - Gitea and Forgejo: `X-Forgejo-Signature` or `X-Gitea-Signature` (hex HMAC-SHA256 of the
-//!   body), `X-Forgejo-Event` or `X-Gitea-Event`, deduplicated on `X-Forgejo-Delivery` or
-//!   `X-Gitea-Delivery`.
+//!   body), `X-Forgejo-Event` or `X-Gitea-Event`, `X-Forgejo-Delivery` or `X-Gitea-Delivery`.
 //!
-//! A missing or wrong signature gets 401 and publishes nothing; a body over
-//! `bridge.webhooks.max_body_bytes` gets 413; a request without an event header or whose
-//! payload is not JSON gets 400. Each is counted as a refused input of the source's bridge.
+//! A request is checked in this order, and nothing is remembered before its signature is
+//! verified: a body over `bridge.webhooks.max_body_bytes` gets 413; a missing or wrong
+//! signature 401; a missing event header, or an event name that is not one topic level of
+//! `[a-z0-9_]`, 400; a missing delivery id (or one over 128 bytes) 400; a payload that is not
+//! JSON 400. Each is counted as a refused input of the source's bridge and logged (one warning
+//! a second at most). Then the delivery id is claimed: one seen within
+//! `bridge.webhooks.replay_window_secs` ([`replay`]) is answered 200 `{"duplicate": true,
+//! ...}` (a 4xx would make GitHub show a failed delivery and GitLab disable the webhook after
+//! four) and not published again, counted in the bridge's `duplicates`.
 //!
 //! The section, `[bridge.webhooks]`, and its checks are in [`config`]. Depends on the bridge
 //! framework ([`super`]), [`crate::broker`] (its publish errors) and [`crate::config`].
 
 pub mod config;
+mod replay;
 
 pub use config::{WebhookSourceConfig, WebhooksConfig};
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -38,13 +46,17 @@ use bytes::Bytes;
 use firehose_codec::PublishProperties;
 use ring::hmac;
 use serde_json::{json, Value};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use super::{BridgeConfig, BridgeContext, BridgeError, BuiltBridge};
+use self::replay::{Claim, Deliveries};
+use super::{BridgeConfig, BridgeContext, BridgeError, BuiltBridge, Throttle};
 use crate::broker::PublishError;
 
-/// Delivery ids remembered per source for deduplication.
-const DEDUPE_CAPACITY: usize = 10_000;
+/// Longest event name accepted, in bytes (GitHub's longest are about 40).
+const MAX_EVENT: usize = 64;
+
+/// Longest delivery id accepted, in bytes (the forges send UUIDs: 36).
+const MAX_DELIVERY: usize = 128;
 
 /// A webhook source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,31 +79,85 @@ impl Source {
         }
     }
 
-    /// The event name from the headers, as a topic level.
-    fn event(self, headers: &HeaderMap) -> Option<String> {
-        let raw = match self {
-            Source::GitHub => header(headers, "x-github-event")?.to_owned(),
-            Source::GitLab => {
-                // "Merge Request Hook" -> "merge_request", as GitLab's own `object_kind`.
-                let raw = header(headers, "x-gitlab-event")?.trim();
-                let raw = raw.strip_suffix(" Hook").unwrap_or(raw);
-                raw.to_ascii_lowercase().replace(' ', "_")
-            }
-            Source::Gitea => header(headers, "x-forgejo-event")
-                .or_else(|| header(headers, "x-gitea-event"))?
-                .to_owned(),
-        };
-        let level = topic_level(raw.trim());
-        (!level.is_empty()).then_some(level)
+    /// The event header's name, for messages.
+    fn event_header(self) -> &'static str {
+        match self {
+            Source::GitHub => "X-GitHub-Event",
+            Source::GitLab => "X-Gitlab-Event",
+            Source::Gitea => "X-Gitea-Event (or X-Forgejo-Event)",
+        }
     }
 
-    /// The delivery id that identifies redeliveries of one event.
-    fn delivery(self, headers: &HeaderMap) -> Option<&str> {
-        match self {
-            Source::GitHub => header(headers, "x-github-delivery"),
-            Source::GitLab => header(headers, "idempotency-key"),
-            Source::Gitea => header(headers, "x-forgejo-delivery")
-                .or_else(|| header(headers, "x-gitea-delivery")),
+    /// The event name from the headers: exactly one topic level of `[a-z0-9_]`, so that no
+    /// header can add levels or wildcards to the topic.
+    ///
+    /// # Errors
+    /// Why the header is refused, for a 400.
+    fn event(self, headers: &HeaderMap) -> Result<String, String> {
+        let names: &[&str] = match self {
+            Source::GitHub => &["x-github-event"],
+            Source::GitLab => &["x-gitlab-event"],
+            Source::Gitea => &["x-forgejo-event", "x-gitea-event"],
+        };
+        let Some(value) = names.iter().find_map(|name| headers.get(*name)) else {
+            return Err(format!("missing {} header", self.event_header()));
+        };
+        // Not text is refused below like any other name, quoted in the message.
+        let raw = String::from_utf8_lossy(value.as_bytes());
+        let raw = raw.trim();
+        let name = match self {
+            // "Merge Request Hook" -> "merge_request", as GitLab's own `object_kind`.
+            Source::GitLab => raw
+                .strip_suffix(" Hook")
+                .unwrap_or(raw)
+                .to_ascii_lowercase()
+                .replace(' ', "_"),
+            Source::GitHub | Source::Gitea => raw.to_owned(),
+        };
+        let one_level = !name.is_empty()
+            && name.len() <= MAX_EVENT
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !one_level {
+            return Err(format!(
+                "{} {raw:?}: an event name is 1 to {MAX_EVENT} of a-z, 0-9 and _",
+                self.event_header()
+            ));
+        }
+        Ok(name)
+    }
+
+    /// The delivery id, which a redelivery of the same event repeats.
+    ///
+    /// # Errors
+    /// Why there is none that can be used, for a 400.
+    fn delivery(self, headers: &HeaderMap) -> Result<&str, String> {
+        let (names, name): (&[&str], _) = match self {
+            Source::GitHub => (&["x-github-delivery"], "X-GitHub-Delivery"),
+            Source::GitLab => (
+                &["idempotency-key"],
+                "Idempotency-Key (sent by GitLab 17.4 and later)",
+            ),
+            Source::Gitea => (
+                &["x-forgejo-delivery", "x-gitea-delivery"],
+                "X-Gitea-Delivery (or X-Forgejo-Delivery)",
+            ),
+        };
+        // Present but not visible ASCII: `Some(None)`.
+        let id = names
+            .iter()
+            .find_map(|header| headers.get(*header))
+            .map(|value| value.to_str().ok());
+        match id.map(|id| id.map(str::trim)) {
+            Some(Some(id)) if !id.is_empty() && id.len() <= MAX_DELIVERY => Ok(id),
+            Some(Some(id)) if !id.is_empty() => Err(format!(
+                "the {name} header is longer than {MAX_DELIVERY} bytes"
+            )),
+            Some(None) => Err(format!("the {name} header is not visible ASCII")),
+            _ => Err(format!(
+                "missing {name} header: a delivery id is required, to refuse replays"
+            )),
         }
     }
 
@@ -130,7 +196,7 @@ impl Source {
                 .or_else(|| str_at("/repository/path_with_namespace")),
         };
         if let Some((owner, repo)) = full.and_then(|full| full.rsplit_once('/')) {
-            return (topic_level(owner), topic_level(repo));
+            return (levels(owner), levels(repo));
         }
         let owner = match self {
             Source::GitHub => str_at("/organization/login").or_else(|| str_at("/sender/login")),
@@ -139,13 +205,7 @@ impl Source {
                 .or_else(|| str_at("/organization/login"))
                 .or_else(|| str_at("/sender/login")),
         };
-        let level = |value: Option<&str>| {
-            value
-                .map(topic_level)
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| "-".to_owned())
-        };
-        (level(owner), "-".to_owned())
+        (levels(owner.unwrap_or_default()), "-".to_owned())
     }
 }
 
@@ -154,15 +214,28 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// A name made safe as topic levels: MQTT wildcards and NUL become `_`; slashes are kept.
-fn topic_level(value: &str) -> String {
+/// A name made safe as topic levels: MQTT wildcards and control characters become `_`, an
+/// empty level `-`; slashes are kept (GitLab namespaces: `group/subgroup`).
+fn levels(value: &str) -> String {
     value
-        .chars()
-        .map(|c| match c {
-            '+' | '#' | '\0' => '_',
-            c => c,
+        .split('/')
+        .map(|level| {
+            let level: String = level
+                .chars()
+                .map(|c| match c {
+                    '+' | '#' => '_',
+                    c if c.is_control() => '_',
+                    c => c,
+                })
+                .collect();
+            if level.is_empty() {
+                "-".to_owned()
+            } else {
+                level
+            }
         })
-        .collect()
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// A source's secret, kept as HMAC keys so that every comparison is constant-time.
@@ -210,36 +283,6 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Recently seen delivery ids, oldest first out.
-#[derive(Default)]
-struct Seen {
-    set: HashSet<String>,
-    order: VecDeque<String>,
-}
-
-impl Seen {
-    /// Records `id`; false if it was already there.
-    fn insert(&mut self, id: &str) -> bool {
-        if self.set.contains(id) {
-            return false;
-        }
-        if self.order.len() >= DEDUPE_CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        self.set.insert(id.to_owned());
-        self.order.push_back(id.to_owned());
-        true
-    }
-
-    fn forget(&mut self, id: &str) {
-        if self.set.remove(id) {
-            self.order.retain(|seen| seen != id);
-        }
-    }
-}
-
 /// One webhook source's bridge, made from `[bridge.webhooks]` by its
 /// [`BridgeKind`](crate::bridge::BridgeKind) implementation.
 #[derive(Debug, Clone)]
@@ -250,6 +293,10 @@ pub struct WebhookBridge {
     config: WebhookSourceConfig,
     /// `bridge.webhooks.max_body_bytes`.
     max_body_bytes: usize,
+    /// `bridge.webhooks.replay_window_secs`.
+    replay_window: Duration,
+    /// `bridge.webhooks.replay_max_ids`.
+    replay_max_ids: usize,
 }
 
 impl WebhookBridge {
@@ -303,7 +350,9 @@ impl BridgeConfig for WebhookBridge {
         let hook = Arc::new(Hook {
             source: self.source,
             secret,
-            seen: Mutex::new(Seen::default()),
+            deliveries: Mutex::new(Deliveries::new(self.replay_window, self.replay_max_ids)),
+            refusals: Throttle::default(),
+            repeats: Throttle::default(),
             cx: cx.clone(),
         });
         let startup = cx.clone();
@@ -326,13 +375,73 @@ impl BridgeConfig for WebhookBridge {
 struct Hook {
     source: Source,
     secret: Secret,
-    seen: Mutex<Seen>,
+    /// The delivery ids seen within the replay window.
+    deliveries: Mutex<Deliveries>,
+    /// Rations the warnings about refused requests.
+    refusals: Throttle,
+    /// Rations the log lines about repeated deliveries and a full replay memory.
+    repeats: Throttle,
     cx: BridgeContext,
 }
 
-/// A JSON error answer.
-fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+impl Hook {
+    /// Counts a refused request, logs why (escaped: it may quote the request) and answers.
+    fn refuse(&self, status: StatusCode, message: impl Into<String>) -> Response {
+        let message = message.into();
+        self.cx.rejected();
+        let bridge = self.cx.state().name();
+        let code = status.as_u16();
+        match self.refusals.warning() {
+            Some(quiet) => warn!(bridge = %bridge, status = code, reason = ?message,
+                also_refused = quiet, "webhook refused"),
+            None => debug!(bridge = %bridge, status = code, reason = ?message, "webhook refused"),
+        }
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+
+    /// Claims a delivery id: `None` when it is new, else the answer to a repeated one.
+    fn claim(&self, delivery: &str) -> Option<Response> {
+        let claim = self
+            .deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .claim(delivery, Instant::now());
+        let bridge = self.cx.state().name();
+        match claim {
+            Claim::New => None,
+            Claim::NewForgettingOne => {
+                if let Some(quiet) = self.repeats.warning() {
+                    warn!(bridge = %bridge, also = quiet,
+                        "the replay memory is full: delivery ids are forgotten before \
+                         bridge.webhooks.replay_window_secs (raise replay_max_ids)");
+                }
+                None
+            }
+            Claim::Repeated => {
+                self.cx.duplicate();
+                match self.repeats.warning() {
+                    Some(quiet) => info!(bridge = %bridge, delivery = ?delivery, also = quiet,
+                        "duplicate delivery, ignored"),
+                    None => debug!(bridge = %bridge, delivery = ?delivery,
+                        "duplicate delivery, ignored"),
+                }
+                let body = json!({
+                    "duplicate": true,
+                    "delivery": delivery,
+                    "message": "duplicate delivery, ignored",
+                });
+                Some((StatusCode::OK, Json(body)).into_response())
+            }
+        }
+    }
+
+    /// Forgets a claimed delivery id whose event could not be stored.
+    fn release(&self, delivery: &str) {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(delivery);
+    }
 }
 
 /// The JSON payload of a request: the body, or for GitHub's form encoding its `payload` field.
@@ -369,45 +478,43 @@ fn form_decode(value: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// One webhook request. Everything that can be checked is, in the order of the module's
+/// documentation, before the delivery id is claimed: a refused request, above all one without
+/// a valid signature, changes nothing but the counters.
 async fn receive(
     State(hook): State<Arc<Hook>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let source = hook.source.as_str();
-    let cx = &hook.cx;
     let body = match body {
         Ok(body) => body,
-        Err(rejection) => {
-            cx.rejected();
-            let status = rejection.status();
-            info!(bridge = %cx.state().name(), "webhook refused: {}", rejection.body_text());
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "the body is larger than bridge.webhooks.max_body_bytes".to_owned()
-            } else {
-                rejection.body_text()
-            };
-            return refuse(status, message);
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return hook.refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is larger than bridge.webhooks.max_body_bytes",
+            )
+        }
+        Err(rejection) => return hook.refuse(rejection.status(), rejection.body_text()),
+    };
+    let checked = hook
+        .source
+        .verify(&hook.secret, &headers, &body)
+        .map_err(|reason| (StatusCode::UNAUTHORIZED, reason.to_owned()))
+        .and_then(|()| {
+            let bad = |reason| (StatusCode::BAD_REQUEST, reason);
+            let event = hook.source.event(&headers).map_err(bad)?;
+            let delivery = hook.source.delivery(&headers).map_err(bad)?;
+            Ok((event, delivery.to_owned()))
+        });
+    let (event, delivery) = match checked {
+        Ok(checked) => checked,
+        Err((status, reason)) => {
+            return hook.refuse(status, format!("{source} webhook refused: {reason}"))
         }
     };
-    if let Err(reason) = hook.source.verify(&hook.secret, &headers, &body) {
-        cx.rejected();
-        info!(bridge = %cx.state().name(), "webhook refused: {reason}");
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            format!("{source} webhook refused: {reason}"),
-        );
-    }
-    let Some(event) = hook.source.event(&headers) else {
-        cx.rejected();
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            format!("{source} webhook without its event header"),
-        );
-    };
     let Some(payload) = payload_of(&headers, &body) else {
-        cx.rejected();
-        return refuse(
+        return hook.refuse(
             StatusCode::BAD_REQUEST,
             "form-encoded webhook without a payload field",
         );
@@ -415,50 +522,30 @@ async fn receive(
     let json: Value = match serde_json::from_slice(&payload) {
         Ok(json) => json,
         Err(error) => {
-            cx.rejected();
-            return refuse(
+            return hook.refuse(
                 StatusCode::BAD_REQUEST,
                 format!("the payload is not JSON: {error}"),
-            );
+            )
         }
     };
-    let delivery = hook.source.delivery(&headers).map(str::to_owned);
-    if let Some(id) = &delivery {
-        let fresh = hook
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
-        if !fresh {
-            debug!(bridge = %cx.state().name(), delivery = %id, "duplicate delivery");
-            return (
-                StatusCode::OK,
-                Json(json!({ "duplicate": true, "delivery": id })),
-            )
-                .into_response();
-        }
+    if let Some(answer) = hook.claim(&delivery) {
+        return answer;
     }
     let (owner, repo) = hook.source.repository(&json);
     let topic = format!("webhooks/{source}/{owner}/{repo}/{event}");
-    let mut user_properties = vec![("event".to_owned(), event.clone())];
-    if let Some(id) = &delivery {
-        user_properties.push(("delivery".to_owned(), id.clone()));
-    }
     let properties = PublishProperties {
         content_type: Some("application/json".into()),
-        user_properties,
+        user_properties: vec![
+            ("event".to_owned(), event),
+            ("delivery".to_owned(), delivery.clone()),
+        ],
         ..PublishProperties::default()
     };
-    match cx.publish_with(&topic, payload, properties).await {
+    match hook.cx.publish_with(&topic, payload, properties).await {
         Ok(id) => (StatusCode::OK, Json(json!({ "id": id, "topic": topic }))).into_response(),
         Err(error) => {
-            if let Some(id) = &delivery {
-                // Not stored: a redelivery must be able to try again.
-                hook.seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .forget(id);
-            }
+            // Not stored: a redelivery must be able to try again.
+            hook.release(&delivery);
             let status = match error {
                 PublishError::InvalidTopic(_) => StatusCode::BAD_REQUEST,
                 PublishError::NotAuthorized { .. } | PublishError::NotStored => {
@@ -466,7 +553,7 @@ async fn receive(
                 }
                 PublishError::RetainedQuotaFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             };
-            refuse(status, error.to_string())
+            (status, Json(json!({ "error": error.to_string() }))).into_response()
         }
     }
 }
@@ -508,7 +595,7 @@ mod tests {
             ("x-gitlab-event", "Merge Request Hook"),
         ]);
         assert_eq!(Source::GitLab.verify(&secret, &ok, b""), Ok(()));
-        assert_eq!(Source::GitLab.event(&ok).as_deref(), Some("merge_request"));
+        assert_eq!(Source::GitLab.event(&ok).as_deref(), Ok("merge_request"));
         let bad = headers(&[("x-gitlab-token", "tok2")]);
         assert!(Source::GitLab.verify(&secret, &bad, b"").is_err());
     }
@@ -530,7 +617,8 @@ mod tests {
             Source::GitLab.repository(&gitlab),
             ("group/sub".into(), "proj".into())
         );
-        assert_eq!(topic_level("a+b#c"), "a_b_c");
+        assert_eq!(levels("a+b#c"), "a_b_c");
+        assert_eq!(levels("a\nb/\u{1b}[2J//"), "a_b/_[2J/-/-");
         assert_eq!(
             Source::GitHub.repository(&json!({})),
             ("-".into(), "-".into())
@@ -538,17 +626,78 @@ mod tests {
     }
 
     #[test]
-    fn form_payloads_and_dedupe() {
+    fn form_payloads() {
         let form = headers(&[("content-type", "application/x-www-form-urlencoded")]);
         let body = Bytes::from_static(b"payload=%7B%22a%22%3A+1%7D");
         assert_eq!(
             payload_of(&form, &body).as_deref(),
             Some(&b"{\"a\": 1}"[..])
         );
-        let mut seen = Seen::default();
-        assert!(seen.insert("a"));
-        assert!(!seen.insert("a"));
-        seen.forget("a");
-        assert!(seen.insert("a"));
+    }
+
+    #[test]
+    fn event_names_are_one_level_of_a_z_0_9_and_underscore() {
+        let event = |source: Source, name: &str, value: &str| {
+            let name = axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name");
+            let mut map = HeaderMap::new();
+            map.insert(name, value.parse().expect("header value"));
+            source.event(&map)
+        };
+        assert_eq!(
+            event(Source::GitHub, "x-github-event", "pull_request"),
+            Ok("pull_request".to_owned())
+        );
+        assert_eq!(
+            event(Source::GitLab, "x-gitlab-event", "Tag Push Hook"),
+            Ok("tag_push".to_owned())
+        );
+        assert_eq!(
+            event(Source::Gitea, "x-forgejo-event", "issue_comment"),
+            Ok("issue_comment".to_owned())
+        );
+        for (source, header, value) in [
+            (Source::GitHub, "x-github-event", "push/x"),
+            (Source::GitHub, "x-github-event", "push/#"),
+            (Source::GitHub, "x-github-event", "+"),
+            (Source::GitHub, "x-github-event", "Push"),
+            (Source::GitHub, "x-github-event", "push-event"),
+            (Source::Gitea, "x-gitea-event", ""),
+            (Source::GitLab, "x-gitlab-event", "Push/Hook"),
+            (Source::GitLab, "x-gitlab-event", "Merge-Request Hook"),
+        ] {
+            let refused = event(source, header, value);
+            assert!(refused.is_err(), "{value:?}: {refused:?}");
+        }
+        let long = "a".repeat(MAX_EVENT + 1);
+        assert!(event(Source::GitHub, "x-github-event", &long).is_err());
+        assert!(Source::GitHub.event(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn delivery_ids_are_required() {
+        let one = |name: &'static str, value: &str| headers(&[(name, value)]);
+        assert_eq!(
+            Source::GitHub.delivery(&one("x-github-delivery", "72d3162e")),
+            Ok("72d3162e")
+        );
+        assert_eq!(
+            Source::GitLab.delivery(&one("idempotency-key", "f5e5f430")),
+            Ok("f5e5f430")
+        );
+        assert_eq!(
+            Source::Gitea.delivery(&one("x-gitea-delivery", "f6266f16")),
+            Ok("f6266f16")
+        );
+        // GitLab's per-request and recursion UUIDs are not delivery ids.
+        for name in ["x-gitlab-event-uuid", "x-gitlab-webhook-uuid"] {
+            assert!(Source::GitLab.delivery(&one(name, "13792a34")).is_err());
+        }
+        assert!(Source::GitHub
+            .delivery(&one("x-github-delivery", " "))
+            .is_err());
+        let long = "d".repeat(MAX_DELIVERY + 1);
+        assert!(Source::GitHub
+            .delivery(&one("x-github-delivery", &long))
+            .is_err_and(|e| e.contains("longer")));
     }
 }
