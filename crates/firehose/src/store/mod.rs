@@ -266,6 +266,9 @@ pub struct Query {
     pub until_ms: Option<i64>,
     /// Most events to return.
     pub limit: usize,
+    /// Most rows to examine; `None`: [`QUERY_SCAN_LIMIT`]. The history API lowers it for
+    /// queries with many filters, whose rows each cost more.
+    pub scan_limit: Option<usize>,
 }
 
 /// Statistics for `/metrics`.
@@ -485,8 +488,8 @@ impl Store {
 
     /// A history query (see [`Query`]). Blocking.
     ///
-    /// Examines at most [`QUERY_SCAN_LIMIT`] rows: a page can hold fewer than `limit` events
-    /// and still have `more` set; continue with `after = scanned_to`.
+    /// Examines at most `scan_limit` rows ([`QUERY_SCAN_LIMIT`] by default): a page can hold
+    /// fewer than `limit` events and still have `more` set; continue with `after = scanned_to`.
     ///
     /// # Errors
     /// [`StoreError::Sqlite`] on a read error.
@@ -496,17 +499,19 @@ impl Store {
             scanned_to: query.after,
             more: true,
         };
+        let scan_limit = query.scan_limit.unwrap_or(QUERY_SCAN_LIMIT).max(1);
         let mut scanned = 0;
-        while page.more && page.events.len() < query.limit && scanned < QUERY_SCAN_LIMIT {
+        while page.more && page.events.len() < query.limit && scanned < scan_limit {
+            let chunk = QUERY_CHUNK.min(scan_limit - scanned);
             let next = self.inner.readers.read(&read::Scan {
                 after: page.scanned_to,
                 filters: &query.filters,
                 limit: query.limit - page.events.len(),
-                scan_limit: QUERY_CHUNK,
+                scan_limit: chunk,
                 since_ms: query.since_ms,
                 until_ms: query.until_ms,
             })?;
-            scanned += QUERY_CHUNK;
+            scanned += chunk;
             page.events.extend(next.events);
             page.scanned_to = next.scanned_to;
             page.more = next.more;
