@@ -171,6 +171,7 @@ impl<B: BridgeSection> Default for Config<B> {
                 max_connections_per_ip: default_http_max_connections_per_ip(),
                 max_history_filters: default_max_history_filters(),
                 history_scan_budget: default_history_scan_budget(),
+                max_page_bytes: default_max_page_bytes(),
                 max_history_reads_per_ip: default_max_history_reads_per_ip(),
                 max_streams_per_ip: default_max_streams_per_ip(),
                 allowed_origins: Vec::new(),
@@ -247,6 +248,11 @@ pub struct HttpListenerConfig {
     /// SSE stream reads in steps of at most this.
     #[serde(default = "default_history_scan_budget")]
     pub history_scan_budget: u64,
+    /// Bytes of topics and payloads one history page (or one read of an SSE stream) holds: the
+    /// page ends early, with `more` and `next_after`, after the event that reaches it (so one
+    /// event always fits). Bounds the memory one request takes whatever `limit` asks.
+    #[serde(default = "default_max_page_bytes")]
+    pub max_page_bytes: u64,
     /// Most history reads (`/api/v1/events...`) in progress at once for one client address;
     /// more get 429 with `Retry-After`. 0 = no limit.
     #[serde(default = "default_max_history_reads_per_ip")]
@@ -283,6 +289,10 @@ fn default_max_history_filters() -> u64 {
 
 fn default_history_scan_budget() -> u64 {
     1_000_000
+}
+
+fn default_max_page_bytes() -> u64 {
+    4 * 1024 * 1024
 }
 
 fn default_max_history_reads_per_ip() -> u64 {
@@ -761,6 +771,12 @@ impl<B: BridgeSection> Config<B> {
             (1000..=1_000_000_000).contains(&h.history_scan_budget),
             "between 1000 and 1000000000",
         )?;
+        limit(
+            "http.max_page_bytes",
+            h.max_page_bytes,
+            h.max_page_bytes >= 1024,
+            "at least 1024",
+        )?;
         self.allowed_origins()?;
         Ok(())
     }
@@ -972,6 +988,44 @@ mod tests {
             .expect_err("no limit")
             .to_string()
             .contains("logs/#"));
+    }
+
+    #[test]
+    fn http_limits_are_checked_and_named() {
+        let config = Config::default();
+        assert_eq!(config.http.body_timeout_secs, 30);
+        assert_eq!(config.http.max_history_filters, 100);
+        for (toml, field) in [
+            ("body_timeout_secs = 0", "http.body_timeout_secs"),
+            ("max_history_filters = 0", "http.max_history_filters"),
+            ("max_history_filters = 1001", "http.max_history_filters"),
+            ("history_scan_budget = 10", "http.history_scan_budget"),
+            ("max_page_bytes = 10", "http.max_page_bytes"),
+            (
+                "max_connections = 10\nmax_connections_per_ip = 11",
+                "http.max_connections_per_ip",
+            ),
+            (
+                "allowed_origins = [\"https://a.example/path\"]",
+                "http.allowed_origins",
+            ),
+            ("allowed_origins = [\"a.example\"]", "http.allowed_origins"),
+        ] {
+            let config: Config =
+                toml::from_str(&format!("[http]\nlisten = \"off\"\n{toml}\n")).expect(toml);
+            let err = config.validate().expect_err(toml).to_string();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
+        let config: Config = toml::from_str(
+            "[http]\nlisten = \"off\"\nmax_connections = 0\nmax_connections_per_ip = 5\n\
+             allowed_origins = [\"HTTPS://Dash.Example.org:8443\"]\n",
+        )
+        .expect("parses");
+        config.validate().expect("0 lifts the total");
+        assert_eq!(
+            config.allowed_origins().expect("origins"),
+            ["https://dash.example.org:8443"]
+        );
     }
 
     #[test]

@@ -231,6 +231,7 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
             allowed_origins: allowed_origins.clone(),
             max_history_filters: size(config.http.max_history_filters),
             history_scan_budget: size(config.http.history_scan_budget),
+            max_page_bytes: size(config.http.max_page_bytes),
             bridges: bridges.states(),
             routes: bridges.routes(),
         };

@@ -128,6 +128,8 @@ pub(super) struct Scan<'a> {
     pub(super) limit: usize,
     /// Most rows examined.
     pub(super) scan_limit: usize,
+    /// The page ends once its events' topics and payloads reach this many bytes.
+    pub(super) max_bytes: usize,
     /// Only `time_ms >= since_ms`.
     pub(super) since_ms: Option<i64>,
     /// Only `time_ms < until_ms`.
@@ -303,6 +305,11 @@ fn last_id_before(conn: &Connection, time: i64) -> rusqlite::Result<u64> {
     Ok(to_u64(last))
 }
 
+/// What an event counts against a page's byte budget: its topic and payload.
+pub(super) fn event_bytes(event: &Event) -> usize {
+    event.event.topic.len() + event.event.payload.len()
+}
+
 /// Reads one page inside the caller's read transaction.
 ///
 /// The examined rows are an id window: from the first row after the lower bound, `scan_limit`
@@ -360,6 +367,7 @@ fn read_page(conn: &Connection, scan: &Scan<'_>) -> rusqlite::Result<Page> {
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     let mut events = Vec::new();
+    let mut bytes = 0;
     let mut scanned_to = window_end;
     while let Some(row) = rows.next()? {
         let topic = row.get_ref(2)?.as_str()?;
@@ -368,8 +376,9 @@ fn read_page(conn: &Connection, scan: &Scan<'_>) -> rusqlite::Result<Page> {
         }
         let event = schema::event_from_row(row)?;
         let id = event.id;
+        bytes += event_bytes(&event);
         events.push(event);
-        if events.len() >= scan.limit {
+        if events.len() >= scan.limit || bytes >= scan.max_bytes {
             scanned_to = id;
             break;
         }
@@ -397,6 +406,7 @@ mod tests {
             filters: &[],
             limit: 10,
             scan_limit: 10,
+            max_bytes: usize::MAX,
             since_ms: Some(1),
             until_ms: Some(2),
         };
@@ -426,6 +436,7 @@ mod tests {
             filters: &owned,
             limit: 10,
             scan_limit: 10,
+            max_bytes: usize::MAX,
             since_ms: None,
             until_ms: None,
         };

@@ -10,10 +10,11 @@
 //! listener's [`super::limits`].
 //!
 //! Anyone may query, so what one query may cost is bounded: at most
-//! `http.max_history_filters` filters (400 beyond), and at most `http.history_scan_budget`
-//! events examined times filters per page (the page then ends early with `more` and
-//! `next_after`, as a page ends at any scan limit) or per read of an SSE stream. One client
-//! address may have `http.max_history_reads_per_ip` reads in progress and
+//! `http.max_history_filters` filters (400 beyond); per page, or per read of an SSE stream,
+//! at most `http.history_scan_budget` events examined times filters, and
+//! `http.max_page_bytes` of topics and payloads (the page then ends early with `more` and
+//! `next_after`, as a page ends at any scan limit). One client address may have
+//! `http.max_history_reads_per_ip` reads in progress, answers being sent included, and
 //! `http.max_streams_per_ip` streams open (429 beyond). Each read runs on a blocking thread.
 
 use std::collections::VecDeque;
@@ -31,6 +32,7 @@ use futures_util::Stream;
 use serde_json::{json, Value};
 
 use super::http::ClientAddr;
+use super::http_body::Holding;
 use super::limits::{HttpLimits, Reason, Slot};
 use crate::broker::Broker;
 use crate::config::parse_duration;
@@ -54,6 +56,8 @@ pub struct HistoryOptions {
     pub max_filters: usize,
     /// Events examined times filters per page or stream read (`http.history_scan_budget`).
     pub scan_budget: usize,
+    /// Bytes of topics and payloads per page or stream read (`http.max_page_bytes`).
+    pub max_page_bytes: usize,
     /// Reads and streams per client address, and where refusals are counted.
     pub limits: Arc<HttpLimits>,
 }
@@ -355,13 +359,14 @@ async fn list_events(
     if let Err(refusal) = history.check_filters(&params, client) {
         return refusal.into_response();
     }
-    let _reading = match history.options.limits.history_read(client.0.ip()) {
+    let reading = match history.options.limits.history_read(client.0.ip()) {
         Ok(slot) => slot,
         Err(reason) => return too_many(reason),
     };
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     let query = Query {
         scan_limit: Some(history.scan_rows(params.filters.len())),
+        max_bytes: Some(history.options.max_page_bytes),
         filters: params.filters,
         after: params.after.unwrap_or(0),
         since_ms: params.since_ms,
@@ -374,11 +379,18 @@ async fn list_events(
             if page.more && page.events.len() < limit {
                 history.options.limits.history_cut();
             }
-            Json(page_json(&page, limit)).into_response()
+            holding(Json(page_json(&page, limit)).into_response(), reading)
         }
         Ok(Err(error)) => internal(error),
         Err(error) => internal(error),
     }
+}
+
+/// `response`, whose body keeps `reading` (the client's place under
+/// `http.max_history_reads_per_ip`) until it is sent: the page is in memory until then, so a
+/// client that reads its answers slowly holds it, and may not start more.
+fn holding(response: Response, reading: Slot) -> Response {
+    response.map(|body| axum::body::Body::new(Holding::new(body, reading)))
 }
 
 async fn one_event(
@@ -389,13 +401,13 @@ async fn one_event(
     let Ok(id) = id.parse::<u64>() else {
         return BadRequest(format!("event id must be a number, got {id:?}")).into_response();
     };
-    let _reading = match history.options.limits.history_read(client.0.ip()) {
+    let reading = match history.options.limits.history_read(client.0.ip()) {
         Ok(slot) => slot,
         Err(reason) => return too_many(reason),
     };
     let store = history.broker.store().clone();
     match tokio::task::spawn_blocking(move || store.get(id)).await {
-        Ok(Ok(Some(event))) => Json(event_json(&event)).into_response(),
+        Ok(Ok(Some(event))) => holding(Json(event_json(&event)).into_response(), reading),
         Ok(Ok(None)) => (
             StatusCode::NOT_FOUND,
             Json(json!({ "error": format!("no event {id} (never existed or removed by retention)") })),
@@ -471,6 +483,7 @@ async fn stream(
     let follower = Follower {
         broker: broker.clone(),
         scan_rows: history.scan_rows(params.filters.len()).min(SCAN_LIMIT),
+        max_bytes: history.options.max_page_bytes,
         filters: params.filters,
         cursor: start,
         buffer: VecDeque::new(),
@@ -490,6 +503,8 @@ struct Follower {
     filters: Vec<String>,
     /// Rows one read may examine.
     scan_rows: usize,
+    /// Bytes of topics and payloads one read may buffer.
+    max_bytes: usize,
     cursor: u64,
     buffer: VecDeque<Event>,
     /// The client's place under `http.max_streams_per_ip`, for as long as the stream lives.
@@ -517,9 +532,9 @@ impl Follower {
             let store = self.broker.store().clone();
             let filters = self.filters.clone();
             let cursor = self.cursor;
-            let scan_rows = self.scan_rows;
+            let (scan_rows, max_bytes) = (self.scan_rows, self.max_bytes);
             let read = tokio::task::spawn_blocking(move || {
-                store.read_after(cursor, &filters, STREAM_BATCH, scan_rows)
+                store.read_after_at_most(cursor, &filters, STREAM_BATCH, scan_rows, max_bytes)
             })
             .await;
             let page = match read {

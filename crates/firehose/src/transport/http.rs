@@ -94,6 +94,8 @@ pub struct HttpOptions {
     pub max_history_filters: usize,
     /// Events examined times filters per history page (`http.history_scan_budget`).
     pub history_scan_budget: usize,
+    /// Bytes of topics and payloads per history page (`http.max_page_bytes`).
+    pub max_page_bytes: usize,
     /// The bridges' states, for `/healthz`.
     pub bridges: BridgeStates,
     /// Further routes, merged in as given: `cli` passes those of the bridges that listen on
@@ -173,6 +175,7 @@ impl HttpListener {
             HistoryOptions {
                 max_filters: options.max_history_filters,
                 scan_budget: options.history_scan_budget,
+                max_page_bytes: options.max_page_bytes,
                 limits: options.limits.clone(),
             },
         );
