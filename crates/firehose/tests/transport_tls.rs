@@ -252,6 +252,44 @@ async fn client_certificate_maps_to_a_user() {
     );
 }
 
+/// A browser presents its client certificate to any page's WebSocket (WebSockets are not
+/// bound by CORS): a cross-site upgrade is served, but anonymously, so that another site's page
+/// cannot publish as the certificate's user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_site_websocket_does_not_log_in_with_the_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pki, files) = pki(dir.path());
+    let options = mtls_users().with_config(&tls_toml(&files, Some(&pki.ca), false));
+    let (server, addrs) = start(options, ALL_TLS);
+    let user_cert = pki.client("user", "cert-user");
+    let wss = |headers: &'static [(&'static str, &'static str)]| {
+        let config = client_config(&pki.ca, Some(&user_cert));
+        async move {
+            let tls = tls_connect(addrs.https(), config)
+                .await
+                .expect("TLS with client cert");
+            let mut conn = MqttConn::ws_with(Box::new(tls), "/mqtt", "mqtt", headers)
+                .await
+                .expect("WSS");
+            conn.connect(&ConnectOpts::new(true, &Server::client_id("wss")))
+                .await;
+            conn
+        }
+    };
+    let mut evil = wss(&[
+        ("Origin", "https://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ])
+    .await;
+    assert_eq!(evil.publish("mtls/x", b"forged", 1).await, 0x87);
+    wait_for_log(&server, "cross-site WebSocket: served anonymously");
+    // The same certificate from no browser, or from this server's own page, is its user.
+    let mut script = wss(&[]).await;
+    assert_eq!(script.publish("mtls/x", b"real", 1).await, 0);
+    let mut own_page = wss(&[("Sec-Fetch-Site", "same-origin")]).await;
+    assert_eq!(own_page.publish("mtls/x", b"real", 1).await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_client_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -379,18 +379,40 @@ async fn list_events(
             if page.more && page.events.len() < limit {
                 history.options.limits.history_cut();
             }
-            holding(Json(page_json(&page, limit)).into_response(), reading)
+            holding(&page_json(&page, limit), reading)
         }
         Ok(Err(error)) => internal(error),
         Err(error) => internal(error),
     }
 }
 
-/// `response`, whose body keeps `reading` (the client's place under
-/// `http.max_history_reads_per_ip`) until it is sent: the page is in memory until then, so a
-/// client that reads its answers slowly holds it, and may not start more.
-fn holding(response: Response, reading: Slot) -> Response {
-    response.map(|body| axum::body::Body::new(Holding::new(body, reading)))
+/// Bytes of an answer handed to hyper at a time: hyper asks for the next piece only when its
+/// write buffer (`http::REQUEST_HEAD_MAX`) has room, so a body in pieces ends when the client
+/// has nearly read it, where a body in one piece ends at once.
+const ANSWER_PIECE: usize = 16 * 1024;
+
+/// `json` as an answer whose body keeps `reading` (the client's place under
+/// `http.max_history_reads_per_ip`) until the client has read all but its last pieces: the
+/// page is in memory until then, so a client that reads its answers slowly holds its place,
+/// and may not start more reads.
+fn holding(json: &Value, reading: Slot) -> Response {
+    let bytes = bytes::Bytes::from(json.to_string());
+    let length = bytes.len();
+    let pieces = (0..length).step_by(ANSWER_PIECE).map(move |start| {
+        Ok::<_, Infallible>(bytes.slice(start..(start + ANSWER_PIECE).min(length)))
+    });
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(pieces));
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            ),
+            (header::CONTENT_LENGTH, header::HeaderValue::from(length)),
+        ],
+        axum::body::Body::new(Holding::new(body, reading)),
+    )
+        .into_response()
 }
 
 async fn one_event(
@@ -407,7 +429,7 @@ async fn one_event(
     };
     let store = history.broker.store().clone();
     match tokio::task::spawn_blocking(move || store.get(id)).await {
-        Ok(Ok(Some(event))) => holding(Json(event_json(&event)).into_response(), reading),
+        Ok(Ok(Some(event))) => holding(&event_json(&event), reading),
         Ok(Ok(None)) => (
             StatusCode::NOT_FOUND,
             Json(json!({ "error": format!("no event {id} (never existed or removed by retention)") })),
