@@ -172,6 +172,7 @@ impl<B: BridgeSection> Default for Config<B> {
                 max_history_filters: default_max_history_filters(),
                 history_scan_budget: default_history_scan_budget(),
                 max_page_bytes: default_max_page_bytes(),
+                max_history_reads: default_max_history_reads(),
                 max_history_reads_per_ip: default_max_history_reads_per_ip(),
                 max_streams_per_ip: default_max_streams_per_ip(),
                 allowed_origins: Vec::new(),
@@ -253,8 +254,13 @@ pub struct HttpListenerConfig {
     /// event always fits). Bounds the memory one request takes whatever `limit` asks.
     #[serde(default = "default_max_page_bytes")]
     pub max_page_bytes: u64,
-    /// Most history reads (`/api/v1/events...`) in progress at once for one client address;
-    /// more get 429 with `Retry-After`. 0 = no limit.
+    /// Most history reads (`/api/v1/events...`) in progress at once, answers being sent
+    /// included (each holds its page, up to `max_page_bytes`); more get 503 with
+    /// `Retry-After`. 0 = no limit.
+    #[serde(default = "default_max_history_reads")]
+    pub max_history_reads: u64,
+    /// Most history reads in progress at once for one client address, answers being sent
+    /// included; more get 429 with `Retry-After`. 0 = no limit.
     #[serde(default = "default_max_history_reads_per_ip")]
     pub max_history_reads_per_ip: u64,
     /// Most SSE streams (`/api/v1/stream`) open at once for one client address; more get 429
@@ -293,6 +299,10 @@ fn default_history_scan_budget() -> u64 {
 
 fn default_max_page_bytes() -> u64 {
     4 * 1024 * 1024
+}
+
+fn default_max_history_reads() -> u64 {
+    32
 }
 
 fn default_max_history_reads_per_ip() -> u64 {
@@ -1026,6 +1036,29 @@ mod tests {
             config.allowed_origins().expect("origins"),
             ["https://dash.example.org:8443"]
         );
+    }
+
+    #[test]
+    fn the_example_config_shows_the_http_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/firehose.example.toml");
+        let config = Config::load(&path).expect("example config loads");
+        let (shown, default) = (&config.http, &Config::default().http);
+        let limits = |h: &HttpListenerConfig| {
+            [
+                h.body_timeout_secs,
+                h.max_connections,
+                h.max_connections_per_ip,
+                h.max_history_filters,
+                h.history_scan_budget,
+                h.max_page_bytes,
+                h.max_history_reads,
+                h.max_history_reads_per_ip,
+                h.max_streams_per_ip,
+            ]
+        };
+        assert_eq!(limits(shown), limits(default));
+        assert_eq!(shown.allowed_origins, default.allowed_origins);
     }
 
     #[test]

@@ -544,21 +544,15 @@ async fn history_queries_are_capped_in_filters_work_and_bytes() {
     wait_for_log(&server, "more than http.max_history_filters");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_history_answer_being_sent_holds_its_place() {
-    let options = ServerOptions::standard()
-        .with_config("[http]\nlisten = \"off\"\nmax_history_reads_per_ip = 1");
-    let (_server, addrs) = start(options, HTTP);
-    let http = addrs.http();
-    // Control characters are shown escaped, six bytes each: three events of nearly 1 MiB make
-    // an answer of about 18 MB, more than the kernel buffers between a client that stops
-    // reading and the server (4 MiB of send buffer by default).
-    publish_events(addrs.mqtt, "big/x", &vec![1u8; 1_000_000], 3).await;
-
+/// A client at `from` that asks for the three big events and reads only the answer's head:
+/// with a small receive buffer, most of the answer stays on the server's side.
+async fn slow_reader(from: &str, http: SocketAddr) -> Box<dyn Io> {
     let socket = TcpSocket::new_v4().expect("socket");
     socket
         .set_recv_buffer_size(4096)
         .expect("small receive buffer");
+    let local: IpAddr = from.parse().expect("address");
+    socket.bind(SocketAddr::new(local, 0)).expect("bind");
     let mut slow: Box<dyn Io> = Box::new(
         tokio::time::timeout(TIMEOUT, socket.connect(http))
             .await
@@ -573,11 +567,40 @@ async fn a_history_answer_being_sent_holds_its_place() {
     .expect("send");
     let head = read_head(&mut slow).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    // It reads no further: its answer is in memory on the server until sent.
-    let (status, body) = http_get(http, "/api/v1/events?limit=1").await;
-    let start: String = body.chars().take(200).collect();
-    assert_eq!(status, 429, "{start}");
-    assert!(body.contains("http.max_history_reads_per_ip"), "{start}");
+    slow
+}
+
+/// `GET /api/v1/events?limit=1` from `from`: the status, and the start of the body.
+async fn small_read(from: &str, http: SocketAddr) -> (u16, String) {
+    let request =
+        "GET /api/v1/events?limit=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let (status, body) = http_request(tcp_from(from, http).await, request).await;
+    (status, body.chars().take(300).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_answer_being_sent_holds_its_place() {
+    let options = ServerOptions::standard().with_config(
+        "[http]\nlisten = \"off\"\nmax_history_reads = 2\nmax_history_reads_per_ip = 1",
+    );
+    let (_server, addrs) = start(options, HTTP);
+    let http = addrs.http();
+    // Control characters are shown escaped, six bytes each: three events of nearly 1 MiB make
+    // an answer of about 18 MB, more than the kernel buffers between a client that stops
+    // reading and the server (4 MiB of send buffer by default).
+    publish_events(addrs.mqtt, "big/x", &vec![1u8; 1_000_000], 3).await;
+
+    // An answer in memory until sent holds its address's only read...
+    let mut slow = slow_reader("127.0.0.1", http).await;
+    let (status, body) = small_read("127.0.0.1", http).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("http.max_history_reads_per_ip"), "{body}");
+    // ...and one of the server's two.
+    let other = slow_reader("127.0.0.2", http).await;
+    let (status, body) = small_read("127.0.0.3", http).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("http.max_history_reads"), "{body}");
+    drop(other);
     // Once it has read its answer, the address may read again.
     let mut rest = Vec::new();
     let drained = tokio::time::timeout(TIMEOUT, slow.read_to_end(&mut rest)).await;
@@ -587,7 +610,7 @@ async fn a_history_answer_being_sent_holds_its_place() {
         rest.len()
     );
     let deadline = Instant::now() + TIMEOUT;
-    while http_get(http, "/api/v1/events?limit=1").await.0 != 200 {
+    while small_read("127.0.0.1", http).await.0 != 200 {
         assert!(
             Instant::now() < deadline,
             "the read's place never came back"

@@ -13,9 +13,10 @@
 //! `http.max_history_filters` filters (400 beyond); per page, or per read of an SSE stream,
 //! at most `http.history_scan_budget` events examined times filters, and
 //! `http.max_page_bytes` of topics and payloads (the page then ends early with `more` and
-//! `next_after`, as a page ends at any scan limit). One client address may have
-//! `http.max_history_reads_per_ip` reads in progress, answers being sent included, and
-//! `http.max_streams_per_ip` streams open (429 beyond). Each read runs on a blocking thread.
+//! `next_after`, as a page ends at any scan limit). The server takes `http.max_history_reads`
+//! reads at once (503 beyond), one client address `http.max_history_reads_per_ip` (answers
+//! being sent included) and `http.max_streams_per_ip` streams (429 beyond). Each read runs
+//! on a blocking thread; an SSE stream buffers at most [`STREAM_BYTES`] per read.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -48,6 +49,9 @@ const MAX_LIMIT: usize = 1000;
 const SCAN_LIMIT: usize = 50_000;
 /// Events an SSE stream reads from the log at once.
 const STREAM_BATCH: usize = 256;
+/// Bytes of topics and payloads an SSE stream reads from the log at once (one event always
+/// fits): a stream holds what it read until its client takes it, and streams are many.
+const STREAM_BYTES: usize = 256 * 1024;
 
 /// What one history request may cost (`[http]`).
 #[derive(Debug, Clone)]
@@ -106,15 +110,27 @@ pub fn router(broker: Broker, options: HistoryOptions) -> Router {
         .layer(axum::middleware::map_response(allow_any_origin))
 }
 
-/// The answer to a request refused by a per-address limit: 429 with `Retry-After`.
+/// The answer to a request refused by a limit: 429 with `Retry-After` for a client's share,
+/// 503 when the server has the most reads it takes.
 fn too_many(reason: Reason) -> Response {
-    let setting = match reason {
-        Reason::StreamsPerIp => "SSE streams open (http.max_streams_per_ip)",
-        _ => "history reads in progress (http.max_history_reads_per_ip)",
+    let (status, message) = match reason {
+        Reason::HistoryReads => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server has the most history reads in progress (http.max_history_reads)",
+        ),
+        Reason::StreamsPerIp => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "this address has the most SSE streams open (http.max_streams_per_ip)",
+        ),
+        _ => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "this address has the most history reads in progress \
+             (http.max_history_reads_per_ip)",
+        ),
     };
     let mut response = (
-        StatusCode::TOO_MANY_REQUESTS,
-        Json(json!({ "error": format!("this address has the most {setting}; try again later") })),
+        status,
+        Json(json!({ "error": format!("{message}; try again later") })),
     )
         .into_response();
     response.headers_mut().insert(
@@ -505,7 +521,7 @@ async fn stream(
     let follower = Follower {
         broker: broker.clone(),
         scan_rows: history.scan_rows(params.filters.len()).min(SCAN_LIMIT),
-        max_bytes: history.options.max_page_bytes,
+        max_bytes: history.options.max_page_bytes.min(STREAM_BYTES),
         filters: params.filters,
         cursor: start,
         buffer: VecDeque::new(),

@@ -1,5 +1,5 @@
-//! What HTTP clients can make the server keep, bounded: connections in total and per client
-//! address, and per address the history reads and SSE streams in progress. Every refusal is
+//! What HTTP clients can make the server keep, bounded: connections and history reads in
+//! total and per client address, and SSE streams per address. Every refusal is
 //! counted in `firehose_http_refused_total{reason}` and logged once per run of refusals.
 //!
 //! Depends on [`crate::config`] (the `[http]` settings, trusted proxies) and
@@ -36,6 +36,8 @@ pub enum Reason {
     /// The client address holds `http.max_connections_per_ip` connections (requests in
     /// progress, behind a proxy).
     ConnectionsPerIp,
+    /// `http.max_history_reads` history reads are in progress.
+    HistoryReads,
     /// The client address has `http.max_history_reads_per_ip` history reads in progress.
     HistoryReadsPerIp,
     /// The client address has `http.max_streams_per_ip` SSE streams open.
@@ -54,9 +56,10 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for the metric's zero values.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Connections,
         Reason::ConnectionsPerIp,
+        Reason::HistoryReads,
         Reason::HistoryReadsPerIp,
         Reason::StreamsPerIp,
         Reason::HistoryFilters,
@@ -71,6 +74,7 @@ impl Reason {
         match self {
             Reason::Connections => "connections",
             Reason::ConnectionsPerIp => "connections_per_ip",
+            Reason::HistoryReads => "history_reads",
             Reason::HistoryReadsPerIp => "history_reads_per_ip",
             Reason::StreamsPerIp => "streams_per_ip",
             Reason::HistoryFilters => "history_filters",
@@ -87,6 +91,9 @@ impl Reason {
             Reason::Connections => "refusing HTTP connections: http.max_connections are open",
             Reason::ConnectionsPerIp => {
                 "refusing HTTP connections of an address that holds http.max_connections_per_ip"
+            }
+            Reason::HistoryReads => {
+                "refusing history reads: http.max_history_reads are in progress"
             }
             Reason::HistoryReadsPerIp => {
                 "refusing history reads of an address that has http.max_history_reads_per_ip \
@@ -111,7 +118,7 @@ impl Reason {
     /// connections and streams long.
     pub fn retry_after_secs(self) -> u64 {
         match self {
-            Reason::HistoryReadsPerIp | Reason::ChecksBusy => 1,
+            Reason::HistoryReads | Reason::HistoryReadsPerIp | Reason::ChecksBusy => 1,
             _ => 5,
         }
     }
@@ -151,17 +158,21 @@ impl Kind {
 pub struct HttpLimits {
     /// `http.max_connections`; 0 = none.
     max_connections: usize,
+    /// `http.max_history_reads`; 0 = none.
+    max_history_reads: usize,
     /// Per-address limits by [`Kind`]; 0 = none.
     per_address: [usize; 3],
     /// Proxies whose connections carry many clients.
     trusted_proxies: Vec<IpBlock>,
     /// HTTP(S) connections open.
     open: AtomicUsize,
+    /// History reads in progress (answers being sent included).
+    history_reads: AtomicUsize,
     /// What each address holds, by [`Kind`]; an address holding nothing has no entry, so the
     /// map is as large as the clients present.
     held: Mutex<HashMap<IpAddr, [u32; 3]>>,
     /// When each [`Reason`] last refused, for logging once per run.
-    last_refusal: Mutex<[Option<Instant>; 9]>,
+    last_refusal: Mutex<[Option<Instant>; Reason::ALL.len()]>,
     /// Where refusals are counted.
     metrics: Arc<Metrics>,
 }
@@ -172,6 +183,8 @@ pub struct Slot {
     limits: Arc<HttpLimits>,
     /// Counts towards `http.max_connections` (and the open-connections gauge).
     connection: Option<HttpConnectionGuard>,
+    /// Counts towards `http.max_history_reads`.
+    history_read: bool,
     /// The address and kind it counts towards, when that limit is on.
     address: Option<(IpAddr, Kind)>,
 }
@@ -180,6 +193,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if self.connection.take().is_some() {
             self.limits.open.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.history_read {
+            self.limits.history_reads.fetch_sub(1, Ordering::AcqRel);
         }
         if let Some((key, kind)) = self.address {
             self.limits.release(key, kind);
@@ -200,6 +216,7 @@ impl HttpLimits {
         }
         Arc::new(HttpLimits {
             max_connections: size(config.max_connections),
+            max_history_reads: size(config.max_history_reads),
             per_address: [
                 size(config.max_connections_per_ip),
                 size(config.max_history_reads_per_ip),
@@ -207,8 +224,9 @@ impl HttpLimits {
             ],
             trusted_proxies,
             open: AtomicUsize::new(0),
+            history_reads: AtomicUsize::new(0),
             held: Mutex::new(HashMap::new()),
-            last_refusal: Mutex::new([None; 9]),
+            last_refusal: Mutex::new([None; Reason::ALL.len()]),
             metrics,
         })
     }
@@ -249,6 +267,7 @@ impl HttpLimits {
         Ok(Slot {
             limits: self.clone(),
             connection: Some(self.metrics.http_connection()),
+            history_read: false,
             address,
         })
     }
@@ -262,12 +281,27 @@ impl HttpLimits {
         self.per_address_slot(client, Kind::Connection)
     }
 
-    /// Admits a history read of `client`.
+    /// Admits a history read of `client`, within `http.max_history_reads` and
+    /// `http.max_history_reads_per_ip`.
     ///
     /// # Errors
-    /// [`Reason::HistoryReadsPerIp`] (counted and logged).
+    /// [`Reason::HistoryReads`] or [`Reason::HistoryReadsPerIp`] (counted and logged).
     pub fn history_read(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Reason> {
-        self.per_address_slot(client, Kind::HistoryRead)
+        let reads = self.history_reads.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.max_history_reads != 0 && reads > self.max_history_reads {
+            self.history_reads.fetch_sub(1, Ordering::AcqRel);
+            self.refused(Reason::HistoryReads, client, None);
+            return Err(Reason::HistoryReads);
+        }
+        // From here a dropped slot gives the read back.
+        let mut slot = Slot {
+            limits: self.clone(),
+            connection: None,
+            history_read: true,
+            address: None,
+        };
+        slot.address = self.hold(client, Kind::HistoryRead)?;
+        Ok(slot)
     }
 
     /// Admits an SSE stream of `client`, for as long as the slot lives.
@@ -282,6 +316,7 @@ impl HttpLimits {
         Ok(Slot {
             limits: self.clone(),
             connection: None,
+            history_read: false,
             address: self.hold(client, kind)?,
         })
     }
@@ -386,7 +421,7 @@ mod tests {
         let (broker, dir) = crate::broker::test_broker(Limits::default(), Users::none());
         let config: HttpListenerConfig = toml::from_str(&format!(
             "listen = \"off\"\nmax_connections = {total}\nmax_connections_per_ip = {per_ip}\n\
-             max_history_reads_per_ip = 1\nmax_streams_per_ip = 0\n"
+             max_history_reads_per_ip = 1\nmax_history_reads = 2\nmax_streams_per_ip = 0\n"
         ))
         .expect("config");
         let proxies = vec![IpBlock::parse("10.0.0.1").expect("block")];
@@ -439,6 +474,15 @@ mod tests {
             limits.history_read(ip("192.0.2.1")).map(drop),
             Err(Reason::HistoryReadsPerIp)
         );
+        let other = limits
+            .history_read(ip("192.0.2.2"))
+            .expect("another address");
+        assert_eq!(
+            limits.history_read(ip("192.0.2.3")).map(drop),
+            Err(Reason::HistoryReads)
+        );
+        drop(other);
+        assert_eq!(limits.history_reads.load(Ordering::Acquire), 1);
         // 0 turns a limit off.
         let streams: Vec<Slot> = (0..10)
             .map(|_| limits.stream(ip("192.0.2.1")).expect("no stream limit"))
