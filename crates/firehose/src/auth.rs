@@ -17,6 +17,8 @@
 //! subscribe = ["gerrit/#"]    # optional; without it the user may subscribe to anything
 //! token = "$argon2id$v=19$m=19456,t=2,p=1$..."  # optional: hash of a bearer token (HTTP publish)
 //! ```
+//! A bearer token is presented as `<name>:<token>`: the name is the index that finds the one
+//! hash to check ([`Users::authenticate_token`]).
 //!
 //! Bridges publish as internal identities ([`Identity::internal`]): a user that exists only
 //! inside the process, with the ACL of its bridge configuration and no password.
