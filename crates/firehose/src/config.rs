@@ -739,24 +739,8 @@ impl<B: BridgeSection> Config<B> {
             (1..=3600).contains(&l.connect_timeout_secs),
             "between 1 and 3600",
         )?;
-        self.validate_http_limits()?;
-        Ok(())
-    }
-
-    /// Checks the `[http]` limits (they apply to `[https]` too).
-    fn validate_http_limits(&self) -> Result<(), ConfigError> {
+        // The [http] limits (they apply to [https] too).
         let h = &self.http;
-        let limit = |field, value: u64, ok: bool, expected| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::Limit {
-                    field,
-                    value,
-                    expected,
-                })
-            }
-        };
         limit(
             "http.body_timeout_secs",
             h.body_timeout_secs,

@@ -187,13 +187,20 @@ fn mtls_users() -> ServerOptions {
     options
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_certificate_maps_to_a_user() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (pki, files) = pki(dir.path());
+/// A server with the standard users and `cert-user`, whose TLS listeners accept client
+/// certificates of `pki`; and `cert-user`'s certificate.
+fn mtls_server(dir: &Path) -> (Pki, CertFiles, Server, transport_support::Addrs) {
+    let (pki, files) = pki(dir);
     let options = mtls_users().with_config(&tls_toml(&files, Some(&pki.ca), false));
     let (server, addrs) = start(options, ALL_TLS);
     let user_cert = pki.client("user", "cert-user");
+    (pki, user_cert, server, addrs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_maps_to_a_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pki, user_cert, server, addrs) = mtls_server(dir.path());
     let stranger_cert = pki.client("stranger", "stranger");
 
     let mut sub = RawClient::anonymous(addrs.mqtt, true, "mtls-sub");
@@ -258,10 +265,7 @@ async fn client_certificate_maps_to_a_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_site_websocket_does_not_log_in_with_the_client_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (pki, files) = pki(dir.path());
-    let options = mtls_users().with_config(&tls_toml(&files, Some(&pki.ca), false));
-    let (server, addrs) = start(options, ALL_TLS);
-    let user_cert = pki.client("user", "cert-user");
+    let (pki, user_cert, server, addrs) = mtls_server(dir.path());
     let wss = |headers: &'static [(&'static str, &'static str)]| {
         let config = client_config(&pki.ca, Some(&user_cert));
         async move {

@@ -73,71 +73,62 @@ pub fn check(headers: &HeaderMap, allowed: &[String]) -> Result<(), CrossSite> {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.insert(*name, value.parse().expect("header value"));
-        }
-        map
+    /// A request's headers: `Host: firehose.example.org` unless `host` says otherwise,
+    /// `Sec-Fetch-Site` and `Origin` when given.
+    fn request(host: Option<&str>, site: Option<&str>, origin: Option<&str>) -> HeaderMap {
+        [
+            (header::HOST, host.or(Some("firehose.example.org"))),
+            (header::HeaderName::from_static("sec-fetch-site"), site),
+            (header::ORIGIN, origin),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?.parse().ok()?)))
+        .collect()
     }
 
     #[test]
     fn browsers_of_other_sites_are_refused_and_everyone_else_passes() {
         let allowed = vec!["https://dash.example.org".to_owned()];
+        let own = Some("https://firehose.example.org");
         let passes = [
-            // curl, scripts, firehose pub, the Ansible plugin: no browser headers at all.
-            vec![("host", "firehose.example.org")],
-            vec![
-                ("sec-fetch-site", "same-origin"),
-                ("origin", "https://firehose.example.org"),
-            ],
-            vec![("sec-fetch-site", "none")],
-            vec![
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "https://DASH.example.org"),
-            ],
+            // curl, scripts, the Ansible plugin: no browser headers at all.
+            request(None, None, None),
+            request(None, Some("same-origin"), own),
+            request(None, Some("none"), None),
+            request(None, Some("cross-site"), Some("https://DASH.example.org")),
             // Older browsers: Origin only, compared with Host.
-            vec![
-                ("host", "firehose.example.org:8080"),
-                ("origin", "http://firehose.example.org:8080"),
-            ],
-            vec![
-                ("host", "firehose.example.org"),
-                ("origin", "https://dash.example.org"),
-            ],
+            request(Some("h.example:8080"), None, Some("http://h.example:8080")),
+            request(None, None, Some("https://dash.example.org")),
         ];
-        for pairs in passes {
-            assert_eq!(check(&headers(&pairs), &allowed), Ok(()), "{pairs:?}");
+        for headers in passes {
+            assert_eq!(check(&headers, &allowed), Ok(()), "{headers:?}");
         }
+        let evil = Some("https://evil.example");
         let refused = [
-            vec![
-                ("sec-fetch-site", "cross-site"),
-                ("origin", "https://evil.example"),
-            ],
-            vec![
-                ("sec-fetch-site", "same-site"),
-                ("origin", "https://sub.firehose.example.org"),
-            ],
+            request(None, Some("cross-site"), evil),
+            request(
+                None,
+                Some("same-site"),
+                Some("https://sub.firehose.example.org"),
+            ),
             // A form POST from a sandboxed page or a data: URL.
-            vec![("sec-fetch-site", "cross-site"), ("origin", "null")],
-            vec![
-                ("host", "firehose.example.org"),
-                ("origin", "https://evil.example"),
-            ],
-            vec![
-                ("host", "firehose.example.org"),
-                ("origin", "https://firehose.example.org:8443"),
-            ],
-            vec![("host", "firehose.example.org"), ("origin", "null")],
-            vec![("origin", "https://firehose.example.org")],
+            request(None, Some("cross-site"), Some("null")),
+            request(None, None, evil),
+            request(None, None, Some("https://firehose.example.org:8443")),
+            request(None, None, Some("null")),
         ];
-        for pairs in refused {
-            let refusal = check(&headers(&pairs), &allowed).expect_err("cross-site");
-            let origin = pairs
-                .iter()
-                .find(|(n, _)| *n == "origin")
-                .map_or("", |p| p.1);
-            assert_eq!(refusal.origin, origin);
+        for headers in refused {
+            let refusal = check(&headers, &allowed).expect_err("cross-site");
+            let origin = headers
+                .get(header::ORIGIN)
+                .map(|v| v.to_str().unwrap_or("?"));
+            assert_eq!(Some(refusal.origin.as_str()), origin);
         }
+        let mut no_host = request(None, None, own);
+        no_host.remove(header::HOST);
+        assert!(
+            check(&no_host, &allowed).is_err(),
+            "no Host to compare with"
+        );
     }
 }

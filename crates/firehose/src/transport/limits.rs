@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::{HttpListenerConfig, IpBlock};
-use crate::transport::metrics::{HttpConnectionGuard, Metrics};
+use crate::transport::metrics::{ConnectionGuard, Metrics};
 
 /// A run of refusals of one reason ends after this long without one; the next refusal is
 /// logged again. One line per run keeps a flood from filling the log, and the metric counts
@@ -182,7 +182,7 @@ pub struct HttpLimits {
 pub struct Slot {
     limits: Arc<HttpLimits>,
     /// Counts towards `http.max_connections` (and the open-connections gauge).
-    connection: Option<HttpConnectionGuard>,
+    connection: Option<ConnectionGuard>,
     /// Counts towards `http.max_history_reads`.
     history_read: bool,
     /// The address and kind it counts towards, when that limit is on.
@@ -247,12 +247,7 @@ impl HttpLimits {
     /// # Errors
     /// The limit that refuses it (counted and logged).
     pub fn connection(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, Reason> {
-        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.max_connections != 0 && open > self.max_connections {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            self.refused(Reason::Connections, peer, None);
-            return Err(Reason::Connections);
-        }
+        self.take(&self.open, self.max_connections, Reason::Connections, peer)?;
         let address = if self.trusts(peer) {
             None
         } else {
@@ -287,12 +282,12 @@ impl HttpLimits {
     /// # Errors
     /// [`Reason::HistoryReads`] or [`Reason::HistoryReadsPerIp`] (counted and logged).
     pub fn history_read(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Reason> {
-        let reads = self.history_reads.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.max_history_reads != 0 && reads > self.max_history_reads {
-            self.history_reads.fetch_sub(1, Ordering::AcqRel);
-            self.refused(Reason::HistoryReads, client, None);
-            return Err(Reason::HistoryReads);
-        }
+        self.take(
+            &self.history_reads,
+            self.max_history_reads,
+            Reason::HistoryReads,
+            client,
+        )?;
         // From here a dropped slot gives the read back.
         let mut slot = Slot {
             limits: self.clone(),
@@ -319,6 +314,24 @@ impl HttpLimits {
             history_read: false,
             address: self.hold(client, kind)?,
         })
+    }
+
+    /// Counts one more in `count`, or refuses for `reason` when that makes more than `max`
+    /// (0: no limit).
+    fn take(
+        &self,
+        count: &AtomicUsize,
+        max: usize,
+        reason: Reason,
+        client: IpAddr,
+    ) -> Result<(), Reason> {
+        let now = count.fetch_add(1, Ordering::AcqRel) + 1;
+        if max != 0 && now > max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            self.refused(reason, client, None);
+            return Err(reason);
+        }
+        Ok(())
     }
 
     /// Counts one more `kind` for `ip`'s address, or refuses; `None` when that limit is off.

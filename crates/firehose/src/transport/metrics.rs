@@ -149,10 +149,11 @@ impl Metrics {
         self.http_requests.inc();
     }
 
-    /// Counts an HTTP(S) connection as open until the guard is dropped.
-    pub fn http_connection(&self) -> HttpConnectionGuard {
+    /// Counts an HTTP(S) connection as open (`firehose_http_connections`) until the guard
+    /// is dropped.
+    pub fn http_connection(&self) -> ConnectionGuard {
         self.http_open.inc();
-        HttpConnectionGuard {
+        ConnectionGuard {
             gauge: self.http_open.clone(),
         }
     }
@@ -185,19 +186,7 @@ impl Metrics {
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Decrements `firehose_http_connections` when dropped.
-#[derive(Debug)]
-pub struct HttpConnectionGuard {
-    gauge: Gauge,
-}
-
-impl Drop for HttpConnectionGuard {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
-/// Decrements the open-connections gauge of its transport when dropped.
+/// Decrements an open-connections gauge when dropped.
 #[derive(Debug)]
 pub struct ConnectionGuard {
     gauge: Gauge,
