@@ -239,7 +239,8 @@ fn declared_publish() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_never_comes_or_trickles_ends_at_its_deadline() {
-    let (server, http, _) = http_server("body_timeout_secs = 1");
+    let (server, http, _) =
+        http_server("body_timeout_secs = 1\n[bridge.webhooks.github]\nsecret = \"s\"");
 
     // Declares a megabyte, sends nothing.
     let (mut silent, head) = ask(http, &declared_publish()).await;
@@ -263,13 +264,22 @@ async fn a_body_that_never_comes_or_trickles_ends_at_its_deadline() {
     drop(reader);
     dripping.abort();
 
+    // A webhook reads its body before checking its signature (the signature is of the body):
+    // the same deadline ends it.
+    let hook = "POST /hooks/github HTTP/1.1\r\nHost: localhost\r\nX-GitHub-Event: push\r\n\
+                X-GitHub-Delivery: 1\r\nX-Hub-Signature-256: sha256=00\r\n\
+                Content-Length: 1000\r\n\r\n";
+    let (mut hook, head) = ask(http, hook).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    transport_support::expect_eof(&mut hook).await;
+
     let (status, body) = http_get(http, "/metrics").await;
     assert_eq!(status, 200);
     let timeouts = metric(
         &body,
         "firehose_http_refused_total{reason=\"body_timeout\"}",
     );
-    assert!(timeouts >= Some(2.0), "{body}");
+    assert!(timeouts >= Some(3.0), "{body}");
     assert_eq!(
         log_count(&server, "did not arrive within http.body_timeout_secs"),
         1,
