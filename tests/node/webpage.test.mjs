@@ -52,7 +52,18 @@ test('the web page tails live events, filters, pauses, searches history and open
     const page = context.pages()[0] ?? (await context.newPage());
     const errors = [];
     page.on('pageerror', (e) => errors.push(String(e)));
-    await page.goto(base + '/');
+    // The page runs under its Content-Security-Policy: whatever it blocks is recorded here
+    // (init scripts are not subject to the page's policy).
+    await page.addInitScript(() => {
+      window.cspViolations = [];
+      document.addEventListener('securitypolicyviolation', (e) => {
+        window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
+      });
+    });
+    const response = await page.goto(base + '/');
+    const csp = response.headers()['content-security-policy'] || '';
+    assert.match(csp, /script-src 'self'/);
+    assert.doesNotMatch(csp, /unsafe-inline/);
     await page.waitForSelector('#state[data-state="live"]', { timeout: TIMEOUT });
 
     // Publish, see it appear, pretty and collapsible.
@@ -102,6 +113,17 @@ test('the web page tails live events, filters, pauses, searches history and open
     await page.locator('#event-detail .event pre.json').waitFor({ timeout: TIMEOUT });
     assert.match(await page.textContent('#event-detail'), /logs\/host1\/sshd[\s\S]*Accepted publickey/);
     await page.screenshot({ path: path.join(ARTIFACTS, 'webpage-permalink.png'), fullPage: true });
+    // Live tail, history and permalink worked without the policy blocking anything...
+    assert.deepEqual(await page.evaluate(() => window.cspViolations), []);
+    // ...and the policy is in force: an injected inline script does not run.
+    const ran = await page.evaluate(() => {
+      const script = document.createElement('script');
+      script.textContent = 'window.injected = true;';
+      document.body.append(script);
+      return window.injected === true;
+    });
+    assert.equal(ran, false, 'an inline script ran despite the Content-Security-Policy');
+    await page.waitForFunction(() => window.cspViolations.length > 0, null, { timeout: TIMEOUT });
 
     // A phone: nothing wider than the screen.
     await page.setViewportSize({ width: 375, height: 740 });

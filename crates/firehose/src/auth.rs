@@ -17,6 +17,8 @@
 //! subscribe = ["gerrit/#"]    # optional; without it the user may subscribe to anything
 //! token = "$argon2id$v=19$m=19456,t=2,p=1$..."  # optional: hash of a bearer token (HTTP publish)
 //! ```
+//! A bearer token is presented as `<name>:<token>`: the name is the index that finds the one
+//! hash to check ([`Users::authenticate_token`]).
 //!
 //! Bridges publish as internal identities ([`Identity::internal`]): a user that exists only
 //! inside the process, with the ACL of its bridge configuration and no password.
@@ -392,6 +394,9 @@ impl Identity {
 pub struct Users {
     /// Users by name.
     by_name: Arc<HashMap<String, Arc<User>>>,
+    /// The user with a bearer token when exactly one has one: a token that names no user is
+    /// checked against it (tokens made before they named their user).
+    sole_token_holder: Option<Arc<User>>,
 }
 
 impl fmt::Debug for Users {
@@ -495,8 +500,14 @@ impl Users {
                 }),
             );
         }
+        let mut holders = by_name.values().filter(|user| user.token.is_some());
+        let sole_token_holder = match (holders.next(), holders.next()) {
+            (Some(user), None) => Some(Arc::clone(user)),
+            _ => None,
+        };
         Ok(Users {
             by_name: Arc::new(by_name),
+            sole_token_holder,
         })
     }
 
@@ -559,32 +570,43 @@ impl Users {
         }
     }
 
-    /// Decides who presents the bearer token `token` (HTTP publish): the user whose `token`
-    /// hash it verifies against.
+    /// Decides who presents the bearer token `presented` (HTTP publish), with one argon2 check
+    /// whatever the users file holds: argon2 salts are per hash, so a token cannot be looked up
+    /// among the hashes, and trying it against every user's let anyone cost the server one
+    /// hash per user per request.
     ///
-    /// CPU-heavy like [`Users::authenticate`], and more so: the token is checked against every
-    /// user that has one (argon2 salts are per hash, so there is no index). Run it on a
-    /// blocking thread and cache successes.
+    /// - `<user>:<token>`, the form to use: the token carries the name of its user, the index,
+    ///   and is checked against that user's `token` hash.
+    /// - A token that names no user with a token (tokens handed out before they named their
+    ///   user): checked against the one user that has a token, when exactly one has. With
+    ///   several, a bare token cannot say whose it is and is refused; the check still runs
+    ///   against a dummy hash, so that the answer takes as long.
+    ///
+    /// CPU-heavy like [`Users::authenticate`]: run it on a blocking thread and cache successes.
     ///
     /// # Errors
-    /// [`AuthFailure::BadCredentials`] when no user's token matches.
-    pub fn authenticate_token(&self, token: &[u8]) -> Result<Identity, AuthFailure> {
-        let mut holders = self
-            .by_name
-            .values()
-            .filter_map(|user| user.token.as_ref().map(|hash| (user, hash)))
-            .peekable();
-        if holders.peek().is_none() {
-            // Spend the same time as for one real check.
-            if let Some(dummy) = dummy_hash() {
-                verify(token, dummy);
+    /// [`AuthFailure::BadCredentials`] when the token does not verify.
+    pub fn authenticate_token(&self, presented: &[u8]) -> Result<Identity, AuthFailure> {
+        let named = presented.iter().position(|&b| b == b':').and_then(|at| {
+            let name = std::str::from_utf8(&presented[..at]).ok()?;
+            let user = self.by_name.get(name).filter(|user| user.token.is_some())?;
+            Some((user, &presented[at + 1..]))
+        });
+        let (holder, secret) = match named {
+            Some((user, secret)) => (Some(user), secret),
+            None => (self.sole_token_holder.as_ref(), presented),
+        };
+        match holder.and_then(|user| user.token.as_ref().map(|hash| (user, hash))) {
+            Some((user, hash)) if verify(secret, hash) => Ok(Identity::User(Arc::clone(user))),
+            Some(_) => Err(AuthFailure::BadCredentials),
+            None => {
+                // Spend the same time as for a real check.
+                if let Some(dummy) = dummy_hash() {
+                    verify(secret, dummy);
+                }
+                Err(AuthFailure::BadCredentials)
             }
-            return Err(AuthFailure::BadCredentials);
         }
-        holders
-            .find(|(_, hash)| verify(token, hash))
-            .map(|(user, _)| Identity::User(Arc::clone(user)))
-            .ok_or(AuthFailure::BadCredentials)
     }
 }
 
@@ -630,6 +652,8 @@ fn parse_hash(text: &str) -> Result<PasswordHash, String> {
 
 /// Whether `password` matches `hash`.
 fn verify(password: &[u8], hash: &PasswordHash) -> bool {
+    #[cfg(test)]
+    tests::HASHES_CHECKED.with(|n| n.set(n.get() + 1));
     Argon2::default().verify_password(password, hash).is_ok()
 }
 
@@ -661,6 +685,18 @@ fn location(text: &str, offset: usize) -> Location {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Argon2 checks made by this thread: how the tests see what a request costs.
+        pub(super) static HASHES_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The argon2 checks `f` makes (on this thread).
+    fn hashes_checked<T>(f: impl FnOnce() -> T) -> (T, u64) {
+        let before = HASHES_CHECKED.with(std::cell::Cell::get);
+        let out = f();
+        (out, HASHES_CHECKED.with(std::cell::Cell::get) - before)
+    }
 
     /// Hashing is slow on purpose: hash the test passwords once for all tests.
     fn hashes() -> &'static (String, String) {
@@ -1003,6 +1039,55 @@ subscribe = ["private/#", "gerrit/+/comment-added", "$SYS/broker/#"]
         };
         assert!(users.identity_of(user.name()).is_none());
         assert!(Identity::internal("x", &["a/#/b".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn a_bearer_token_costs_one_hash_whoever_has_tokens() {
+        let (password, token) = hashes();
+        let holder = |name: &str| {
+            format!(
+                "[[user]]\nname = \"{name}\"\npassword = \"{password}\"\ntoken = \"{token}\"\n\
+                 publish = [\"{name}/#\"]\n"
+            )
+        };
+        let text: String = (0..8).map(|i| holder(&format!("ci{i}"))).collect();
+        let users = Users::parse(&text).expect("parses");
+        // Named: one hash, the user's.
+        let (who, hashes) = hashes_checked(|| users.authenticate_token(b"ci5:other pass"));
+        assert_eq!(who.expect("verifies").name(), "ci5");
+        assert_eq!(hashes, 1);
+        for wrong in [
+            &b"ci5:wrong"[..],
+            b"ci5:",
+            b"nobody:other pass",
+            b"other pass",
+            b"garbage",
+            b"",
+        ] {
+            let (who, hashes) = hashes_checked(|| users.authenticate_token(wrong));
+            assert_eq!(
+                who.map(|_| ()),
+                Err(AuthFailure::BadCredentials),
+                "{wrong:?}"
+            );
+            assert_eq!(hashes, 1, "{wrong:?}: one hash, not one per token holder");
+        }
+        // One holder: a bare token (made before tokens named their user) still works.
+        let users = Users::parse(&holder("solo")).expect("parses");
+        assert_eq!(
+            users
+                .authenticate_token(b"other pass")
+                .expect("bare token of the only holder")
+                .name(),
+            "solo"
+        );
+        assert_eq!(
+            users
+                .authenticate_token(b"solo:other pass")
+                .expect("named")
+                .name(),
+            "solo"
+        );
     }
 
     #[test]

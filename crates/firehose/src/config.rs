@@ -166,6 +166,16 @@ impl<B: BridgeSection> Default for Config<B> {
                 listen: "0.0.0.0:8080".into(),
                 ws_path: default_ws_path(),
                 trusted_proxies: Vec::new(),
+                body_timeout_secs: default_body_timeout_secs(),
+                max_connections: default_http_max_connections(),
+                max_connections_per_ip: default_http_max_connections_per_ip(),
+                max_history_filters: default_max_history_filters(),
+                history_scan_budget: default_history_scan_budget(),
+                max_page_bytes: default_max_page_bytes(),
+                max_history_reads: default_max_history_reads(),
+                max_history_reads_per_ip: default_max_history_reads_per_ip(),
+                max_streams_per_ip: default_max_streams_per_ip(),
+                allowed_origins: Vec::new(),
             },
             https: ListenerConfig {
                 listen: "off".into(),
@@ -215,10 +225,92 @@ pub struct HttpListenerConfig {
     /// header that is not itself a trusted proxy. From anyone else the header is ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Seconds a request has to send its whole body, counted from the end of its headers: a
+    /// total deadline, so that a body trickled a byte at a time ends too. Beyond it the
+    /// request gets 408 (or 400 from a webhook) and its connection is closed.
+    #[serde(default = "default_body_timeout_secs")]
+    pub body_timeout_secs: u64,
+    /// Most HTTP(S) connections open at once, WebSocket and SSE streams included (they live
+    /// on their connection). A connection beyond it is closed as soon as it is accepted.
+    /// 0 = no limit.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: u64,
+    /// Most HTTP(S) connections from one client address (IPv6: one /64), closed at accept
+    /// beyond it. Behind a trusted proxy the client address is known only per request, so
+    /// there it bounds the requests in progress of one address (streams included), and the
+    /// one beyond gets 503 with `Retry-After`. 0 = no limit.
+    #[serde(default = "default_http_max_connections_per_ip")]
+    pub max_connections_per_ip: u64,
+    /// Most `topic=` filters in one history query or SSE stream; more get 400.
+    #[serde(default = "default_max_history_filters")]
+    pub max_history_filters: u64,
+    /// The work one history request may do: events examined times filters (at least one).
+    /// A page that reaches it ends early, with `more` and `next_after` to continue from; an
+    /// SSE stream reads in steps of at most this.
+    #[serde(default = "default_history_scan_budget")]
+    pub history_scan_budget: u64,
+    /// Bytes of topics and payloads one history page (or one read of an SSE stream) holds: the
+    /// page ends early, with `more` and `next_after`, after the event that reaches it (so one
+    /// event always fits). Bounds the memory one request takes whatever `limit` asks.
+    #[serde(default = "default_max_page_bytes")]
+    pub max_page_bytes: u64,
+    /// Most history reads (`/api/v1/events...`) in progress at once, answers being sent
+    /// included (each holds its page, up to `max_page_bytes`); more get 503 with
+    /// `Retry-After`. 0 = no limit.
+    #[serde(default = "default_max_history_reads")]
+    pub max_history_reads: u64,
+    /// Most history reads in progress at once for one client address, answers being sent
+    /// included; more get 429 with `Retry-After`. 0 = no limit.
+    #[serde(default = "default_max_history_reads_per_ip")]
+    pub max_history_reads_per_ip: u64,
+    /// Most SSE streams (`/api/v1/stream`) open at once for one client address; more get 429
+    /// with `Retry-After`. 0 = no limit.
+    #[serde(default = "default_max_streams_per_ip")]
+    pub max_streams_per_ip: u64,
+    /// Origins (`https://dashboard.example.org`) whose pages may make state-changing requests
+    /// (HTTP publish) from a browser, besides Firehose's own. Empty: none.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 fn default_ws_path() -> String {
     "/mqtt".into()
+}
+
+fn default_body_timeout_secs() -> u64 {
+    30
+}
+
+fn default_http_max_connections() -> u64 {
+    10_000
+}
+
+fn default_http_max_connections_per_ip() -> u64 {
+    1024
+}
+
+fn default_max_history_filters() -> u64 {
+    100
+}
+
+fn default_history_scan_budget() -> u64 {
+    1_000_000
+}
+
+fn default_max_page_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+
+fn default_max_history_reads() -> u64 {
+    32
+}
+
+fn default_max_history_reads_per_ip() -> u64 {
+    4
+}
+
+fn default_max_streams_per_ip() -> u64 {
+    32
 }
 
 /// TLS settings (`[tls]`) shared by the MQTTS and HTTPS listeners. The files are read at start
@@ -290,6 +382,26 @@ impl IpBlock {
             _ => false,
         }
     }
+}
+
+/// Most `http.max_history_filters` allowed: enough for any real consumer, and a query URL with
+/// that many filters still fits the HTTP listener's 64 KiB of request head.
+pub const MAX_HISTORY_FILTERS: u64 = 1000;
+
+/// An origin as browsers send it in `Origin` (`https://host` or `http://host:8080`), lower-cased;
+/// `None` for anything else (a path, a query, no scheme, `null`).
+pub fn parse_origin(text: &str) -> Option<String> {
+    let text = text.trim().to_ascii_lowercase();
+    let (scheme, authority) = text.split_once("://")?;
+    let scheme_ok = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    let authority_ok = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    (scheme_ok && authority_ok).then_some(text)
 }
 
 fn prefix_match(net: &[u8], ip: &[u8], prefix: u8) -> bool {
@@ -627,6 +739,39 @@ impl<B: BridgeSection> Config<B> {
             (1..=3600).contains(&l.connect_timeout_secs),
             "between 1 and 3600",
         )?;
+        // The [http] limits (they apply to [https] too).
+        let h = &self.http;
+        limit(
+            "http.body_timeout_secs",
+            h.body_timeout_secs,
+            (1..=3600).contains(&h.body_timeout_secs),
+            "between 1 and 3600",
+        )?;
+        limit(
+            "http.max_connections_per_ip",
+            h.max_connections_per_ip,
+            h.max_connections == 0 || h.max_connections_per_ip <= h.max_connections,
+            "at most http.max_connections (0 = no limit)",
+        )?;
+        limit(
+            "http.max_history_filters",
+            h.max_history_filters,
+            (1..=MAX_HISTORY_FILTERS).contains(&h.max_history_filters),
+            "between 1 and 1000",
+        )?;
+        limit(
+            "http.history_scan_budget",
+            h.history_scan_budget,
+            (1000..=1_000_000_000).contains(&h.history_scan_budget),
+            "between 1000 and 1000000000",
+        )?;
+        limit(
+            "http.max_page_bytes",
+            h.max_page_bytes,
+            h.max_page_bytes >= 1024,
+            "at least 1024",
+        )?;
+        self.allowed_origins()?;
         Ok(())
     }
 
@@ -671,6 +816,27 @@ impl<B: BridgeSection> Config<B> {
             .trusted_proxies
             .iter()
             .map(|p| IpBlock::parse(p))
+            .collect()
+    }
+
+    /// The parsed `http.allowed_origins`, each as `scheme://host[:port]` in lower case (the
+    /// form browsers send in `Origin`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for an entry that is not such an origin.
+    pub fn allowed_origins(&self) -> Result<Vec<String>, ConfigError> {
+        self.http
+            .allowed_origins
+            .iter()
+            .map(|origin| {
+                parse_origin(origin).ok_or_else(|| ConfigError::Invalid {
+                    field: "http.allowed_origins",
+                    message: format!(
+                        "{origin:?} is not an origin: expected scheme://host or scheme://host:port \
+                         with no path (e.g. \"https://dashboard.example.org\")"
+                    ),
+                })
+            })
             .collect()
     }
 
@@ -816,6 +982,67 @@ mod tests {
             .expect_err("no limit")
             .to_string()
             .contains("logs/#"));
+    }
+
+    #[test]
+    fn http_limits_are_checked_and_named() {
+        let config = Config::default();
+        assert_eq!(config.http.body_timeout_secs, 30);
+        assert_eq!(config.http.max_history_filters, 100);
+        for (toml, field) in [
+            ("body_timeout_secs = 0", "http.body_timeout_secs"),
+            ("max_history_filters = 0", "http.max_history_filters"),
+            ("max_history_filters = 1001", "http.max_history_filters"),
+            ("history_scan_budget = 10", "http.history_scan_budget"),
+            ("max_page_bytes = 10", "http.max_page_bytes"),
+            (
+                "max_connections = 10\nmax_connections_per_ip = 11",
+                "http.max_connections_per_ip",
+            ),
+            (
+                "allowed_origins = [\"https://a.example/path\"]",
+                "http.allowed_origins",
+            ),
+            ("allowed_origins = [\"a.example\"]", "http.allowed_origins"),
+        ] {
+            let config: Config =
+                toml::from_str(&format!("[http]\nlisten = \"off\"\n{toml}\n")).expect(toml);
+            let err = config.validate().expect_err(toml).to_string();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
+        let config: Config = toml::from_str(
+            "[http]\nlisten = \"off\"\nmax_connections = 0\nmax_connections_per_ip = 5\n\
+             allowed_origins = [\"HTTPS://Dash.Example.org:8443\"]\n",
+        )
+        .expect("parses");
+        config.validate().expect("0 lifts the total");
+        assert_eq!(
+            config.allowed_origins().expect("origins"),
+            ["https://dash.example.org:8443"]
+        );
+    }
+
+    #[test]
+    fn the_example_config_shows_the_http_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/firehose.example.toml");
+        let config = Config::load(&path).expect("example config loads");
+        let (shown, default) = (&config.http, &Config::default().http);
+        let limits = |h: &HttpListenerConfig| {
+            [
+                h.body_timeout_secs,
+                h.max_connections,
+                h.max_connections_per_ip,
+                h.max_history_filters,
+                h.history_scan_budget,
+                h.max_page_bytes,
+                h.max_history_reads,
+                h.max_history_reads_per_ip,
+                h.max_streams_per_ip,
+            ]
+        };
+        assert_eq!(limits(shown), limits(default));
+        assert_eq!(shown.allowed_origins, default.allowed_origins);
     }
 
     #[test]

@@ -187,13 +187,20 @@ fn mtls_users() -> ServerOptions {
     options
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_certificate_maps_to_a_user() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (pki, files) = pki(dir.path());
+/// A server with the standard users and `cert-user`, whose TLS listeners accept client
+/// certificates of `pki`; and `cert-user`'s certificate.
+fn mtls_server(dir: &Path) -> (Pki, CertFiles, Server, transport_support::Addrs) {
+    let (pki, files) = pki(dir);
     let options = mtls_users().with_config(&tls_toml(&files, Some(&pki.ca), false));
     let (server, addrs) = start(options, ALL_TLS);
     let user_cert = pki.client("user", "cert-user");
+    (pki, user_cert, server, addrs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_maps_to_a_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pki, user_cert, server, addrs) = mtls_server(dir.path());
     let stranger_cert = pki.client("stranger", "stranger");
 
     let mut sub = RawClient::anonymous(addrs.mqtt, true, "mtls-sub");
@@ -250,6 +257,41 @@ async fn client_certificate_maps_to_a_user() {
         b"marker",
         "refused publishes leaked"
     );
+}
+
+/// A browser presents its client certificate to any page's WebSocket (WebSockets are not
+/// bound by CORS): a cross-site upgrade is served, but anonymously, so that another site's page
+/// cannot publish as the certificate's user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_site_websocket_does_not_log_in_with_the_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pki, user_cert, server, addrs) = mtls_server(dir.path());
+    let wss = |headers: &'static [(&'static str, &'static str)]| {
+        let config = client_config(&pki.ca, Some(&user_cert));
+        async move {
+            let tls = tls_connect(addrs.https(), config)
+                .await
+                .expect("TLS with client cert");
+            let mut conn = MqttConn::ws_with(Box::new(tls), "/mqtt", "mqtt", headers)
+                .await
+                .expect("WSS");
+            conn.connect(&ConnectOpts::new(true, &Server::client_id("wss")))
+                .await;
+            conn
+        }
+    };
+    let mut evil = wss(&[
+        ("Origin", "https://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ])
+    .await;
+    assert_eq!(evil.publish("mtls/x", b"forged", 1).await, 0x87);
+    wait_for_log(&server, "cross-site WebSocket: served anonymously");
+    // The same certificate from no browser, or from this server's own page, is its user.
+    let mut script = wss(&[]).await;
+    assert_eq!(script.publish("mtls/x", b"real", 1).await, 0);
+    let mut own_page = wss(&[("Sec-Fetch-Site", "same-origin")]).await;
+    assert_eq!(own_page.publish("mtls/x", b"real", 1).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

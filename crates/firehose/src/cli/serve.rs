@@ -13,6 +13,7 @@ use crate::broker::Broker;
 use crate::config::Listen;
 use crate::store::{Store, StoreConfig};
 use crate::transport::http::{HttpListener, HttpOptions};
+use crate::transport::limits::HttpLimits;
 use crate::transport::metrics::Metrics;
 use crate::transport::tcp::{MqttListener, MqttOptions};
 use crate::transport::tls::{self, TlsSettings};
@@ -204,7 +205,10 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
         listeners.push(tokio::spawn(listener.run(stopped.clone())));
     }
 
-    let trusted_proxies = config.trusted_proxies()?;
+    // One set of counts for HTTP and HTTPS: the limits are the server's, not a listener's.
+    let http_limits = HttpLimits::new(&config.http, config.trusted_proxies()?, metrics.clone());
+    let allowed_origins = config.allowed_origins()?;
+    let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
     // A WebSocket frame may hold a whole packet plus the start of the next one.
     let max_ws_message = (config.limits.max_packet_size as usize)
         .saturating_mul(2)
@@ -217,12 +221,17 @@ async fn serve(config: Config, users: Users) -> anyhow::Result<()> {
         let Listen::On(addr) = listen else { continue };
         let options = HttpOptions {
             ws_path: config.http.ws_path.clone(),
-            trusted_proxies: trusted_proxies.clone(),
             tls,
             metrics: metrics.clone(),
+            limits: http_limits.clone(),
             handshake_timeout,
+            body_timeout: Duration::from_secs(config.http.body_timeout_secs),
             max_ws_message,
             max_publish_body: config.limits.max_packet_size as usize,
+            allowed_origins: allowed_origins.clone(),
+            max_history_filters: size(config.http.max_history_filters),
+            history_scan_budget: size(config.http.history_scan_budget),
+            max_page_bytes: size(config.http.max_page_bytes),
             bridges: bridges.states(),
             routes: bridges.routes(),
         };

@@ -266,6 +266,12 @@ pub struct Query {
     pub until_ms: Option<i64>,
     /// Most events to return.
     pub limit: usize,
+    /// Most rows to examine; `None`: [`QUERY_SCAN_LIMIT`]. The history API lowers it for
+    /// queries with many filters, whose rows each cost more.
+    pub scan_limit: Option<usize>,
+    /// The page ends once its events' topics and payloads reach this many bytes (the event
+    /// that reaches it included, so one always fits); `None`: no limit.
+    pub max_bytes: Option<usize>,
 }
 
 /// Statistics for `/metrics`.
@@ -473,11 +479,29 @@ impl Store {
         limit: usize,
         scan_limit: usize,
     ) -> Result<Page, StoreError> {
+        self.read_after_at_most(after, filters, limit, scan_limit, usize::MAX)
+    }
+
+    /// [`Store::read_after`], ending the page once its events' topics and payloads reach
+    /// `max_bytes` (the event that reaches it included): what a reader that buffers a page
+    /// for a slow client (an SSE stream) may hold. Blocking.
+    ///
+    /// # Errors
+    /// [`StoreError::Sqlite`] on a read error.
+    pub fn read_after_at_most(
+        &self,
+        after: u64,
+        filters: &[String],
+        limit: usize,
+        scan_limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page, StoreError> {
         self.inner.readers.read(&read::Scan {
             after,
             filters,
             limit,
             scan_limit,
+            max_bytes,
             since_ms: None,
             until_ms: None,
         })
@@ -485,8 +509,8 @@ impl Store {
 
     /// A history query (see [`Query`]). Blocking.
     ///
-    /// Examines at most [`QUERY_SCAN_LIMIT`] rows: a page can hold fewer than `limit` events
-    /// and still have `more` set; continue with `after = scanned_to`.
+    /// Examines at most `scan_limit` rows ([`QUERY_SCAN_LIMIT`] by default): a page can hold
+    /// fewer than `limit` events and still have `more` set; continue with `after = scanned_to`.
     ///
     /// # Errors
     /// [`StoreError::Sqlite`] on a read error.
@@ -496,17 +520,27 @@ impl Store {
             scanned_to: query.after,
             more: true,
         };
+        let scan_limit = query.scan_limit.unwrap_or(QUERY_SCAN_LIMIT).max(1);
+        let max_bytes = query.max_bytes.unwrap_or(usize::MAX);
         let mut scanned = 0;
-        while page.more && page.events.len() < query.limit && scanned < QUERY_SCAN_LIMIT {
+        let mut bytes = 0;
+        while page.more
+            && page.events.len() < query.limit
+            && scanned < scan_limit
+            && bytes < max_bytes
+        {
+            let chunk = QUERY_CHUNK.min(scan_limit - scanned);
             let next = self.inner.readers.read(&read::Scan {
                 after: page.scanned_to,
                 filters: &query.filters,
                 limit: query.limit - page.events.len(),
-                scan_limit: QUERY_CHUNK,
+                scan_limit: chunk,
+                max_bytes: max_bytes - bytes,
                 since_ms: query.since_ms,
                 until_ms: query.until_ms,
             })?;
-            scanned += QUERY_CHUNK;
+            scanned += chunk;
+            bytes += next.events.iter().map(read::event_bytes).sum::<usize>();
             page.events.extend(next.events);
             page.scanned_to = next.scanned_to;
             page.more = next.more;
@@ -1017,6 +1051,37 @@ mod tests {
             (page.events.len(), page.scanned_to, page.more),
             (0, 3, true)
         );
+    }
+
+    #[test]
+    fn pages_end_at_their_scan_and_byte_budgets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        // Topic "t" and 99 bytes of payload: 100 bytes each.
+        append_all(&store, (0..10).map(|_| ev("t", &"p".repeat(99))));
+        let page = store
+            .query(&Query {
+                limit: 100,
+                max_bytes: Some(250),
+                ..Query::default()
+            })
+            .expect("query");
+        // The event that reaches the budget is the last one: one always fits.
+        assert_eq!(page.events.len(), 3);
+        assert_eq!((page.scanned_to, page.more), (3, true));
+        let page = store.read_after_at_most(3, &[], 100, 100, 1).expect("read");
+        assert_eq!(page.events.len(), 1);
+        assert_eq!((page.scanned_to, page.more), (4, true));
+        let page = store
+            .query(&Query {
+                limit: 100,
+                scan_limit: Some(4),
+                filters: filters(&["nothing"]),
+                ..Query::default()
+            })
+            .expect("query");
+        assert!(page.events.is_empty());
+        assert_eq!((page.scanned_to, page.more), (4, true));
     }
 
     #[test]

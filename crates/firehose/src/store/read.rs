@@ -128,6 +128,8 @@ pub(super) struct Scan<'a> {
     pub(super) limit: usize,
     /// Most rows examined.
     pub(super) scan_limit: usize,
+    /// The page ends once its events' topics and payloads reach this many bytes.
+    pub(super) max_bytes: usize,
     /// Only `time_ms >= since_ms`.
     pub(super) since_ms: Option<i64>,
     /// Only `time_ms < until_ms`.
@@ -177,9 +179,17 @@ fn narrow(filter: &str) -> Narrow {
     Narrow::Exact(filter.to_string())
 }
 
+/// Most filters narrowed in SQL. Each adds one or two `OR` terms, and SQLite refuses an
+/// expression deeper than 1000 ("Expression tree is too large"): a query with a few hundred
+/// filters answered 500. Beyond this many, rows are matched in Rust only.
+const MAX_SQL_FILTERS: usize = 64;
+
 /// The SQL condition (with its parameters appended to `params`) that pre-filters rows for
-/// `filters`, or `None` when some filter cannot be narrowed.
+/// `filters`, or `None` when some filter cannot be narrowed or there are too many of them.
 fn topic_condition(filters: &[&str], params: &mut Vec<Value>) -> Option<String> {
+    if filters.len() > MAX_SQL_FILTERS {
+        return None;
+    }
     let narrows: Vec<Narrow> = filters.iter().map(|f| narrow(f)).collect();
     if narrows.is_empty() || narrows.contains(&Narrow::Any) {
         return None;
@@ -295,6 +305,11 @@ fn last_id_before(conn: &Connection, time: i64) -> rusqlite::Result<u64> {
     Ok(to_u64(last))
 }
 
+/// What an event counts against a page's byte budget: its topic and payload.
+pub(super) fn event_bytes(event: &Event) -> usize {
+    event.event.topic.len() + event.event.payload.len()
+}
+
 /// Reads one page inside the caller's read transaction.
 ///
 /// The examined rows are an id window: from the first row after the lower bound, `scan_limit`
@@ -352,6 +367,7 @@ fn read_page(conn: &Connection, scan: &Scan<'_>) -> rusqlite::Result<Page> {
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     let mut events = Vec::new();
+    let mut bytes = 0;
     let mut scanned_to = window_end;
     while let Some(row) = rows.next()? {
         let topic = row.get_ref(2)?.as_str()?;
@@ -360,8 +376,9 @@ fn read_page(conn: &Connection, scan: &Scan<'_>) -> rusqlite::Result<Page> {
         }
         let event = schema::event_from_row(row)?;
         let id = event.id;
+        bytes += event_bytes(&event);
         events.push(event);
-        if events.len() >= scan.limit {
+        if events.len() >= scan.limit || bytes >= scan.max_bytes {
             scanned_to = id;
             break;
         }
@@ -389,6 +406,7 @@ mod tests {
             filters: &[],
             limit: 10,
             scan_limit: 10,
+            max_bytes: usize::MAX,
             since_ms: Some(1),
             until_ms: Some(2),
         };
@@ -404,6 +422,34 @@ mod tests {
         let plan = plan.join("; ");
         assert!(plan.contains("INTEGER PRIMARY KEY"), "{plan}");
         assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    #[test]
+    fn many_filters_are_matched_without_sql_narrowing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.db");
+        let conn = schema::open_writer(&path, super::super::Durability::Process).expect("open");
+        let owned: Vec<String> = (0..2000).map(|i| format!("a{i}/b/#")).collect();
+        let filters: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let scan = Scan {
+            after: 0,
+            filters: &owned,
+            limit: 10,
+            scan_limit: 10,
+            max_bytes: usize::MAX,
+            since_ms: None,
+            until_ms: None,
+        };
+        let (sql, params) = scan_statement(0, 10, &scan, &filters);
+        // It used to be refused: "Expression tree is too large (maximum depth 1000)".
+        let mut stmt = conn.prepare(&sql).expect("prepares");
+        stmt.query(rusqlite::params_from_iter(params))
+            .expect("runs")
+            .next()
+            .expect("reads");
+        let few = &filters[..MAX_SQL_FILTERS];
+        let (sql, _) = scan_statement(0, 10, &scan, few);
+        assert!(sql.contains("topic >="), "{sql}");
     }
 
     #[test]

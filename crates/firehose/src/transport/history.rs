@@ -5,12 +5,25 @@
 //! Everything is read from the store, so an SSE client that reads slowly only slows its own
 //! reads: nothing is buffered for it beyond one page. Events are shown in their JSON form
 //! ([`crate::event`]), the one `firehose sub` prints too.
+//!
+//! Depends on [`crate::broker`] (the store, the log position), [`crate::event`] and the HTTP
+//! listener's [`super::limits`].
+//!
+//! Anyone may query, so what one query may cost is bounded: at most
+//! `http.max_history_filters` filters (400 beyond); per page, or per read of an SSE stream,
+//! at most `http.history_scan_budget` events examined times filters, and
+//! `http.max_page_bytes` of topics and payloads (the page then ends early with `more` and
+//! `next_after`, as a page ends at any scan limit). The server takes `http.max_history_reads`
+//! reads at once (503 beyond), one client address `http.max_history_reads_per_ip` (answers
+//! being sent included) and `http.max_streams_per_ip` streams (429 beyond). Each read runs
+//! on a blocking thread; an SSE stream buffers at most [`STREAM_BYTES`] per read.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +32,9 @@ use axum::{Json, Router};
 use futures_util::Stream;
 use serde_json::{json, Value};
 
+use super::http::ClientAddr;
+use super::http_body::Holding;
+use super::limits::{HttpLimits, Reason, Slot};
 use crate::broker::Broker;
 use crate::config::parse_duration;
 use crate::event::event_json;
@@ -28,23 +44,100 @@ use crate::topic;
 /// Default and largest page size of `GET /api/v1/events`.
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
-/// Rows one read may examine while looking for matches.
+/// Rows one read of an SSE stream may examine while looking for matches (fewer with many
+/// filters: see [`History::scan_rows`]).
 const SCAN_LIMIT: usize = 50_000;
 /// Events an SSE stream reads from the log at once.
 const STREAM_BATCH: usize = 256;
+/// Bytes of topics and payloads an SSE stream reads from the log at once (one event always
+/// fits): a stream holds what it read until its client takes it, and streams are many.
+const STREAM_BYTES: usize = 256 * 1024;
+
+/// What one history request may cost (`[http]`).
+#[derive(Debug, Clone)]
+pub struct HistoryOptions {
+    /// Most `topic=` filters per query or stream (`http.max_history_filters`).
+    pub max_filters: usize,
+    /// Events examined times filters per page or stream read (`http.history_scan_budget`).
+    pub scan_budget: usize,
+    /// Bytes of topics and payloads per page or stream read (`http.max_page_bytes`).
+    pub max_page_bytes: usize,
+    /// Reads and streams per client address, and where refusals are counted.
+    pub limits: Arc<HttpLimits>,
+}
+
+/// The routes' state.
+#[derive(Debug)]
+struct History {
+    broker: Broker,
+    options: HistoryOptions,
+}
+
+impl History {
+    /// The rows a read with `filters` filters may examine: the budget shared among them, as
+    /// each row is matched against each filter (in SQL and again exactly).
+    fn scan_rows(&self, filters: usize) -> usize {
+        (self.options.scan_budget / filters.max(1)).max(1)
+    }
+
+    /// A 400 when there are more filters than allowed (counted and logged).
+    fn check_filters(&self, params: &Params, client: ClientAddr) -> Result<(), BadRequest> {
+        let count = params.filters.len();
+        if count <= self.options.max_filters {
+            return Ok(());
+        }
+        self.options
+            .limits
+            .refused(Reason::HistoryFilters, client.0.ip(), None);
+        Err(BadRequest(format!(
+            "parameter topic: at most {} filters per query (http.max_history_filters), got {count}",
+            self.options.max_filters
+        )))
+    }
+}
 
 /// The routes of the history API, ready to merge into the HTTP server.
 ///
 /// Everything here is public and read-only, so any web page may read it from the browser:
 /// responses allow every origin (CORS), which is what dashboards served elsewhere need.
-pub fn router(broker: Broker) -> Router {
+pub fn router(broker: Broker, options: HistoryOptions) -> Router {
     Router::new()
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/events/{id}", get(one_event))
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/openapi.json", get(openapi))
-        .with_state(broker)
+        .with_state(Arc::new(History { broker, options }))
         .layer(axum::middleware::map_response(allow_any_origin))
+}
+
+/// The answer to a request refused by a limit: 429 with `Retry-After` for a client's share,
+/// 503 when the server has the most reads it takes.
+fn too_many(reason: Reason) -> Response {
+    let (status, message) = match reason {
+        Reason::HistoryReads => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server has the most history reads in progress (http.max_history_reads)",
+        ),
+        Reason::StreamsPerIp => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "this address has the most SSE streams open (http.max_streams_per_ip)",
+        ),
+        _ => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "this address has the most history reads in progress \
+             (http.max_history_reads_per_ip)",
+        ),
+    };
+    let mut response = (
+        status,
+        Json(json!({ "error": format!("{message}; try again later") })),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from(reason.retry_after_secs()),
+    );
+    response
 }
 
 async fn allow_any_origin(mut response: Response) -> Response {
@@ -267,7 +360,11 @@ fn page_json(page: &Page, limit: usize) -> Value {
     })
 }
 
-async fn list_events(State(broker): State<Broker>, RawQuery(raw): RawQuery) -> Response {
+async fn list_events(
+    State(history): State<Arc<History>>,
+    Extension(client): Extension<ClientAddr>,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let params = match parse_params(
         raw.as_deref(),
         &["topic", "since", "until", "after", "limit"],
@@ -275,29 +372,80 @@ async fn list_events(State(broker): State<Broker>, RawQuery(raw): RawQuery) -> R
         Ok(p) => p,
         Err(bad) => return bad.into_response(),
     };
+    if let Err(refusal) = history.check_filters(&params, client) {
+        return refusal.into_response();
+    }
+    let reading = match history.options.limits.history_read(client.0.ip()) {
+        Ok(slot) => slot,
+        Err(reason) => return too_many(reason),
+    };
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     let query = Query {
+        scan_limit: Some(history.scan_rows(params.filters.len())),
+        max_bytes: Some(history.options.max_page_bytes),
         filters: params.filters,
         after: params.after.unwrap_or(0),
         since_ms: params.since_ms,
         until_ms: params.until_ms,
         limit,
     };
-    let store = broker.store().clone();
+    let store = history.broker.store().clone();
     match tokio::task::spawn_blocking(move || store.query(&query)).await {
-        Ok(Ok(page)) => Json(page_json(&page, limit)).into_response(),
+        Ok(Ok(page)) => {
+            if page.more && page.events.len() < limit {
+                history.options.limits.history_cut();
+            }
+            holding(&page_json(&page, limit), reading)
+        }
         Ok(Err(error)) => internal(error),
         Err(error) => internal(error),
     }
 }
 
-async fn one_event(State(broker): State<Broker>, Path(id): Path<String>) -> Response {
+/// Bytes of an answer handed to hyper at a time: hyper asks for the next piece only when its
+/// write buffer (`http::REQUEST_HEAD_MAX`) has room, so a body in pieces ends when the client
+/// has nearly read it, where a body in one piece ends at once.
+const ANSWER_PIECE: usize = 16 * 1024;
+
+/// `json` as an answer whose body keeps `reading` (the client's place under
+/// `http.max_history_reads_per_ip`) until the client has read all but its last pieces: the
+/// page is in memory until then, so a client that reads its answers slowly holds its place,
+/// and may not start more reads.
+fn holding(json: &Value, reading: Slot) -> Response {
+    let bytes = bytes::Bytes::from(json.to_string());
+    let length = bytes.len();
+    let pieces = (0..length).step_by(ANSWER_PIECE).map(move |start| {
+        Ok::<_, Infallible>(bytes.slice(start..(start + ANSWER_PIECE).min(length)))
+    });
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(pieces));
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            ),
+            (header::CONTENT_LENGTH, header::HeaderValue::from(length)),
+        ],
+        axum::body::Body::new(Holding::new(body, reading)),
+    )
+        .into_response()
+}
+
+async fn one_event(
+    State(history): State<Arc<History>>,
+    Extension(client): Extension<ClientAddr>,
+    Path(id): Path<String>,
+) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return BadRequest(format!("event id must be a number, got {id:?}")).into_response();
     };
-    let store = broker.store().clone();
+    let reading = match history.options.limits.history_read(client.0.ip()) {
+        Ok(slot) => slot,
+        Err(reason) => return too_many(reason),
+    };
+    let store = history.broker.store().clone();
     match tokio::task::spawn_blocking(move || store.get(id)).await {
-        Ok(Ok(Some(event))) => Json(event_json(&event)).into_response(),
+        Ok(Ok(Some(event))) => holding(&event_json(&event), reading),
         Ok(Ok(None)) => (
             StatusCode::NOT_FOUND,
             Json(json!({ "error": format!("no event {id} (never existed or removed by retention)") })),
@@ -319,7 +467,8 @@ async fn openapi() -> Response {
 /// Where an SSE stream starts: after `Last-Event-ID`, else `after=`, else the first event at or
 /// after `since=`, else now.
 async fn stream(
-    State(broker): State<Broker>,
+    State(history): State<Arc<History>>,
+    Extension(client): Extension<ClientAddr>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -327,6 +476,14 @@ async fn stream(
         Ok(p) => p,
         Err(bad) => return bad.into_response(),
     };
+    if let Err(refusal) = history.check_filters(&params, client) {
+        return refusal.into_response();
+    }
+    let streaming = match history.options.limits.stream(client.0.ip()) {
+        Ok(slot) => slot,
+        Err(reason) => return too_many(reason),
+    };
+    let broker = &history.broker;
     let last_event_id = match headers.get("last-event-id").map(|v| v.to_str()) {
         None => None,
         Some(Ok(text)) => match text.trim().parse::<u64>() {
@@ -362,10 +519,13 @@ async fn stream(
         (None, None) => broker.store().last_id(),
     };
     let follower = Follower {
-        broker,
+        broker: broker.clone(),
+        scan_rows: history.scan_rows(params.filters.len()).min(SCAN_LIMIT),
+        max_bytes: history.options.max_page_bytes.min(STREAM_BYTES),
         filters: params.filters,
         cursor: start,
         buffer: VecDeque::new(),
+        _streaming: streaming,
     };
     let keep_alive = KeepAlive::new()
         .interval(params.heartbeat.unwrap_or(Duration::from_secs(15)))
@@ -379,8 +539,14 @@ async fn stream(
 struct Follower {
     broker: Broker,
     filters: Vec<String>,
+    /// Rows one read may examine.
+    scan_rows: usize,
+    /// Bytes of topics and payloads one read may buffer.
+    max_bytes: usize,
     cursor: u64,
     buffer: VecDeque<Event>,
+    /// The client's place under `http.max_streams_per_ip`, for as long as the stream lives.
+    _streaming: Slot,
 }
 
 impl Follower {
@@ -404,8 +570,9 @@ impl Follower {
             let store = self.broker.store().clone();
             let filters = self.filters.clone();
             let cursor = self.cursor;
+            let (scan_rows, max_bytes) = (self.scan_rows, self.max_bytes);
             let read = tokio::task::spawn_blocking(move || {
-                store.read_after(cursor, &filters, STREAM_BATCH, SCAN_LIMIT)
+                store.read_after_at_most(cursor, &filters, STREAM_BATCH, scan_rows, max_bytes)
             })
             .await;
             let page = match read {

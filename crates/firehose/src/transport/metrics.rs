@@ -36,6 +36,12 @@ struct HandshakeLabel {
     stage: &'static str,
 }
 
+/// The `reason` label of an HTTP refusal.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// The registry and the metrics the transports update.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +50,9 @@ pub struct Metrics {
     accepted: Family<TransportLabel, Counter>,
     failed: Family<HandshakeLabel, Counter>,
     http_requests: Counter,
+    http_open: Gauge,
+    http_refused: Family<ReasonLabel, Counter>,
+    history_cut: Counter,
 }
 
 impl Metrics {
@@ -81,6 +90,24 @@ impl Metrics {
             let _ = open.get_or_create(&label);
             let _ = accepted.get_or_create(&label);
         }
+        let http_open = Gauge::default();
+        registry.register(
+            "firehose_http_connections",
+            "HTTP(S) connections open now, WebSocket and SSE streams included",
+            http_open.clone(),
+        );
+        let http_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "firehose_http_refused",
+            "HTTP connections and requests refused by a limit or a check, by reason",
+            http_refused.clone(),
+        );
+        let history_cut = Counter::default();
+        registry.register(
+            "firehose_history_pages_cut",
+            "History pages that ended early, with fewer events than asked, at http.history_scan_budget",
+            history_cut.clone(),
+        );
         registry.register_collector(Box::new(BrokerCollector { broker }));
         Metrics {
             registry,
@@ -88,6 +115,9 @@ impl Metrics {
             accepted,
             failed,
             http_requests,
+            http_open,
+            http_refused,
+            history_cut,
         }
     }
 
@@ -119,6 +149,27 @@ impl Metrics {
         self.http_requests.inc();
     }
 
+    /// Counts an HTTP(S) connection as open (`firehose_http_connections`) until the guard
+    /// is dropped.
+    pub fn http_connection(&self) -> ConnectionGuard {
+        self.http_open.inc();
+        ConnectionGuard {
+            gauge: self.http_open.clone(),
+        }
+    }
+
+    /// Counts `count` HTTP refusals for `reason` (0 makes the reason visible at zero).
+    pub fn http_refused(&self, reason: &'static str, count: u64) {
+        self.http_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(count);
+    }
+
+    /// Counts a history page cut short by the scan budget.
+    pub fn history_cut(&self) {
+        self.history_cut.inc();
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -135,7 +186,7 @@ impl Metrics {
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Decrements the open-connections gauge of its transport when dropped.
+/// Decrements an open-connections gauge when dropped.
 #[derive(Debug)]
 pub struct ConnectionGuard {
     gauge: Gauge,

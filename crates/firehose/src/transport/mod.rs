@@ -6,11 +6,17 @@
 //! # Layout
 //! - [`tcp`]: the MQTT listeners (TCP, and TLS for MQTTS), PROXY protocol in front.
 //! - [`http`]: the HTTP(S) listener: MQTT over WebSocket, `/healthz`, `/metrics`, `/`.
+//! - [`limits`]: what HTTP clients may make the server keep (connections, history reads,
+//!   streams, per address and in total), and how refusals are counted and logged.
+//! - [`http_body`]: the deadline on request bodies; response bodies that hold a limit's place.
+//! - [`cross_site`]: the check that keeps other sites' pages from publishing through a
+//!   visitor's browser.
 //! - [`ws`]: a WebSocket seen as the byte stream the broker serves.
 //! - [`tls`]: rustls configurations from PEM files, SIGHUP reload, client certificates.
 //! - [`proxy`]: the client address behind proxies (PROXY protocol, `X-Forwarded-For`).
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`publish_api`]: `POST /api/v1/publish/<topic>` for authenticated publishers.
+//! - [`history`]: the history API and its SSE stream.
 //! - [`web`]: the web page at `/` and `/events/<id>` (live tail, history, permalinks), its
 //!   assets embedded in the binary.
 //!
@@ -19,8 +25,11 @@
 //! `cli` as data ([`http::HttpOptions`]: an axum router, and [`crate::health::BridgeStates`]),
 //! so no transport names a bridge.
 
+pub mod cross_site;
 pub mod history;
 pub mod http;
+pub mod http_body;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod publish_api;

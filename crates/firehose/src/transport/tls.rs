@@ -137,7 +137,7 @@ impl TlsSettings {
         if self.users.identity_of(&name).is_some() {
             Some(name)
         } else {
-            tracing::info!(cn = %name, "client certificate CN names no user: treated as anonymous");
+            tracing::info!(cn = ?name, "client certificate CN names no user: treated as anonymous");
             None
         }
     }

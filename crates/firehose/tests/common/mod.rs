@@ -160,6 +160,9 @@ pub(crate) struct User {
     pub(crate) publish: Vec<String>,
     /// Topic filters the user may subscribe to; `None` leaves the key out (default: all).
     pub(crate) subscribe: Option<Vec<String>>,
+    /// Clear-text bearer token, hashed into `token` when the file is written; `None` leaves
+    /// the key out.
+    pub(crate) token: Option<String>,
 }
 
 impl User {
@@ -170,7 +173,14 @@ impl User {
             password: password.to_string(),
             publish: publish.iter().map(|s| s.to_string()).collect(),
             subscribe: None,
+            token: None,
         }
+    }
+
+    /// With a bearer token for HTTP publish.
+    pub(crate) fn token(mut self, token: &str) -> User {
+        self.token = Some(token.to_string());
+        self
     }
 }
 
@@ -207,6 +217,9 @@ pub(crate) fn users_toml(users: &[User]) -> String {
         text.push_str(&format!("publish = {}\n", toml_list(&user.publish)));
         if let Some(subscribe) = &user.subscribe {
             text.push_str(&format!("subscribe = {}\n", toml_list(subscribe)));
+        }
+        if let Some(token) = &user.token {
+            text.push_str(&format!("token = {}\n", toml_str(&hash_password(token))));
         }
         text.push('\n');
     }
