@@ -729,11 +729,15 @@ fn webhook_delivery_ids_are_required_and_replays_refused() {
         );
     }
     let metrics = get(node.http, "/metrics").text();
-    let line = "firehose_bridge_rejected_total{bridge=\"webhooks-github\",kind=\"webhook\"} 2";
-    assert!(
-        metrics.lines().any(|l| l == line),
-        "missing {line:?} in:\n{metrics}"
-    );
+    for line in [
+        "firehose_bridge_rejected_total{bridge=\"webhooks-github\",kind=\"webhook\"} 2",
+        "firehose_bridge_duplicates_total{bridge=\"webhooks-github\",kind=\"webhook\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in:\n{metrics}"
+        );
+    }
 }
 
 /// Issue 21 point 5: the event header becomes exactly one topic level of `[a-z0-9_]`;

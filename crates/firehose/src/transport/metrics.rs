@@ -487,7 +487,7 @@ impl Collector for BridgeCollector {
                 encoder.encode_descriptor(name, help, unit.as_ref(), family.metric_type())?;
             family.encode(metric_encoder)?;
         }
-        let counters: [(&str, &str, Count); 4] = [
+        let counters: [(&str, &str, Count); 5] = [
             (
                 "firehose_bridge_events",
                 "Events the bridge published",
@@ -507,6 +507,12 @@ impl Collector for BridgeCollector {
                 "firehose_bridge_rejected",
                 "Inputs refused as invalid: non-JSON lines, bad signatures, oversized bodies",
                 BridgeState::rejected,
+            ),
+            (
+                "firehose_bridge_duplicates",
+                "Inputs not published on purpose because they repeat one already published: \
+                 webhook redeliveries, Gerrit events both the events-log refill and the stream gave",
+                BridgeState::duplicates,
             ),
         ];
         for (name, help, read) in counters {
