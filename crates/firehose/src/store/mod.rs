@@ -952,6 +952,65 @@ mod tests {
         assert!(store.stats().retention_deleted >= 1);
     }
 
+    /// Incremental saves queued together all apply, in order; a whole save or a delete still
+    /// makes the earlier operations of its client id unnecessary.
+    #[test]
+    fn session_updates_apply_in_order_and_whole_saves_replace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let sub = |filter: &str| StoredSubscription {
+            filter: filter.to_string(),
+            qos: 1,
+            no_local: false,
+            retain_as_published: false,
+            subscription_id: None,
+        };
+        let changes = |subscribed: Vec<StoredSubscription>, unsubscribed: &[&str]| SessionChanges {
+            client_id: "u".into(),
+            state: None,
+            subscribed,
+            unsubscribed: unsubscribed.iter().map(|f| f.to_string()).collect(),
+        };
+        store.save_session(session("u", 1), None);
+        store.update_session(changes(vec![sub("b/#"), sub("c")], &[]), None);
+        store.update_session(changes(Vec::new(), &["a/#", "c"]), None);
+        let mut moved = session("u", 9).state;
+        moved.incoming_qos2.clear();
+        store.update_session(
+            SessionChanges {
+                state: Some(moved.clone()),
+                ..changes(Vec::new(), &[])
+            },
+            None,
+        );
+        store.update_session(changes(vec![sub("late")], &[]), None);
+        store.delete_session("v");
+        store.update_session(
+            SessionChanges {
+                client_id: "v".into(),
+                ..changes(vec![sub("x")], &[])
+            },
+            None,
+        );
+        let (tx, rx) = mpsc::channel();
+        store.save_session(
+            session("w", 2),
+            Some(Box::new(move |r| {
+                let _ = tx.send(r);
+            })),
+        );
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("completion")
+            .expect("saved");
+        let got = store.load_sessions().expect("load sessions");
+        let u = StoredSession {
+            state: moved,
+            subscriptions: vec![sub("b/#"), sub("late")],
+            ..session("u", 1)
+        };
+        assert_eq!(got, vec![u, session("w", 2)], "v was never stored");
+    }
+
     #[test]
     fn sessions_save_load_coalesce_delete() {
         let dir = tempfile::tempdir().expect("tempdir");

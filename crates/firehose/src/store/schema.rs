@@ -801,6 +801,68 @@ mod tests {
         store.close();
     }
 
+    /// Sessions stored by schema version 2 (subscriptions in one column, no owner) keep their
+    /// subscriptions, cursor and inflight records through the upgrade, and belong to
+    /// anonymous clients after it.
+    #[test]
+    fn version_2_sessions_are_upgraded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = Files::new(dir.path());
+        let subscriptions = vec![
+            crate::store::StoredSubscription {
+                filter: "a/+".into(),
+                qos: 1,
+                no_local: true,
+                retain_as_published: false,
+                subscription_id: Some(7),
+            },
+            crate::store::StoredSubscription {
+                filter: "$share/g/#".into(),
+                qos: 2,
+                no_local: false,
+                retain_as_published: true,
+                subscription_id: None,
+            },
+        ];
+        {
+            let conn = Connection::open(&files.db).expect("open");
+            conn.execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; BEGIN; {SCHEMA_V1} {V1_TO_V2} PRAGMA user_version = 2;"
+            ))
+            .expect("version 2 tables");
+            conn.execute(
+                "INSERT INTO sessions (client_id, expiry_interval, disconnected_at_ms, cursor, \
+                 subscriptions, inflight, incoming_qos2) \
+                 VALUES ('old', 3600, 1234, 42, ?1, x'0100000001000700000000000000290200', x'01000000010009')",
+                [sessions::encode_v2_subscriptions(&subscriptions)],
+            )
+            .expect("version 2 session");
+            conn.execute_batch("COMMIT").expect("commit");
+        }
+        let store = Store::open(StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            durability: Durability::Process,
+            retention: Vec::new(),
+        })
+        .expect("open version 2");
+        let loaded = store.load_sessions().expect("sessions");
+        assert_eq!(loaded.len(), 1);
+        let old = &loaded[0];
+        assert_eq!(old.owner, None, "anonymous-owned");
+        assert_eq!(old.address, None);
+        assert_eq!(old.state.cursor, 42);
+        assert_eq!(old.state.disconnected_at_ms, Some(1234));
+        assert_eq!(old.state.inflight.len(), 1);
+        assert_eq!(old.state.inflight[0].event_id, 41);
+        assert_eq!(old.state.incoming_qos2, [9]);
+        let mut got = old.subscriptions.clone();
+        got.sort_by(|a, b| a.filter.cmp(&b.filter));
+        let mut want = subscriptions;
+        want.sort_by(|a, b| a.filter.cmp(&b.filter));
+        assert_eq!(got, want);
+        store.close();
+    }
+
     #[test]
     fn properties_round_trip() {
         assert_eq!(encode_properties(&EventProperties::default()), None);
