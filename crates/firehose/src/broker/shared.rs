@@ -250,14 +250,18 @@ impl Shared {
         if forbidden.is_empty() {
             return;
         }
-        self.forget_subscriptions(session, owner, &forbidden);
-        {
+        self.router.remove_all(session, owner, &forbidden);
+        let removed = {
             let mut state = session.lock();
-            for filter in &forbidden {
-                state.subscriptions.remove(filter);
-            }
+            forbidden
+                .iter()
+                .filter(|filter| state.subscriptions.remove(filter).is_some())
+                .count()
+        };
+        if owner.is_anonymous() {
+            self.quotas.release_subscriptions(removed);
         }
-        stats::add(&self.stats.subscriptions_revoked, forbidden.len() as u64);
+        stats::add(&self.stats.subscriptions_revoked, removed as u64);
         tracing::warn!(client = ?session.client_id, owner = %owner, filters = ?forbidden,
             "subscriptions dropped on resume: the users file no longer lets their owner subscribe to them");
         self.save_session(session, true, &forbidden, None);
@@ -275,14 +279,10 @@ impl Shared {
         self.router.subscribe(session, owner, filter, options)
     }
 
-    /// Removes `session`'s subscription to `filter` from the subscription table (and from the
-    /// anonymous count); returns whether it existed.
+    /// Removes `session`'s subscription to `filter` from the subscription table; returns
+    /// whether it existed. (The anonymous count follows the session's own list: the caller's.)
     pub(crate) fn unsubscribe(&self, session: &Arc<Session>, owner: &Owner, filter: &str) -> bool {
-        let existed = self.router.unsubscribe(session, owner, filter);
-        if existed && owner.is_anonymous() {
-            self.quotas.release_subscriptions(1);
-        }
-        existed
+        self.router.unsubscribe(session, owner, filter)
     }
 
     /// The retained messages whose topics match `filter`, for a new subscription.

@@ -74,7 +74,8 @@ impl Connection {
                 reasons.push(ReasonCode::QuotaExceeded);
                 continue;
             }
-            if owner.is_anonymous() && !exists {
+            let reserved = owner.is_anonymous() && !exists;
+            if reserved {
                 let quotas = self.shared.quotas();
                 match quotas.reserve_subscription(self.shared.limits(), charged, &sub.filter) {
                     Ok(charge) => {
@@ -104,10 +105,29 @@ impl Connection {
             let existed = self
                 .shared
                 .subscribe(&self.session, &owner, &sub.filter, options);
-            self.session
-                .lock()
-                .subscriptions
-                .insert(sub.filter.clone(), options);
+            // The session's list is what counts: another connection of the session (taken
+            // over, its last packets still being read) may have added the filter meanwhile.
+            let (replaced, ended) = {
+                let mut state = self.session.lock();
+                let replaced = state
+                    .subscriptions
+                    .insert(sub.filter.clone(), options)
+                    .is_some();
+                (replaced, state.ended)
+            };
+            if ended {
+                // A clean start of the client id replaced the session meanwhile and took its
+                // filters out of the table: this one goes too, or it would stay there forever.
+                self.shared.unsubscribe(&self.session, &owner, &sub.filter);
+                if reserved {
+                    self.shared.quotas().release_subscriptions(1);
+                }
+                reasons.push(ReasonCode::UnspecifiedError);
+                continue;
+            }
+            if reserved && replaced {
+                self.shared.quotas().release_subscriptions(1);
+            }
             changed.push(sub.filter.clone());
             let send_retained = parsed.group.is_none()
                 && match sub.options.retain_handling {
@@ -170,7 +190,10 @@ impl Connection {
         let mut changed = Vec::new();
         for filter in &unsubscribe.filters {
             let existed = self.shared.unsubscribe(&self.session, &owner, filter);
-            self.session.lock().subscriptions.remove(filter);
+            let removed = self.session.lock().subscriptions.remove(filter).is_some();
+            if removed && owner.is_anonymous() {
+                self.shared.quotas().release_subscriptions(1);
+            }
             reasons.push(if existed {
                 changed.push(filter.clone());
                 ReasonCode::Success
