@@ -5,28 +5,14 @@
 //! persistent sessions with huge filters keeps the broker's resident memory within the bound
 //! the quotas give (docs/architecture.md, "Back-pressure and memory bounds").
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
 use common::durable::eventually;
-use common::wire::{prop, ConnectOpts, PropsOut, PublishOut};
+use common::wire::{prop, ConnectOpts, PublishOut};
 use common::{Got, RawClient, Server, ServerOptions, PUB_PASSWORD, TIMEOUT};
-
-macro_rules! both_versions {
-    ($($name:ident => $body:ident;)*) => {$(
-        mod $name {
-            #[test]
-            fn v311() {
-                super::$body(false)
-            }
-            #[test]
-            fn v5() {
-                super::$body(true)
-            }
-        }
-    )*};
-}
 
 both_versions! {
     sessions_are_bounded_per_address => sessions_are_bounded_per_address;
@@ -37,12 +23,7 @@ both_versions! {
 
 /// A persistent CONNECT (3.1.1 clean session 0; 5 Clean Start 0 with an hour of expiry).
 fn persistent(v5: bool, id: &str) -> ConnectOpts {
-    let opts = ConnectOpts::new(v5, id).clean(false);
-    if v5 {
-        opts.props(PropsOut::new().u32(prop::SESSION_EXPIRY, 3600))
-    } else {
-        opts
-    }
+    ConnectOpts::persistent(v5, id, 3600)
 }
 
 /// Connects persistently as a new anonymous client; the CONNACK code (0: accepted, the client

@@ -4,6 +4,7 @@
 //! anonymous clients share their sessions; `$share` groups are one per identity; a filter the
 //! users file no longer allows is dropped when the session comes back from the store.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -14,21 +15,6 @@ use common::{
     users_toml, Got, RawClient, Server, ServerOptions, User, LIMITED_PASSWORD, PUB_PASSWORD,
     TIMEOUT,
 };
-
-macro_rules! both_versions {
-    ($($name:ident => $body:ident;)*) => {$(
-        mod $name {
-            #[test]
-            fn v311() {
-                super::$body(false)
-            }
-            #[test]
-            fn v5() {
-                super::$body(true)
-            }
-        }
-    )*};
-}
 
 both_versions! {
     another_identity_cannot_take_a_users_client_id => another_identity_cannot_take_a_users_client_id;
@@ -48,12 +34,7 @@ fn not_valid(v5: bool) -> u8 {
 
 /// A persistent CONNECT (3.1.1 clean session 0; 5 Clean Start 0 with an hour of expiry).
 fn persistent(v5: bool, id: &str) -> ConnectOpts {
-    let opts = ConnectOpts::new(v5, id).clean(false);
-    if v5 {
-        opts.props(PropsOut::new().u32(prop::SESSION_EXPIRY, 3600))
-    } else {
-        opts
-    }
+    ConnectOpts::persistent(v5, id, 3600)
 }
 
 /// Connects with `opts`, expects the refusal `code` and the connection closed after it.
@@ -184,12 +165,7 @@ fn filters_the_users_file_no_longer_allows_are_dropped_at_startup() {
     users.push(reader(&["test/#"]));
     let dd = DataDir::new(&users, "");
     let id = "reader-session";
-    let connect = || {
-        ConnectOpts::new(true, id)
-            .clean(false)
-            .props(PropsOut::new().u32(prop::SESSION_EXPIRY, 3600))
-            .auth("reader", "reader-secret")
-    };
+    let connect = || persistent(true, id).auth("reader", "reader-secret");
     let node = dd.start();
     let (mut client, _) = RawClient::connect(node.mqtt, &connect());
     client.subscribe("test/kept/#", 1);
@@ -233,12 +209,7 @@ fn a_session_whose_user_left_the_users_file_waits_in_the_store() {
     let mut users = ServerOptions::standard().users;
     users.push(User::new("visitor", "visitor-secret", &[]));
     let dd = DataDir::new(&users, "");
-    let connect = || {
-        ConnectOpts::new(true, "visitor-session")
-            .clean(false)
-            .props(PropsOut::new().u32(prop::SESSION_EXPIRY, 3600))
-            .auth("visitor", "visitor-secret")
-    };
+    let connect = || persistent(true, "visitor-session").auth("visitor", "visitor-secret");
     let node = dd.start();
     let (mut client, _) = RawClient::connect(node.mqtt, &connect());
     client.subscribe("test/visit/#", 1);

@@ -15,7 +15,7 @@
 //! (sessions) and the SUBSCRIBE handler call it.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use firehose_codec::ReasonCode;
@@ -233,6 +233,30 @@ impl RefusalRun {
     }
 }
 
+/// One refusal, as it is counted and logged.
+struct Refusal<'a> {
+    /// What was refused, for the log.
+    what: &'static str,
+    /// The `$SYS/broker/...` counter that counts it, for the log.
+    sys: &'static str,
+    /// Who asked.
+    peer: SocketAddr,
+    /// With which client id.
+    client_id: &'a str,
+}
+
+impl Refusal<'_> {
+    /// Counts the refusal in `counter`, and logs it when it is the first of its `run`.
+    fn note(&self, run: &RefusalRun, counter: &AtomicU64, why: &dyn std::fmt::Display) {
+        stats::add(counter, 1);
+        if run.refused() {
+            tracing::warn!(peer = %self.peer, client = ?self.client_id,
+                "{} refused: {why}; further refusals are counted ($SYS/broker/{}) but not \
+                 logged until one fits again", self.what, self.sys);
+        }
+    }
+}
+
 /// The broker-wide part of the anonymous quotas that lives outside the registry's lock: the
 /// subscriptions anonymous clients hold, and the runs of refusals.
 #[derive(Debug, Default)]
@@ -299,15 +323,16 @@ impl Quotas {
         &self,
         stats: &Stats,
         full: SessionQuotaFull,
-        peer: std::net::SocketAddr,
+        peer: SocketAddr,
         client_id: &str,
     ) {
-        stats::add(&stats.sessions_over_quota, 1);
-        if self.session_refusals.refused() {
-            tracing::warn!(%peer, client = ?client_id,
-                "anonymous persistent session refused: {full}; further refusals are counted \
-                 ($SYS/broker/sessions/refused/quota) but not logged until one fits again");
-        }
+        let refusal = Refusal {
+            what: "anonymous persistent session",
+            sys: "sessions/refused/quota",
+            peer,
+            client_id,
+        };
+        refusal.note(&self.session_refusals, &stats.sessions_over_quota, &full);
     }
 
     /// Ends a run of session refusals: an anonymous persistent session fitted.
@@ -320,15 +345,20 @@ impl Quotas {
         &self,
         stats: &Stats,
         full: SubscriptionQuotaFull,
-        peer: std::net::SocketAddr,
+        peer: SocketAddr,
         client_id: &str,
     ) {
-        stats::add(&stats.subscriptions_over_quota, 1);
-        if self.subscription_refusals.refused() {
-            tracing::warn!(%peer, client = ?client_id,
-                "anonymous subscription refused: {full}; further refusals are counted \
-                 ($SYS/broker/subscriptions/refused/quota) but not logged until one fits again");
-        }
+        let refusal = Refusal {
+            what: "anonymous subscription",
+            sys: "subscriptions/refused/quota",
+            peer,
+            client_id,
+        };
+        refusal.note(
+            &self.subscription_refusals,
+            &stats.subscriptions_over_quota,
+            &full,
+        );
     }
 
     /// Ends a run of subscription refusals: a filter of an anonymous client fitted.

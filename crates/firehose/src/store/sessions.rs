@@ -277,13 +277,25 @@ fn encode_qos2(ids: &[u16]) -> Vec<u8> {
     e.0
 }
 
-/// Decodes the subscriptions column of schema version 2.
-fn decode_v2_subscriptions(blob: &[u8]) -> Result<Vec<StoredSubscription>, String> {
+/// Decodes a list column: the version byte, a count, then that many items.
+fn decode_list<'a, T>(
+    blob: &'a [u8],
+    item: impl Fn(&mut Dec<'a>) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
     let mut d = Dec(blob);
     d.version()?;
     let n = d.count()?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
+        out.push(item(&mut d)?);
+    }
+    d.end()?;
+    Ok(out)
+}
+
+/// Decodes the subscriptions column of schema version 2.
+fn decode_v2_subscriptions(blob: &[u8]) -> Result<Vec<StoredSubscription>, String> {
+    decode_list(blob, |d| {
         let filter = d.string()?;
         let qos = d.u8()?;
         let flags = d.u8()?;
@@ -292,47 +304,31 @@ fn decode_v2_subscriptions(blob: &[u8]) -> Result<Vec<StoredSubscription>, Strin
         } else {
             None
         };
-        out.push(StoredSubscription {
+        Ok(StoredSubscription {
             filter,
             qos,
             no_local: flags & NO_LOCAL != 0,
             retain_as_published: flags & RETAIN_AS_PUBLISHED != 0,
             subscription_id,
-        });
-    }
-    d.end()?;
-    Ok(out)
+        })
+    })
 }
 
 /// Decodes `sessions.inflight`.
 fn decode_inflight(blob: &[u8]) -> Result<Vec<StoredInflight>, String> {
-    let mut d = Dec(blob);
-    d.version()?;
-    let n = d.count()?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(StoredInflight {
+    decode_list(blob, |d| {
+        Ok(StoredInflight {
             packet_id: d.u16()?,
             event_id: d.u64()?,
             qos: d.u8()?,
             stage: d.u8()?,
-        });
-    }
-    d.end()?;
-    Ok(out)
+        })
+    })
 }
 
 /// Decodes `sessions.incoming_qos2`.
 fn decode_qos2(blob: &[u8]) -> Result<Vec<u16>, String> {
-    let mut d = Dec(blob);
-    d.version()?;
-    let n = d.count()?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(d.u16()?);
-    }
-    d.end()?;
-    Ok(out)
+    decode_list(blob, Dec::u16)
 }
 
 /// The version 2 encoding of a session's subscriptions, which only databases of that version
