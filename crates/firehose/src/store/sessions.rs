@@ -126,22 +126,38 @@ fn insert_subscriptions(
 /// (after a clean start, or a new client id). It has no subscriptions yet, except in tests.
 pub(super) fn write_whole(tx: &Transaction<'_>, s: &StoredSession) -> rusqlite::Result<()> {
     delete(tx, &s.client_id)?;
-    let state = &s.state;
     tx.prepare_cached(
-        "INSERT INTO sessions (client_id, owner, address, expiry_interval, disconnected_at_ms, \
-         cursor, inflight, incoming_qos2) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO sessions (client_id, owner, address, expiry_interval, cursor, inflight, \
+         incoming_qos2) VALUES (?1, ?2, ?3, 0, 0, x'', x'')",
     )?
-    .execute(params![
-        s.client_id,
-        s.owner,
-        s.address,
-        state.expiry_interval,
-        state.disconnected_at_ms,
-        to_i64(state.cursor),
-        encode_inflight(&state.inflight),
-        encode_qos2(&state.incoming_qos2),
-    ])?;
-    insert_subscriptions(tx, tx.last_insert_rowid(), &s.subscriptions)
+    .execute(params![s.client_id, s.owner, s.address])?;
+    let id = tx.last_insert_rowid();
+    write_state(tx, &s.client_id, &s.state)?;
+    insert_subscriptions(tx, id, &s.subscriptions)
+}
+
+/// Writes the state of the stored session `client_id`; its key, `None` when none is stored.
+fn write_state(
+    tx: &Transaction<'_>,
+    client_id: &str,
+    state: &StoredSessionState,
+) -> rusqlite::Result<Option<i64>> {
+    tx.prepare_cached(
+        "UPDATE sessions SET expiry_interval = ?2, disconnected_at_ms = ?3, cursor = ?4, \
+         inflight = ?5, incoming_qos2 = ?6 WHERE client_id = ?1 RETURNING id",
+    )?
+    .query_row(
+        params![
+            client_id,
+            state.expiry_interval,
+            state.disconnected_at_ms,
+            to_i64(state.cursor),
+            encode_inflight(&state.inflight),
+            encode_qos2(&state.incoming_qos2),
+        ],
+        |row| row.get(0),
+    )
+    .optional()
 }
 
 /// Writes what changed in a stored session: its state if given, the subscriptions added or
@@ -149,23 +165,7 @@ pub(super) fn write_whole(tx: &Transaction<'_>, s: &StoredSession) -> rusqlite::
 /// deleted since: nothing is written).
 pub(super) fn write_changes(tx: &Transaction<'_>, c: &SessionChanges) -> rusqlite::Result<bool> {
     let id: Option<i64> = match &c.state {
-        Some(state) => tx
-            .prepare_cached(
-                "UPDATE sessions SET expiry_interval = ?2, disconnected_at_ms = ?3, cursor = ?4, \
-                 inflight = ?5, incoming_qos2 = ?6 WHERE client_id = ?1 RETURNING id",
-            )?
-            .query_row(
-                params![
-                    c.client_id,
-                    state.expiry_interval,
-                    state.disconnected_at_ms,
-                    to_i64(state.cursor),
-                    encode_inflight(&state.inflight),
-                    encode_qos2(&state.incoming_qos2),
-                ],
-                |row| row.get(0),
-            )
-            .optional()?,
+        Some(state) => write_state(tx, &c.client_id, state)?,
         None => tx
             .prepare_cached("SELECT id FROM sessions WHERE client_id = ?1")?
             .query_row([&c.client_id], |row| row.get(0))
