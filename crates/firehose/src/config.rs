@@ -368,7 +368,8 @@ pub struct Limits {
     pub max_anonymous_sessions_per_ip: u64,
     /// Longest session expiry, in seconds, granted to anonymous clients (MQTT 5: CONNACK says
     /// the Session Expiry Interval granted): how long the session of a client id never used
-    /// again holds its place in the two quotas above.
+    /// again holds its place in the two quotas above. 0: anonymous sessions end with their
+    /// connection.
     pub max_anonymous_session_expiry_secs: u32,
     /// Most bytes one filter of an anonymous client is charged: its length three times (the
     /// session's copy, the subscription table's and its levels) and 512 bytes per level and

@@ -34,21 +34,21 @@ pub struct Registry {
 struct Inner {
     /// Sessions by client id.
     sessions: HashMap<Arc<str>, Entry>,
+    /// Where each anonymous persistent session is counted, by client id: a map of its own, so
+    /// that the entry every connection has stays small.
+    slots: HashMap<Arc<str>, Slot>,
     /// Anonymous persistent sessions, in total and per address.
     quota: SessionQuota,
 }
 
-/// A registered session with what the registry knows about it. The owner lives here rather
-/// than in [`Session`]: every connection has a session, and its record is kept within the
-/// allocator's 256-byte class.
+/// A registered session with its owner. The owner lives here rather than in [`Session`]: every
+/// connection has a session, and its record is kept within the allocator's 256-byte class.
 #[derive(Debug)]
 struct Entry {
     /// The session.
     session: Arc<Session>,
     /// The identity that created it; only it may resume the session or take its client id.
     owner: Owner,
-    /// Where it is counted in the anonymous session quota (anonymous persistent sessions only).
-    slot: Option<Slot>,
 }
 
 /// What a new connection asks of the registry.
@@ -122,6 +122,7 @@ impl Registry {
         Registry {
             inner: Mutex::new(Inner {
                 sessions: HashMap::new(),
+                slots: HashMap::new(),
                 quota: SessionQuota::new(limits),
             }),
         }
@@ -207,17 +208,25 @@ impl Registry {
                 });
             }
             drop(state);
-            replaced = Some((existing, entry.slot));
+            replaced = Some(existing);
         }
         // Room first: a refusal must leave the old session and its connection as they were.
-        let old_slot = replaced.as_ref().and_then(|(_, slot)| *slot);
+        let old_slot = match &replaced {
+            Some(_) => inner.slots.remove(client_id),
+            None => None,
+        };
         let slot = (owner.is_anonymous() && expiry_interval > 0)
             .then(|| Slot(Some(quota_address(address))));
         match slot {
-            Some(slot) => inner
-                .quota
-                .admit(slot, old_slot)
-                .map_err(AttachRefusal::Quota)?,
+            Some(slot) => {
+                if let Err(full) = inner.quota.admit(slot, old_slot) {
+                    if let Some(old) = old_slot {
+                        inner.slots.insert(client_id.clone(), old);
+                    }
+                    return Err(AttachRefusal::Quota(full));
+                }
+                inner.slots.insert(client_id.clone(), slot);
+            }
             None => {
                 if let Some(old) = old_slot {
                     inner.quota.release(old);
@@ -226,7 +235,7 @@ impl Registry {
         }
         let mut discarded = None;
         let mut old_persisted = false;
-        if let Some((existing, _)) = replaced {
+        if let Some(existing) = replaced {
             let mut state = existing.lock();
             if let Some(waker) = state.link.take().and_then(|mut old| old.take_waker()) {
                 waker.wake();
@@ -260,7 +269,6 @@ impl Registry {
             Entry {
                 session: session.clone(),
                 owner,
-                slot,
             },
         );
         Ok(Attached {
@@ -276,8 +284,10 @@ impl Registry {
     pub fn origin(&self, session: &Arc<Session>) -> Option<(Owner, Option<IpAddr>)> {
         let inner = self.lock();
         let entry = inner.sessions.get(&session.client_id)?;
-        Arc::ptr_eq(&entry.session, session)
-            .then(|| (entry.owner.clone(), entry.slot.and_then(|slot| slot.0)))
+        Arc::ptr_eq(&entry.session, session).then(|| {
+            let address = inner.slots.get(&session.client_id).and_then(|slot| slot.0);
+            (entry.owner.clone(), address)
+        })
     }
 
     /// Wakes every attached connection: at shutdown, after the broker's flag is set, so that
@@ -312,15 +322,11 @@ impl Registry {
             .then(|| Slot(address.map(quota_address)));
         if let Some(slot) = slot {
             inner.quota.count(slot);
+            inner.slots.insert(session.client_id.clone(), slot);
         }
-        inner.sessions.insert(
-            session.client_id.clone(),
-            Entry {
-                session,
-                owner,
-                slot,
-            },
-        );
+        inner
+            .sessions
+            .insert(session.client_id.clone(), Entry { session, owner });
     }
 
     /// Ends `session` if it is still the registered one and `generation` is still current and
@@ -346,7 +352,7 @@ impl Registry {
         let persisted = std::mem::replace(&mut state.persisted, false);
         drop(state);
         let entry = inner.sessions.remove(&session.client_id)?;
-        if let Some(slot) = entry.slot {
+        if let Some(slot) = inner.slots.remove(&session.client_id) {
             inner.quota.release(slot);
         }
         Some(Ended {

@@ -1,7 +1,8 @@
 //! The CONNECT handshake: the first packet (within `limits.connect_timeout_secs`),
 //! authentication (password or the transport's client certificate), the client id (assigned
-//! when empty), keep alive and session expiry, the session attached (resumed or taken over),
-//! and CONNACK. What it builds is the [`Connection`] the serve loop then runs.
+//! when empty, unguessable), keep alive and session expiry (shorter for anonymous clients), the
+//! session attached (resumed or taken over, by its owner only; a new anonymous persistent one
+//! within its quota), and CONNACK. What it builds is the [`Connection`] the serve loop then runs.
 //!
 //! Depends on the broker's shared state (password checks, the session registry, saves), the
 //! publish verdict (for the will) and the outbox; hands the connection to the serve loop.

@@ -1,6 +1,7 @@
 //! Saving a persistent session: its cursor when it moved, and every change a client must not
 //! lose once told (a SUBACK/UNSUBACK, a QoS 2 PUBLISH or PUBREL of a logged message), which
-//! waits until the save is durable ([`Connection::on_saved`]).
+//! waits until the save is durable ([`Connection::on_saved`]). A save names the filters it
+//! changed: the store writes those and the session's state, never its other filters again.
 //!
 //! Depends on the broker's shared state (`Shared::save_session`), the session and the QoS rules.
 
