@@ -473,3 +473,72 @@ fn stored_state(state: &SessionState, connected: bool) -> StoredSessionState {
         incoming_qos2: state.incoming_qos2.iter().copied().collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use firehose_codec::{Protocol, QoS};
+
+    use super::*;
+    use crate::auth::hash_password;
+
+    fn options() -> SubOptions {
+        SubOptions {
+            qos: QoS::AtLeastOnce,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+        }
+    }
+
+    /// A session resumed by its user keeps only the filters the user may still subscribe to;
+    /// the others leave the subscription table, so nothing more is routed by them.
+    #[tokio::test]
+    async fn a_resumed_session_loses_the_filters_its_owner_may_no_longer_subscribe() {
+        let hash = hash_password(b"secret").expect("hash");
+        let users = Users::parse(&format!(
+            "[[user]]\nname = \"reader\"\npassword = \"{hash}\"\nsubscribe = [\"a/#\"]\n"
+        ))
+        .expect("users");
+        let (broker, _dir) = crate::broker::test_broker(Limits::default(), users);
+        let shared = &broker.shared;
+        let identity = shared.identity_of("reader").expect("user");
+        let peer: SocketAddr = "192.0.2.1:1883".parse().expect("address");
+        let request = || AttachRequest {
+            clean_start: false,
+            expiry_interval: 60,
+            protocol: Protocol::V5,
+            queue_limit: 10,
+            cursor: 0,
+            owner: Owner::of(&identity),
+            address: peer.ip(),
+        };
+        let client_id: Arc<str> = "reader-session".into();
+        let first = shared
+            .attach(&client_id, &identity, peer, request())
+            .expect("attached");
+        // As if the users file had allowed more when they were subscribed.
+        for filter in ["a/1", "b/#"] {
+            shared.subscribe(&first.session, &Owner::of(&identity), filter, options());
+            first
+                .session
+                .lock()
+                .subscriptions
+                .insert(filter.into(), options());
+        }
+        first.session.lock().link = None;
+        let resumed = shared
+            .attach(&client_id, &identity, peer, request())
+            .expect("resumed");
+        assert!(resumed.session_present);
+        let kept: Vec<String> = resumed
+            .session
+            .lock()
+            .subscriptions
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(kept, ["a/1"]);
+        assert_eq!(shared.router().filter_count(), 1, "b/# left the table");
+        assert_eq!(stats::get(&shared.stats().subscriptions_revoked), 1);
+    }
+}
