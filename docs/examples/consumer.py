@@ -34,7 +34,7 @@ def on_message(client, userdata, msg):
 
 client = mqtt.Client(
     mqtt.CallbackAPIVersion.VERSION2,
-    client_id="my-ci-consumer",
+    client_id="my-ci-consumer",  # anonymous sessions are shared: use an id nobody can guess
     protocol=mqtt.MQTTv5,
     manual_ack=True,
 )

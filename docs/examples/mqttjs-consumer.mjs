@@ -1,6 +1,7 @@
 // Every Gerrit event with MQTT.js (npm `mqtt`) in Node, as a persistent MQTT 5 session over
-// secure WebSocket: the server keeps this client id's place in its log for a week, so a restart
-// receives what was published meanwhile, and nothing twice.
+// secure WebSocket: the server keeps this client id's place in its log (a day for anonymous
+// clients, by default), so a restart receives what was published meanwhile, and nothing twice.
+// Anonymous clients may resume each other's sessions: use a client id nobody can guess.
 //
 //     npm install mqtt
 //     node mqttjs-consumer.mjs [URL [COUNT]]     # URL: wss://firehose.example.org/mqtt

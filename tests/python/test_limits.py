@@ -1,10 +1,11 @@
 """Limits that bound what clients can make the broker keep, through paho-mqtt on MQTT 3.1.1 and
-5.0: topic depth (`limits.max_topic_levels`) and the retained quota
-(`limits.max_retained_messages`)."""
+5.0: topic depth (`limits.max_topic_levels`), the retained quota
+(`limits.max_retained_messages`), and the quotas of anonymous clients (persistent sessions,
+filter bytes)."""
 
 import time
 
-from mqtt_helpers import PUB, QUIET, V5
+from mqtt_helpers import PUB, QUIET, V5, unique_id
 
 
 def test_topics_deeper_than_the_limit_are_refused(broker_factory, client, protocol):
@@ -82,3 +83,30 @@ def test_retained_messages_beyond_the_quota_are_refused(broker_factory, client, 
     assert kept[f"test/quota/{first_refused}"] == b"room"
     # Messages that are not retained are never limited.
     assert pub.publish("test/quota/not-retained", b"live only", qos=1) == 0
+
+
+def test_anonymous_persistent_sessions_beyond_the_quota_are_refused(broker_factory, client, protocol):
+    """Beyond `max_anonymous_sessions_per_ip`, a new anonymous persistent session is refused
+    (5: 0x97 Quota exceeded, 3.1.1: return code 3); clean sessions and users still connect."""
+    b = broker_factory("[limits]\nmax_anonymous_sessions_per_ip = 2\n")
+    expiry = 300 if protocol == V5 else None
+    for _ in range(2):
+        client(protocol, broker=b, client_id=unique_id("anon"), clean=False, session_expiry=expiry)
+    extra = client(protocol, broker=b, client_id=unique_id("anon"), clean=False,
+                   session_expiry=expiry, expect_rc=None)
+    # paho reports the 3.1.1 return code 3 (server unavailable) as the v5 code 0x88.
+    assert extra.connack_rc == (0x97 if protocol == V5 else 0x88), f"{extra.connack_rc:#04x}"
+    client(protocol, broker=b)
+    client(protocol, broker=b, auth=PUB, clean=False, session_expiry=expiry)
+
+
+def test_anonymous_filters_beyond_their_quota_are_refused(broker_factory, client, protocol):
+    """A filter of an anonymous client charged more than `max_anonymous_filter_bytes` (three
+    times its length and 512 bytes per level and once more) gets SUBACK 0x97 (3.1.1: 0x80); a
+    user's is not limited."""
+    b = broker_factory("[limits]\nmax_anonymous_filter_bytes = 3000\n")
+    anonymous = client(protocol, broker=b)
+    assert anonymous.subscribe("test/a/b/c/d", 1) == [0x97 if protocol == V5 else 0x80]
+    assert anonymous.subscribe("test/a", 1) == [1]
+    user = client(protocol, broker=b, auth=PUB)
+    assert user.subscribe("test/a/b/c/d", 1) == [1]

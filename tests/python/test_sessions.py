@@ -2,7 +2,7 @@
 
 import time
 
-from mqtt_helpers import PUB, TIMEOUT, V5, unique_id
+from mqtt_helpers import LIMITED, PUB, TIMEOUT, V5, unique_id
 
 
 def persistent(protocol):
@@ -166,3 +166,41 @@ def test_takeover_keeps_persistent_session(client, protocol):
     assert second.session_present is True
     client(protocol, auth=PUB).publish("test/takeover/session", b"kept", qos=1)
     assert second.recv().payload == b"kept"
+
+
+def test_another_identitys_client_id_is_refused(client, protocol):
+    """A session belongs to the identity that made it: an anonymous client, or another user,
+    with a user's client id is refused (5: 0x85 Client Identifier not valid, 3.1.1: return
+    code 2), and the user's connection is neither kicked nor its will published."""
+    cid = unique_id("owned")
+    watcher = client(protocol)
+    watcher.sub("test/owned/will", 1)
+    owner = client(protocol, client_id=cid, auth=PUB, will=("test/owned/will", b"gone", 1, False),
+                   **persistent(protocol))
+    owner.sub("test/owned/data", 1)
+    # paho reports the 3.1.1 return code 2 as the v5 code 0x85.
+    refused = 0x85
+    for auth in (None, LIMITED):
+        intruder = client(protocol, client_id=cid, auth=auth, expect_rc=None, **persistent(protocol))
+        assert intruder.connack_rc == refused, f"CONNACK {intruder.connack_rc:#04x}"
+        assert intruder.session_present is False
+    pub = client(protocol, auth=PUB)
+    pub.publish("test/owned/data", b"still connected", qos=1)
+    assert owner.recv().payload == b"still connected"
+    pub.publish("test/owned/will", b"marker", qos=1)
+    assert watcher.until(b"marker") == [], "the owner's will was published"
+
+
+def test_anonymous_sessions_expire_within_the_anonymous_maximum(broker_factory, client, protocol):
+    """An anonymous client asking for a week gets `limits.max_anonymous_session_expiry_secs`
+    (MQTT 5: the CONNACK says so); a user keeps what it asked."""
+    b = broker_factory("[limits]\nmax_anonymous_session_expiry_secs = 60\n")
+    anonymous = client(protocol, broker=b, clean=False,
+                       session_expiry=604800 if protocol == V5 else None)
+    user = client(protocol, broker=b, auth=PUB, clean=False,
+                  session_expiry=604800 if protocol == V5 else None)
+    if protocol == V5:
+        assert anonymous.connack_props.SessionExpiryInterval == 60
+        assert not hasattr(user.connack_props, "SessionExpiryInterval"), "granted as asked"
+    else:
+        assert anonymous.session_present is False and user.session_present is False

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use firehose::broker::message::Message;
 use firehose::broker::router::Router;
-use firehose::broker::session::{Link, Session};
+use firehose::broker::session::{Link, Owner, Session};
 use firehose::broker::stats::Stats;
 use firehose::broker::subscription::SubOptions;
 use firehose::topic::{matches, TopicNames, TopicTrie};
@@ -109,7 +109,7 @@ fn subscribed_sessions(router: &Router, count: usize, topic: &str) -> Vec<Arc<Se
                 retain_as_published: false,
                 id: None,
             };
-            router.subscribe(&session, topic, options);
+            router.subscribe(&session, &Owner::Anonymous, topic, options);
             session
         })
         .collect()

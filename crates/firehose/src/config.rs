@@ -470,6 +470,32 @@ pub struct Limits {
     /// Longest session expiry, in seconds, granted to MQTT 5 clients; 3.1.1 persistent sessions
     /// get this too.
     pub max_session_expiry_secs: u32,
+    /// Most persistent sessions anonymous clients may hold at once, connected or not; a further
+    /// one is refused at CONNECT (MQTT 5: 0x89 Server busy; 3.1.1: return code 3). Sessions of
+    /// users are not counted. 0 = no limit.
+    pub max_anonymous_sessions: u64,
+    /// Most persistent sessions anonymous clients may create from one address (an IPv4
+    /// address, or an IPv6 /64: one host's share); a further one is refused at CONNECT (MQTT 5:
+    /// 0x97 Quota exceeded; 3.1.1: return code 3). 0 = no limit.
+    pub max_anonymous_sessions_per_ip: u64,
+    /// Longest session expiry, in seconds, granted to anonymous clients (MQTT 5: CONNACK says
+    /// the Session Expiry Interval granted): how long the session of a client id never used
+    /// again holds its place in the two quotas above. 0: anonymous sessions end with their
+    /// connection.
+    pub max_anonymous_session_expiry_secs: u32,
+    /// Most bytes one filter of an anonymous client is charged: its length three times (the
+    /// session's copy, the subscription table's and its levels) and 512 bytes per level and
+    /// once more (what a level of the subscription table takes). A larger filter gets SUBACK
+    /// 0x97 (3.1.1: 0x80). 0 = no limit.
+    pub max_anonymous_filter_bytes: u64,
+    /// Most bytes the filters of one anonymous session are charged in all (as
+    /// `max_anonymous_filter_bytes` charges them); beyond, SUBACK 0x97 (3.1.1: 0x80). 0 = no
+    /// limit.
+    pub max_anonymous_session_filter_bytes: u64,
+    /// Most subscriptions anonymous clients hold in all, broker-wide, persistent sessions or
+    /// not; beyond, SUBACK 0x97 (3.1.1: 0x80). Users' subscriptions are not counted. 0 = no
+    /// limit.
+    pub max_anonymous_subscriptions: u64,
 }
 
 impl Limits {
@@ -503,6 +529,12 @@ impl Default for Limits {
             connect_timeout_secs: 10,
             max_keep_alive: 0,
             max_session_expiry_secs: 7 * 24 * 3600,
+            max_anonymous_sessions: 1000,
+            max_anonymous_sessions_per_ip: 32,
+            max_anonymous_session_expiry_secs: 24 * 3600,
+            max_anonymous_filter_bytes: 4096,
+            max_anonymous_session_filter_bytes: 64 * 1024,
+            max_anonymous_subscriptions: 25_000,
         }
     }
 }

@@ -10,13 +10,14 @@
 //!    `/healthz` and `/metrics`).
 //! 2. [`auth`]: the users file, password checks and per-user topic ACLs; [`store`]: the durable
 //!    event log, retained messages and persistent sessions (SQLite: `writer`, `read`, `schema`,
-//!    `checkpoint`, `page_cache`); [`event`]: the JSON form of a stored event, one for the
+//!    `sessions`, `checkpoint`, `page_cache`); [`event`]: the JSON form of a stored event, one for the
 //!    history API and `firehose sub`.
 //! 3. [`broker`]: sessions, routing, retained messages, QoS, wills, `$SYS`. It serves any
 //!    `AsyncRead + AsyncWrite` stream and knows nothing of sockets. Inside: `connection/` (one
 //!    file per concern of a connection: handshake, serve loop, inbound, publish, subscribe,
 //!    outbound, QoS rules, topic aliases, catch-up, save, end), `pipeline/` (an accepted
-//!    PUBLISH from verdict to routing, in data-flow order), `admission`, `session`, `router`.
+//!    PUBLISH from verdict to routing, in data-flow order), `admission`, `session`, `registry`
+//!    (client ids, owners), `quota` (what anonymous clients may make it keep), `router`.
 //! 4. [`transport`]: listeners that accept connections and hand streams to the broker (TCP, TLS,
 //!    WebSocket, the HTTP service with the history and publish APIs); [`bridge`]: one folder
 //!    per source (`gerrit`, `webhooks`, `syslog`, `mail`), each with its own `config.rs`, turned

@@ -423,6 +423,15 @@ fn resume_file_over_mqtt_gets_what_was_missed_while_down() {
         serde_json::from_str(&std::fs::read_to_string(&resume).expect("resume file"))
             .expect("JSON");
     assert!(state["client_id"].is_string(), "{state}");
+    // Unguessable: anonymous clients may resume any anonymous session whose id they know.
+    let random = state["client_id"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("firehose-sub-"))
+        .unwrap_or_default();
+    assert!(
+        random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit()),
+        "128 random bits: {state}"
+    );
     // Published while the consumer is down.
     publish_ok(&node, "m/2", "second");
     publish_ok(&node, "m/3", "third");

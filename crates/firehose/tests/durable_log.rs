@@ -40,12 +40,7 @@ fn version_name(v5: bool) -> &'static str {
 /// CONNECT options of a persistent session: clean session 0 (3.1.1), or clean start 0 with a
 /// session expiry of 600 s (5.0).
 fn persistent(v5: bool, client_id: &str) -> ConnectOpts {
-    let opts = ConnectOpts::new(v5, client_id).clean(false);
-    if v5 {
-        opts.props(PropsOut::new().u32(prop::SESSION_EXPIRY, 600))
-    } else {
-        opts
-    }
+    ConnectOpts::persistent(v5, client_id, 600)
 }
 
 /// Publishes QoS 1 and asserts the PUBACK accepts it.

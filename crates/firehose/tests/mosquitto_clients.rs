@@ -4,6 +4,7 @@
 //! `scripts/test` installs `mosquitto-clients`; without them these tests fail with a message
 //! that says so.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -12,22 +13,6 @@ use common::{
     have_mosquitto_clients, mosquitto_pub, mosquitto_pub_ok, MosquittoSub, Server, SubMessage,
     LIMITED_PASSWORD, PUB_PASSWORD,
 };
-
-/// Generates one `#[test]` per protocol version calling `$body(v5: bool)`.
-macro_rules! both_versions {
-    ($($name:ident;)*) => {$(
-        mod $name {
-            #[test]
-            fn v311() {
-                super::$name(false)
-            }
-            #[test]
-            fn v5() {
-                super::$name(true)
-            }
-        }
-    )*};
-}
 
 both_versions! {
     publish_subscribe_all_qos;

@@ -4,6 +4,7 @@
 //!
 //! The packets are built and parsed by `common::wire`, which shares no code with the broker.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -14,22 +15,6 @@ use common::{
     assert_serves, Got, RawClient, Server, ServerOptions, LIMITED_PASSWORD, PUB_PASSWORD, QUIET,
     TIMEOUT,
 };
-
-/// Generates one `#[test]` per protocol version calling `$body(v5: bool)`.
-macro_rules! both_versions {
-    ($($name:ident => $body:ident;)*) => {$(
-        mod $name {
-            #[test]
-            fn v311() {
-                super::$body(false)
-            }
-            #[test]
-            fn v5() {
-                super::$body(true)
-            }
-        }
-    )*};
-}
 
 both_versions! {
     qos_levels_delivered => qos_levels_delivered;
@@ -550,12 +535,7 @@ fn takeover_of_an_idle_connection(v5: bool) {
 
 /// CONNECT for a persistent session: 3.1.1 clean session 0, v5 clean start 0 + expiry 300 s.
 fn persistent(v5: bool, id: &str) -> ConnectOpts {
-    let opts = ConnectOpts::new(v5, id).clean(false);
-    if v5 {
-        opts.props(PropsOut::new().u32(prop::SESSION_EXPIRY, 300))
-    } else {
-        opts
-    }
+    ConnectOpts::persistent(v5, id, 300)
 }
 
 fn session_resumes_with_dup_redelivery(v5: bool) {

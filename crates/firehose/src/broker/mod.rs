@@ -18,7 +18,11 @@
 //!   in log order) and `pressure` (what flows back: paused readers and publishers).
 //! - `shared`: the broker's shared state, reached through named methods.
 //! - `admission`: connection limits, and the permit that holds a connection's slot.
-//! - [`session`]: what outlives a connection, and the client-id registry (takeover, resume).
+//! - [`session`]: what outlives a connection, and who owns it.
+//! - [`registry`]: the client-id registry (takeover, resume), ownership and the anonymous
+//!   session quota under one lock.
+//! - [`quota`]: what anonymous clients may make the broker keep: sessions, their expiry,
+//!   filters.
 //! - [`subscription`]: one subscription's options and its filter (`$share` groups).
 //! - [`router`]: the subscription table and retained messages; fan-out.
 //! - [`retained`]: the retained messages by topic, and their quota.
@@ -33,6 +37,8 @@ pub mod message;
 pub mod outbox;
 mod passwords;
 mod pipeline;
+pub mod quota;
+pub mod registry;
 mod restore;
 pub mod retained;
 pub mod router;

@@ -1,14 +1,20 @@
 //! Startup: retained messages and persistent sessions back from the store.
+//!
+//! Depends on the broker's shared state (router, registry, quotas, store), the identities of
+//! the users file (whose sessions may keep which filters) and the anonymous quotas.
 
 use std::sync::Arc;
 
 use firehose_codec::{Protocol, QoS};
 
 use super::message::{now_ms, Delivery, Message};
-use super::session::{Session, Stage};
+use super::quota::granted_expiry;
+use super::session::{Owner, Session, Stage};
 use super::shared::Shared;
+use super::stats;
 use super::subscription::SubOptions;
-use crate::store::StoreError;
+use crate::auth::Identity;
+use crate::store::{SessionChanges, StoreError, StoredSubscription};
 
 /// Loads the retained messages into the router, all of them: a quota lowered since they were
 /// kept refuses new retained topics until enough are cleared, and forgets none.
@@ -32,17 +38,38 @@ pub(super) fn retained(shared: &Shared) -> Result<(), StoreError> {
 
 /// Re-creates every unexpired persistent session, offline and lagging from its cursor, and
 /// forgets the expired ones.
+///
+/// Each is checked as if its owner connected now: its expiry is at most what the owner would
+/// be granted ([`granted_expiry`]: anonymous sessions expire sooner), and its filters must be
+/// ones the owner may subscribe to; the others are dropped, logged and deleted from the store
+/// before anything is routed. The session of a user no longer in the users file is left in
+/// the store and not restored: nobody can resume it, and it comes back (or expires) at the
+/// first start whose users file has its user again. Anonymous sessions count in their quotas
+/// whatever the limits: stored sessions are all kept.
 pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
     let now = now_ms();
-    let queue_limit = usize::try_from(shared.limits().send_queue).unwrap_or(usize::MAX);
-    let mut restored = 0;
+    let limits = shared.limits();
+    let queue_limit = usize::try_from(limits.send_queue).unwrap_or(usize::MAX);
+    let (mut restored, mut orphaned) = (0, 0);
     for stored in shared.store().load_sessions()? {
-        let remaining_secs = match stored.disconnected_at_ms {
-            _ if stored.expiry_interval == u32::MAX => None,
+        let (owner, identity) = match &stored.owner {
+            None => (Owner::Anonymous, Identity::Anonymous),
+            Some(name) => match shared.identity_of(name) {
+                Some(identity) => (Owner::User(name.as_str().into()), identity),
+                None => {
+                    orphaned += 1;
+                    continue;
+                }
+            },
+        };
+        let state = &stored.state;
+        let expiry = granted_expiry(limits, &identity, state.expiry_interval);
+        let remaining_secs = match state.disconnected_at_ms {
+            _ if expiry == u32::MAX => None,
             // A session that was connected when the broker stopped counts from now.
-            None => Some(u64::from(stored.expiry_interval)),
+            None => Some(u64::from(expiry)),
             Some(at) => {
-                let ends = at.saturating_add(i64::from(stored.expiry_interval) * 1000);
+                let ends = at.saturating_add(i64::from(expiry) * 1000);
                 if ends <= now {
                     shared.store().delete_session(&stored.client_id);
                     continue;
@@ -53,24 +80,24 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
         let session = Arc::new(Session::new(
             stored.client_id.as_str().into(),
             Protocol::V5,
-            stored.expiry_interval,
+            expiry,
             queue_limit,
-            stored.cursor,
+            state.cursor,
         ));
+        let (allowed, revoked): (Vec<_>, Vec<_>) = stored
+            .subscriptions
+            .iter()
+            .partition(|sub| identity.may_subscribe(&sub.filter));
         {
-            let mut state = session.lock();
-            for sub in &stored.subscriptions {
-                let options = SubOptions {
-                    qos: QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce),
-                    no_local: sub.no_local,
-                    retain_as_published: sub.retain_as_published,
-                    id: sub.subscription_id,
-                };
-                state.subscriptions.insert(sub.filter.clone(), options);
+            let mut session_state = session.lock();
+            for sub in &allowed {
+                session_state
+                    .subscriptions
+                    .insert(sub.filter.clone(), options_of(sub));
             }
-            for inflight in &stored.inflight {
+            for inflight in &state.inflight {
                 if inflight.stage == 2 {
-                    state.delivered_ahead.insert(inflight.event_id);
+                    session_state.delivered_ahead.insert(inflight.event_id);
                     continue;
                 }
                 let Some(event) = shared.store().get(inflight.event_id)? else {
@@ -83,7 +110,7 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
                     (QoS::ExactlyOnce, _) => Stage::AwaitPubRec,
                     _ => Stage::AwaitPubAck,
                 };
-                state.delivered_ahead.insert(inflight.event_id);
+                session_state.delivered_ahead.insert(inflight.event_id);
                 let delivery = Delivery {
                     retain: false,
                     subscription_ids: Vec::new(),
@@ -91,19 +118,37 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
                     qos,
                     message,
                 };
-                state.add_inflight(inflight.packet_id, delivery, stage);
+                session_state.add_inflight(inflight.packet_id, delivery, stage);
             }
-            state
+            session_state
                 .incoming_qos2
-                .extend(stored.incoming_qos2.iter().copied());
+                .extend(state.incoming_qos2.iter().copied());
         }
-        for sub in &stored.subscriptions {
-            let options = session.lock().subscriptions.get(&sub.filter).copied();
-            if let Some(options) = options {
-                shared.router().subscribe(&session, &sub.filter, options);
-            }
+        if !revoked.is_empty() {
+            let filters: Vec<String> = revoked.iter().map(|sub| sub.filter.clone()).collect();
+            stats::add(&shared.stats().subscriptions_revoked, filters.len() as u64);
+            tracing::warn!(client = ?stored.client_id, owner = %owner, filters = ?filters,
+                "stored subscriptions dropped: the users file no longer lets their owner subscribe to them");
+            shared.store().update_session(
+                SessionChanges {
+                    client_id: stored.client_id.clone(),
+                    state: None,
+                    subscribed: Vec::new(),
+                    unsubscribed: filters,
+                },
+                None,
+            );
         }
-        shared.registry().restore(session.clone());
+        for sub in &allowed {
+            shared
+                .router()
+                .subscribe(&session, &owner, &sub.filter, options_of(sub));
+        }
+        if owner.is_anonymous() {
+            shared.quotas().count_subscriptions(allowed.len());
+        }
+        let address = stored.address.as_deref().and_then(|a| a.parse().ok());
+        shared.registry().restore(session.clone(), owner, address);
         if let Some(secs) = remaining_secs {
             shared.schedule_expiry(session, 0, secs);
         }
@@ -115,5 +160,29 @@ pub(super) fn sessions(shared: &Arc<Shared>) -> Result<(), StoreError> {
             "restored persistent sessions from the store"
         );
     }
+    if orphaned > 0 {
+        tracing::warn!(
+            sessions = orphaned,
+            "persistent sessions of users no longer in the users file were left in the store, \
+             not restored: nobody can resume them until their users are back"
+        );
+    }
+    if shared.registry().over_quota() {
+        tracing::warn!(
+            sessions = shared.registry().anonymous_sessions(),
+            "the stored anonymous persistent sessions exceed limits.max_anonymous_sessions: \
+             new ones are refused until enough expire"
+        );
+    }
     Ok(())
+}
+
+/// The options of a stored subscription.
+fn options_of(sub: &StoredSubscription) -> SubOptions {
+    SubOptions {
+        qos: QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce),
+        no_local: sub.no_local,
+        retain_as_published: sub.retain_as_published,
+        id: sub.subscription_id,
+    }
 }

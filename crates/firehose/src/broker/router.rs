@@ -2,6 +2,10 @@
 //! subscription groups, retained messages, and the fan-out of one message to every session
 //! that wants it.
 //!
+//! A `$share` group is one per filter, name and owner of its members' sessions: anonymous
+//! clients and each user have groups of their own, so that nobody takes another identity's
+//! share of its messages by joining a group of the same name.
+//!
 //! Publishers only take the table's read lock, so publishes from many connections route in
 //! parallel; subscribe and unsubscribe take the write lock briefly.
 //!
@@ -14,7 +18,7 @@ use std::time::Instant;
 
 use super::message::{Delivery, Message};
 use super::retained::Retained;
-use super::session::Session;
+use super::session::{Owner, Session};
 use super::stats::Stats;
 use super::subscription::{parse_filter, ParsedFilter, SubOptions};
 use crate::topic::TopicTrie;
@@ -27,9 +31,22 @@ struct Subscriber {
 
 #[derive(Debug)]
 struct SharedGroup {
+    /// The group name of `$share/<name>/<filter>`.
     name: String,
+    /// Whose sessions the members are: a group of the same name and filter by another
+    /// identity is another group.
+    owner: Owner,
+    /// The sessions that take turns.
     members: Vec<Subscriber>,
+    /// Where the round robin goes next.
     next: AtomicUsize,
+}
+
+impl SharedGroup {
+    /// Whether this is the group `name` of `owner`'s sessions.
+    fn is(&self, name: &str, owner: &Owner) -> bool {
+        self.name == name && self.owner == *owner
+    }
 }
 
 #[derive(Debug, Default)]
@@ -69,19 +86,27 @@ impl Router {
         self.table.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds or replaces `session`'s subscription to `raw_filter`. Returns whether it existed.
-    pub fn subscribe(&self, session: &Arc<Session>, raw_filter: &str, options: SubOptions) -> bool {
+    /// Adds or replaces `session`'s subscription to `raw_filter`; `owner` is the session's
+    /// (it picks the `$share` group). Returns whether it existed.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        owner: &Owner,
+        raw_filter: &str,
+        options: SubOptions,
+    ) -> bool {
         let parsed = parse_filter(raw_filter);
         let mut table = self.write();
         let entry = table.entry_or_insert_with(parsed.filter, FilterEntry::default);
         let list = match parsed.group {
             None => &mut entry.direct,
             Some(name) => {
-                let index = match entry.shared.iter().position(|g| g.name == name) {
+                let index = match entry.shared.iter().position(|g| g.is(name, owner)) {
                     Some(i) => i,
                     None => {
                         entry.shared.push(SharedGroup {
                             name: name.to_owned(),
+                            owner: owner.clone(),
                             members: Vec::new(),
                             next: AtomicUsize::new(0),
                         });
@@ -108,27 +133,30 @@ impl Router {
         }
     }
 
-    /// Removes `session`'s subscription to `raw_filter`. Returns whether it existed.
-    pub fn unsubscribe(&self, session: &Arc<Session>, raw_filter: &str) -> bool {
+    /// Removes `session`'s subscription to `raw_filter` (`owner` is the session's). Returns
+    /// whether it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, owner: &Owner, raw_filter: &str) -> bool {
         let parsed = parse_filter(raw_filter);
         let mut table = self.write();
-        Self::remove_locked(&mut table, session, parsed)
+        Self::remove_locked(&mut table, session, owner, parsed)
     }
 
-    /// Removes every listed subscription of a session that ended.
-    pub fn remove_all(&self, session: &Arc<Session>, raw_filters: &[String]) {
+    /// Removes every listed subscription of `session` (`owner` is the session's): it ended, or
+    /// lost them.
+    pub fn remove_all(&self, session: &Arc<Session>, owner: &Owner, raw_filters: &[String]) {
         if raw_filters.is_empty() {
             return;
         }
         let mut table = self.write();
         for raw in raw_filters {
-            Self::remove_locked(&mut table, session, parse_filter(raw));
+            Self::remove_locked(&mut table, session, owner, parse_filter(raw));
         }
     }
 
     fn remove_locked(
         table: &mut TopicTrie<FilterEntry>,
         session: &Arc<Session>,
+        owner: &Owner,
         parsed: ParsedFilter<'_>,
     ) -> bool {
         let Some(entry) = table.get_mut(parsed.filter) else {
@@ -136,7 +164,7 @@ impl Router {
         };
         let removed = match parsed.group {
             None => remove_member(&mut entry.direct, session),
-            Some(name) => match entry.shared.iter().position(|g| g.name == name) {
+            Some(name) => match entry.shared.iter().position(|g| g.is(name, owner)) {
                 Some(i) => {
                     let removed = remove_member(&mut entry.shared[i].members, session);
                     if entry.shared[i].members.is_empty() {
@@ -329,7 +357,7 @@ mod tests {
     use bytes::Bytes;
     use firehose_codec::{Protocol, PublishProperties, QoS};
 
-    use crate::broker::session::{AttachRequest, Registry};
+    use crate::broker::registry::{AttachRequest, Registry};
 
     fn online(registry: &Registry, id: &str) -> Arc<Session> {
         registry
@@ -341,8 +369,11 @@ mod tests {
                     protocol: Protocol::V5,
                     queue_limit: 100,
                     cursor: 0,
+                    owner: Owner::Anonymous,
+                    address: std::net::Ipv4Addr::LOCALHOST.into(),
                 },
             )
+            .expect("attached")
             .session
     }
 
@@ -391,6 +422,7 @@ mod tests {
         let a = online(&registry, "a");
         router.subscribe(
             &a,
+            &Owner::Anonymous,
             "x/+",
             SubOptions {
                 id: Some(1),
@@ -399,6 +431,7 @@ mod tests {
         );
         router.subscribe(
             &a,
+            &Owner::Anonymous,
             "x/#",
             SubOptions {
                 id: Some(2),
@@ -428,7 +461,7 @@ mod tests {
         let registry = Registry::default();
         let router = Router::default();
         let a = online(&registry, "a");
-        router.subscribe(&a, "t", opts(QoS::ExactlyOnce));
+        router.subscribe(&a, &Owner::Anonymous, "t", opts(QoS::ExactlyOnce));
         router.publish(&message("t", QoS::AtLeastOnce, false, b"1"), &Stats::new());
         assert_eq!(queued(&a)[0].1, QoS::AtLeastOnce);
     }
@@ -440,6 +473,7 @@ mod tests {
         let me = online(&registry, "publisher");
         router.subscribe(
             &me,
+            &Owner::Anonymous,
             "t",
             SubOptions {
                 no_local: true,
@@ -462,8 +496,18 @@ mod tests {
         let stats = Stats::new();
         let a = online(&registry, "a");
         let b = online(&registry, "b");
-        router.subscribe(&a, "$share/g/jobs/#", opts(QoS::AtLeastOnce));
-        router.subscribe(&b, "$share/g/jobs/#", opts(QoS::AtLeastOnce));
+        router.subscribe(
+            &a,
+            &Owner::Anonymous,
+            "$share/g/jobs/#",
+            opts(QoS::AtLeastOnce),
+        );
+        router.subscribe(
+            &b,
+            &Owner::Anonymous,
+            "$share/g/jobs/#",
+            opts(QoS::AtLeastOnce),
+        );
         for _ in 0..10 {
             assert_eq!(
                 router
@@ -474,6 +518,38 @@ mod tests {
         }
         assert_eq!(queued(&a).len(), 5);
         assert_eq!(queued(&b).len(), 5);
+    }
+
+    #[test]
+    fn a_shared_group_of_the_same_name_is_another_group_for_another_owner() {
+        let registry = Registry::default();
+        let router = Router::default();
+        let stats = Stats::new();
+        let user = online(&registry, "u");
+        let anonymous = online(&registry, "a");
+        let alice = Owner::User("alice".into());
+        router.subscribe(&user, &alice, "$share/g/jobs/#", opts(QoS::AtLeastOnce));
+        router.subscribe(
+            &anonymous,
+            &Owner::Anonymous,
+            "$share/g/jobs/#",
+            opts(QoS::AtLeastOnce),
+        );
+        for _ in 0..4 {
+            let fanout = router.publish(&message("jobs/1", QoS::AtLeastOnce, false, b"1"), &stats);
+            assert_eq!(fanout.reached, 2, "one member of each group");
+        }
+        assert_eq!(
+            queued(&user).len(),
+            4,
+            "the user's group takes every message"
+        );
+        assert_eq!(queued(&anonymous).len(), 4);
+        assert!(
+            !router.unsubscribe(&user, &Owner::Anonymous, "$share/g/jobs/#"),
+            "another owner's group is not the user's"
+        );
+        assert!(router.unsubscribe(&user, &alice, "$share/g/jobs/#"));
     }
 
     #[test]
@@ -497,16 +573,16 @@ mod tests {
         let registry = Registry::default();
         let router = Router::default();
         let a = online(&registry, "a");
-        assert!(!router.subscribe(&a, "a/b", opts(QoS::AtMostOnce)));
+        assert!(!router.subscribe(&a, &Owner::Anonymous, "a/b", opts(QoS::AtMostOnce)));
         assert!(
-            router.subscribe(&a, "a/b", opts(QoS::AtLeastOnce)),
+            router.subscribe(&a, &Owner::Anonymous, "a/b", opts(QoS::AtLeastOnce)),
             "second time it existed"
         );
-        router.subscribe(&a, "$share/g/a/b", opts(QoS::AtMostOnce));
-        assert!(router.unsubscribe(&a, "a/b"));
-        assert!(!router.unsubscribe(&a, "a/b"));
+        router.subscribe(&a, &Owner::Anonymous, "$share/g/a/b", opts(QoS::AtMostOnce));
+        assert!(router.unsubscribe(&a, &Owner::Anonymous, "a/b"));
+        assert!(!router.unsubscribe(&a, &Owner::Anonymous, "a/b"));
         assert_eq!(router.filter_count(), 1);
-        router.remove_all(&a, &["$share/g/a/b".to_owned()]);
+        router.remove_all(&a, &Owner::Anonymous, &["$share/g/a/b".to_owned()]);
         assert_eq!(router.filter_count(), 0);
     }
 
@@ -515,7 +591,7 @@ mod tests {
         let registry = Registry::default();
         let router = Router::default();
         let a = online(&registry, "a");
-        router.subscribe(&a, "#", opts(QoS::AtLeastOnce));
+        router.subscribe(&a, &Owner::Anonymous, "#", opts(QoS::AtLeastOnce));
         assert_eq!(
             router
                 .publish(

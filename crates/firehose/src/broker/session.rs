@@ -1,8 +1,9 @@
 //! Session state: what outlives a connection (subscriptions, queued and unacknowledged
-//! messages, QoS 2 packet ids), and the registry that maps client ids to sessions.
+//! messages, QoS 2 packet ids), and who owns it ([`Owner`]). The registry that maps client ids
+//! to sessions is [`super::registry`].
 //!
-//! Depends on messages, counters and the subscription options, never on the router (which
-//! points at sessions).
+//! Depends on messages, counters, the subscription options and the identity a session's owner
+//! is made of, never on the router (which points at sessions).
 //!
 //! Lock order: registry, then one session. Never call into the router while holding a session
 //! lock: the router's publish path takes the subscription table, then session locks.
@@ -18,6 +19,7 @@ use firehose_codec::{Protocol, QoS};
 use super::message::Delivery;
 use super::stats::{self, Stats};
 use super::subscription::SubOptions;
+use crate::auth::Identity;
 
 /// How long a session may be behind without taking a single delivery before it counts as
 /// stuck (a client that stopped reading) rather than slow: a stuck subscriber only loses its
@@ -101,7 +103,7 @@ pub struct Inflight {
 ///
 /// Its waker is how everything reaches an idle connection: the queue stopping being empty
 /// (`woken`), a takeover (a new connection attaches: the session's generation is no
-/// longer the old connection's) and shutdown ([`Registry::wake_all`]). Why not a `Notify`
+/// longer the old connection's) and shutdown (`Registry::wake_all`). Why not a `Notify`
 /// each: a connection waits on them all its life, and every `Notified` it keeps registered is
 /// 64 bytes in its task, besides the `Notify` itself.
 ///
@@ -121,8 +123,50 @@ impl Link {
     }
 
     /// Takes the waker, to wake the connection once the session lock is released.
-    fn take_waker(&mut self) -> Option<Waker> {
+    pub(super) fn take_waker(&mut self) -> Option<Waker> {
         self.waker.take()
+    }
+}
+
+/// The identity a session belongs to: the one that created it. Anonymous clients are one
+/// identity; a user is known by name (the users file's, or the TLS client certificate's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// Created by a client without credentials: any anonymous client may resume it.
+    Anonymous,
+    /// Created by this user: only this user may resume it or take its client id.
+    User(Arc<str>),
+}
+
+impl Owner {
+    /// The owner of the sessions `identity` creates.
+    pub fn of(identity: &Identity) -> Owner {
+        match identity {
+            Identity::Anonymous => Owner::Anonymous,
+            Identity::User(_) => Owner::User(identity.shared_name()),
+        }
+    }
+
+    /// The owner as the store records it: the user name, `None` for anonymous.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Owner::Anonymous => None,
+            Owner::User(name) => Some(name),
+        }
+    }
+
+    /// Whether anonymous clients own the session.
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self, Owner::Anonymous)
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Anonymous => f.write_str("anonymous clients"),
+            Owner::User(name) => write!(f, "user {name:?}"),
+        }
     }
 }
 
@@ -169,8 +213,10 @@ pub struct SessionState {
     /// While set, live routing skips this session and its connection reads what it missed from
     /// the log instead (offline, or fallen behind with a full queue).
     pub lagging: bool,
-    /// Whether something worth saving changed since the session was last saved.
-    pub dirty: bool,
+    /// Whether the store's copy of the session, as of its last save, is this session's: then
+    /// a save writes only what changed. `false` for a new session (its first save replaces
+    /// whatever a previous session of its client id left) and after the copy was deleted.
+    pub saved_whole: bool,
     /// Whether the store may hold a copy of this session (so ending it must delete that).
     pub persisted: bool,
     /// When the connection last took a delivery from the queue: a session behind that takes
@@ -329,7 +375,7 @@ impl Session {
                 ended: false,
                 cursor,
                 lagging: false,
-                dirty: false,
+                saved_whole: false,
                 persisted: false,
                 last_progress: Instant::now(),
                 delivered_ahead: DeliveredAhead::default(),
@@ -530,6 +576,44 @@ impl SessionState {
         }
     }
 
+    /// Lets go of the queue of a persistent session whose connection ended, so that an
+    /// offline session keeps no deliveries but its unacknowledged ones (`inflight`, resent on
+    /// resume as MQTT requires).
+    ///
+    /// Why: a client that stops reading fills its queue up to `limits.send_queue` deliveries,
+    /// which would otherwise stay in memory for as long as the session is kept. The logged
+    /// messages in it are read again from the log on resume: the cursor goes back to before
+    /// the first of them, and inflight messages above it are remembered as delivered ahead so
+    /// that catch-up does not send them twice. The rest (QoS 0, retained messages sent on
+    /// subscribe) are dropped, as MQTT allows for a session without a connection.
+    pub fn shed_queue(&mut self) {
+        let first_logged = self
+            .queue
+            .iter()
+            .filter(|d| d.from_log && d.message.id != 0)
+            .map(|d| d.message.id)
+            .min();
+        // A new, empty queue: the old one's buffer (up to `send_queue` slots) is freed.
+        self.queue = VecDeque::new();
+        let Some(first) = first_logged else {
+            return;
+        };
+        let cursor = first - 1;
+        if cursor >= self.cursor {
+            return;
+        }
+        let ahead: Vec<u64> = self
+            .inflight
+            .values()
+            .filter(|f| f.delivery.from_log && f.delivery.message.id > cursor)
+            .map(|f| f.delivery.message.id)
+            .collect();
+        for id in ahead {
+            self.delivered_ahead.insert(id);
+        }
+        self.cursor = cursor;
+    }
+
     /// Inflight messages in the order they were first sent.
     pub fn inflight_in_order(&self) -> Vec<(u16, Inflight)> {
         let mut all: Vec<(u16, Inflight)> = self
@@ -542,176 +626,6 @@ impl SessionState {
     }
 }
 
-/// Client id to session, for takeover and resume.
-#[derive(Debug, Default)]
-pub struct Registry {
-    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
-}
-
-/// What a new connection asks of the registry.
-#[derive(Debug)]
-pub struct AttachRequest {
-    /// Discard any existing session.
-    pub clean_start: bool,
-    /// Session Expiry Interval granted, in seconds.
-    pub expiry_interval: u32,
-    /// Protocol of the connection.
-    pub protocol: Protocol,
-    /// Most deliveries queued for the session.
-    pub queue_limit: usize,
-    /// Log position a new session starts from.
-    pub cursor: u64,
-}
-
-/// Result of attaching a new connection to a session.
-#[derive(Debug)]
-pub struct Attached {
-    /// The session the connection now owns.
-    pub session: Arc<Session>,
-    /// Whether it existed before (CONNACK session present).
-    pub session_present: bool,
-    /// The connection's generation.
-    pub generation: u64,
-    /// Subscriptions of a discarded previous session, for the caller to remove from the router.
-    pub discarded: Option<(Arc<Session>, Vec<String>)>,
-}
-
-impl Registry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Number of sessions, connected or not.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether there are no sessions.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Attaches a connection to the session of `client_id`: resumes it unless `clean_start`,
-    /// and kicks any connection already attached (client-id takeover).
-    pub fn attach(&self, client_id: &Arc<str>, request: AttachRequest) -> Attached {
-        let AttachRequest {
-            clean_start,
-            expiry_interval,
-            protocol,
-            queue_limit,
-            cursor,
-        } = request;
-        let mut sessions = self.lock();
-        let mut discarded = None;
-        let mut old_persisted = false;
-        if let Some(existing) = sessions.get(client_id).cloned() {
-            let mut state = existing.lock();
-            // Taking the link is the kick: the old connection no longer finds its generation.
-            if let Some(waker) = state.link.take().and_then(|mut old| old.take_waker()) {
-                waker.wake();
-            }
-            // A session with expiry 0 ends with its connection, even when a takeover closes
-            // that connection: it is never resumed.
-            if !clean_start && !state.ended && state.expiry_interval != 0 {
-                state.generation += 1;
-                let generation = state.generation;
-                state.link = Some(Link::new());
-                state.expiry_interval = expiry_interval;
-                state.protocol = protocol;
-                drop(state);
-                existing.set_online(true);
-                return Attached {
-                    session: existing,
-                    session_present: true,
-                    generation,
-                    discarded: None,
-                };
-            }
-            state.ended = true;
-            state.queue.clear();
-            state.inflight.clear();
-            // The new session replaces the stored copy (or deletes it when it is not persistent).
-            old_persisted = std::mem::replace(&mut state.persisted, false);
-            let filters = state.subscriptions.drain().map(|(f, _)| f).collect();
-            drop(state);
-            existing.set_online(false);
-            discarded = Some((existing, filters));
-        }
-        let session = Arc::new(Session::new(
-            client_id.clone(),
-            protocol,
-            expiry_interval,
-            queue_limit,
-            cursor,
-        ));
-        {
-            let mut state = session.lock();
-            state.generation = 1;
-            state.link = Some(Link::new());
-            state.persisted = old_persisted;
-        }
-        session.set_online(true);
-        sessions.insert(client_id.clone(), session.clone());
-        Attached {
-            session,
-            session_present: false,
-            generation: 1,
-            discarded,
-        }
-    }
-
-    /// Wakes every attached connection: at shutdown, after the broker's flag is set, so that
-    /// each finds it. A connection registers its waker before it reads the flag, under its
-    /// session's lock, and this takes the same lock after the flag is set: either it sees the
-    /// waker, or the connection sees the flag.
-    pub fn wake_all(&self) {
-        let sessions: Vec<Arc<Session>> = self.lock().values().cloned().collect();
-        for session in sessions {
-            session.wake_connection();
-        }
-    }
-
-    /// Registers a session restored from the store (offline, lagging from its cursor).
-    pub fn restore(&self, session: Arc<Session>) {
-        {
-            let mut state = session.lock();
-            state.lagging = true;
-            state.persisted = true;
-        }
-        self.lock().insert(session.client_id.clone(), session);
-    }
-
-    /// Ends `session` if it is still the registered one and `generation` is still current and
-    /// offline; returns the filters to remove from the router.
-    /// Also says whether the store may hold a copy to delete.
-    pub fn end_if_current(
-        &self,
-        session: &Arc<Session>,
-        generation: u64,
-    ) -> Option<(Vec<String>, bool)> {
-        let mut sessions = self.lock();
-        let mut state = session.lock();
-        if state.ended || state.generation != generation || state.link.is_some() {
-            return None;
-        }
-        state.ended = true;
-        state.queue.clear();
-        state.inflight.clear();
-        let filters = state.subscriptions.drain().map(|(f, _)| f).collect();
-        let persisted = std::mem::replace(&mut state.persisted, false);
-        drop(state);
-        if sessions
-            .get(&session.client_id)
-            .is_some_and(|s| Arc::ptr_eq(s, session))
-        {
-            sessions.remove(&session.client_id);
-        }
-        Some((filters, persisted))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,6 +633,7 @@ mod tests {
     use firehose_codec::PublishProperties;
 
     use crate::broker::message::Message;
+    use crate::broker::registry::{AttachRequest, Attached, Registry};
 
     #[test]
     fn subscriptions_replace_remove_and_drain_like_a_map() {
@@ -769,16 +684,20 @@ mod tests {
     }
 
     fn attach(registry: &Registry, clean: bool) -> Attached {
-        registry.attach(
-            &Arc::from("c"),
-            AttachRequest {
-                clean_start: clean,
-                expiry_interval: 60,
-                protocol: Protocol::V5,
-                queue_limit: 2,
-                cursor: 0,
-            },
-        )
+        registry
+            .attach(
+                &Arc::from("c"),
+                AttachRequest {
+                    clean_start: clean,
+                    expiry_interval: 60,
+                    protocol: Protocol::V5,
+                    queue_limit: 2,
+                    cursor: 0,
+                    owner: Owner::Anonymous,
+                    address: std::net::Ipv4Addr::LOCALHOST.into(),
+                },
+            )
+            .expect("attached")
     }
 
     /// A waker that counts its wakes, standing for a connection's task.
@@ -934,19 +853,51 @@ mod tests {
     }
 
     #[test]
+    fn an_offline_session_sheds_its_queue_and_reads_it_again_from_the_log() {
+        let registry = Registry::default();
+        let stats = Stats::new();
+        let session = attach(&registry, false).session;
+        session.offer(logged(1), &stats, Instant::now());
+        let mut state = session.lock();
+        let sent = state.queue.pop_front().expect("queued");
+        state.add_inflight(1, sent, Stage::AwaitPubAck);
+        // Resent from a stored record after a restart: above the queue in the log.
+        state.add_inflight(2, logged(9), Stage::AwaitPubAck);
+        drop(state);
+        session.offer(logged(4), &stats, Instant::now());
+        session.enqueue_direct(delivery(QoS::AtLeastOnce), &stats);
+        let mut state = session.lock();
+        let acknowledged = state.acknowledged_cursor();
+        state.shed_queue();
+        assert!(state.queue.is_empty());
+        assert_eq!(state.cursor, 3, "catch-up reads event 4 again");
+        assert_eq!(state.acknowledged_cursor(), acknowledged);
+        assert!(
+            state.delivered_ahead.contains(9),
+            "inflight above the cursor"
+        );
+        assert!(!state.delivered_ahead.contains(1));
+        assert_eq!(state.inflight.len(), 2, "unacknowledged deliveries stay");
+    }
+
+    #[test]
     fn offer_says_when_the_session_is_behind() {
         let registry = Registry::default();
         let stats = Stats::new();
-        let attached = registry.attach(
-            &Arc::from("c"),
-            AttachRequest {
-                clean_start: true,
-                expiry_interval: 0,
-                protocol: Protocol::V311,
-                queue_limit: 4,
-                cursor: 0,
-            },
-        );
+        let attached = registry
+            .attach(
+                &Arc::from("c"),
+                AttachRequest {
+                    clean_start: true,
+                    expiry_interval: 0,
+                    protocol: Protocol::V311,
+                    queue_limit: 4,
+                    cursor: 0,
+                    owner: Owner::Anonymous,
+                    address: std::net::Ipv4Addr::LOCALHOST.into(),
+                },
+            )
+            .expect("attached");
         let session = attached.session;
         let behind: Vec<bool> = (1..=6)
             .map(|id| session.offer(logged(id), &stats, Instant::now()))

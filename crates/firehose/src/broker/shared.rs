@@ -5,9 +5,10 @@
 //! (and those of the publish pipeline, [`super::pipeline`], and of [`super::admission`]),
 //! which say what they do to the broker rather than which part they reach into; the broker's
 //! own modules (pipeline, restore, `$SYS`) get the parts they are built on through the
-//! `pub(super)` accessors. Depends on the router, the session registry, the store, the users
-//! and the limits.
+//! `pub(super)` accessors. Depends on the router, the session registry and the anonymous
+//! quotas, the store, the users and the limits.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +20,19 @@ use super::admission::Admission;
 use super::message::{now_ms, Message};
 use super::passwords::PasswordChecks;
 use super::pipeline::Pipeline;
+use super::quota::Quotas;
+use super::registry::{AttachRefusal, AttachRequest, Attached, Registry};
 use super::retained::Retained;
 use super::router::Router;
-use super::session::{AttachRequest, Attached, Registry, Session};
-use super::stats::Stats;
+use super::session::{Owner, Session, SessionState};
+use super::stats::{self, Stats};
 use super::subscription::SubOptions;
 use crate::auth::{AuthFailure, Identity, Users};
 use crate::config::Limits;
-use crate::store::{Page, Store, StoreError, StoredInflight, StoredSession, StoredSubscription};
+use crate::store::{
+    Page, SessionChanges, Store, StoreError, StoredInflight, StoredSession, StoredSessionState,
+    StoredSubscription,
+};
 
 /// The broker's shared state; one per process, shared by every connection task.
 #[derive(Debug)]
@@ -39,8 +45,10 @@ pub(crate) struct Shared {
     passwords: PasswordChecks,
     /// Subscriptions and retained messages.
     router: Router,
-    /// Sessions by client id.
+    /// Sessions by client id, their owners and the anonymous session quota.
     registry: Registry,
+    /// The anonymous subscriptions and the runs of quota refusals.
+    quotas: Quotas,
     /// Counters.
     stats: Stats,
     /// Becomes `true` when the broker shuts down.
@@ -67,12 +75,14 @@ impl Shared {
         let last_id = store.last_id();
         let users = Arc::new(users);
         let retained = Retained::new(limits.max_retained_messages, limits.max_retained_bytes);
+        let registry = Registry::new(&limits);
         Arc::new(Shared {
             limits,
             passwords: PasswordChecks::new(users.clone()),
             users,
             router: Router::new(retained),
-            registry: Registry::default(),
+            registry,
+            quotas: Quotas::default(),
             stats: Stats::new(),
             shutdown,
             closing: AtomicBool::new(false),
@@ -114,6 +124,11 @@ impl Shared {
     /// Sessions by client id, for restore and `$SYS`.
     pub(super) fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The quotas of anonymous clients: SUBSCRIBE checks them, restore and `$SYS` count.
+    pub(crate) fn quotas(&self) -> &Quotas {
+        &self.quotas
     }
 
     /// Connection admission, for the permits it hands out and shutdown, which waits for them.
@@ -169,31 +184,105 @@ impl Shared {
         self.store.last_id()
     }
 
-    /// Attaches a connection to the session of `client_id` (resume or takeover, see
-    /// [`Registry::attach`]), and removes the subscriptions of a session it discarded.
-    pub(crate) fn attach(&self, client_id: &Arc<str>, request: AttachRequest) -> Attached {
-        let attached = self.registry.attach(client_id, request);
-        if let Some((old, filters)) = &attached.discarded {
-            self.router.remove_all(old, filters);
+    /// Attaches a connection of `identity` from `peer` to the session of `client_id` (resume
+    /// or takeover, see [`Registry::attach`]), removes the subscriptions of a session it
+    /// discarded, and drops those of a resumed session that `identity` may no longer
+    /// subscribe to.
+    ///
+    /// # Errors
+    /// [`AttachRefusal`] (counted; a quota's logged once per run) when the client id is another
+    /// identity's or a new anonymous persistent session is beyond its quota.
+    pub(crate) fn attach(
+        &self,
+        client_id: &Arc<str>,
+        identity: &Identity,
+        peer: SocketAddr,
+        request: AttachRequest,
+    ) -> Result<Attached, AttachRefusal> {
+        let owner = request.owner.clone();
+        let counted = owner.is_anonymous() && request.expiry_interval > 0;
+        let attached = match self.registry.attach(client_id, request) {
+            Ok(attached) => attached,
+            Err(refusal) => {
+                match &refusal {
+                    AttachRefusal::NotOwner(_) => stats::add(&self.stats.sessions_not_owner, 1),
+                    AttachRefusal::Quota(full) => {
+                        self.quotas
+                            .session_refused(&self.stats, *full, peer, client_id)
+                    }
+                }
+                return Err(refusal);
+            }
+        };
+        if counted && !attached.session_present {
+            self.quotas.session_fitted();
         }
-        attached
+        if let Some((old, filters)) = &attached.discarded {
+            self.forget_subscriptions(old, &owner, filters);
+        }
+        if attached.session_present {
+            self.revoke_forbidden(&attached.session, identity, &owner);
+        }
+        Ok(attached)
     }
 
-    /// Adds or replaces `session`'s subscription to `filter` in the subscription table;
-    /// returns whether it existed.
+    /// Removes `filters`, which `session` (of `owner`) no longer holds, from the subscription
+    /// table and the anonymous count.
+    fn forget_subscriptions(&self, session: &Arc<Session>, owner: &Owner, filters: &[String]) {
+        self.router.remove_all(session, owner, filters);
+        if owner.is_anonymous() {
+            self.quotas.release_subscriptions(filters.len());
+        }
+    }
+
+    /// Drops the subscriptions of a resumed session that `identity` may not subscribe to (the
+    /// users file changed since they were made): out of the subscription table first, so that
+    /// nothing more is routed by them, then out of the session and the store. Logged and
+    /// counted.
+    fn revoke_forbidden(&self, session: &Arc<Session>, identity: &Identity, owner: &Owner) {
+        let forbidden: Vec<String> = session
+            .lock()
+            .subscriptions
+            .keys()
+            .filter(|filter| !identity.may_subscribe(filter))
+            .cloned()
+            .collect();
+        if forbidden.is_empty() {
+            return;
+        }
+        self.router.remove_all(session, owner, &forbidden);
+        let removed = {
+            let mut state = session.lock();
+            forbidden
+                .iter()
+                .filter(|filter| state.subscriptions.remove(filter).is_some())
+                .count()
+        };
+        if owner.is_anonymous() {
+            self.quotas.release_subscriptions(removed);
+        }
+        stats::add(&self.stats.subscriptions_revoked, removed as u64);
+        tracing::warn!(client = ?session.client_id, owner = %owner, filters = ?forbidden,
+            "subscriptions dropped on resume: the users file no longer lets their owner subscribe to them");
+        self.save_session(session, true, &forbidden, None);
+    }
+
+    /// Adds or replaces `session`'s subscription to `filter` in the subscription table
+    /// (`owner` is the session's: it picks the `$share` group); returns whether it existed.
     pub(crate) fn subscribe(
         &self,
         session: &Arc<Session>,
+        owner: &Owner,
         filter: &str,
         options: SubOptions,
     ) -> bool {
-        self.router.subscribe(session, filter, options)
+        self.router.subscribe(session, owner, filter, options)
     }
 
     /// Removes `session`'s subscription to `filter` from the subscription table; returns
-    /// whether it existed.
-    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
-        self.router.unsubscribe(session, filter)
+    /// whether it existed. (The anonymous count follows the session's own list: the caller's.)
+    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, owner: &Owner, filter: &str) -> bool {
+        self.router.unsubscribe(session, owner, filter)
     }
 
     /// The retained messages whose topics match `filter`, for a new subscription.
@@ -214,97 +303,100 @@ impl Shared {
         tokio::task::spawn_blocking(move || store.read_after(from, &filters, most, scan))
     }
 
-    /// Saves a persistent session (or forgets one whose expiry is 0). `done` runs once the save
-    /// is durable, or at once when there is nothing to save.
-    pub(crate) fn save_session(&self, session: &Session, connected: bool, done: Option<SaveDone>) {
+    /// Saves a persistent session (or forgets one whose expiry is 0). `changed` are the filters
+    /// subscribed, changed or unsubscribed since its last save: a session whose stored copy is
+    /// its own writes its state and those only ([`SessionChanges`]); its first save writes it
+    /// whole. A save of a session whose connection ended (`connected` false) first sheds its
+    /// queue ([`SessionState::shed_queue`]). `done` runs once the save is durable, or at once
+    /// when there is nothing to save.
+    pub(crate) fn save_session(
+        &self,
+        session: &Arc<Session>,
+        connected: bool,
+        changed: &[String],
+        done: Option<SaveDone>,
+    ) {
         let finish = |done: Option<SaveDone>| {
             if let Some(done) = done {
                 done();
             }
         };
-        let stored = {
-            let mut state = session.lock();
-            if state.ended {
-                drop(state);
-                return finish(done);
-            }
-            state.dirty = false;
-            if state.expiry_interval == 0 {
-                if !std::mem::replace(&mut state.persisted, false) {
-                    drop(state);
-                    return finish(done);
-                }
-                None
-            } else {
-                state.persisted = true;
-                Some(StoredSession {
-                    client_id: session.client_id.to_string(),
-                    expiry_interval: state.expiry_interval,
-                    disconnected_at_ms: (!connected).then(now_ms),
-                    cursor: state.acknowledged_cursor(),
-                    subscriptions: state
-                        .subscriptions
-                        .iter()
-                        .map(|(filter, o)| StoredSubscription {
-                            filter: filter.clone(),
-                            qos: o.qos as u8,
-                            no_local: o.no_local,
-                            retain_as_published: o.retain_as_published,
-                            subscription_id: o.id,
-                        })
-                        .collect(),
-                    inflight: state
-                        .inflight_in_order()
-                        .into_iter()
-                        .filter(|(_, f)| f.delivery.from_log)
-                        .map(|(packet_id, f)| StoredInflight {
-                            packet_id,
-                            event_id: f.delivery.message.id,
-                            qos: f.delivery.qos as u8,
-                            stage: u8::from(f.stage.is_release()),
-                        })
-                        .chain(
-                            // Completed out of order after a restart: only remembered so that
-                            // catch-up skips them (stage 2).
-                            state
-                                .delivered_ahead
-                                .iter()
-                                .filter(|id| {
-                                    !state
-                                        .inflight
-                                        .values()
-                                        .any(|f| f.delivery.message.id == *id)
-                                })
-                                .map(|event_id| StoredInflight {
-                                    packet_id: 0,
-                                    event_id,
-                                    qos: 2,
-                                    stage: 2,
-                                }),
-                        )
-                        .collect(),
-                    incoming_qos2: state.incoming_qos2.iter().copied().collect(),
-                })
-            }
+        // The registry before the session (lock order), and only for a first save.
+        let origin = if session.lock().saved_whole {
+            None
+        } else {
+            self.registry.origin(session)
         };
-        match stored {
-            Some(stored) => self.store.save_session(
-                stored,
-                done.map(|done| -> crate::store::Completion { Box::new(move |_| done()) }),
-            ),
-            None => {
+        let mut state = session.lock();
+        if state.ended {
+            drop(state);
+            return finish(done);
+        }
+        if state.expiry_interval == 0 {
+            state.saved_whole = false;
+            let persisted = std::mem::replace(&mut state.persisted, false);
+            drop(state);
+            if persisted {
                 self.store.delete_session(&session.client_id);
-                finish(done);
             }
+            return finish(done);
+        }
+        if !connected {
+            state.shed_queue();
+        }
+        let done = done.map(|done| -> crate::store::Completion { Box::new(move |_| done()) });
+        let progress = stored_state(&state, connected);
+        // Sent while the session is locked: its saves reach the writer in the order they were
+        // made, which incremental saves need.
+        if state.saved_whole {
+            let mut changes = SessionChanges {
+                client_id: session.client_id.to_string(),
+                state: Some(progress),
+                subscribed: Vec::new(),
+                unsubscribed: Vec::new(),
+            };
+            for filter in changed {
+                match state.subscriptions.get(filter) {
+                    Some(options) => changes
+                        .subscribed
+                        .push(stored_subscription(filter, options)),
+                    None => changes.unsubscribed.push(filter.clone()),
+                }
+            }
+            state.persisted = true;
+            self.store.update_session(changes, done);
+        } else {
+            let Some((owner, address)) = origin else {
+                // No longer registered: replaced or ended meanwhile, nothing to save.
+                drop(state);
+                if let Some(done) = done {
+                    done(Ok(0));
+                }
+                return;
+            };
+            state.persisted = true;
+            state.saved_whole = true;
+            let whole = StoredSession {
+                client_id: session.client_id.to_string(),
+                owner: owner.user().map(str::to_owned),
+                address: address.map(|a| a.to_string()),
+                state: progress,
+                subscriptions: state
+                    .subscriptions
+                    .iter()
+                    .map(|(filter, options)| stored_subscription(filter, options))
+                    .collect(),
+            };
+            self.store.save_session(whole, done);
         }
     }
 
     /// Ends a session for good: out of the registry, the router and the store.
     pub(crate) fn end_session(&self, session: &Arc<Session>, generation: u64) -> bool {
         match self.registry.end_if_current(session, generation) {
-            Some((filters, persisted)) => {
-                self.router.remove_all(session, &filters);
-                if persisted {
+            Some(ended) => {
+                self.forget_subscriptions(session, &ended.owner, &ended.filters);
+                if ended.persisted {
                     self.store.delete_session(&session.client_id);
                 }
                 true
@@ -327,5 +419,126 @@ impl Shared {
                 tracing::debug!(client = %session.client_id, "session expired");
             }
         });
+    }
+}
+
+/// A subscription as the store keeps it.
+fn stored_subscription(filter: &str, options: &SubOptions) -> StoredSubscription {
+    StoredSubscription {
+        filter: filter.to_owned(),
+        qos: options.qos as u8,
+        no_local: options.no_local,
+        retain_as_published: options.retain_as_published,
+        subscription_id: options.id,
+    }
+}
+
+/// The state of a session as the store keeps it: expiry, disconnect time, the acknowledged
+/// cursor, logged deliveries not yet acknowledged, and incoming QoS 2 ids.
+fn stored_state(state: &SessionState, connected: bool) -> StoredSessionState {
+    StoredSessionState {
+        expiry_interval: state.expiry_interval,
+        disconnected_at_ms: (!connected).then(now_ms),
+        cursor: state.acknowledged_cursor(),
+        inflight: state
+            .inflight_in_order()
+            .into_iter()
+            .filter(|(_, f)| f.delivery.from_log)
+            .map(|(packet_id, f)| StoredInflight {
+                packet_id,
+                event_id: f.delivery.message.id,
+                qos: f.delivery.qos as u8,
+                stage: u8::from(f.stage.is_release()),
+            })
+            .chain(
+                // Completed out of order after a restart: only remembered so that catch-up
+                // skips them (stage 2).
+                state
+                    .delivered_ahead
+                    .iter()
+                    .filter(|id| {
+                        !state
+                            .inflight
+                            .values()
+                            .any(|f| f.delivery.message.id == *id)
+                    })
+                    .map(|event_id| StoredInflight {
+                        packet_id: 0,
+                        event_id,
+                        qos: 2,
+                        stage: 2,
+                    }),
+            )
+            .collect(),
+        incoming_qos2: state.incoming_qos2.iter().copied().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use firehose_codec::{Protocol, QoS};
+
+    use super::*;
+    use crate::auth::hash_password;
+
+    fn options() -> SubOptions {
+        SubOptions {
+            qos: QoS::AtLeastOnce,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+        }
+    }
+
+    /// A session resumed by its user keeps only the filters the user may still subscribe to;
+    /// the others leave the subscription table, so nothing more is routed by them.
+    #[tokio::test]
+    async fn a_resumed_session_loses_the_filters_its_owner_may_no_longer_subscribe() {
+        let hash = hash_password(b"secret").expect("hash");
+        let users = Users::parse(&format!(
+            "[[user]]\nname = \"reader\"\npassword = \"{hash}\"\nsubscribe = [\"a/#\"]\n"
+        ))
+        .expect("users");
+        let (broker, _dir) = crate::broker::test_broker(Limits::default(), users);
+        let shared = &broker.shared;
+        let identity = shared.identity_of("reader").expect("user");
+        let peer: SocketAddr = "192.0.2.1:1883".parse().expect("address");
+        let request = || AttachRequest {
+            clean_start: false,
+            expiry_interval: 60,
+            protocol: Protocol::V5,
+            queue_limit: 10,
+            cursor: 0,
+            owner: Owner::of(&identity),
+            address: peer.ip(),
+        };
+        let client_id: Arc<str> = "reader-session".into();
+        let first = shared
+            .attach(&client_id, &identity, peer, request())
+            .expect("attached");
+        // As if the users file had allowed more when they were subscribed.
+        for filter in ["a/1", "b/#"] {
+            shared.subscribe(&first.session, &Owner::of(&identity), filter, options());
+            first
+                .session
+                .lock()
+                .subscriptions
+                .insert(filter.into(), options());
+        }
+        first.session.lock().link = None;
+        let resumed = shared
+            .attach(&client_id, &identity, peer, request())
+            .expect("resumed");
+        assert!(resumed.session_present);
+        let kept: Vec<String> = resumed
+            .session
+            .lock()
+            .subscriptions
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(kept, ["a/1"]);
+        assert_eq!(shared.router().filter_count(), 1, "b/# left the table");
+        assert_eq!(stats::get(&shared.stats().subscriptions_revoked), 1);
     }
 }

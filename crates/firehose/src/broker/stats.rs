@@ -49,6 +49,17 @@ pub struct Stats {
     pub store_errors: AtomicU64,
     /// Times publishers were paused because most subscribers of a message were behind.
     pub publisher_pauses: AtomicU64,
+    /// CONNECTs refused because their client id is the session of another identity.
+    pub sessions_not_owner: AtomicU64,
+    /// Anonymous persistent sessions refused by `limits.max_anonymous_sessions` or
+    /// `limits.max_anonymous_sessions_per_ip`.
+    pub sessions_over_quota: AtomicU64,
+    /// Filters of anonymous clients refused by the filter quotas (per filter, per session, in
+    /// total).
+    pub subscriptions_over_quota: AtomicU64,
+    /// Subscriptions a session held that its owner may no longer subscribe (`subscribe` in the
+    /// users file), dropped when it was restored or resumed.
+    pub subscriptions_revoked: AtomicU64,
 }
 
 impl Stats {
@@ -74,6 +85,10 @@ impl Stats {
             catchup_delivered: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
             publisher_pauses: AtomicU64::new(0),
+            sessions_not_owner: AtomicU64::new(0),
+            sessions_over_quota: AtomicU64::new(0),
+            subscriptions_over_quota: AtomicU64::new(0),
+            subscriptions_revoked: AtomicU64::new(0),
         }
     }
 }

@@ -79,6 +79,30 @@ pub(crate) fn snapshot(shared: &Shared) -> Vec<(&'static str, String)> {
             get(&s.connections_refused).to_string(),
         ),
         ("protocol/errors", get(&s.protocol_errors).to_string()),
+        (
+            "sessions/anonymous/count",
+            shared.registry().anonymous_sessions().to_string(),
+        ),
+        (
+            "sessions/refused/owner",
+            get(&s.sessions_not_owner).to_string(),
+        ),
+        (
+            "sessions/refused/quota",
+            get(&s.sessions_over_quota).to_string(),
+        ),
+        (
+            "subscriptions/anonymous/count",
+            shared.quotas().anonymous_subscriptions().to_string(),
+        ),
+        (
+            "subscriptions/refused/quota",
+            get(&s.subscriptions_over_quota).to_string(),
+        ),
+        (
+            "subscriptions/revoked",
+            get(&s.subscriptions_revoked).to_string(),
+        ),
     ]
 }
 

@@ -25,6 +25,7 @@ use super::event_filter::{all_match, Condition};
 use super::http_client::HttpClient;
 use super::mqtt_client::{bytes_of, MqttClient};
 use super::net::{servers_and_tls, ServerUrl, TlsOptions};
+use crate::broker::registry::unguessable_id;
 use crate::event::{self, EventParts};
 
 /// Longest wait between two reconnection attempts.
@@ -104,8 +105,9 @@ pub(crate) struct SubArgs {
     /// MQTT: QoS of the subscriptions (persistent sessions replay only QoS 1 and 2).
     #[arg(long, short = 'q', default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
-    /// MQTT: client identifier; with it the session is persistent. Default: kept in the resume
-    /// file, else assigned by the server (clean session).
+    /// MQTT: client identifier; with it the session is persistent. Anonymous clients may
+    /// resume each other's sessions, so pick one nobody can guess. Default: kept in the resume
+    /// file (128 random bits, made on first use), else assigned by the server (clean session).
     #[arg(long, short = 'i')]
     client_id: Option<String>,
     /// MQTT: how long the server keeps a persistent session while disconnected, seconds.
@@ -133,7 +135,10 @@ Resume (--resume-file FILE):
   MQTT        FILE holds the client id of a persistent session (clean session 0, session expiry
               --session-expiry); the server keeps the session's place in its log, and each
               message is acknowledged only once it is done, so a restart receives every QoS 1/2
-              message that was not done.
+              message that was not done. The id is 128 random bits, made on first use:
+              anonymous clients may resume any anonymous session whose id they know. Servers
+              keep an anonymous session for at most limits.max_anonymous_session_expiry_secs
+              (a day by default) while it is away.
   An event is done when it did not pass --filter, was printed, or its --exec command finished
   (succeeded, or failed and was skipped). No event is run twice across restarts; the one
   exception is a kill in the instant between a command's exit and the record of it (about a
@@ -635,15 +640,9 @@ impl MqttSession {
         let mut client_id = args.client_id.clone().or(runner.state.client_id.clone());
         if client_id.is_none() && uses_mqtt {
             if let Some(path) = &runner.resume_file {
-                let nanos = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                let id = format!(
-                    "firehose-sub-{:x}{:x}",
-                    std::process::id(),
-                    nanos & 0xffff_ffff
-                );
+                // Unguessable: anonymous clients may resume any anonymous session whose client
+                // id they know, so a persistent session is only as private as its id.
+                let id = unguessable_id("firehose-sub-");
                 runner.state.client_id = Some(id.clone());
                 runner.state.save(path)?;
                 client_id = Some(id);

@@ -12,7 +12,8 @@
 //!   incremental retention.
 //! - `read`: queries by id, topic filter and time, used by session catch-up and the history API.
 //! - `schema`: table definitions and migrations, and the compact binary encoding of event
-//!   properties and session lists.
+//!   properties.
+//! - `sessions`: the session tables, saved whole or by what changed, and loaded at startup.
 //!
 //! # Behaviour
 //! - **Acknowledged means committed.** A completion runs only after its transaction
@@ -43,6 +44,7 @@ mod checkpoint;
 mod page_cache;
 mod read;
 mod schema;
+mod sessions;
 mod writer;
 
 use std::fs::File;
@@ -222,23 +224,52 @@ pub struct StoredInflight {
     pub stage: u8,
 }
 
-/// A persistent session as stored.
+/// A persistent session as stored, whole: what a session's first save writes (in place of
+/// whatever its client id had) and what loading returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {
     /// Client identifier.
     pub client_id: String,
+    /// The user that created it; `None` for anonymous clients (and for every session stored
+    /// before owners were recorded, schema version 2).
+    pub owner: Option<String>,
+    /// The address an anonymous session is counted under in the per-address quota, as text;
+    /// `None` for users' sessions and sessions stored before addresses were recorded.
+    pub address: Option<String>,
+    /// Expiry, cursor and unacknowledged messages.
+    pub state: StoredSessionState,
+    /// Subscriptions.
+    pub subscriptions: Vec<StoredSubscription>,
+}
+
+/// The part of a stored session that changes while it runs, rewritten (one small row) by every
+/// save that has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSessionState {
     /// Session Expiry Interval in seconds (`u32::MAX` = never).
     pub expiry_interval: u32,
     /// When the client disconnected (UTC ms), `None` while connected.
     pub disconnected_at_ms: Option<i64>,
     /// Every event with an id <= cursor has been delivered (or skipped) for this session.
     pub cursor: u64,
-    /// Subscriptions.
-    pub subscriptions: Vec<StoredSubscription>,
     /// Unacknowledged outgoing messages.
     pub inflight: Vec<StoredInflight>,
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     pub incoming_qos2: Vec<u16>,
+}
+
+/// What changed in a stored session since its last save: written without touching the rest, so
+/// that a session with many filters costs a cursor move no more than one without.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionChanges {
+    /// Client identifier of a stored session; changes to one no longer stored are dropped.
+    pub client_id: String,
+    /// Its new state, if the save has one.
+    pub state: Option<StoredSessionState>,
+    /// Subscriptions added or changed.
+    pub subscribed: Vec<StoredSubscription>,
+    /// Filters unsubscribed.
+    pub unsubscribed: Vec<String>,
 }
 
 /// A page of history.
@@ -583,15 +614,24 @@ impl Store {
         self.inner.readers.sessions()
     }
 
-    /// Saves (replaces) a session, through the writer, in order with appends. `done` runs
-    /// after the commit (with `Ok(0)`).
+    /// Saves a session whole, replacing whatever its client id had (row and subscriptions),
+    /// through the writer, in order with appends. `done` runs after the commit (with `Ok(0)`).
     ///
-    /// Saves and deletes of the same client id queued together are coalesced: only the last
-    /// is written.
+    /// Saves of the same client id queued together are coalesced: a whole save or a delete
+    /// makes the saves queued before it in the same batch unnecessary, and they are skipped.
     pub fn save_session(&self, session: StoredSession, done: Option<Completion>) {
         let op = Op::SaveSession(Box::new(session), done.map(Pending::new));
         if let Err(op) = self.send(op) {
             drop(op); // runs the completion, if any, with `Closed`
+        }
+    }
+
+    /// Saves what changed in a stored session (see [`SessionChanges`]), through the writer, in
+    /// order with appends and other saves. `done` runs after the commit (with `Ok(0)`).
+    pub fn update_session(&self, changes: SessionChanges, done: Option<Completion>) {
+        let op = Op::UpdateSession(Box::new(changes), done.map(Pending::new));
+        if let Err(op) = self.send(op) {
+            drop(op);
         }
     }
 
@@ -745,9 +785,20 @@ mod tests {
     fn session(client_id: &str, cursor: u64) -> StoredSession {
         StoredSession {
             client_id: client_id.to_string(),
-            expiry_interval: 3600,
-            disconnected_at_ms: Some(1234),
-            cursor,
+            owner: None,
+            address: Some("192.0.2.1".into()),
+            state: StoredSessionState {
+                expiry_interval: 3600,
+                disconnected_at_ms: Some(1234),
+                cursor,
+                inflight: vec![StoredInflight {
+                    packet_id: 7,
+                    event_id: cursor,
+                    qos: 2,
+                    stage: 1,
+                }],
+                incoming_qos2: vec![9],
+            },
             subscriptions: vec![StoredSubscription {
                 filter: "a/#".to_string(),
                 qos: 1,
@@ -755,13 +806,6 @@ mod tests {
                 retain_as_published: true,
                 subscription_id: Some(3),
             }],
-            inflight: vec![StoredInflight {
-                packet_id: 7,
-                event_id: cursor,
-                qos: 2,
-                stage: 1,
-            }],
-            incoming_qos2: vec![9],
         }
     }
 
@@ -940,6 +984,65 @@ mod tests {
         assert_eq!(got[0].id, id);
         assert_eq!(got[0].event.payload, "retained");
         assert!(store.stats().retention_deleted >= 1);
+    }
+
+    /// Incremental saves queued together all apply, in order; a whole save or a delete still
+    /// makes the earlier operations of its client id unnecessary.
+    #[test]
+    fn session_updates_apply_in_order_and_whole_saves_replace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let sub = |filter: &str| StoredSubscription {
+            filter: filter.to_string(),
+            qos: 1,
+            no_local: false,
+            retain_as_published: false,
+            subscription_id: None,
+        };
+        let changes = |subscribed: Vec<StoredSubscription>, unsubscribed: &[&str]| SessionChanges {
+            client_id: "u".into(),
+            state: None,
+            subscribed,
+            unsubscribed: unsubscribed.iter().map(|f| f.to_string()).collect(),
+        };
+        store.save_session(session("u", 1), None);
+        store.update_session(changes(vec![sub("b/#"), sub("c")], &[]), None);
+        store.update_session(changes(Vec::new(), &["a/#", "c"]), None);
+        let mut moved = session("u", 9).state;
+        moved.incoming_qos2.clear();
+        store.update_session(
+            SessionChanges {
+                state: Some(moved.clone()),
+                ..changes(Vec::new(), &[])
+            },
+            None,
+        );
+        store.update_session(changes(vec![sub("late")], &[]), None);
+        store.delete_session("v");
+        store.update_session(
+            SessionChanges {
+                client_id: "v".into(),
+                ..changes(vec![sub("x")], &[])
+            },
+            None,
+        );
+        let (tx, rx) = mpsc::channel();
+        store.save_session(
+            session("w", 2),
+            Some(Box::new(move |r| {
+                let _ = tx.send(r);
+            })),
+        );
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("completion")
+            .expect("saved");
+        let got = store.load_sessions().expect("load sessions");
+        let u = StoredSession {
+            state: moved,
+            subscriptions: vec![sub("b/#"), sub("late")],
+            ..session("u", 1)
+        };
+        assert_eq!(got, vec![u, session("w", 2)], "v was never stored");
     }
 
     #[test]

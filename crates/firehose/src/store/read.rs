@@ -12,6 +12,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::schema::{self, to_i64, to_u64, EVENT_COLUMNS};
+use super::sessions;
 use super::{Event, Page, StoreError, StoredSession};
 use crate::topic;
 
@@ -106,14 +107,7 @@ impl Pool {
 
     /// See [`super::Store::load_sessions`].
     pub(super) fn sessions(&self) -> Result<Vec<StoredSession>, StoreError> {
-        self.with("loading sessions", |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT client_id, expiry_interval, disconnected_at_ms, cursor, subscriptions, \
-                 inflight, incoming_qos2 FROM sessions ORDER BY client_id",
-            )?;
-            let rows = stmt.query_map([], schema::session_from_row)?;
-            rows.collect()
-        })
+        self.with("loading sessions", sessions::load_all)
     }
 }
 

@@ -11,14 +11,12 @@ use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
 };
 
-use super::{
-    Durability, Event, EventProperties, NewEvent, StoreError, StoredInflight, StoredSession,
-    StoredSubscription,
-};
+use super::sessions;
+use super::{Durability, Event, EventProperties, NewEvent, StoreError};
 
 /// Schema version written to `PRAGMA user_version`; bump it and add a step to [`migrate`]
 /// when the tables change.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// The writer records a time mark (see [`V1_TO_V2`]) for every event whose id is a multiple
 /// of this. A time query reads at most this many rows on either side of its bounds to make
@@ -353,9 +351,10 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
                     ),
                 });
             }
-            upgrade(conn, Some(SCHEMA_V1)).map_err(err("creating the tables"))
+            upgrade(conn, 1, Some(SCHEMA_V1)).map_err(err("creating the tables"))
         }
-        1 => upgrade(conn, None).map_err(err("upgrading the schema from version 1")),
+        1 => upgrade(conn, 1, None).map_err(err("upgrading the schema from version 1")),
+        2 => upgrade(conn, 2, None).map_err(err("upgrading the schema from version 2")),
         SCHEMA_VERSION => Ok(()),
         newer if newer > SCHEMA_VERSION => Err(StoreError::Corrupt {
             path: path.to_path_buf(),
@@ -372,14 +371,29 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 /// In one transaction: runs `create` (the version 1 tables of a new database), then every
-/// step from version 1 to [`SCHEMA_VERSION`].
-fn upgrade(conn: &Connection, create: Option<&str>) -> rusqlite::Result<()> {
+/// step from version `from` to [`SCHEMA_VERSION`].
+fn upgrade(conn: &Connection, from: i64, create: Option<&str>) -> rusqlite::Result<()> {
     let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     if let Some(create) = create {
         tx.execute_batch(create)?;
     }
-    tx.execute_batch(V1_TO_V2)?;
-    tx.execute(MARK_EXISTING_EVENTS, [to_i64(TIME_MARK_EVERY)])?;
+    if from <= 1 {
+        tx.execute_batch(V1_TO_V2)?;
+        tx.execute(MARK_EXISTING_EVENTS, [to_i64(TIME_MARK_EVERY)])?;
+    }
+    if from <= 2 {
+        // Version 3: session subscriptions in rows of their own, owners and addresses.
+        tx.execute_batch(sessions::V2_TO_V3)?;
+        let moved = sessions::move_subscriptions(&tx)?;
+        tx.execute_batch(sessions::V2_TO_V3_SWAP)?;
+        if moved > 0 {
+            tracing::info!(
+                sessions = moved,
+                "event log upgraded to schema version 3: the stored persistent sessions, made \
+                 before sessions had owners, now belong to anonymous clients"
+            );
+        }
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()
 }
@@ -482,42 +496,42 @@ pub(super) fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event>
 
 /// A growing buffer of big-endian fields, length-prefixed strings and byte strings.
 #[derive(Default)]
-struct Enc(Vec<u8>);
+pub(super) struct Enc(pub(super) Vec<u8>);
 
 impl Enc {
     /// One byte.
-    fn u8(&mut self, v: u8) {
+    pub(super) fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
     /// Two bytes, big-endian.
-    fn u16(&mut self, v: u16) {
+    pub(super) fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
     /// Four bytes, big-endian.
-    fn u32(&mut self, v: u32) {
+    pub(super) fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
     /// Eight bytes, big-endian.
-    fn u64(&mut self, v: u64) {
+    pub(super) fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
     /// A 4-byte length, then the bytes.
-    fn bytes(&mut self, v: &[u8]) {
+    pub(super) fn bytes(&mut self, v: &[u8]) {
         self.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
         self.0.extend_from_slice(v);
     }
     /// A count, for a list that follows.
-    fn count(&mut self, n: usize) {
+    pub(super) fn count(&mut self, n: usize) {
         self.u32(u32::try_from(n).unwrap_or(u32::MAX));
     }
 }
 
 /// Reads what [`Enc`] wrote; every read checks the remaining length.
-struct Dec<'a>(&'a [u8]);
+pub(super) struct Dec<'a>(pub(super) &'a [u8]);
 
 impl<'a> Dec<'a> {
     /// Takes `n` bytes.
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if self.0.len() < n {
             return Err(format!(
                 "truncated: wanted {n} bytes, {} left",
@@ -529,40 +543,40 @@ impl<'a> Dec<'a> {
         Ok(head)
     }
     /// Takes exactly `N` bytes as an array.
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let mut out = [0; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
     /// One byte.
-    fn u8(&mut self) -> Result<u8, String> {
+    pub(super) fn u8(&mut self) -> Result<u8, String> {
         Ok(self.array::<1>()?[0])
     }
     /// Two bytes, big-endian.
-    fn u16(&mut self) -> Result<u16, String> {
+    pub(super) fn u16(&mut self) -> Result<u16, String> {
         Ok(u16::from_be_bytes(self.array()?))
     }
     /// Four bytes, big-endian.
-    fn u32(&mut self) -> Result<u32, String> {
+    pub(super) fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_be_bytes(self.array()?))
     }
     /// Eight bytes, big-endian.
-    fn u64(&mut self) -> Result<u64, String> {
+    pub(super) fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_be_bytes(self.array()?))
     }
     /// A length-prefixed byte string.
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
+    pub(super) fn bytes(&mut self) -> Result<&'a [u8], String> {
         let len = self.u32()? as usize;
         self.take(len)
     }
     /// A length-prefixed UTF-8 string.
-    fn string(&mut self) -> Result<String, String> {
+    pub(super) fn string(&mut self) -> Result<String, String> {
         let bytes = self.bytes()?;
         String::from_utf8(bytes.to_vec()).map_err(|_| "a string is not UTF-8".to_string())
     }
     /// A list count, checked against what is left so that a damaged count cannot make us
     /// allocate much (every element takes at least one byte).
-    fn count(&mut self) -> Result<usize, String> {
+    pub(super) fn count(&mut self) -> Result<usize, String> {
         let n = self.u32()? as usize;
         if n > self.0.len() {
             return Err(format!("count {n} exceeds the {} bytes left", self.0.len()));
@@ -570,14 +584,14 @@ impl<'a> Dec<'a> {
         Ok(n)
     }
     /// The version byte every blob starts with.
-    fn version(&mut self) -> Result<(), String> {
+    pub(super) fn version(&mut self) -> Result<(), String> {
         match self.u8()? {
             ENCODING_VERSION => Ok(()),
             other => Err(format!("unknown encoding version {other}")),
         }
     }
     /// Fails if bytes are left over.
-    fn end(&self) -> Result<(), String> {
+    pub(super) fn end(&self) -> Result<(), String> {
         if self.0.is_empty() {
             Ok(())
         } else {
@@ -587,7 +601,7 @@ impl<'a> Dec<'a> {
 }
 
 /// First byte of every encoded blob, so that the format can change.
-const ENCODING_VERSION: u8 = 1;
+pub(super) const ENCODING_VERSION: u8 = 1;
 
 /// Tags of the optional fields in an encoded [`EventProperties`].
 mod tag {
@@ -661,152 +675,6 @@ pub(super) fn decode_properties(blob: &[u8]) -> Result<EventProperties, String> 
         }
     }
     Ok(p)
-}
-
-/// Bits of the flags byte of an encoded subscription.
-const NO_LOCAL: u8 = 1;
-/// See [`NO_LOCAL`].
-const RETAIN_AS_PUBLISHED: u8 = 2;
-/// See [`NO_LOCAL`]; a subscription identifier (4 bytes) follows.
-const HAS_SUBSCRIPTION_ID: u8 = 4;
-
-/// The three encoded columns of a session row.
-pub(super) struct EncodedSession {
-    /// `sessions.subscriptions`.
-    pub(super) subscriptions: Vec<u8>,
-    /// `sessions.inflight`.
-    pub(super) inflight: Vec<u8>,
-    /// `sessions.incoming_qos2`.
-    pub(super) incoming_qos2: Vec<u8>,
-}
-
-/// Encodes the list columns of a session.
-pub(super) fn encode_session(s: &StoredSession) -> EncodedSession {
-    let mut subs = Enc::default();
-    subs.u8(ENCODING_VERSION);
-    subs.count(s.subscriptions.len());
-    for sub in &s.subscriptions {
-        subs.bytes(sub.filter.as_bytes());
-        subs.u8(sub.qos);
-        let mut flags = 0;
-        if sub.no_local {
-            flags |= NO_LOCAL;
-        }
-        if sub.retain_as_published {
-            flags |= RETAIN_AS_PUBLISHED;
-        }
-        if sub.subscription_id.is_some() {
-            flags |= HAS_SUBSCRIPTION_ID;
-        }
-        subs.u8(flags);
-        if let Some(id) = sub.subscription_id {
-            subs.u32(id);
-        }
-    }
-    let mut inflight = Enc::default();
-    inflight.u8(ENCODING_VERSION);
-    inflight.count(s.inflight.len());
-    for m in &s.inflight {
-        inflight.u16(m.packet_id);
-        inflight.u64(m.event_id);
-        inflight.u8(m.qos);
-        inflight.u8(m.stage);
-    }
-    let mut qos2 = Enc::default();
-    qos2.u8(ENCODING_VERSION);
-    qos2.count(s.incoming_qos2.len());
-    for id in &s.incoming_qos2 {
-        qos2.u16(*id);
-    }
-    EncodedSession {
-        subscriptions: subs.0,
-        inflight: inflight.0,
-        incoming_qos2: qos2.0,
-    }
-}
-
-/// Reads a `sessions` row: `client_id, expiry_interval, disconnected_at_ms, cursor,
-/// subscriptions, inflight, incoming_qos2`.
-pub(super) fn session_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
-    let client_id: String = row.get(0)?;
-    let bad = |column: usize, message: String| {
-        rusqlite::Error::FromSqlConversionFailure(
-            column,
-            rusqlite::types::Type::Blob,
-            format!("session {client_id:?}: {message}").into(),
-        )
-    };
-    let subscriptions = decode_subscriptions(row.get_ref(4)?.as_blob()?).map_err(|m| bad(4, m))?;
-    let inflight = decode_inflight(row.get_ref(5)?.as_blob()?).map_err(|m| bad(5, m))?;
-    let incoming_qos2 = decode_qos2(row.get_ref(6)?.as_blob()?).map_err(|m| bad(6, m))?;
-    let expiry: i64 = row.get(1)?;
-    Ok(StoredSession {
-        expiry_interval: u32::try_from(expiry).unwrap_or(u32::MAX),
-        disconnected_at_ms: row.get(2)?,
-        cursor: to_u64(row.get(3)?),
-        subscriptions,
-        inflight,
-        incoming_qos2,
-        client_id,
-    })
-}
-
-/// Decodes `sessions.subscriptions`.
-fn decode_subscriptions(blob: &[u8]) -> Result<Vec<StoredSubscription>, String> {
-    let mut d = Dec(blob);
-    d.version()?;
-    let n = d.count()?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let filter = d.string()?;
-        let qos = d.u8()?;
-        let flags = d.u8()?;
-        let subscription_id = if flags & HAS_SUBSCRIPTION_ID != 0 {
-            Some(d.u32()?)
-        } else {
-            None
-        };
-        out.push(StoredSubscription {
-            filter,
-            qos,
-            no_local: flags & NO_LOCAL != 0,
-            retain_as_published: flags & RETAIN_AS_PUBLISHED != 0,
-            subscription_id,
-        });
-    }
-    d.end()?;
-    Ok(out)
-}
-
-/// Decodes `sessions.inflight`.
-fn decode_inflight(blob: &[u8]) -> Result<Vec<StoredInflight>, String> {
-    let mut d = Dec(blob);
-    d.version()?;
-    let n = d.count()?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(StoredInflight {
-            packet_id: d.u16()?,
-            event_id: d.u64()?,
-            qos: d.u8()?,
-            stage: d.u8()?,
-        });
-    }
-    d.end()?;
-    Ok(out)
-}
-
-/// Decodes `sessions.incoming_qos2`.
-fn decode_qos2(blob: &[u8]) -> Result<Vec<u16>, String> {
-    let mut d = Dec(blob);
-    d.version()?;
-    let n = d.count()?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(d.u16()?);
-    }
-    d.end()?;
-    Ok(out)
 }
 
 /// Paths of the files in the data directory.
@@ -933,6 +801,68 @@ mod tests {
         store.close();
     }
 
+    /// Sessions stored by schema version 2 (subscriptions in one column, no owner) keep their
+    /// subscriptions, cursor and inflight records through the upgrade, and belong to
+    /// anonymous clients after it.
+    #[test]
+    fn version_2_sessions_are_upgraded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = Files::new(dir.path());
+        let subscriptions = vec![
+            crate::store::StoredSubscription {
+                filter: "a/+".into(),
+                qos: 1,
+                no_local: true,
+                retain_as_published: false,
+                subscription_id: Some(7),
+            },
+            crate::store::StoredSubscription {
+                filter: "$share/g/#".into(),
+                qos: 2,
+                no_local: false,
+                retain_as_published: true,
+                subscription_id: None,
+            },
+        ];
+        {
+            let conn = Connection::open(&files.db).expect("open");
+            conn.execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; BEGIN; {SCHEMA_V1} {V1_TO_V2} PRAGMA user_version = 2;"
+            ))
+            .expect("version 2 tables");
+            conn.execute(
+                "INSERT INTO sessions (client_id, expiry_interval, disconnected_at_ms, cursor, \
+                 subscriptions, inflight, incoming_qos2) \
+                 VALUES ('old', 3600, 1234, 42, ?1, x'0100000001000700000000000000290200', x'01000000010009')",
+                [sessions::encode_v2_subscriptions(&subscriptions)],
+            )
+            .expect("version 2 session");
+            conn.execute_batch("COMMIT").expect("commit");
+        }
+        let store = Store::open(StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            durability: Durability::Process,
+            retention: Vec::new(),
+        })
+        .expect("open version 2");
+        let loaded = store.load_sessions().expect("sessions");
+        assert_eq!(loaded.len(), 1);
+        let old = &loaded[0];
+        assert_eq!(old.owner, None, "anonymous-owned");
+        assert_eq!(old.address, None);
+        assert_eq!(old.state.cursor, 42);
+        assert_eq!(old.state.disconnected_at_ms, Some(1234));
+        assert_eq!(old.state.inflight.len(), 1);
+        assert_eq!(old.state.inflight[0].event_id, 41);
+        assert_eq!(old.state.incoming_qos2, [9]);
+        let mut got = old.subscriptions.clone();
+        got.sort_by(|a, b| a.filter.cmp(&b.filter));
+        let mut want = subscriptions;
+        want.sort_by(|a, b| a.filter.cmp(&b.filter));
+        assert_eq!(got, want);
+        store.close();
+    }
+
     #[test]
     fn properties_round_trip() {
         assert_eq!(encode_properties(&EventProperties::default()), None);
@@ -948,43 +878,5 @@ mod tests {
         assert_eq!(decode_properties(&blob), Ok(p));
         assert!(decode_properties(&blob[..blob.len() - 1]).is_err());
         assert!(decode_properties(&[9]).is_err());
-    }
-
-    #[test]
-    fn session_lists_round_trip() {
-        let s = StoredSession {
-            client_id: "c".into(),
-            expiry_interval: 10,
-            disconnected_at_ms: None,
-            cursor: 5,
-            subscriptions: vec![
-                StoredSubscription {
-                    filter: "a/+".into(),
-                    qos: 1,
-                    no_local: true,
-                    retain_as_published: false,
-                    subscription_id: Some(7),
-                },
-                StoredSubscription {
-                    filter: "#".into(),
-                    qos: 2,
-                    no_local: false,
-                    retain_as_published: true,
-                    subscription_id: None,
-                },
-            ],
-            inflight: vec![StoredInflight {
-                packet_id: 3,
-                event_id: 99,
-                qos: 2,
-                stage: 1,
-            }],
-            incoming_qos2: vec![1, 65535],
-        };
-        let e = encode_session(&s);
-        assert_eq!(decode_subscriptions(&e.subscriptions), Ok(s.subscriptions));
-        assert_eq!(decode_inflight(&e.inflight), Ok(s.inflight));
-        assert_eq!(decode_qos2(&e.incoming_qos2), Ok(s.incoming_qos2));
-        assert!(decode_qos2(&[1, 255, 255, 255, 255]).is_err());
     }
 }

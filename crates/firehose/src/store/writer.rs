@@ -19,7 +19,11 @@ use rusqlite::{params, Connection};
 
 use super::checkpoint::Checkpointer;
 use super::schema::{self, to_i64, to_u64, LogState};
-use super::{Append, Completion, Durability, NewEvent, RetentionRule, StoreError, StoredSession};
+use super::sessions;
+use super::{
+    Append, Completion, Durability, NewEvent, RetentionRule, SessionChanges, StoreError,
+    StoredSession,
+};
 use crate::topic;
 
 /// Events (or session changes, see [`Op::weight`]) after which a batch takes nothing more; the
@@ -162,8 +166,10 @@ fn run_guarded(done: impl FnOnce()) {
 pub(super) enum Op {
     /// Append a group of events (the publishes of one read, or one event).
     Append(Pending<Box<dyn Append>>),
-    /// Replace a session.
+    /// Replace a session whole.
     SaveSession(Box<StoredSession>, Option<Pending<Completion>>),
+    /// Write what changed in a stored session.
+    UpdateSession(Box<SessionChanges>, Option<Pending<Completion>>),
     /// Delete a session.
     DeleteSession(String),
 }
@@ -173,7 +179,19 @@ impl Op {
     fn events(&self) -> &[NewEvent] {
         match self {
             Op::Append(pending) => pending.events(),
-            Op::SaveSession(..) | Op::DeleteSession(_) => &[],
+            Op::SaveSession(..) | Op::UpdateSession(..) | Op::DeleteSession(_) => &[],
+        }
+    }
+
+    /// The client id of a session operation, and whether it replaces everything stored for it
+    /// (a whole save or a delete), which makes the earlier operations of the batch on that
+    /// client id unnecessary.
+    fn session(&self) -> Option<(&str, bool)> {
+        match self {
+            Op::Append(_) => None,
+            Op::SaveSession(s, _) => Some((&s.client_id, true)),
+            Op::UpdateSession(c, _) => Some((&c.client_id, false)),
+            Op::DeleteSession(client_id) => Some((client_id, true)),
         }
     }
 
@@ -445,11 +463,11 @@ impl Writer {
                         Err(message) => done.complete(Err(failed(message))),
                     }
                 }
-                Op::SaveSession(_, Some(done)) => match &ok {
+                Op::SaveSession(_, Some(done)) | Op::UpdateSession(_, Some(done)) => match &ok {
                     Ok(()) => done.complete(Ok(0)),
                     Err(message) => done.complete(Err(failed(message))),
                 },
-                Op::SaveSession(_, None) | Op::DeleteSession(_) => {}
+                Op::SaveSession(_, None) | Op::UpdateSession(_, None) | Op::DeleteSession(_) => {}
             }
         }
         appends
@@ -460,17 +478,12 @@ impl Writer {
         let mut state = self.state;
         let mut totals = self.retention.totals.clone();
         let mut appended = 0;
-        // Only the last save or delete of a client id in the batch is written.
-        let mut last_session_op: HashMap<&str, usize> = HashMap::new();
+        // A whole save or a delete makes what the batch wrote before it for the same client id
+        // unnecessary: only what comes after the last of them is written.
+        let mut replaced_at: HashMap<&str, usize> = HashMap::new();
         for (i, op) in batch.iter().enumerate() {
-            match op {
-                Op::SaveSession(s, _) => {
-                    last_session_op.insert(&s.client_id, i);
-                }
-                Op::DeleteSession(client_id) => {
-                    last_session_op.insert(client_id, i);
-                }
-                Op::Append(..) => {}
+            if let Some((client_id, true)) = op.session() {
+                replaced_at.insert(client_id, i);
             }
         }
         let tx = self.conn.transaction()?;
@@ -484,16 +497,15 @@ impl Writer {
                         appended += 1;
                     }
                 }
-                Op::SaveSession(s, _) if last_session_op.get(s.client_id.as_str()) == Some(&i) => {
-                    write_session(&tx, s)?;
+                Op::SaveSession(..) | Op::UpdateSession(..) | Op::DeleteSession(_) => {
+                    let written_over = op
+                        .session()
+                        .and_then(|(client_id, _)| replaced_at.get(client_id))
+                        .is_some_and(|last| *last > i);
+                    if !written_over {
+                        write_session_op(&tx, op)?;
+                    }
                 }
-                Op::DeleteSession(client_id)
-                    if last_session_op.get(client_id.as_str()) == Some(&i) =>
-                {
-                    tx.prepare_cached("DELETE FROM sessions WHERE client_id = ?1")?
-                        .execute([client_id])?;
-                }
-                Op::SaveSession(..) | Op::DeleteSession(_) => {}
             }
         }
         if appended > 0 {
@@ -763,24 +775,20 @@ fn write_retained(
     Ok(())
 }
 
-/// Replaces a session row.
-fn write_session(tx: &rusqlite::Transaction<'_>, s: &StoredSession) -> rusqlite::Result<()> {
-    let encoded = schema::encode_session(s);
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO sessions \
-         (client_id, expiry_interval, disconnected_at_ms, cursor, subscriptions, inflight, incoming_qos2) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        s.client_id,
-        s.expiry_interval,
-        s.disconnected_at_ms,
-        to_i64(s.cursor),
-        encoded.subscriptions,
-        encoded.inflight,
-        encoded.incoming_qos2,
-    ])?;
-    Ok(())
+/// Writes one session operation.
+fn write_session_op(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
+    match op {
+        Op::SaveSession(s, _) => sessions::write_whole(tx, s),
+        Op::UpdateSession(changes, _) => {
+            if !sessions::write_changes(tx, changes)? {
+                tracing::debug!(client = ?changes.client_id,
+                    "session changes dropped: the session is no longer stored");
+            }
+            Ok(())
+        }
+        Op::DeleteSession(client_id) => sessions::delete(tx, client_id),
+        Op::Append(_) => Ok(()),
+    }
 }
 
 /// Writes the `log_state` row.

@@ -27,6 +27,28 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// Generates one `#[test]` module per case with a test per protocol version, `v311` and `v5`,
+/// calling the case's function with `v5: bool`: `name;` calls `name`, `name => body;` calls
+/// `body`. Test files take it with `#[macro_use] mod common;`.
+#[allow(unused_macros)] // each test binary uses a different subset of the harness
+macro_rules! both_versions {
+    ($($name:ident => $body:ident;)*) => {$(
+        mod $name {
+            #[test]
+            fn v311() {
+                super::$body(false)
+            }
+            #[test]
+            fn v5() {
+                super::$body(true)
+            }
+        }
+    )*};
+    ($($name:ident;)*) => {
+        both_versions! { $($name => $name;)* }
+    };
+}
+
 /// How long any single expected event may take before the test fails. Generous: CI machines
 /// are small and busy, and a passing test never waits this long.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);

@@ -288,6 +288,16 @@ impl ConnectOpts {
             props: PropsOut::new(),
         }
     }
+    /// A persistent session's CONNECT: clean session 0 (3.1.1), or clean start 0 with a
+    /// Session Expiry Interval of `expiry_secs` (5.0).
+    pub(crate) fn persistent(v5: bool, client_id: &str, expiry_secs: u32) -> ConnectOpts {
+        let opts = ConnectOpts::new(v5, client_id).clean(false);
+        if v5 {
+            opts.props(PropsOut::new().u32(prop::SESSION_EXPIRY, expiry_secs))
+        } else {
+            opts
+        }
+    }
     /// With user name and password.
     pub(crate) fn auth(mut self, user: &str, password: &str) -> ConnectOpts {
         self.username = Some(user.to_string());

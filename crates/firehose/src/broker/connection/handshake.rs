@@ -1,14 +1,14 @@
 //! The CONNECT handshake: the first packet (within `limits.connect_timeout_secs`),
 //! authentication (password or the transport's client certificate), the client id (assigned
-//! when empty), keep alive and session expiry, the session attached (resumed or taken over),
-//! and CONNACK. What it builds is the [`Connection`] the serve loop then runs.
+//! when empty, unguessable), keep alive and session expiry (shorter for anonymous clients), the
+//! session attached (resumed or taken over, by its owner only; a new anonymous persistent one
+//! within its quota), and CONNACK. What it builds is the [`Connection`] the serve loop then runs.
 //!
 //! Depends on the broker's shared state (password checks, the session registry, saves), the
 //! publish verdict (for the will) and the outbox; hands the connection to the serve loop.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use firehose_codec::{
@@ -25,7 +25,9 @@ use super::{Connection, CLOSE_GRACE};
 use crate::auth::{AuthFailure, Identity};
 use crate::broker::outbox::Outbox;
 use crate::broker::pipeline::publish_verdict;
-use crate::broker::session::AttachRequest;
+use crate::broker::quota::granted_expiry;
+use crate::broker::registry::{unguessable_id, AttachRefusal, AttachRequest};
+use crate::broker::session::Owner;
 use crate::broker::shared::Shared;
 use crate::broker::stats;
 use crate::broker::ConnectionInfo;
@@ -144,18 +146,11 @@ async fn send_and_close<W: AsyncWrite + Unpin>(
     let _ = timeout(CLOSE_GRACE, writer.shutdown()).await;
 }
 
-/// Identifiers for clients that connect with an empty one: unique in this process, and unlikely
-/// to repeat across restarts.
+/// Identifiers for clients that connect with an empty one: unguessable, because an MQTT 5
+/// client may keep a persistent session under it, and anonymous clients may resume any
+/// anonymous session whose client id they know.
 fn assign_client_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    format!(
-        "firehose-{epoch:x}-{:x}",
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    unguessable_id("firehose-")
 }
 
 /// Authenticates, chooses client id, keep alive and session expiry, attaches the session and
@@ -223,7 +218,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
         connect.clean_start,
         connect.properties.session_expiry_interval,
     );
-    let expiry = requested_expiry.min(limits.max_session_expiry_secs);
+    let expiry = granted_expiry(limits, &identity, requested_expiry);
     let (keep_alive, server_keep_alive) =
         granted_keep_alive(protocol, connect.keep_alive, limits.max_keep_alive);
 
@@ -239,16 +234,28 @@ async fn handshake<W: AsyncWrite + Unpin>(
         None => None,
     };
 
-    let attached = shared.attach(
-        &client_id,
-        AttachRequest {
-            clean_start: connect.clean_start,
-            expiry_interval: expiry,
-            protocol,
-            queue_limit: usize::try_from(limits.send_queue).unwrap_or(usize::MAX),
-            cursor: shared.last_event_id(),
-        },
-    );
+    let request = AttachRequest {
+        clean_start: connect.clean_start,
+        expiry_interval: expiry,
+        protocol,
+        queue_limit: usize::try_from(limits.send_queue).unwrap_or(usize::MAX),
+        cursor: shared.last_event_id(),
+        owner: Owner::of(&identity),
+        address: peer.ip(),
+    };
+    let attached = match shared.attach(&client_id, &identity, peer, request) {
+        Ok(attached) => attached,
+        Err(refusal) => {
+            // Another identity's client id is logged like a bad password; a full quota was
+            // logged once for its run of refusals.
+            let packet = match &refusal {
+                AttachRefusal::NotOwner(_) => refuse(refusal.reason(), &refusal.to_string()),
+                AttachRefusal::Quota(_) => connack(refusal.reason()),
+            };
+            send_and_close(writer, &packet, protocol).await;
+            return None;
+        }
+    };
     // CONNACK says "session present": the stored session must agree if we crash right after.
     save_and_wait(shared, &attached.session, true).await;
 

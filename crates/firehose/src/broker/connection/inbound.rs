@@ -15,6 +15,7 @@ use super::qos::{self, Completion, PubRecAction};
 use super::{pub_response, Connection};
 use crate::broker::outbox::Outbox;
 use crate::broker::pipeline::Publications;
+use crate::broker::quota::granted_expiry;
 use crate::broker::session::Stage;
 use crate::broker::stats;
 
@@ -173,7 +174,7 @@ impl Connection {
                     "DISCONNECT: session expiry set after connecting with 0",
                 );
             }
-            self.expiry = expiry.min(self.shared.limits().max_session_expiry_secs);
+            self.expiry = granted_expiry(self.shared.limits(), &self.identity, expiry);
             self.session.lock().expiry_interval = self.expiry;
         }
         End::Client {

@@ -1,8 +1,11 @@
 //! Saving a persistent session: its cursor when it moved, and every change a client must not
 //! lose once told (a SUBACK/UNSUBACK, a QoS 2 PUBLISH or PUBREL of a logged message), which
-//! waits until the save is durable ([`Connection::on_saved`]).
+//! waits until the save is durable ([`Connection::on_saved`]). A save names the filters it
+//! changed: the store writes those and the session's state, never its other filters again.
 //!
 //! Depends on the broker's shared state (`Shared::save_session`), the session and the QoS rules.
+
+use std::sync::Arc;
 
 use firehose_codec::{Packet, ReasonCode};
 use tokio::time::timeout;
@@ -28,7 +31,7 @@ impl Connection {
         };
         if cursor != self.saved_cursor {
             self.saved_cursor = cursor;
-            self.shared.save_session(&self.session, true, None);
+            self.shared.save_session(&self.session, true, &[], None);
         }
     }
 
@@ -39,12 +42,20 @@ impl Connection {
 
     /// Saves the session; `ConnEvent::Saved(ticket)` arrives once it is durable.
     pub(super) fn request_save(&mut self) -> u64 {
+        self.request_save_of(&[])
+    }
+
+    /// Saves the session with the filters subscribed, changed or unsubscribed since its last
+    /// save (the store writes those, not the others); `ConnEvent::Saved(ticket)` arrives once
+    /// it is durable.
+    pub(super) fn request_save_of(&mut self, changed: &[String]) -> u64 {
         self.save_ticket += 1;
         let ticket = self.save_ticket;
         let tx = self.events_sender();
         self.shared.save_session(
             &self.session,
             true,
+            changed,
             Some(Box::new(move || {
                 let _ = tx.send(ConnEvent::Saved(ticket));
             })),
@@ -109,11 +120,12 @@ impl Connection {
 }
 
 /// Saves a session and waits (a bounded time) until the save is durable.
-pub(super) async fn save_and_wait(shared: &Shared, session: &Session, connected: bool) {
+pub(super) async fn save_and_wait(shared: &Shared, session: &Arc<Session>, connected: bool) {
     let (saved_tx, saved_rx) = tokio::sync::oneshot::channel::<()>();
     shared.save_session(
         session,
         connected,
+        &[],
         Some(Box::new(move || {
             let _ = saved_tx.send(());
         })),
