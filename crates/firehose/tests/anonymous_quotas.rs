@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::durable::eventually;
+use common::durable::{eventually, http_get, DataDir};
 use common::wire::{prop, ConnectOpts, PublishOut};
 use common::{Got, RawClient, Server, ServerOptions, PUB_PASSWORD, TIMEOUT};
 
@@ -205,6 +205,39 @@ fn a_run_of_filter_refusals_is_logged_once_and_counted() {
     eventually(TIMEOUT, "a new run after one fitted is logged", || {
         logged(&server, "anonymous subscription refused") == 2
     });
+}
+
+/// The quotas' counters and what anonymous clients hold reach `/metrics` too, where operators
+/// alert on them.
+#[test]
+fn quota_refusals_and_anonymous_usage_are_in_metrics() {
+    let data = DataDir::standard(
+        "[limits]\nmax_anonymous_sessions = 1\nmax_anonymous_sessions_per_ip = 0\n\
+         max_anonymous_filter_bytes = 2000",
+    );
+    let node = data.start();
+    let id = Server::client_id("metrics");
+    let (mut kept, connack) = RawClient::connect_with(node.mqtt, &persistent(true, &id));
+    assert_eq!(connack.code, 0);
+    kept.subscribe("a", 1);
+    assert_eq!(kept.subscribe_with(&[("a/b/c/d", 1)], None), [0x97]);
+    let (_, connack) =
+        RawClient::connect_with(node.mqtt, &persistent(true, &Server::client_id("more")));
+    assert_eq!(connack.code, 0x89);
+    let metrics = http_get(node.http, "/metrics").1;
+    for line in [
+        "firehose_anonymous_sessions 1",
+        "firehose_anonymous_subscriptions 1",
+        "firehose_session_quota_refusals_total 1",
+        "firehose_subscription_quota_refusals_total 1",
+        "firehose_session_owner_refusals_total 0",
+        "firehose_subscriptions_revoked_total 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in:\n{metrics}"
+        );
+    }
 }
 
 /// The memory an `RSS` line of `/proc/<pid>/status` gives, in bytes.

@@ -119,6 +119,15 @@ pub enum PublishError {
     RetainedQuotaFull(QuotaFull),
 }
 
+/// What anonymous clients hold now ([`Broker::anonymous_usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnonymousUsage {
+    /// Persistent sessions created by anonymous clients, online or not.
+    pub sessions: u64,
+    /// Filters of anonymous sessions in the subscription table.
+    pub subscriptions: u64,
+}
+
 impl Broker {
     /// A broker with these limits and users over an opened store, restoring the retained
     /// messages and persistent sessions the store holds. Must run inside a Tokio runtime
@@ -174,6 +183,16 @@ impl Broker {
     /// The retained messages kept and what they take of the quota, for metrics.
     pub fn retained_usage(&self) -> retained::Usage {
         self.shared.router().retained().usage()
+    }
+
+    /// What anonymous clients hold now, against their quotas, for metrics: persistent
+    /// sessions (`limits.max_anonymous_sessions`) and subscriptions
+    /// (`limits.max_anonymous_subscriptions`).
+    pub fn anonymous_usage(&self) -> AnonymousUsage {
+        AnonymousUsage {
+            sessions: self.shared.registry().anonymous_sessions(),
+            subscriptions: self.shared.quotas().anonymous_subscriptions(),
+        }
     }
 
     /// Publishes as `publisher` from inside the process (bridges, HTTP publish), with the same

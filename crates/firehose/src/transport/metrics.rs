@@ -258,6 +258,21 @@ impl Collector for BrokerCollector {
             Some(&Unit::Bytes),
             i64::try_from(retained.bytes).unwrap_or(i64::MAX),
         )?;
+        let anonymous = self.broker.anonymous_usage();
+        gauge(
+            e,
+            "firehose_anonymous_sessions",
+            "Persistent sessions of anonymous clients (limits.max_anonymous_sessions)",
+            None,
+            i64::try_from(anonymous.sessions).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            e,
+            "firehose_anonymous_subscriptions",
+            "Filters of anonymous sessions (limits.max_anonymous_subscriptions)",
+            None,
+            i64::try_from(anonymous.subscriptions).unwrap_or(i64::MAX),
+        )?;
         gauge(
             e,
             "firehose_uptime",
@@ -355,6 +370,34 @@ impl Collector for BrokerCollector {
             "Times a live session's send queue filled and it switched to catching up from the log",
             None,
             read(&stats.lagging_switches),
+        )?;
+        counter(
+            e,
+            "firehose_session_owner_refusals",
+            "CONNECTs refused because the client id's session belongs to another identity",
+            None,
+            read(&stats.sessions_not_owner),
+        )?;
+        counter(
+            e,
+            "firehose_session_quota_refusals",
+            "New anonymous persistent sessions refused by a session quota",
+            None,
+            read(&stats.sessions_over_quota),
+        )?;
+        counter(
+            e,
+            "firehose_subscription_quota_refusals",
+            "Filters of anonymous clients refused by a filter or subscription quota",
+            None,
+            read(&stats.subscriptions_over_quota),
+        )?;
+        counter(
+            e,
+            "firehose_subscriptions_revoked",
+            "Filters dropped on resume or restore because the user's subscribe list no longer allows them",
+            None,
+            read(&stats.subscriptions_revoked),
         )?;
         counter(
             e,
