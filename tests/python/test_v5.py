@@ -184,11 +184,17 @@ def test_session_expiry(client):
 
 
 def test_session_expiry_set_on_disconnect(client):
+    probe = client(V5)
+    probe.sub("$SYS/broker/clients/connected", 0)
     c = client(V5, client_id=unique_id("se-disc"), clean=False, session_expiry=600)
     c.sub("test/se", 1)
     # A DISCONNECT may shorten the expiry to 0: the session ends now.
     c.c.disconnect(properties=props(PacketTypes.DISCONNECT, SessionExpiryInterval=0))
     c.wait_disconnected()
+    # paho closes its socket right after sending DISCONNECT: a reconnect at once could reach
+    # the broker before the old connection's DISCONNECT is read, and take the session over
+    # instead. Wait until the broker counts only the probe.
+    probe.until(b"1")
     c.reconnect()
     assert c.session_present is False
 
