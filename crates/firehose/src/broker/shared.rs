@@ -8,6 +8,7 @@
 //! `pub(super)` accessors. Depends on the router, the session registry, the store, the users
 //! and the limits.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +18,14 @@ use tokio::task::JoinHandle;
 
 use super::admission::Admission;
 use super::message::{now_ms, Message};
-use super::passwords::PasswordChecks;
+use super::passwords::{PasswordChecks, Refusal};
 use super::pipeline::Pipeline;
 use super::retained::Retained;
 use super::router::Router;
 use super::session::{AttachRequest, Attached, Registry, Session};
 use super::stats::Stats;
 use super::subscription::SubOptions;
-use crate::auth::{AuthFailure, Identity, Users};
+use crate::auth::{Identity, Users};
 use crate::config::Limits;
 use crate::store::{Page, Store, StoreError, StoredInflight, StoredSession, StoredSubscription};
 
@@ -67,13 +68,14 @@ impl Shared {
         let last_id = store.last_id();
         let users = Arc::new(users);
         let retained = Retained::new(limits.max_retained_messages, limits.max_retained_bytes);
+        let stats = Stats::new();
         Arc::new(Shared {
+            passwords: PasswordChecks::new(users.clone(), &limits, stats.auth.clone()),
             limits,
-            passwords: PasswordChecks::new(users.clone()),
             users,
             router: Router::new(retained),
             registry: Registry::default(),
-            stats: Stats::new(),
+            stats,
             shutdown,
             closing: AtomicBool::new(false),
             admission: Admission::default(),
@@ -146,17 +148,19 @@ impl Shared {
         self.shutdown.subscribe()
     }
 
-    /// Who a client is, from its CONNECT user name and password: bounded and remembered
-    /// password checks (see `passwords`).
+    /// Who a client connecting from `ip` is, from its CONNECT user name and password: bounded,
+    /// backed-off and remembered password checks (see `passwords`).
     ///
     /// # Errors
-    /// [`AuthFailure`] for unknown users and wrong passwords.
+    /// [`Refusal`]: unknown users and wrong passwords, and logins refused unchecked (backoff,
+    /// too many checks waiting).
     pub(crate) async fn check_password(
         &self,
+        ip: IpAddr,
         username: Option<&str>,
         password: Option<&[u8]>,
-    ) -> Result<Identity, AuthFailure> {
-        self.passwords.check(username, password).await
+    ) -> Result<Identity, Refusal> {
+        self.passwords.check(ip, username, password).await
     }
 
     /// The identity of a user of the users file, for a client its transport authenticated.
@@ -324,7 +328,7 @@ impl Shared {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(secs)).await;
             if shared.end_session(&session, generation) {
-                tracing::debug!(client = %session.client_id, "session expired");
+                tracing::debug!(client = ?session.client_id, "session expired");
             }
         });
     }
