@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::admission::Admission;
 use super::message::{now_ms, Message};
-use super::passwords::{PasswordChecks, Refusal};
+use super::passwords::{LoginRefusal, PasswordChecks};
 use super::pipeline::Pipeline;
 use super::retained::Retained;
 use super::router::Router;
@@ -152,15 +152,21 @@ impl Shared {
     /// backed-off and remembered password checks (see `passwords`).
     ///
     /// # Errors
-    /// [`Refusal`]: unknown users and wrong passwords, and logins refused unchecked (backoff,
+    /// [`LoginRefusal`]: unknown users and wrong passwords, and logins refused unchecked (backoff,
     /// too many checks waiting).
     pub(crate) async fn check_password(
         &self,
         ip: IpAddr,
         username: Option<&str>,
         password: Option<&[u8]>,
-    ) -> Result<Identity, Refusal> {
+    ) -> Result<Identity, LoginRefusal> {
         self.passwords.check(ip, username, password).await
+    }
+
+    /// The password checks, for tests that hold their cores.
+    #[cfg(test)]
+    pub(crate) fn passwords(&self) -> &PasswordChecks {
+        &self.passwords
     }
 
     /// The identity of a user of the users file, for a client its transport authenticated.

@@ -498,6 +498,52 @@ impl RawClient {
         }
     }
 
+    /// Opens a TCP connection from the loopback address `source` (any of 127.0.0.0/8), so
+    /// that a test can speak for several client addresses.
+    pub(crate) fn tcp_from(source: &str, addr: SocketAddr) -> RawClient {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let source: SocketAddr = format!("{source}:0").parse().expect("source address");
+        let stream = runtime
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(source)?;
+                tokio::time::timeout(TIMEOUT, socket.connect(addr))
+                    .await
+                    .map_err(|_| std::io::ErrorKind::TimedOut)?
+            })
+            .and_then(|stream| stream.into_std())
+            .unwrap_or_else(|e| panic!("connect from {source} to {addr}: {e}"));
+        stream.set_nonblocking(false).expect("blocking");
+        stream.set_nodelay(true).expect("set_nodelay");
+        RawClient {
+            stream,
+            buf: Vec::new(),
+            stash: VecDeque::new(),
+            v5: false,
+            name: format!("raw from {source}"),
+            next_id: 1,
+        }
+    }
+
+    /// [`RawClient::connect_with`] from the loopback address `source`.
+    pub(crate) fn connect_from(
+        source: &str,
+        addr: SocketAddr,
+        opts: &ConnectOpts,
+    ) -> (RawClient, ConnAck) {
+        let mut client = RawClient::tcp_from(source, addr);
+        client.v5 = opts.v5;
+        client.send(&opts.encode());
+        let packet = client.expect_packet();
+        let connack = packet
+            .connack(opts.v5)
+            .unwrap_or_else(|e| panic!("{}: bad CONNACK: {e}", client.name));
+        (client, connack)
+    }
+
     /// Opens a connection, sends CONNECT and returns the client with the CONNACK, whatever its
     /// code.
     pub(crate) fn connect_with(addr: SocketAddr, opts: &ConnectOpts) -> (RawClient, ConnAck) {

@@ -25,7 +25,7 @@ use super::serve::poll_read_some;
 use super::Connection;
 use crate::auth::{AuthFailure, Identity};
 use crate::broker::outbox::Outbox;
-use crate::broker::passwords::Refusal;
+use crate::broker::passwords::LoginRefusal;
 use crate::broker::pipeline::publish_verdict;
 use crate::broker::session::AttachRequest;
 use crate::broker::shared::Shared;
@@ -142,11 +142,11 @@ fn connack(reason: ReasonCode) -> Packet {
 /// password": a login refused unchecked is told to come back later, so that a client with the
 /// right password neither believes it wrong nor gives up (MQTT clients retry on 0x88/0x89 and
 /// 3.1.1's 3, and many stop on 0x86 and 4).
-fn refusal_reason(refused: Option<Refusal>) -> ReasonCode {
+fn refusal_reason(refused: Option<LoginRefusal>) -> ReasonCode {
     match refused {
-        Some(Refusal::BadCredentials) => ReasonCode::BadUserNameOrPassword,
-        Some(Refusal::BackingOff) => ReasonCode::ServerBusy,
-        Some(Refusal::Busy) | None => ReasonCode::ServerUnavailable,
+        Some(LoginRefusal::BadCredentials) => ReasonCode::BadUserNameOrPassword,
+        Some(LoginRefusal::BackingOff) => ReasonCode::ServerBusy,
+        Some(LoginRefusal::Busy) | None => ReasonCode::ServerUnavailable,
     }
 }
 
@@ -192,7 +192,9 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         return None;
     }
     let checked = match &info.authenticated_user {
-        Some(name) => Some(authenticate_by_transport(shared, name, user).map_err(Refusal::from)),
+        Some(name) => {
+            Some(authenticate_by_transport(shared, name, user).map_err(LoginRefusal::from))
+        }
         None => {
             let check = shared.check_password(peer.ip(), user, connect.password.as_deref());
             timeout_at(deadline, check).await.ok()
@@ -200,7 +202,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let identity = match checked {
         Some(Ok(identity)) => identity,
-        Some(Err(Refusal::BadCredentials)) => {
+        Some(Err(LoginRefusal::BadCredentials)) => {
             let packet = refusal(
                 ReasonCode::BadUserNameOrPassword,
                 "bad user name or password",
@@ -398,6 +400,57 @@ mod tests {
             "no maximum"
         );
         assert_eq!(granted_keep_alive(Protocol::V311, 0, 60), (0, None));
+    }
+
+    /// `limits.connect_timeout_secs` ends a login that waits for a password check too: it is
+    /// answered "Server unavailable" rather than left waiting.
+    #[tokio::test]
+    async fn the_deadline_covers_the_wait_for_a_password_check() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let hash = crate::auth::hash_password(b"secret").expect("hash");
+        let users = crate::auth::Users::parse(&format!(
+            "[[user]]\nname = \"pub\"\npassword = \"{hash}\"\npublish = [\"#\"]\n"
+        ))
+        .expect("users");
+        let limits = crate::config::Limits {
+            connect_timeout_secs: 1,
+            ..crate::config::Limits::default()
+        };
+        let (broker, _dir) = crate::broker::test_broker(limits, users);
+        let cores = broker.shared.passwords().hold_cores();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let info = ConnectionInfo::new(peer, "tcp");
+        tokio::spawn(super::super::run(broker.shared.clone(), stream, info, ()));
+        let connect = Packet::Connect(Box::new(Connect {
+            protocol: Protocol::V311,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: "waiting".into(),
+            will: None,
+            username: Some("pub".into()),
+            password: Some(bytes::Bytes::from_static(b"secret")),
+            properties: Default::default(),
+        }));
+        let mut bytes = BytesMut::new();
+        firehose_codec::encode(&connect, Protocol::V311, &mut bytes).expect("encode");
+        client.write_all(&bytes).await.expect("send CONNECT");
+        let mut answer = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut answer))
+            .await
+            .expect("answered before the check could run")
+            .expect("CONNACK");
+        assert_eq!(answer, [0x20, 2, 0, 3], "CONNACK: server unavailable");
+        let stats = broker.stats();
+        assert_eq!(stats::get(&stats.connect_timeouts), 1);
+        assert_eq!(stats::get(&stats.auth.checks), 0);
+        drop(cores);
     }
 
     #[test]

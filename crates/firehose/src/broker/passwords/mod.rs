@@ -50,7 +50,7 @@ const FAMILIAR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Why a login was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Refusal {
+pub enum LoginRefusal {
     /// Unknown user or wrong password (checked): CONNACK 0x86, 3.1.1 return code 4.
     #[error("bad user name or password")]
     BadCredentials,
@@ -67,9 +67,9 @@ pub(crate) enum Refusal {
     Busy,
 }
 
-impl From<AuthFailure> for Refusal {
-    fn from(_: AuthFailure) -> Refusal {
-        Refusal::BadCredentials
+impl From<AuthFailure> for LoginRefusal {
+    fn from(_: AuthFailure) -> LoginRefusal {
+        LoginRefusal::BadCredentials
     }
 }
 
@@ -204,14 +204,14 @@ impl PasswordChecks {
     /// Who a client connecting from `ip` is, from its CONNECT user name and password.
     ///
     /// # Errors
-    /// [`Refusal::BadCredentials`] for unknown users and wrong passwords;
-    /// [`Refusal::BackingOff`] and [`Refusal::Busy`] for logins refused unchecked.
+    /// [`LoginRefusal::BadCredentials`] for unknown users and wrong passwords;
+    /// [`LoginRefusal::BackingOff`] and [`LoginRefusal::Busy`] for logins refused unchecked.
     pub(crate) async fn check(
         &self,
         ip: IpAddr,
         username: Option<&str>,
         password: Option<&[u8]>,
-    ) -> Result<Identity, Refusal> {
+    ) -> Result<Identity, LoginRefusal> {
         let (Some(name), Some(secret)) = (username, password) else {
             // Anonymous, or a refusal that needs no hash.
             return Ok(self.inner.users.authenticate(username, password)?);
@@ -228,7 +228,7 @@ impl PasswordChecks {
                     .clone()
                     .unwrap_or(Err(AuthFailure::BadCredentials))?),
                 // The check was given up before it ran (its connection's deadline passed).
-                Err(_) => Err(Refusal::Busy),
+                Err(_) => Err(LoginRefusal::Busy),
             },
             Admitted::Check(ticket) => self.run(ticket, name, secret).await,
         }
@@ -237,14 +237,19 @@ impl PasswordChecks {
     /// Waits for a core (suspects through their gate first), then checks on a blocking thread
     /// that holds the core and records the outcome, whether or not this future is still
     /// awaited by then.
-    async fn run(&self, ticket: Ticket, name: &str, secret: &[u8]) -> Result<Identity, Refusal> {
+    async fn run(
+        &self,
+        ticket: Ticket,
+        name: &str,
+        secret: &[u8],
+    ) -> Result<Identity, LoginRefusal> {
         let gate = if ticket.suspect {
             Some(
                 self.inner
                     .suspect_gate
                     .acquire()
                     .await
-                    .map_err(|_| Refusal::Busy)?,
+                    .map_err(|_| LoginRefusal::Busy)?,
             )
         } else {
             None
@@ -255,7 +260,7 @@ impl PasswordChecks {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| Refusal::Busy)?;
+            .map_err(|_| LoginRefusal::Busy)?;
         drop(gate);
         let (name, secret) = (name.to_owned(), secret.to_vec());
         let inner = self.inner.clone();
@@ -277,7 +282,7 @@ impl Inner {
 
     /// Decides whether a login is let in, refused unchecked, or checked (steps 1-4 of the
     /// module's list).
-    fn admit(self: &Arc<Self>, login: Login, name: &str) -> Result<Admitted, Refusal> {
+    fn admit(self: &Arc<Self>, login: Login, name: &str) -> Result<Admitted, LoginRefusal> {
         let now = now();
         let mut state = self.lock();
         let fresh = |at: Option<&Instant>, within| at.is_some_and(|at| now < *at + within);
@@ -291,7 +296,7 @@ impl Inner {
             || (!familiar && state.users.backing_off(&login.user, now))
         {
             stats::add(&self.stats.refused_backoff, 1);
-            return Err(Refusal::BackingOff);
+            return Err(LoginRefusal::BackingOff);
         }
         if let Some(verdict) = state.checking.get(&login.key) {
             return Ok(Admitted::Follow(verdict.clone()));
@@ -312,7 +317,7 @@ impl Inner {
                     state.pending
                 );
             }
-            return Err(Refusal::Busy);
+            return Err(LoginRefusal::Busy);
         }
         state.pending += 1;
         state.suspects += usize::from(suspect);
@@ -390,6 +395,14 @@ impl Drop for Ticket {
         }
         state.checking.remove(&self.login.key);
         stats::set(&self.inner.stats.pending, state.pending as u64);
+    }
+}
+
+#[cfg(test)]
+impl PasswordChecks {
+    /// Takes every core, so that admitted checks wait: for tests of what waits for them.
+    pub(crate) fn hold_cores(&self) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+        std::iter::from_fn(|| self.inner.cores.clone().try_acquire_owned().ok()).collect()
     }
 }
 

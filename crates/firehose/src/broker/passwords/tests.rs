@@ -4,8 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::*;
 
 fn users() -> Arc<Users> {
@@ -35,7 +33,12 @@ fn ip(text: &str) -> IpAddr {
 
 impl PasswordChecks {
     /// `check` with a name and a password.
-    async fn login(&self, from: &str, name: &str, password: &str) -> Result<Identity, Refusal> {
+    async fn login(
+        &self,
+        from: &str,
+        name: &str,
+        password: &str,
+    ) -> Result<Identity, LoginRefusal> {
         self.check(ip(from), Some(name), Some(password.as_bytes()))
             .await
     }
@@ -43,15 +46,6 @@ impl PasswordChecks {
     /// How many hashes were checked.
     fn hashed(&self) -> u64 {
         self.inner.stats.checks.load(Ordering::Relaxed)
-    }
-
-    /// Takes every core, so that admitted checks wait.
-    async fn hold_cores(&self) -> Vec<OwnedSemaphorePermit> {
-        let mut held = Vec::new();
-        while let Ok(permit) = self.inner.cores.clone().try_acquire_owned() {
-            held.push(permit);
-        }
-        held
     }
 
     /// Lets spawned logins run until they wait, and says how many checks are admitted.
@@ -67,7 +61,7 @@ fn spawn_login(
     checks: &Arc<PasswordChecks>,
     from: &'static str,
     password: &'static str,
-) -> tokio::task::JoinHandle<Result<Identity, Refusal>> {
+) -> tokio::task::JoinHandle<Result<Identity, LoginRefusal>> {
     let checks = checks.clone();
     tokio::spawn(async move { checks.login(from, "pub", password).await })
 }
@@ -114,13 +108,13 @@ async fn an_address_with_failures_is_backed_off_without_hashing() {
     let attacker = "192.0.2.66";
     for guess in ["a", "b", "c"] {
         let refused = checks.login(attacker, "pub", guess).await;
-        assert_eq!(refused.err(), Some(Refusal::BadCredentials), "{guess}");
+        assert_eq!(refused.err(), Some(LoginRefusal::BadCredentials), "{guess}");
     }
     assert_eq!(checks.hashed(), 3);
     // Backed off: further guesses, even the right password, are refused unchecked.
     for guess in ["d", "secret"] {
         let refused = checks.login(attacker, "pub", guess).await;
-        assert_eq!(refused.err(), Some(Refusal::BackingOff), "{guess}");
+        assert_eq!(refused.err(), Some(LoginRefusal::BackingOff), "{guess}");
     }
     assert_eq!(checks.hashed(), 3);
     let stats = &checks.inner.stats;
@@ -145,11 +139,15 @@ async fn a_users_backoff_spares_the_addresses_it_logged_in_from() {
         assert!(checks.login(&from, "pub", guess).await.is_err());
     }
     let guess = checks.login(attacker, "pub", "d").await;
-    assert_eq!(guess.err(), Some(Refusal::BackingOff), "a fourth address");
+    assert_eq!(
+        guess.err(),
+        Some(LoginRefusal::BackingOff),
+        "a fourth address"
+    );
     let stranger = checks.login(elsewhere, "pub", "secret").await;
     assert_eq!(
         stranger.err(),
-        Some(Refusal::BackingOff),
+        Some(LoginRefusal::BackingOff),
         "an unfamiliar address"
     );
     let owner = checks.login(home, "pub", "secret").await;
@@ -164,23 +162,23 @@ async fn beyond_the_queue_logins_are_refused_at_once() {
         max_password_checks_per_address: 1,
         ..limits()
     }));
-    let cores = checks.hold_cores().await;
+    let cores = checks.hold_cores();
     let first = spawn_login(&checks, "192.0.2.1", "secret");
     assert_eq!(checks.settle().await, 1);
     // One check per address: the same address again is refused, another one waits.
     let same = checks.login("192.0.2.1", "pub", "other").await;
-    assert_eq!(same.err(), Some(Refusal::Busy));
+    assert_eq!(same.err(), Some(LoginRefusal::Busy));
     let second = spawn_login(&checks, "192.0.2.2", "wrong");
     assert_eq!(checks.settle().await, 2);
     // The queue is full: refused at once, nothing checked.
     let third = checks.login("192.0.2.3", "pub", "secret3").await;
-    assert_eq!(third.err(), Some(Refusal::Busy));
+    assert_eq!(third.err(), Some(LoginRefusal::Busy));
     assert_eq!(checks.hashed(), 0);
     drop(cores);
     assert!(first.await.expect("task").is_ok());
     assert_eq!(
         second.await.expect("task").err(),
-        Some(Refusal::BadCredentials)
+        Some(LoginRefusal::BadCredentials)
     );
     let stats = &checks.inner.stats;
     assert_eq!(stats.refused_busy.load(Ordering::Relaxed), 2);
@@ -199,7 +197,7 @@ async fn a_login_without_failures_waits_behind_at_most_one_suspect_check() {
         assert!(checks.login(from, "nobody", "x").await.is_err());
     }
     let before = checks.hashed();
-    let mut cores = checks.hold_cores().await;
+    let mut cores = checks.hold_cores();
     let queued: Vec<_> = suspects
         .iter()
         .zip(["y1", "y2", "y3"])
@@ -226,7 +224,7 @@ async fn a_login_without_failures_waits_behind_at_most_one_suspect_check() {
 #[tokio::test]
 async fn one_wrong_password_tried_by_a_crowd_costs_one_check_and_one_failure() {
     let checks = Arc::new(checks_with(limits()));
-    let cores = checks.hold_cores().await;
+    let cores = checks.hold_cores();
     let crowd: Vec<_> = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
         .into_iter()
         .map(|from| spawn_login(&checks, from, "wrong"))
@@ -235,7 +233,7 @@ async fn one_wrong_password_tried_by_a_crowd_costs_one_check_and_one_failure() {
     drop(cores);
     for login in crowd {
         let refused = login.await.expect("task");
-        assert_eq!(refused.err(), Some(Refusal::BadCredentials));
+        assert_eq!(refused.err(), Some(LoginRefusal::BadCredentials));
     }
     assert_eq!(checks.hashed(), 1);
     let stats = &checks.inner.stats;
@@ -245,7 +243,7 @@ async fn one_wrong_password_tried_by_a_crowd_costs_one_check_and_one_failure() {
 #[tokio::test]
 async fn a_login_given_up_while_waiting_gives_its_place_back() {
     let checks = Arc::new(checks_with(limits()));
-    let cores = checks.hold_cores().await;
+    let cores = checks.hold_cores();
     let leader = spawn_login(&checks, "192.0.2.1", "wrong");
     assert_eq!(checks.settle().await, 1);
     let follower = spawn_login(&checks, "192.0.2.2", "wrong");
@@ -254,7 +252,10 @@ async fn a_login_given_up_while_waiting_gives_its_place_back() {
     leader.abort();
     assert_eq!(checks.settle().await, 0);
     assert!(checks.inner.lock().checking.is_empty());
-    assert_eq!(follower.await.expect("task").err(), Some(Refusal::Busy));
+    assert_eq!(
+        follower.await.expect("task").err(),
+        Some(LoginRefusal::Busy)
+    );
     drop(cores);
     assert_eq!(checks.hashed(), 0);
     assert_eq!(checks.inner.stats.pending.load(Ordering::Relaxed), 0);
