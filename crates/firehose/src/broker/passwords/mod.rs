@@ -14,12 +14,16 @@
 //!    waits for that check instead of queueing its own (a crowd of one user's clients costs
 //!    one hash).
 //! 4. **Admission**: at most `limits.max_password_checks` checks waiting or running, at most
-//!    `max_password_checks_per_address` of them from one address, at most half of them suspect
-//!    (from an address or for a user name with recent failures). Beyond, "Server unavailable"
-//!    at once: a bounded wait, never a queue that grows.
-//! 5. **The check**: one per core at a time. Suspect checks pass a gate of their own, one at a
-//!    time, before they queue for a core, so a login with no failures behind it waits for at
-//!    most one suspect check besides those already running.
+//!    `max_password_checks_per_address` of them from one address. Logins come in three kinds:
+//!    *familiar* (the user logged in from this address before), *suspect* (from an address or
+//!    for a user name with recent failures) and *clean* (the rest). A quarter of the queue is
+//!    kept for familiar logins, and suspect ones may take half at most. Beyond, "Server
+//!    unavailable" at once: a bounded wait, never a queue that grows.
+//! 5. **The check**: one per core at a time, in order of arrival, except that clean checks
+//!    pass a gate of one permit per core, and suspect checks a gate of one, before they queue
+//!    for a core. So a clean login waits behind at most one suspect check, and a familiar one
+//!    (a publisher reconnecting from its usual address) behind at most one per core and one
+//!    suspect, besides those running, however many strangers flood the queue.
 //!
 //! The check runs on a blocking thread that holds its core and records the outcome itself: a
 //! connection that gives up (its handshake deadline, `limits.connect_timeout_secs`) frees
@@ -96,6 +100,8 @@ struct Inner {
     free_failures: u32,
     /// One permit per core: checks running at once.
     cores: Arc<Semaphore>,
+    /// One permit per core: the clean checks allowed to queue for a core.
+    clean_gate: Semaphore,
     /// One permit: the suspect check allowed to queue for a core.
     suspect_gate: Semaphore,
     /// The tables and counts, locked briefly (never across an await or a hash).
@@ -120,6 +126,8 @@ struct State {
     familiar: Bounded<(u64, Source), Instant>,
     /// Checks waiting or running.
     pending: usize,
+    /// Of them, those not familiar (clean and suspect).
+    strangers: usize,
     /// Of them, suspect ones.
     suspects: usize,
     /// Of them, by address (no entry for none).
@@ -142,6 +150,17 @@ struct Login {
     user: u64,
 }
 
+/// What kind of login a check is for: it decides its share of the queue and its gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The user logged in right from this address in the last week.
+    Familiar,
+    /// Neither familiar nor suspect.
+    Clean,
+    /// From an address, or for a user name, with recent failures.
+    Suspect,
+}
+
 /// What admission decided for a login that may go on.
 enum Admitted {
     /// Checked right recently: this identity.
@@ -158,8 +177,8 @@ struct Ticket {
     inner: Arc<Inner>,
     /// The login checked.
     login: Login,
-    /// Whether it was admitted as suspect.
-    suspect: bool,
+    /// What kind of login it was admitted as.
+    kind: Kind,
     /// Tells the logins that follow it the verdict.
     done: watch::Sender<Option<Verdict>>,
 }
@@ -180,6 +199,7 @@ impl PasswordChecks {
             users: Failures::new(policy, records),
             familiar: Bounded::new(records),
             pending: 0,
+            strangers: 0,
             suspects: 0,
             by_source: HashMap::new(),
             checking: HashMap::new(),
@@ -193,6 +213,7 @@ impl PasswordChecks {
                     .unwrap_or(usize::MAX),
                 free_failures: limits.auth_failures_before_backoff,
                 cores: Arc::new(Semaphore::new(cores)),
+                clean_gate: Semaphore::new(cores),
                 suspect_gate: Semaphore::new(1),
                 state: Mutex::new(state),
                 stats,
@@ -234,25 +255,23 @@ impl PasswordChecks {
         }
     }
 
-    /// Waits for a core (suspects through their gate first), then checks on a blocking thread
-    /// that holds the core and records the outcome, whether or not this future is still
-    /// awaited by then.
+    /// Waits for a core (clean and suspect logins through their gate first), then checks on
+    /// a blocking thread that holds the core and records the outcome, whether or not this
+    /// future is still awaited by then.
     async fn run(
         &self,
         ticket: Ticket,
         name: &str,
         secret: &[u8],
     ) -> Result<Identity, LoginRefusal> {
-        let gate = if ticket.suspect {
-            Some(
-                self.inner
-                    .suspect_gate
-                    .acquire()
-                    .await
-                    .map_err(|_| LoginRefusal::Busy)?,
-            )
-        } else {
-            None
+        let gate = match ticket.kind {
+            Kind::Familiar => None,
+            Kind::Clean => Some(&self.inner.clean_gate),
+            Kind::Suspect => Some(&self.inner.suspect_gate),
+        };
+        let gate = match gate {
+            Some(gate) => Some(gate.acquire().await.map_err(|_| LoginRefusal::Busy)?),
+            None => None,
         };
         let core = self
             .inner
@@ -301,16 +320,23 @@ impl Inner {
         if let Some(verdict) = state.checking.get(&login.key) {
             return Ok(Admitted::Follow(verdict.clone()));
         }
-        let suspect = state.sources.suspect(&login.source, now)
-            || (!familiar && state.users.suspect(&login.user, now));
+        let kind = if familiar {
+            Kind::Familiar
+        } else if state.sources.suspect(&login.source, now) || state.users.suspect(&login.user, now)
+        {
+            Kind::Suspect
+        } else {
+            Kind::Clean
+        };
         let from_source = state.by_source.get(&login.source).copied().unwrap_or(0);
         let full = state.pending >= self.max_pending;
-        if full
-            || from_source >= self.max_per_source
-            || (suspect && state.suspects >= (self.max_pending / 2).max(1))
-        {
+        let strangers_full =
+            kind != Kind::Familiar && state.strangers >= self.max_pending - self.max_pending / 4;
+        let suspects_full =
+            kind == Kind::Suspect && state.suspects >= (self.max_pending / 2).max(1);
+        if full || from_source >= self.max_per_source || strangers_full || suspects_full {
             stats::add(&self.stats.refused_busy, 1);
-            if full && !std::mem::replace(&mut state.warned_full, true) {
+            if (full || strangers_full) && !std::mem::replace(&mut state.warned_full, true) {
                 tracing::warn!(
                     "{} password checks are waiting (limits.max_password_checks): further \
                      logins are answered Server unavailable until they are done (logged once)",
@@ -320,7 +346,8 @@ impl Inner {
             return Err(LoginRefusal::Busy);
         }
         state.pending += 1;
-        state.suspects += usize::from(suspect);
+        state.strangers += usize::from(kind != Kind::Familiar);
+        state.suspects += usize::from(kind == Kind::Suspect);
         *state.by_source.entry(login.source).or_insert(0) += 1;
         stats::set(&self.stats.pending, state.pending as u64);
         let (done, verdict) = watch::channel(None);
@@ -328,7 +355,7 @@ impl Inner {
         Ok(Admitted::Check(Ticket {
             inner: self.clone(),
             login,
-            suspect,
+            kind,
             done,
         }))
     }
@@ -384,7 +411,10 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut state = self.inner.lock();
         state.pending = state.pending.saturating_sub(1);
-        if self.suspect {
+        if self.kind != Kind::Familiar {
+            state.strangers = state.strangers.saturating_sub(1);
+        }
+        if self.kind == Kind::Suspect {
             state.suspects = state.suspects.saturating_sub(1);
         }
         if let Some(count) = state.by_source.get_mut(&self.login.source) {

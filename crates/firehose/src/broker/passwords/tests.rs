@@ -62,8 +62,17 @@ fn spawn_login(
     from: &'static str,
     password: &'static str,
 ) -> tokio::task::JoinHandle<Result<Identity, LoginRefusal>> {
+    spawn_login_as(checks, from.to_owned(), "pub", password.to_owned())
+}
+
+fn spawn_login_as(
+    checks: &Arc<PasswordChecks>,
+    from: String,
+    name: &'static str,
+    password: String,
+) -> tokio::task::JoinHandle<Result<Identity, LoginRefusal>> {
     let checks = checks.clone();
-    tokio::spawn(async move { checks.login(from, "pub", password).await })
+    tokio::spawn(async move { checks.login(&from, name, &password).await })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,4 +268,85 @@ async fn a_login_given_up_while_waiting_gives_its_place_back() {
     drop(cores);
     assert_eq!(checks.hashed(), 0);
     assert_eq!(checks.inner.stats.pending.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_publisher_from_its_usual_address_passes_a_flood_of_strangers() {
+    let checks = Arc::new(checks_with(Limits {
+        max_password_checks: 64,
+        ..limits()
+    }));
+    let home = "192.0.2.1";
+    checks
+        .login(home, "pub", "secret")
+        .await
+        .expect("first login");
+    checks.inner.lock().remembered = Bounded::new(10);
+    let before = checks.hashed();
+    let cores = checks.inner.cores.available_permits();
+    let mut held = checks.hold_cores();
+    // Strangers, more than the clean gate lets queue for a core.
+    let strangers: Vec<_> = (0..cores + 2)
+        .map(|n| {
+            spawn_login_as(
+                &checks,
+                format!("198.51.100.{n}"),
+                "nobody",
+                format!("x{n}"),
+            )
+        })
+        .collect();
+    assert_eq!(checks.settle().await, cores + 2);
+    let publisher = spawn_login(&checks, home, "secret");
+    assert_eq!(checks.settle().await, cores + 3);
+    let stop = tokio::spawn(checks.inner.cores.clone().acquire_owned());
+    checks.settle().await;
+    // One core at a time: the strangers that passed the gate, then the publisher.
+    held.pop();
+    assert!(publisher.await.expect("task").is_ok());
+    assert_eq!(checks.hashed() - before, cores as u64 + 1);
+    drop(stop.await.expect("task"));
+    drop(held);
+    for stranger in strangers {
+        assert!(stranger.await.expect("task").is_err());
+    }
+}
+
+#[tokio::test]
+async fn a_quarter_of_the_queue_is_kept_for_familiar_logins() {
+    let checks = Arc::new(checks_with(Limits {
+        max_password_checks: 4,
+        ..limits()
+    }));
+    let home = "192.0.2.1";
+    checks
+        .login(home, "pub", "secret")
+        .await
+        .expect("first login");
+    checks.inner.lock().remembered = Bounded::new(10);
+    let held = checks.hold_cores();
+    let strangers: Vec<_> = (0..3)
+        .map(|n| {
+            spawn_login_as(
+                &checks,
+                format!("198.51.100.{n}"),
+                "nobody",
+                format!("x{n}"),
+            )
+        })
+        .collect();
+    assert_eq!(checks.settle().await, 3);
+    let stranger = checks.login("198.51.100.9", "nobody", "x").await;
+    assert_eq!(
+        stranger.err(),
+        Some(LoginRefusal::Busy),
+        "three quarters are taken"
+    );
+    let publisher = spawn_login(&checks, home, "secret");
+    assert_eq!(checks.settle().await, 4, "the familiar login is admitted");
+    drop(held);
+    assert!(publisher.await.expect("task").is_ok());
+    for stranger in strangers {
+        assert!(stranger.await.expect("task").is_err());
+    }
 }
