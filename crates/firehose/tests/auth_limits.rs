@@ -80,35 +80,26 @@ fn mosquitto_login(
     (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).to_lowercase())
 }
 
-macro_rules! both_versions {
-    ($($name:ident;)*) => {$(
-        mod $name {
-            #[test]
-            fn v311() {
-                super::$name(false)
-            }
-            #[test]
-            fn v5() {
-                super::$name(true)
-            }
-        }
-    )*};
-}
-
-both_versions! {
-    wrong_passwords_in_a_loop_are_backed_off_without_a_check;
-    a_user_name_under_attack_still_lets_in_the_logins_it_remembers;
+/// Runs `body` on MQTT 3.1.1, then 5.0, with Mosquitto's clients.
+fn both_versions(body: fn(bool)) {
+    assert!(
+        have_mosquitto_clients(),
+        "install mosquitto-clients (scripts/test does)"
+    );
+    body(false);
+    body(true);
 }
 
 /// A shell loop of `mosquitto_pub` with wrong passwords, from one address: the first ones
 /// are checked and answered "bad user name or password"; once the address is backed off, the
 /// others are answered "server unavailable" / "Server busy" without a check. A valid login
 /// from another address goes through.
-fn wrong_passwords_in_a_loop_are_backed_off_without_a_check(v5: bool) {
-    assert!(
-        have_mosquitto_clients(),
-        "install mosquitto-clients (scripts/test does)"
-    );
+#[test]
+fn wrong_passwords_in_a_loop_are_backed_off_without_a_check() {
+    both_versions(wrong_passwords_in_a_loop);
+}
+
+fn wrong_passwords_in_a_loop(v5: bool) {
     let server = server(BACKOFF);
     let refusals: Vec<String> = (0..6)
         .map(|n| {
@@ -135,11 +126,12 @@ fn wrong_passwords_in_a_loop_are_backed_off_without_a_check(v5: bool) {
 /// Guesses at one user name from many addresses back the name off: a further guess from yet
 /// another address is refused unchecked, while the user's remembered login (the same name and
 /// password, checked right a moment ago) goes through at once, from anywhere.
-fn a_user_name_under_attack_still_lets_in_the_logins_it_remembers(v5: bool) {
-    assert!(
-        have_mosquitto_clients(),
-        "install mosquitto-clients (scripts/test does)"
-    );
+#[test]
+fn a_user_name_under_attack_still_lets_in_the_logins_it_remembers() {
+    both_versions(a_user_name_under_attack);
+}
+
+fn a_user_name_under_attack(v5: bool) {
     let server = server(BACKOFF);
     assert_eq!(
         mosquitto_login(&server, v5, "127.0.0.3", "pub", PUB_PASSWORD),
@@ -171,42 +163,53 @@ fn a_user_name_under_attack_still_lets_in_the_logins_it_remembers(v5: bool) {
     );
 }
 
-/// Starts `count` logins with distinct wrong passwords for `user` from the sources `source(i)`;
-/// each sends its CONNECT once `start` lets it (the caller is one more party of it), and
-/// returns its CONNACK code.
-fn flood(
-    addr: SocketAddr,
-    v5: bool,
-    count: usize,
-    user: &'static str,
-    source: fn(usize) -> String,
-    start: &Arc<Barrier>,
-) -> Vec<thread::JoinHandle<u8>> {
-    (0..count)
-        .map(|i| {
-            let start = start.clone();
-            thread::spawn(move || {
-                let mut client = RawClient::tcp_from(&source(i), addr);
-                let opts =
-                    ConnectOpts::new(v5, &format!("flood-{i}")).auth(user, &format!("guess-{i}"));
-                client.v5 = v5;
-                start.wait();
-                client.send(&opts.encode());
-                client.expect_packet().connack(v5).expect("CONNACK").code
+/// Logins with distinct wrong passwords, connected and ready to send their CONNECT at once.
+struct Flood {
+    /// Lets them go; the test is one more party of it.
+    start: Arc<Barrier>,
+    /// Each returns its CONNACK code.
+    clients: Vec<thread::JoinHandle<u8>>,
+}
+
+impl Flood {
+    /// `count` logins as `user` from the addresses `source(i)`.
+    fn new(
+        addr: SocketAddr,
+        v5: bool,
+        count: usize,
+        user: &'static str,
+        source: fn(usize) -> String,
+    ) -> Flood {
+        let start = Arc::new(Barrier::new(count + 1));
+        let clients = (0..count)
+            .map(|i| {
+                let start = start.clone();
+                thread::spawn(move || {
+                    let mut client = RawClient::tcp_from(&source(i), addr);
+                    let guess = format!("guess-{i}");
+                    let opts = ConnectOpts::new(v5, &format!("flood-{i}")).auth(user, &guess);
+                    client.v5 = v5;
+                    start.wait();
+                    client.send(&opts.encode());
+                    client.expect_packet().connack(v5).expect("CONNACK").code
+                })
             })
-        })
-        .collect()
-}
+            .collect();
+        Flood { start, clients }
+    }
 
-fn codes(flood: Vec<thread::JoinHandle<u8>>) -> Vec<u8> {
-    flood
-        .into_iter()
-        .map(|client| client.join().expect("flood client"))
-        .collect()
-}
-
-fn count(codes: &[u8], code: u8) -> u64 {
-    codes.iter().filter(|&&c| c == code).count() as u64
+    /// Waits for every answer; returns how many were `bad` (checked) and how many
+    /// `unchecked`, asserting that there was no other.
+    fn answers(self, bad: u8, unchecked: u8) -> (u64, u64) {
+        let codes: Vec<u8> = self
+            .clients
+            .into_iter()
+            .map(|client| client.join().expect("flood client"))
+            .collect();
+        let count = |code| codes.iter().filter(|&&c| c == code).count();
+        assert_eq!(count(bad) + count(unchecked), codes.len(), "{codes:?}");
+        (count(bad) as u64, count(unchecked) as u64)
+    }
 }
 
 /// The case: 150 wrong passwords at once from one address, and a valid login from
@@ -218,27 +221,14 @@ fn count(codes: &[u8], code: u8) -> u64 {
 #[test]
 fn a_flood_of_wrong_passwords_does_not_hold_up_a_valid_login_from_another_address() {
     let server = server("[limits]\nauth_backoff_initial_secs = 600\nauth_backoff_max_secs = 600\n");
-    let start = Arc::new(Barrier::new(151));
-    let guesses = flood(
-        server.addr,
-        false,
-        150,
-        "limited",
-        |_| "127.0.0.2".into(),
-        &start,
-    );
+    let flood = Flood::new(server.addr, false, 150, "limited", |_| "127.0.0.2".into());
     let mut valid = RawClient::tcp_from("127.0.0.3", server.addr);
-    start.wait();
-    valid.send(
-        &ConnectOpts::new(false, "valid")
-            .auth("pub", PUB_PASSWORD)
-            .encode(),
-    );
+    flood.start.wait();
+    let login = ConnectOpts::new(false, "valid").auth("pub", PUB_PASSWORD);
+    valid.send(&login.encode());
     let connack = valid.expect_packet().connack(false).expect("CONNACK");
     assert_eq!(connack.code, 0, "the valid login");
-    let codes = codes(guesses);
-    let (bad, unavailable) = (count(&codes, 4), count(&codes, 3));
-    assert_eq!(bad + unavailable, 150, "every guess answered: {codes:?}");
+    let (bad, unavailable) = flood.answers(4, 3);
     let values = auth_counters(server.addr);
     // Checked at most: the three free failures, the fourth that starts the backoff, and one
     // more already in the queue beside it (two at a time per address). Only checked guesses
@@ -260,23 +250,12 @@ fn a_flood_of_wrong_passwords_does_not_hold_up_a_valid_login_from_another_addres
 #[test]
 fn beyond_the_queue_of_checks_logins_are_answered_server_unavailable() {
     let server = server("[limits]\nmax_password_checks = 2\nauth_failures_before_backoff = 100\n");
-    let start = Arc::new(Barrier::new(41));
-    let guesses = flood(
-        server.addr,
-        true,
-        40,
-        "pub",
-        |i| format!("127.0.2.{}", i + 1),
-        &start,
-    );
-    start.wait();
-    let codes = codes(guesses);
-    let (bad, unavailable) = (count(&codes, 0x86), count(&codes, 0x88));
-    assert_eq!(bad + unavailable, 40, "{codes:?}");
-    assert!(
-        unavailable > 0,
-        "40 logins at once, 2 checks at a time: {codes:?}"
-    );
+    let flood = Flood::new(server.addr, true, 40, "pub", |i| {
+        format!("127.0.2.{}", i + 1)
+    });
+    flood.start.wait();
+    let (bad, unavailable) = flood.answers(0x86, 0x88);
+    assert!(unavailable > 0, "40 logins at once, 2 checks at a time");
     let values = auth_counters(server.addr);
     assert_eq!(value(&values, "password_checks"), bad);
     assert_eq!(value(&values, "refused/busy"), unavailable);

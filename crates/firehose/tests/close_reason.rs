@@ -58,6 +58,22 @@ impl Publisher {
         }
     }
 
+    /// Publishes QoS 2 messages `ids` (never released) in one write: beyond the broker's
+    /// Receive Maximum, the connection ends with 0x93, which this asserts.
+    fn exceed_receive_maximum(&mut self, ids: std::ops::RangeInclusive<u16>) {
+        let burst: Vec<u8> = ids.flat_map(qos2).collect();
+        self.stream.write_all(&burst).expect("the publishes");
+        assert_eq!(self.disconnect_reason(), 0x93, "Receive Maximum exceeded");
+    }
+
+    /// Asserts that the broker ended the stream cleanly after its DISCONNECT (no reset).
+    fn expect_clean_end(&mut self) {
+        assert!(
+            self.packet().is_none(),
+            "nothing after the DISCONNECT but the end"
+        );
+    }
+
     /// Reads up to the DISCONNECT; returns its reason code.
     fn disconnect_reason(&mut self) -> u8 {
         loop {
@@ -71,46 +87,44 @@ impl Publisher {
     }
 }
 
+/// A QoS 2 PUBLISH with packet id `id`.
+fn qos2(id: u16) -> Vec<u8> {
+    PublishOut::new("flow/control", b"m")
+        .qos(2, id)
+        .encode(true)
+}
+
+/// A broker with `limits` (TOML lines) and a publisher logged in to it.
+fn publisher_with(limits: &str) -> (Server, Publisher) {
+    let server =
+        Server::start(ServerOptions::standard().with_config(&format!("[limits]\n{limits}")));
+    let client = Publisher::connect(server.addr);
+    (server, client)
+}
+
 /// `test_flow_control2`: QoS 2 publishes beyond the broker's Receive Maximum, never released,
 /// end the connection with 0x93. The client, which has not read that yet, goes on publishing:
 /// its writes must land (not "broken pipe"), and then it reads the reason and a clean end.
 #[test]
 fn a_client_still_publishing_after_receive_maximum_reads_the_reason() {
-    let server =
-        Server::start(ServerOptions::standard().with_config("[limits]\nreceive_maximum = 10\n"));
-    let mut client = Publisher::connect(server.addr);
-    let publish = |id: u16| {
-        PublishOut::new("flow/control", b"m")
-            .qos(2, id)
-            .encode(true)
-    };
-    let burst: Vec<u8> = (1..=11).flat_map(publish).collect();
-    client
-        .stream
-        .write_all(&burst)
-        .expect("the first eleven publishes");
-    assert_eq!(client.disconnect_reason(), 0x93, "Receive Maximum exceeded");
+    let (_server, mut client) = publisher_with("receive_maximum = 10\n");
+    client.exceed_receive_maximum(1..=11);
     // Publishes that crossed the DISCONNECT on the wire: a closed socket would answer the
     // first with a reset and fail the next ones. Spaced so that a reset would be back.
     for id in 12..=14 {
         thread::sleep(Duration::from_millis(30));
-        if let Err(e) = client.stream.write_all(&publish(id)) {
+        if let Err(e) = client.stream.write_all(&qos2(id)) {
             panic!("publish {id}, written after the broker decided to close: {e}");
         }
     }
-    assert!(
-        client.packet().is_none(),
-        "nothing after the DISCONNECT but the end"
-    );
+    client.expect_clean_end();
 }
 
 /// A packet over `max_packet_size` is refused from its fixed header (0x95), while the client
 /// is still writing its body: the body is read and discarded, the client reads the reason.
 #[test]
 fn a_client_writing_a_packet_too_large_reads_the_reason() {
-    let server =
-        Server::start(ServerOptions::standard().with_config("[limits]\nmax_packet_size = 65536\n"));
-    let mut client = Publisher::connect(server.addr);
+    let (_server, mut client) = publisher_with("max_packet_size = 65536\n");
     let big = PublishOut::new("too/large", &vec![b'x'; 900 * 1024]).encode(true);
     // Written the way a slow link delivers it, so that it is still on its way when the broker
     // has refused it (from its fixed header) and closed: what reaches a closed socket is
@@ -122,29 +136,15 @@ fn a_client_writing_a_packet_too_large_reads_the_reason() {
         thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(client.disconnect_reason(), 0x95, "Packet too large");
-    assert!(
-        client.packet().is_none(),
-        "nothing after the DISCONNECT but the end"
-    );
+    client.expect_clean_end();
 }
 
 /// What the broker reads after its DISCONNECT is bounded in bytes: a client that keeps
 /// writing is cut off (its writes fail) rather than read forever.
 #[test]
 fn a_client_that_keeps_writing_after_the_disconnect_is_cut_off() {
-    let server =
-        Server::start(ServerOptions::standard().with_config("[limits]\nreceive_maximum = 1\n"));
-    let mut client = Publisher::connect(server.addr);
-    let publish = |id: u16| {
-        PublishOut::new("flow/control", b"m")
-            .qos(2, id)
-            .encode(true)
-    };
-    client
-        .stream
-        .write_all(&[publish(1), publish(2)].concat())
-        .expect("two publishes");
-    assert_eq!(client.disconnect_reason(), 0x93);
+    let (_server, mut client) = publisher_with("receive_maximum = 1\n");
+    client.exceed_receive_maximum(1..=2);
     client
         .stream
         .set_write_timeout(Some(TIMEOUT))
@@ -174,21 +174,8 @@ fn a_client_that_keeps_writing_after_the_disconnect_is_cut_off() {
 /// connection slot back (here the only one its address has) soon after.
 #[test]
 fn a_silent_client_after_the_disconnect_gives_its_slot_back() {
-    let server = Server::start(
-        ServerOptions::standard()
-            .with_config("[limits]\nreceive_maximum = 1\nmax_connections_per_ip = 1\n"),
-    );
-    let mut client = Publisher::connect(server.addr);
-    let publish = |id: u16| {
-        PublishOut::new("flow/control", b"m")
-            .qos(2, id)
-            .encode(true)
-    };
-    client
-        .stream
-        .write_all(&[publish(1), publish(2)].concat())
-        .expect("two publishes");
-    assert_eq!(client.disconnect_reason(), 0x93);
+    let (server, mut client) = publisher_with("receive_maximum = 1\nmax_connections_per_ip = 1\n");
+    client.exceed_receive_maximum(1..=2);
     // The client stays, silent. Another connection from its address is refused until the
     // broker let go of the first.
     let deadline = std::time::Instant::now() + TIMEOUT;

@@ -62,19 +62,20 @@ fn a_client_id_and_a_user_name_with_a_forged_line_stay_on_one_escaped_line() {
         2,
         "one line each for the id and the name:\n{log}"
     );
-    let connected = forged
-        .iter()
-        .find(|line| line.contains("client connected client=\"evil"))
-        .unwrap_or_else(|| panic!("the connected line:\n{log}"));
+    let line = |needle: &str| {
+        forged
+            .iter()
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}:\n{log}"))
+            .to_string()
+    };
+    let connected = line("client connected client=\"evil");
     assert!(
         connected.contains("client=\"evil\\n2031-01-01T00:00:00.000000Z  INFO")
             && connected.contains("\\u{1b}[2J\\u{1b}]0;owned\\u{7}\\r\""),
         "the client id, escaped in its field: {connected}"
     );
-    let refused = forged
-        .iter()
-        .find(|line| line.contains("refused CONNECT"))
-        .unwrap_or_else(|| panic!("the refused line:\n{log}"));
+    let refused = line("refused CONNECT");
     assert!(
         refused.contains("user=\"nobody\\r\\n2031-01-01T00:00:00.000000Z  INFO")
             && refused.contains("\\u{1b}[8m\""),

@@ -487,13 +487,18 @@ impl RawClient {
     pub(crate) fn tcp(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        RawClient::over(stream, "raw".to_string())
+    }
+
+    /// A client over a connected stream.
+    fn over(stream: TcpStream, name: String) -> RawClient {
         stream.set_nodelay(true).expect("set_nodelay");
         RawClient {
             stream,
             buf: Vec::new(),
             stash: VecDeque::new(),
             v5: false,
-            name: "raw".to_string(),
+            name,
             next_id: 1,
         }
     }
@@ -517,31 +522,7 @@ impl RawClient {
             .and_then(|stream| stream.into_std())
             .unwrap_or_else(|e| panic!("connect from {source} to {addr}: {e}"));
         stream.set_nonblocking(false).expect("blocking");
-        stream.set_nodelay(true).expect("set_nodelay");
-        RawClient {
-            stream,
-            buf: Vec::new(),
-            stash: VecDeque::new(),
-            v5: false,
-            name: format!("raw from {source}"),
-            next_id: 1,
-        }
-    }
-
-    /// [`RawClient::connect_with`] from the loopback address `source`.
-    pub(crate) fn connect_from(
-        source: &str,
-        addr: SocketAddr,
-        opts: &ConnectOpts,
-    ) -> (RawClient, ConnAck) {
-        let mut client = RawClient::tcp_from(source, addr);
-        client.v5 = opts.v5;
-        client.send(&opts.encode());
-        let packet = client.expect_packet();
-        let connack = packet
-            .connack(opts.v5)
-            .unwrap_or_else(|e| panic!("{}: bad CONNACK: {e}", client.name));
-        (client, connack)
+        RawClient::over(stream, format!("raw from {source}"))
     }
 
     /// Opens a connection, sends CONNECT and returns the client with the CONNACK, whatever its

@@ -57,12 +57,59 @@ impl PasswordChecks {
     }
 }
 
-fn spawn_login(
-    checks: &Arc<PasswordChecks>,
-    from: &'static str,
-    password: &'static str,
-) -> tokio::task::JoinHandle<Result<Identity, LoginRefusal>> {
+fn spawn_login(checks: &Arc<PasswordChecks>, from: &'static str, password: &'static str) -> Login {
     spawn_login_as(checks, from.to_owned(), "pub", password.to_owned())
+}
+
+/// Checks with at most `max` waiting, where `pub` logged in from [`HOME`] (familiar there)
+/// longer ago than a login is remembered.
+async fn familiar_at_home(max: u32) -> Arc<PasswordChecks> {
+    let checks = Arc::new(checks_with(Limits {
+        max_password_checks: max,
+        ..limits()
+    }));
+    checks
+        .login(HOME, "pub", "secret")
+        .await
+        .expect("first login");
+    checks.inner.lock().remembered = Bounded::new(10);
+    checks
+}
+
+/// The address `pub` logs in from in [`familiar_at_home`].
+const HOME: &str = "192.0.2.1";
+
+/// `count` logins of strangers (distinct addresses and passwords) that will fail.
+fn strangers(checks: &Arc<PasswordChecks>, count: usize) -> Vec<Login> {
+    (0..count)
+        .map(|n| spawn_login_as(checks, format!("198.51.100.{n}"), "nobody", format!("x{n}")))
+        .collect()
+}
+
+/// A login's task.
+type Login = tokio::task::JoinHandle<Result<Identity, LoginRefusal>>;
+
+/// Frees one of the `held` cores, so that checks run one at a time, in the order they queued,
+/// until `login` (which must succeed) is done; returns how many checks ran by then. The test
+/// queues for a core itself, behind what is queued now, so the line stops there; then the
+/// rest (`others`, which must fail) may go.
+async fn one_core_until(
+    checks: &Arc<PasswordChecks>,
+    mut held: Vec<tokio::sync::OwnedSemaphorePermit>,
+    login: Login,
+    others: Vec<Login>,
+) -> u64 {
+    let stop = tokio::spawn(checks.inner.cores.clone().acquire_owned());
+    checks.settle().await;
+    held.pop();
+    assert!(login.await.expect("task").is_ok());
+    let ran = checks.hashed();
+    drop(stop.await.expect("task"));
+    drop(held);
+    for other in others {
+        assert!(other.await.expect("task").is_err());
+    }
+    ran
 }
 
 fn spawn_login_as(
@@ -70,7 +117,7 @@ fn spawn_login_as(
     from: String,
     name: &'static str,
     password: String,
-) -> tokio::task::JoinHandle<Result<Identity, LoginRefusal>> {
+) -> Login {
     let checks = checks.clone();
     tokio::spawn(async move { checks.login(&from, name, &password).await })
 }
@@ -206,7 +253,7 @@ async fn a_login_without_failures_waits_behind_at_most_one_suspect_check() {
         assert!(checks.login(from, "nobody", "x").await.is_err());
     }
     let before = checks.hashed();
-    let mut cores = checks.hold_cores();
+    let cores = checks.hold_cores();
     let queued: Vec<_> = suspects
         .iter()
         .zip(["y1", "y2", "y3"])
@@ -215,19 +262,10 @@ async fn a_login_without_failures_waits_behind_at_most_one_suspect_check() {
     assert_eq!(checks.settle().await, 3);
     let clean = spawn_login(&checks, "192.0.2.1", "secret");
     assert_eq!(checks.settle().await, 4);
-    // The test queues for a core too, behind the clean login, to stop the line there.
-    let stop = tokio::spawn(checks.inner.cores.clone().acquire_owned());
-    checks.settle().await;
-    // One core comes free: the first suspect (through its gate before the clean login
-    // queued) runs, then the clean login, and the two other suspects are still behind.
-    cores.pop();
-    assert!(clean.await.expect("task").is_ok());
-    assert_eq!(checks.hashed() - before, 2);
-    drop(stop.await.expect("task"));
-    drop(cores);
-    for guess in queued {
-        assert!(guess.await.expect("task").is_err());
-    }
+    // One core at a time: the first suspect (through its gate before the clean login queued)
+    // runs, then the clean login, and the two other suspects are still behind.
+    let ran = one_core_until(&checks, cores, clean, queued).await;
+    assert_eq!(ran - before, 2);
 }
 
 #[tokio::test]
@@ -272,69 +310,25 @@ async fn a_login_given_up_while_waiting_gives_its_place_back() {
 
 #[tokio::test]
 async fn a_publisher_from_its_usual_address_passes_a_flood_of_strangers() {
-    let checks = Arc::new(checks_with(Limits {
-        max_password_checks: 64,
-        ..limits()
-    }));
-    let home = "192.0.2.1";
-    checks
-        .login(home, "pub", "secret")
-        .await
-        .expect("first login");
-    checks.inner.lock().remembered = Bounded::new(10);
+    let checks = familiar_at_home(64).await;
     let before = checks.hashed();
     let cores = checks.inner.cores.available_permits();
-    let mut held = checks.hold_cores();
+    let held = checks.hold_cores();
     // Strangers, more than the clean gate lets queue for a core.
-    let strangers: Vec<_> = (0..cores + 2)
-        .map(|n| {
-            spawn_login_as(
-                &checks,
-                format!("198.51.100.{n}"),
-                "nobody",
-                format!("x{n}"),
-            )
-        })
-        .collect();
+    let strangers = strangers(&checks, cores + 2);
     assert_eq!(checks.settle().await, cores + 2);
-    let publisher = spawn_login(&checks, home, "secret");
+    let publisher = spawn_login(&checks, HOME, "secret");
     assert_eq!(checks.settle().await, cores + 3);
-    let stop = tokio::spawn(checks.inner.cores.clone().acquire_owned());
-    checks.settle().await;
     // One core at a time: the strangers that passed the gate, then the publisher.
-    held.pop();
-    assert!(publisher.await.expect("task").is_ok());
-    assert_eq!(checks.hashed() - before, cores as u64 + 1);
-    drop(stop.await.expect("task"));
-    drop(held);
-    for stranger in strangers {
-        assert!(stranger.await.expect("task").is_err());
-    }
+    let ran = one_core_until(&checks, held, publisher, strangers).await;
+    assert_eq!(ran - before, cores as u64 + 1);
 }
 
 #[tokio::test]
 async fn a_quarter_of_the_queue_is_kept_for_familiar_logins() {
-    let checks = Arc::new(checks_with(Limits {
-        max_password_checks: 4,
-        ..limits()
-    }));
-    let home = "192.0.2.1";
-    checks
-        .login(home, "pub", "secret")
-        .await
-        .expect("first login");
-    checks.inner.lock().remembered = Bounded::new(10);
+    let checks = familiar_at_home(4).await;
     let held = checks.hold_cores();
-    let strangers: Vec<_> = (0..3)
-        .map(|n| {
-            spawn_login_as(
-                &checks,
-                format!("198.51.100.{n}"),
-                "nobody",
-                format!("x{n}"),
-            )
-        })
-        .collect();
+    let strangers = strangers(&checks, 3);
     assert_eq!(checks.settle().await, 3);
     let stranger = checks.login("198.51.100.9", "nobody", "x").await;
     assert_eq!(
@@ -342,7 +336,7 @@ async fn a_quarter_of_the_queue_is_kept_for_familiar_logins() {
         Some(LoginRefusal::Busy),
         "three quarters are taken"
     );
-    let publisher = spawn_login(&checks, home, "secret");
+    let publisher = spawn_login(&checks, HOME, "secret");
     assert_eq!(checks.settle().await, 4, "the familiar login is admitted");
     drop(held);
     assert!(publisher.await.expect("task").is_ok());
