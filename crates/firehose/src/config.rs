@@ -363,7 +363,8 @@ pub struct Limits {
     /// so that one address cannot fill the queue of checks; refused like
     /// `max_password_checks`. Logins with the same name and password share one check.
     pub max_password_checks_per_address: u32,
-    /// Failed password checks an address (or a user name) may have before it is backed off.
+    /// Failed password checks an address may have before it is backed off; for a user name,
+    /// the addresses with failed checks for it (each counted once an hour).
     pub auth_failures_before_backoff: u32,
     /// The first backoff, in seconds: while an address or user name is backed off its logins
     /// are answered "Server busy" (0x89; 3.1.1: 3) without a password check. Each further

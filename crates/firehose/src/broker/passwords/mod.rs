@@ -5,11 +5,13 @@
 //! 1. **Remembered**: the same user name and password checked right in the last five minutes
 //!    (keyed by a SHA-256 digest, never the password) pass at once, whatever else is going on:
 //!    nothing here slows a client that has proved its password.
-//! 2. **Backoff**: an address (IPv6: its /64) or a user name with more than
-//!    `limits.auth_failures_before_backoff` recent failures is backed off, for
-//!    `auth_backoff_initial_secs` doubling per failure up to `auth_backoff_max_secs`; its logins
-//!    are refused ("Server busy") without a check. A user's backoff spares the addresses the
-//!    user logged in from in the last week, so a guesser elsewhere cannot lock a publisher out.
+//! 2. **Backoff**: an address (IPv6: its /64) with more than
+//!    `limits.auth_failures_before_backoff` recent failures, or a user name with failures from
+//!    more addresses than that (each address counts once an hour: one address is held by its
+//!    own backoff), is backed off for `auth_backoff_initial_secs`, doubling per failure up to
+//!    `auth_backoff_max_secs`; its logins are refused ("Server busy") without a check. A user
+//!    name's backoff spares the addresses the user logged in from in the last week, so a
+//!    guesser elsewhere cannot lock a publisher out.
 //! 3. **One check per login**: a login whose name and password are being checked right now
 //!    waits for that check instead of queueing its own (a crowd of one user's clients costs
 //!    one hash).
@@ -51,6 +53,9 @@ use records::{Bounded, Failures, Policy, Source};
 const REMEMBER: Duration = Duration::from_secs(300);
 /// How long an address a user logged in from spares it the user's own backoff.
 const FAMILIAR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often one address's failures count for a user name: a user name's backoff answers
+/// guesses from many addresses (one address is held by its own), so each address counts once.
+const RECOUNT: Duration = Duration::from_secs(3600);
 
 /// Why a login was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +129,8 @@ struct State {
     users: Failures<u64>,
     /// When each user (its key) last logged in from each address.
     familiar: Bounded<(u64, Source), Instant>,
+    /// When an address's failure last counted for a user name (its key).
+    tried: Bounded<(u64, Source), Instant>,
     /// Checks waiting or running.
     pending: usize,
     /// Of them, those not familiar (clean and suspect).
@@ -198,6 +205,7 @@ impl PasswordChecks {
             sources: Failures::new(policy, records),
             users: Failures::new(policy, records),
             familiar: Bounded::new(records),
+            tried: Bounded::new(records),
             pending: 0,
             strangers: 0,
             suspects: 0,
@@ -389,12 +397,19 @@ impl Inner {
                     "{failures} failed logins in a row from this address: its logins are \
                      refused unchecked for {backoff:?}, longer after each further failure");
             }
-            let (failures, backoff) = state.users.fail(login.user, now);
-            if failures == self.free_failures.saturating_add(1) {
-                tracing::info!(user = ?name,
-                    "{failures} failed logins in a row for this user name: its logins from \
-                     addresses it never logged in from are refused unchecked for {backoff:?}, \
-                     longer after each further failure");
+            let pair = (login.user, login.source);
+            let counted = state.tried.get(&pair).is_some_and(|at| now < *at + RECOUNT);
+            if !counted {
+                state
+                    .tried
+                    .insert(pair, now, |at| now >= *at + RECOUNT, |at| *at);
+                let (failures, backoff) = state.users.fail(login.user, now);
+                if failures == self.free_failures.saturating_add(1) {
+                    tracing::info!(user = ?name,
+                        "failed logins for this user name from {failures} addresses: its \
+                         logins from addresses it never logged in from are refused unchecked \
+                         for {backoff:?}, longer after each further address");
+                }
             }
         }
         stats::set(&self.stats.tracked_addresses, state.sources.len() as u64);

@@ -344,3 +344,20 @@ async fn a_quarter_of_the_queue_is_kept_for_familiar_logins() {
         assert!(stranger.await.expect("task").is_err());
     }
 }
+
+#[tokio::test]
+async fn guesses_from_one_address_back_off_the_address_not_the_user_name() {
+    let checks = checks_with(limits());
+    for guess in ["a", "b", "c"] {
+        assert!(checks.login("198.51.100.7", "pub", guess).await.is_err());
+    }
+    let again = checks.login("198.51.100.7", "pub", "d").await;
+    assert_eq!(again.err(), Some(LoginRefusal::BackingOff), "the address");
+    let owner = checks.login("192.0.2.1", "pub", "secret").await;
+    assert_eq!(owner.expect("the user from a new address").name(), "pub");
+    assert_eq!(
+        checks.inner.lock().users.len(),
+        1,
+        "one address counted once"
+    );
+}
