@@ -462,8 +462,33 @@ pub struct Limits {
     /// the broker uses towards a client (each holds a topic name for the life of the
     /// connection). 0 disables aliases.
     pub topic_alias_maximum: u16,
-    /// Seconds a new connection has to send CONNECT before it is closed.
+    /// Seconds a new connection has from its first byte to the end of its authentication:
+    /// sending CONNECT, and the password check (with its wait for a free check). One deadline
+    /// over both, so a client can neither trickle its CONNECT nor park in the queue of checks.
     pub connect_timeout_secs: u64,
+    /// Password checks (argon2, tens of milliseconds of a core each) waiting or running at
+    /// once; a login beyond them is answered at once with CONNACK "Server unavailable"
+    /// (0x88; MQTT 3.1.1 return code 3) instead of waiting. Half of them at most go to logins
+    /// from an address, or for a user name, with recent failures.
+    pub max_password_checks: u32,
+    /// Password checks waiting or running at once for one client address (IPv6: one /64),
+    /// so that one address cannot fill the queue of checks; refused like
+    /// `max_password_checks`. Logins with the same name and password share one check.
+    pub max_password_checks_per_address: u32,
+    /// Failed password checks an address may have before it is backed off; for a user name,
+    /// the addresses with failed checks for it (each counted once an hour).
+    pub auth_failures_before_backoff: u32,
+    /// The first backoff, in seconds: while an address or user name is backed off its logins
+    /// are answered "Server busy" (0x89; 3.1.1: 3) without a password check. Each further
+    /// failure doubles it, up to `auth_backoff_max_secs`.
+    pub auth_backoff_initial_secs: u64,
+    /// The longest backoff, in seconds; a record quiet this long after its backoff ended is
+    /// forgotten.
+    pub auth_backoff_max_secs: u64,
+    /// Records kept of each kind: addresses with failures, user names with failures, and
+    /// addresses a user logged in from (which the user's own backoff spares). Beyond it the
+    /// record whose backoff ends first is forgotten, so memory stays bounded.
+    pub max_auth_records: u32,
     /// Highest keep alive, in seconds, granted to clients (MQTT 5 Server Keep Alive when the
     /// client asks for more or for none). 0 = accept whatever the client asks.
     pub max_keep_alive: u16,
@@ -527,6 +552,12 @@ impl Default for Limits {
             max_inflight: 1024,
             topic_alias_maximum: 1024,
             connect_timeout_secs: 10,
+            max_password_checks: 64,
+            max_password_checks_per_address: 2,
+            auth_failures_before_backoff: 3,
+            auth_backoff_initial_secs: 1,
+            auth_backoff_max_secs: 60,
+            max_auth_records: 10_000,
             max_keep_alive: 0,
             max_session_expiry_secs: 7 * 24 * 3600,
             max_anonymous_sessions: 1000,
@@ -804,6 +835,36 @@ impl<B: BridgeSection> Config<B> {
             "at least 1024",
         )?;
         self.allowed_origins()?;
+        limit(
+            "max_password_checks",
+            l.max_password_checks.into(),
+            l.max_password_checks >= 1,
+            "at least 1",
+        )?;
+        limit(
+            "max_password_checks_per_address",
+            l.max_password_checks_per_address.into(),
+            l.max_password_checks_per_address >= 1,
+            "at least 1",
+        )?;
+        limit(
+            "auth_backoff_initial_secs",
+            l.auth_backoff_initial_secs,
+            (1..=86_400).contains(&l.auth_backoff_initial_secs),
+            "between 1 and 86400",
+        )?;
+        limit(
+            "auth_backoff_max_secs",
+            l.auth_backoff_max_secs,
+            (l.auth_backoff_initial_secs..=86_400).contains(&l.auth_backoff_max_secs),
+            "between auth_backoff_initial_secs and 86400",
+        )?;
+        limit(
+            "max_auth_records",
+            l.max_auth_records.into(),
+            l.max_auth_records >= 1,
+            "at least 1",
+        )?;
         Ok(())
     }
 

@@ -7,7 +7,8 @@
 //! 1. Leaves, importing no other module of this crate but `topic`: [`config`] (the config file,
 //!    flags and environment as data, the store's settings included), [`topic`] (the wildcard
 //!    trie that routing and ACLs share), [`health`] (what every bridge reports, read by
-//!    `/healthz` and `/metrics`).
+//!    `/healthz` and `/metrics`), [`escape`] (peer-supplied text escaped for logs and
+//!    terminals, and the log's field formatter that escapes every line).
 //! 2. [`auth`]: the users file, password checks and per-user topic ACLs; [`store`]: the durable
 //!    event log, retained messages and persistent sessions (SQLite: `writer`, `read`, `schema`,
 //!    `sessions`, `checkpoint`, `page_cache`); [`event`]: the JSON form of a stored event, one for the
@@ -33,6 +34,7 @@ pub mod bridge;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod escape;
 pub mod event;
 pub mod health;
 pub mod store;

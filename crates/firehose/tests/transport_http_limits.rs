@@ -423,6 +423,53 @@ async fn bearer_tokens_name_their_user() {
     assert_eq!(status, 403, "deploy may not publish to ci/x");
 }
 
+/// Issue 21 point 3: HTTP Basic is no way around the password checks' limits. Wrong passwords
+/// from one address are backed off as MQTT logins are (503 without a check), the same counters
+/// show it in `/metrics`, and another address's good login still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_passwords_are_backed_off_like_mqtt_logins() {
+    let (_server, http, _) = http_server("");
+    let post = |password: &str| {
+        format!(
+            "POST /api/v1/publish/t/x HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\
+             Content-Length: 2\r\nConnection: close\r\n\r\nok",
+            basic("pub", password)
+        )
+    };
+    let mut statuses = Vec::new();
+    while statuses.last() != Some(&503) && statuses.len() < 20 {
+        let (status, _) = http_request(tcp_from("127.0.0.7", http).await, &post("wrong")).await;
+        statuses.push(status);
+    }
+    let checked = statuses.iter().filter(|&&s| s == 401).count();
+    assert_eq!(
+        statuses.last(),
+        Some(&503),
+        "never backed off: {statuses:?}"
+    );
+    assert!(
+        checked >= 3 && statuses[..checked].iter().all(|&s| s == 401),
+        "the first few wrong passwords are checked and refused: {statuses:?}"
+    );
+    // Backed off: even the right password from that address is not checked now.
+    let (status, _) = http_request(tcp_from("127.0.0.7", http).await, &post(PUB_PASSWORD)).await;
+    assert_eq!(status, 503);
+    let (status, body) = http_request(tcp_from("127.0.0.8", http).await, &post(PUB_PASSWORD)).await;
+    assert_eq!(status, 200, "{body}");
+    let failures = metric_from("127.0.0.8", http, "firehose_password_failures_total").await;
+    assert_eq!(failures, checked as f64);
+    let backoff = metric_from(
+        "127.0.0.8",
+        http,
+        "firehose_logins_refused_total{reason=\"backoff\"}",
+    )
+    .await;
+    assert_eq!(
+        backoff, 2.0,
+        "the last wrong password and the right one, unchecked"
+    );
+}
+
 /// Publishes `count` events of `payload` to `topic` over MQTT as `pub`.
 async fn publish_events(mqtt: SocketAddr, topic: &str, payload: &[u8], count: usize) {
     let mut publisher = MqttConn::stream(tcp(mqtt).await);

@@ -28,7 +28,8 @@
 //! - [`retained`]: the retained messages by topic, and their quota.
 //! - [`message`]: a routed message with its shared encodings.
 //! - [`outbox`]: the per-connection write queue (vectored writes).
-//! - `passwords` and `restore`: bounded password checks; the state restored at startup.
+//! - `passwords` (a folder) and `restore`: password checks with backoff and a bounded queue;
+//!   the state restored at startup.
 //! - [`stats`] and [`sys`]: counters and their `$SYS/broker/...` publication.
 
 mod admission;
@@ -49,7 +50,7 @@ pub mod subscription;
 pub mod sys;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,7 @@ pub use admission::{Permit, Refusal};
 use firehose_codec::topic::validate_topic_name;
 use firehose_codec::{PublishProperties, QoS, ReasonCode};
 use message::{now_ms, Message};
+pub use passwords::LoginRefusal;
 use pipeline::publish_verdict;
 use retained::QuotaFull;
 use shared::Shared;
@@ -254,6 +256,24 @@ impl Broker {
             Ok(Some(id)) => Ok(id),
             _ => Err(PublishError::NotStored),
         }
+    }
+
+    /// Who presents this user name and password from `ip`, by the same checks as an MQTT
+    /// CONNECT: remembered logins, backoff by address and by user name, the bounded queue of
+    /// checks. For transports that take passwords too (HTTP Basic), so that guessing through
+    /// them is held to the same limits and counted in the same tables.
+    ///
+    /// # Errors
+    /// [`LoginRefusal`]: bad credentials, or refused unchecked (backoff, too many checks).
+    pub async fn check_password(
+        &self,
+        ip: IpAddr,
+        user: &str,
+        password: &[u8],
+    ) -> Result<Identity, LoginRefusal> {
+        self.shared
+            .check_password(ip, Some(user), Some(password))
+            .await
     }
 
     /// The users file, for transports and bridges that authenticate on their own.

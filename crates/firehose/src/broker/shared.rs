@@ -8,7 +8,7 @@
 //! `pub(super)` accessors. Depends on the router, the session registry and the anonymous
 //! quotas, the store, the users and the limits.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::admission::Admission;
 use super::message::{now_ms, Message};
-use super::passwords::PasswordChecks;
+use super::passwords::{LoginRefusal, PasswordChecks};
 use super::pipeline::Pipeline;
 use super::quota::Quotas;
 use super::registry::{AttachRefusal, AttachRequest, Attached, Registry};
@@ -27,7 +27,7 @@ use super::router::Router;
 use super::session::{Owner, Session, SessionState};
 use super::stats::{self, Stats};
 use super::subscription::SubOptions;
-use crate::auth::{AuthFailure, Identity, Users};
+use crate::auth::{Identity, Users};
 use crate::config::Limits;
 use crate::store::{
     Page, SessionChanges, Store, StoreError, StoredInflight, StoredSession, StoredSessionState,
@@ -76,14 +76,15 @@ impl Shared {
         let users = Arc::new(users);
         let retained = Retained::new(limits.max_retained_messages, limits.max_retained_bytes);
         let registry = Registry::new(&limits);
+        let stats = Stats::new();
         Arc::new(Shared {
+            passwords: PasswordChecks::new(users.clone(), &limits, stats.auth.clone()),
             limits,
-            passwords: PasswordChecks::new(users.clone()),
             users,
             router: Router::new(retained),
             registry,
             quotas: Quotas::default(),
-            stats: Stats::new(),
+            stats,
             shutdown,
             closing: AtomicBool::new(false),
             admission: Admission::default(),
@@ -161,17 +162,25 @@ impl Shared {
         self.shutdown.subscribe()
     }
 
-    /// Who a client is, from its CONNECT user name and password: bounded and remembered
-    /// password checks (see `passwords`).
+    /// Who a client connecting from `ip` is, from its CONNECT user name and password: bounded,
+    /// backed-off and remembered password checks (see `passwords`).
     ///
     /// # Errors
-    /// [`AuthFailure`] for unknown users and wrong passwords.
+    /// [`LoginRefusal`]: unknown users and wrong passwords, and logins refused unchecked (backoff,
+    /// too many checks waiting).
     pub(crate) async fn check_password(
         &self,
+        ip: IpAddr,
         username: Option<&str>,
         password: Option<&[u8]>,
-    ) -> Result<Identity, AuthFailure> {
-        self.passwords.check(username, password).await
+    ) -> Result<Identity, LoginRefusal> {
+        self.passwords.check(ip, username, password).await
+    }
+
+    /// The password checks, for tests that hold their cores.
+    #[cfg(test)]
+    pub(crate) fn passwords(&self) -> &PasswordChecks {
+        &self.passwords
     }
 
     /// The identity of a user of the users file, for a client its transport authenticated.
@@ -416,7 +425,7 @@ impl Shared {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(secs)).await;
             if shared.end_session(&session, generation) {
-                tracing::debug!(client = %session.client_id, "session expired");
+                tracing::debug!(client = ?session.client_id, "session expired");
             }
         });
     }

@@ -4,6 +4,7 @@
 //! not bounce one cache line between cores for every packet.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Counters since the broker started. All monotonic except the gauges noted.
@@ -60,6 +61,33 @@ pub struct Stats {
     /// Subscriptions a session held that its owner may no longer subscribe (`subscribe` in the
     /// users file), dropped when it was restored or resumed.
     pub subscriptions_revoked: AtomicU64,
+    /// Connections closed because their handshake (CONNECT and its password check) outlasted
+    /// `limits.connect_timeout_secs`.
+    pub connect_timeouts: AtomicU64,
+    /// Password checks at CONNECT. Shared with the checks themselves, which count from the
+    /// blocking threads they run on.
+    pub auth: Arc<AuthStats>,
+}
+
+/// What password checks cost and what they refused (see `broker::passwords`).
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    /// Password hashes checked (argon2 runs): what a crowd or a flood cost.
+    pub checks: AtomicU64,
+    /// Checks that failed (unknown user or wrong password).
+    pub failures: AtomicU64,
+    /// Logins refused without a check because their address or user name was backed off
+    /// after failures ("Server busy").
+    pub refused_backoff: AtomicU64,
+    /// Logins refused without a check because too many checks were waiting, in all, from
+    /// their address or from suspect logins ("Server unavailable").
+    pub refused_busy: AtomicU64,
+    /// Gauge: checks waiting or running.
+    pub pending: AtomicU64,
+    /// Gauge: addresses with recent failures (the records kept, `limits.max_auth_records`).
+    pub tracked_addresses: AtomicU64,
+    /// Gauge: user names with recent failures.
+    pub tracked_users: AtomicU64,
 }
 
 impl Stats {
@@ -89,6 +117,8 @@ impl Stats {
             sessions_over_quota: AtomicU64::new(0),
             subscriptions_over_quota: AtomicU64::new(0),
             subscriptions_revoked: AtomicU64::new(0),
+            connect_timeouts: AtomicU64::new(0),
+            auth: Arc::default(),
         }
     }
 }
@@ -109,4 +139,9 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 /// Reads a counter.
 pub(crate) fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
+}
+
+/// Sets a gauge.
+pub(crate) fn set(gauge: &AtomicU64, value: u64) {
+    gauge.store(value, Ordering::Relaxed);
 }

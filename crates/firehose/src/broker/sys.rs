@@ -103,6 +103,23 @@ pub(crate) fn snapshot(shared: &Shared) -> Vec<(&'static str, String)> {
             "subscriptions/revoked",
             get(&s.subscriptions_revoked).to_string(),
         ),
+        (
+            "connections/timed_out",
+            get(&s.connect_timeouts).to_string(),
+        ),
+        ("auth/password_checks", get(&s.auth.checks).to_string()),
+        ("auth/password_failures", get(&s.auth.failures).to_string()),
+        (
+            "auth/refused/backoff",
+            get(&s.auth.refused_backoff).to_string(),
+        ),
+        ("auth/refused/busy", get(&s.auth.refused_busy).to_string()),
+        ("auth/checks_pending", get(&s.auth.pending).to_string()),
+        (
+            "auth/backoff/addresses",
+            get(&s.auth.tracked_addresses).to_string(),
+        ),
+        ("auth/backoff/users", get(&s.auth.tracked_users).to_string()),
     ]
 }
 

@@ -56,6 +56,8 @@ pub fn main() -> ExitCode {
         .or_else(|| EnvFilter::try_new(&cli.log).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     tracing_subscriber::fmt()
+        // Every field and message escaped: peers choose client ids, topics and user names.
+        .fmt_fields(crate::escape::LogFields)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -70,8 +72,15 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("firehose: error: {error:#}");
+            say(format_args!("firehose: error: {error:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints a line on stderr with its control characters escaped ([`crate::escape`]): the line
+/// may quote what a server sent (a reason string, an error page, an event that is not JSON),
+/// which must not drive the terminal or pose as more lines.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    eprintln!("{}", crate::escape::escape(&line.to_string()));
 }

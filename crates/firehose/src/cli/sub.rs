@@ -378,7 +378,7 @@ fn run_command(command: &str, event: &Event, on_failure: OnFailure, retries: u32
                     event.topic
                 );
                 if attempt < attempts {
-                    eprintln!("firehose: {failure}; retrying in {delay:?}");
+                    super::say(format_args!("firehose: {failure}; retrying in {delay:?}"));
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(MAX_BACKOFF);
                 }
@@ -393,7 +393,7 @@ fn run_command(command: &str, event: &Event, on_failure: OnFailure, retries: u32
             stop: Some(failure),
         };
     }
-    eprintln!("firehose: {failure}; skipped");
+    super::say(format_args!("firehose: {failure}; skipped"));
     Done {
         id: event.id,
         ack: event.ack,
@@ -501,7 +501,7 @@ async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
                 Ok(Outcome::Finished) => return Ok(()),
                 Ok(Outcome::Lost(e)) => {
                     // It worked, then broke: start again from the first server.
-                    eprintln!("firehose: {e:#}; reconnecting");
+                    super::say(format_args!("firehose: {e:#}; reconnecting"));
                     backoff = Duration::from_millis(500);
                     errors.clear();
                     break;
@@ -516,10 +516,10 @@ async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
             }
         }
         if !errors.is_empty() {
-            eprintln!(
+            super::say(format_args!(
                 "firehose: no server reachable ({}); retrying in {backoff:?}",
                 errors.join("; ")
-            );
+            ));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -602,7 +602,7 @@ async fn follow_sse(
                 let json: Value = match serde_json::from_str(&data) {
                     Ok(v) => v,
                     Err(e) => {
-                        eprintln!("firehose: ignoring an event that is not JSON ({e}): {data}");
+                        super::say(format_args!("firehose: ignoring an event that is not JSON ({e}): {data}"));
                         continue;
                     }
                 };

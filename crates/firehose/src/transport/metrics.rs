@@ -15,8 +15,10 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::broker::stats::Stats;
 use crate::broker::Broker;
 use crate::health::{BridgeState, BridgeStates};
 
@@ -36,10 +38,16 @@ struct HandshakeLabel {
     stage: &'static str,
 }
 
-/// The `reason` label of an HTTP refusal.
+/// The `reason` label of an HTTP refusal or a login refused unchecked.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+/// The `kind` label of the records kept of failed logins.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 /// The registry and the metrics the transports update.
@@ -230,6 +238,65 @@ fn gauge(
     let metric = ConstGauge::new(value);
     let metric_encoder = encoder.encode_descriptor(name, help, unit, metric.metric_type())?;
     metric.encode(metric_encoder)
+}
+
+/// The password checks at CONNECT and HTTP Basic: what they cost and what they refused
+/// unchecked (`broker::passwords`), and the handshakes that ran out of time.
+fn encode_auth(e: &mut DescriptorEncoder, stats: &Stats) -> Result<(), std::fmt::Error> {
+    let auth = &stats.auth;
+    counter(
+        e,
+        "firehose_password_checks",
+        "Password hashes checked (argon2 runs) for MQTT CONNECT and HTTP Basic",
+        None,
+        read(&auth.checks),
+    )?;
+    counter(
+        e,
+        "firehose_password_failures",
+        "Password checks that failed: unknown user or wrong password",
+        None,
+        read(&auth.failures),
+    )?;
+    let mut refused = e.encode_descriptor(
+        "firehose_logins_refused",
+        "Logins refused without a password check: reason=backoff (the address or user name is backed off after failures), reason=busy (too many checks waiting)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, value) in [
+        ("backoff", read(&auth.refused_backoff)),
+        ("busy", read(&auth.refused_busy)),
+    ] {
+        ConstCounter::new(value).encode(refused.encode_family(&ReasonLabel { reason })?)?;
+    }
+    gauge(
+        e,
+        "firehose_password_checks_pending",
+        "Password checks waiting or running (limits.max_password_checks)",
+        None,
+        i64::try_from(read(&auth.pending)).unwrap_or(i64::MAX),
+    )?;
+    let mut records = e.encode_descriptor(
+        "firehose_auth_backoff_records",
+        "Addresses (kind=address) and user names (kind=user) with recent failed logins kept (limits.max_auth_records)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (kind, value) in [
+        ("address", read(&auth.tracked_addresses)),
+        ("user", read(&auth.tracked_users)),
+    ] {
+        ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+            .encode(records.encode_family(&KindLabel { kind })?)?;
+    }
+    counter(
+        e,
+        "firehose_connect_timeouts",
+        "Connections whose CONNECT and password check did not end within limits.connect_timeout_secs",
+        None,
+        read(&stats.connect_timeouts),
+    )
 }
 
 impl Collector for BrokerCollector {
@@ -427,6 +494,7 @@ impl Collector for BrokerCollector {
             None,
             read(&stats.store_errors),
         )?;
+        encode_auth(e, stats)?;
         let log = self.broker.store().stats();
         let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         gauge(

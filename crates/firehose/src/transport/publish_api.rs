@@ -22,13 +22,17 @@
 //!   new topic beyond the retained quota (`limits.max_retained_messages`,
 //!   `limits.max_retained_bytes`) gets 507.
 //!
-//! Password and token checks cost one argon2 hash each (tens of milliseconds, on a blocking
-//! thread): at most [`MAX_CONCURRENT_CHECKS`] run at once and [`MAX_WAITING_CHECKS`] more may
-//! wait; beyond that a request gets 503 at once rather than a place in an ever longer queue.
-//! Successful credentials are remembered by their SHA-256 so that a publisher posting in a
-//! loop pays that once.
+//! Passwords (Basic) go through the broker's own checks ([`Broker::check_password`]): the same
+//! remembered logins, backoff after failures by address and by user name, and bounded queue as
+//! an MQTT CONNECT, so guessing over HTTP is held to the same limits; a login refused unchecked
+//! (backing off, too many checks) gets 503. Tokens (Bearer) cost one argon2 hash each (tens of
+//! milliseconds, on a blocking thread): at most [`MAX_CONCURRENT_CHECKS`] run at once and
+//! [`MAX_WAITING_CHECKS`] more may wait; beyond that a request gets 503 at once rather than a
+//! place in an ever longer queue. Successful tokens are remembered by their SHA-256 so that a
+//! publisher posting in a loop pays that once.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -49,7 +53,7 @@ use super::http::ClientAddr;
 use super::http_body::BodyError;
 use super::limits::{HttpLimits, Reason};
 use crate::auth::Identity;
-use crate::broker::{Broker, PublishError};
+use crate::broker::{Broker, LoginRefusal, PublishError};
 
 /// Password or token checks running at once. Bounds the CPU an attacker who posts random
 /// credentials can take.
@@ -202,8 +206,24 @@ impl Credentials {
 }
 
 impl PublishApi {
-    /// Who the credentials identify.
-    async fn identify(&self, credentials: &Credentials) -> Result<Identity, Unverified> {
+    /// Who the credentials identify, presented from `ip`.
+    async fn identify(
+        &self,
+        credentials: &Credentials,
+        ip: IpAddr,
+    ) -> Result<Identity, Unverified> {
+        if let Credentials::Basic { user, password } = credentials {
+            // The broker's checks: the same remembered logins, backoff by address and user
+            // name, and queue of checks as an MQTT CONNECT, so HTTP is no way around them.
+            return self
+                .broker
+                .check_password(ip, user, password.as_bytes())
+                .await
+                .map_err(|refusal| match refusal {
+                    LoginRefusal::BadCredentials => Unverified::Bad,
+                    LoginRefusal::BackingOff | LoginRefusal::Busy => Unverified::Busy,
+                });
+        }
         let key = credentials.digest();
         if let Some(identity) = self
             .verified
@@ -318,7 +338,7 @@ async fn publish(
         Ok(options) => options,
         Err(message) => return answer(StatusCode::BAD_REQUEST, message),
     };
-    let identity = match api.identify(&credentials).await {
+    let identity = match api.identify(&credentials, client.ip()).await {
         Ok(identity) => identity,
         Err(Unverified::Bad) => {
             api.options.limits.refused(

@@ -522,15 +522,42 @@ impl RawClient {
     pub(crate) fn tcp(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        RawClient::over(stream, "raw".to_string())
+    }
+
+    /// A client over a connected stream.
+    fn over(stream: TcpStream, name: String) -> RawClient {
         stream.set_nodelay(true).expect("set_nodelay");
         RawClient {
             stream,
             buf: Vec::new(),
             stash: VecDeque::new(),
             v5: false,
-            name: "raw".to_string(),
+            name,
             next_id: 1,
         }
+    }
+
+    /// Opens a TCP connection from the loopback address `source` (any of 127.0.0.0/8), so
+    /// that a test can speak for several client addresses.
+    pub(crate) fn tcp_from(source: &str, addr: SocketAddr) -> RawClient {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let source: SocketAddr = format!("{source}:0").parse().expect("source address");
+        let stream = runtime
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(source)?;
+                tokio::time::timeout(TIMEOUT, socket.connect(addr))
+                    .await
+                    .map_err(|_| std::io::ErrorKind::TimedOut)?
+            })
+            .and_then(|stream| stream.into_std())
+            .unwrap_or_else(|e| panic!("connect from {source} to {addr}: {e}"));
+        stream.set_nonblocking(false).expect("blocking");
+        RawClient::over(stream, format!("raw from {source}"))
     }
 
     /// Opens a connection, sends CONNECT and returns the client with the CONNACK, whatever its

@@ -3,6 +3,13 @@
 //! session (ended now, or kept until its expiry), closes and publishes the will (at once or
 //! after its delay).
 //!
+//! A connection the broker ends (a violation, keep alive, takeover, shutdown, a refused
+//! CONNECT) is closed gracefully: its last packets written, the write half shut (FIN), then
+//! whatever the client still sends read and discarded for a moment ([`DRAIN_TIME`],
+//! [`DRAIN_BYTES`]). Closing a socket with unread bytes makes the kernel answer with a reset,
+//! which destroys the DISCONNECT (or CONNACK) on its way and greets a client that is still
+//! writing with a broken pipe instead of the reason.
+//!
 //! Depends on the broker's shared state (session end and expiry, will acceptance) and the
 //! session saves.
 
@@ -10,9 +17,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use firehose_codec::{DecodeError, Disconnect, DisconnectProperties, Packet, ReasonCode};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use firehose_codec::{DecodeError, Disconnect, DisconnectProperties, Packet, Protocol, ReasonCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, info};
 
 use super::save::save_and_wait;
@@ -21,6 +28,14 @@ use crate::broker::message::{now_ms, Message};
 use crate::broker::outbox::Outbox;
 use crate::broker::shared::Shared;
 use crate::broker::stats;
+
+/// Longest a closing connection is read after its write half was shut: enough for what a
+/// client had in flight to arrive, and short enough that closing connections cannot be used
+/// to hold slots (a client that keeps sending is cut off then).
+pub(super) const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// Most bytes read and discarded from a closing connection: one default-sized packet that the
+/// client was still writing, and what it pipelined behind the offending one.
+pub(super) const DRAIN_BYTES: usize = 1024 * 1024;
 
 /// How a connection ended.
 #[derive(Debug)]
@@ -84,14 +99,60 @@ impl End {
     fn publishes_will(&self) -> bool {
         !matches!(self, End::Client { with_will: false })
     }
+
+    /// Whether the broker decided this end, so the client may still be writing and is owed a
+    /// graceful close (the client's own DISCONNECT, or a broken connection, is not).
+    fn broker_decided(&self) -> bool {
+        !matches!(self, End::Client { .. } | End::Lost(_))
+    }
+}
+
+/// Answers a CONNECT with `packet` (a refusing CONNACK) and closes gracefully.
+pub(super) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    packet: &Packet,
+    protocol: Protocol,
+) {
+    let mut outbox = Outbox::default();
+    if outbox.push_packet(packet, protocol).is_ok() {
+        close(stream, &mut outbox, true).await;
+    }
+}
+
+/// Writes what `outbox` holds and shuts the write half, each within [`CLOSE_GRACE`]; then,
+/// when `drain`, reads and discards until the client closes, for at most [`DRAIN_TIME`] and
+/// [`DRAIN_BYTES`], so that what was written is not destroyed by a reset.
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    outbox: &mut Outbox,
+    drain: bool,
+) {
+    let Ok(Ok(())) = timeout(CLOSE_GRACE, outbox.write_all(stream)).await else {
+        return;
+    };
+    let Ok(Ok(())) = timeout(CLOSE_GRACE, stream.shutdown()).await else {
+        return;
+    };
+    if drain {
+        let deadline = Instant::now() + DRAIN_TIME;
+        let mut scratch = [0u8; 4096];
+        let mut left = DRAIN_BYTES;
+        while left > 0 {
+            match timeout_at(deadline, stream.read(&mut scratch)).await {
+                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                // The client closed (0), the connection failed, or time is up.
+                _ => break,
+            }
+        }
+    }
 }
 
 impl Connection {
     /// Sends what the end owes the client, closes, then settles the will and the session.
-    pub(super) async fn finish<W: AsyncWrite + Unpin>(
+    pub(super) async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
         self,
         end: End,
-        writer: &mut W,
+        stream: &mut S,
         outbox: &mut Outbox,
     ) {
         let shared = &self.shared;
@@ -136,31 +197,29 @@ impl Connection {
             });
             self.push_or_log(outbox, &packet);
         }
-        if let Ok(Ok(())) = timeout(CLOSE_GRACE, outbox.write_all(writer)).await {
-            let _ = timeout(CLOSE_GRACE, writer.shutdown()).await;
-        }
+        close(stream, outbox, end.broker_decided()).await;
         shared
             .stats()
             .clients_connected
             .fetch_sub(1, Ordering::Relaxed);
         match &end {
             End::Client { .. } => {
-                debug!(client = %self.session.client_id, peer = %self.peer, "client disconnected")
+                debug!(client = ?self.session.client_id, peer = %self.peer, "client disconnected")
             }
             End::Lost(why) => {
-                info!(client = %self.session.client_id, peer = %self.peer, "connection lost: {why}")
+                info!(client = ?self.session.client_id, peer = %self.peer, "connection lost: {why}")
             }
             End::Violation { message, reason } => {
                 stats::add(&shared.stats().protocol_errors, 1);
-                info!(client = %self.session.client_id, peer = %self.peer,
+                info!(client = ?self.session.client_id, peer = %self.peer,
                     "closing connection: {message} (reason 0x{:02X})", reason.as_u8());
             }
-            End::KeepAliveTimeout => info!(client = %self.session.client_id, peer = %self.peer,
+            End::KeepAliveTimeout => info!(client = ?self.session.client_id, peer = %self.peer,
                 "closing connection: keep alive expired"),
-            End::TakenOver => info!(client = %self.session.client_id, peer = %self.peer,
+            End::TakenOver => info!(client = ?self.session.client_id, peer = %self.peer,
                 "closing connection: client id taken over by a new connection"),
             End::Shutdown => {
-                debug!(client = %self.session.client_id, "closing connection: shutdown")
+                debug!(client = ?self.session.client_id, "closing connection: shutdown")
             }
         }
 
@@ -205,7 +264,7 @@ impl Connection {
 fn accept_will(shared: &Arc<Shared>, message: Message, publisher: Arc<str>) {
     let (client, topic) = (message.publisher.clone(), message.topic.clone());
     if let Err(full) = shared.accept(message, publisher, now_ms(), None) {
-        debug!(%client, %topic, "will not published: {full}");
+        debug!(?client, ?topic, "will not published: {full}");
     }
 }
 

@@ -1,8 +1,10 @@
-//! The CONNECT handshake: the first packet (within `limits.connect_timeout_secs`),
-//! authentication (password or the transport's client certificate), the client id (assigned
-//! when empty, unguessable), keep alive and session expiry (shorter for anonymous clients), the
-//! session attached (resumed or taken over, by its owner only; a new anonymous persistent one
-//! within its quota), and CONNACK. What it builds is the [`Connection`] the serve loop then runs.
+//! The CONNECT handshake: the first packet, authentication (password or the transport's client
+//! certificate), both within one deadline (`limits.connect_timeout_secs` from the first byte),
+//! the client id (assigned when empty, unguessable), keep alive and session expiry (shorter for
+//! anonymous clients), the session attached (resumed or taken over, by its owner only; a new
+//! anonymous persistent one within its quota), and CONNACK. What it builds is the
+//! [`Connection`] the serve loop then runs; a refusal is answered with CONNACK and a graceful
+//! close (`end::refuse`).
 //!
 //! Depends on the broker's shared state (password checks, the session registry, saves), the
 //! publish verdict (for the will) and the outbox; hands the connection to the serve loop.
@@ -14,16 +16,17 @@ use bytes::BytesMut;
 use firehose_codec::{
     decode, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, ReasonCode,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{timeout_at, Instant};
 use tracing::{debug, info};
 
-use super::end::End;
+use super::end::{refuse, End};
 use super::save::save_and_wait;
 use super::serve::poll_read_some;
-use super::{Connection, CLOSE_GRACE};
+use super::Connection;
 use crate::auth::{AuthFailure, Identity};
 use crate::broker::outbox::Outbox;
+use crate::broker::passwords::LoginRefusal;
 use crate::broker::pipeline::publish_verdict;
 use crate::broker::quota::granted_expiry;
 use crate::broker::registry::{unguessable_id, AttachRefusal, AttachRequest};
@@ -44,11 +47,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let peer = info.peer;
-    let connect_timeout = Duration::from_secs(shared.limits().connect_timeout_secs);
-    let first = timeout(connect_timeout, read_first_packet(shared, stream, rbuf)).await;
+    // One deadline over the whole opening (the CONNECT and its password check), so that a
+    // client can neither trickle its CONNECT nor wait its turn for a check without bound.
+    let deadline = Instant::now() + Duration::from_secs(shared.limits().connect_timeout_secs);
+    let first = timeout_at(deadline, read_first_packet(shared, stream, rbuf)).await;
     let connect = match first {
         Err(_) => {
-            info!(%peer, "closing connection: no CONNECT within {}s", connect_timeout.as_secs());
+            stats::add(&shared.stats().connect_timeouts, 1);
+            info!(%peer, "closing connection: no CONNECT within {}s",
+                shared.limits().connect_timeout_secs);
             return None;
         }
         Ok(Err(FirstPacketError::Closed)) => {
@@ -65,7 +72,7 @@ where
             if let DecodeError::UnsupportedProtocol(_) = error {
                 // 3.1.1 section 3.1.2.2: answer return code 1, then close.
                 let refusal = connack(ReasonCode::UnsupportedProtocolVersion);
-                send_and_close(stream, &refusal, Protocol::V311).await;
+                refuse(stream, &refusal, Protocol::V311).await;
             }
             return None;
         }
@@ -76,7 +83,7 @@ where
             return None;
         }
     };
-    handshake(shared, connect, &info, stream).await
+    handshake(shared, connect, &info, stream, deadline).await
 }
 
 /// Why no first packet was read.
@@ -133,17 +140,17 @@ fn connack(reason: ReasonCode) -> Packet {
     })
 }
 
-/// Writes `packet`, then closes the stream, each within [`CLOSE_GRACE`].
-async fn send_and_close<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    packet: &Packet,
-    protocol: Protocol,
-) {
-    let mut outbox = Outbox::default();
-    if outbox.push_packet(packet, protocol).is_ok() {
-        let _ = timeout(CLOSE_GRACE, outbox.write_all(writer)).await;
+/// The CONNACK reason for a login refused by the password checks; `None` when the check did
+/// not end before the handshake's deadline. Only a check that ran says "bad user name or
+/// password": a login refused unchecked is told to come back later, so that a client with the
+/// right password neither believes it wrong nor gives up (MQTT clients retry on 0x88/0x89 and
+/// 3.1.1's 3, and many stop on 0x86 and 4).
+fn refusal_reason(refused: Option<LoginRefusal>) -> ReasonCode {
+    match refused {
+        Some(LoginRefusal::BadCredentials) => ReasonCode::BadUserNameOrPassword,
+        Some(LoginRefusal::BackingOff) => ReasonCode::ServerBusy,
+        Some(LoginRefusal::Busy) | None => ReasonCode::ServerUnavailable,
     }
-    let _ = timeout(CLOSE_GRACE, writer.shutdown()).await;
 }
 
 /// Identifiers for clients that connect with an empty one: unguessable, because an MQTT 5
@@ -153,57 +160,76 @@ fn assign_client_id() -> String {
     unguessable_id("firehose-")
 }
 
-/// Authenticates, chooses client id, keep alive and session expiry, attaches the session and
-/// writes CONNACK. Returns `None` when the connection was refused (and answered).
-async fn handshake<W: AsyncWrite + Unpin>(
+/// Authenticates (before `deadline`), chooses client id, keep alive and session expiry,
+/// attaches the session and writes CONNACK. Returns `None` when the connection was refused
+/// (and answered).
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     connect: Connect,
     info: &ConnectionInfo,
-    writer: &mut W,
+    writer: &mut S,
+    deadline: Instant,
 ) -> Option<Connection> {
     let peer = info.peer;
     let protocol = connect.protocol;
     let limits = &shared.limits();
-    let refuse = |reason: ReasonCode, why: &str| {
-        info!(%peer, client = %connect.client_id, "refused CONNECT: {why}");
+    let user = connect.username.as_deref();
+    let refusal = |reason: ReasonCode, why: &str| {
+        info!(%peer, client = ?connect.client_id, user = ?user.unwrap_or(""),
+            "refused CONNECT: {why}");
         connack(reason)
     };
     if protocol == Protocol::V5 && connect.properties.authentication_method.is_some() {
-        let packet = refuse(
+        let packet = refusal(
             ReasonCode::BadAuthenticationMethod,
             "extended authentication is not supported",
         );
-        send_and_close(writer, &packet, protocol).await;
+        refuse(writer, &packet, protocol).await;
         return None;
     }
-    let verdict = match &info.authenticated_user {
-        Some(user) => authenticate_by_transport(shared, user, connect.username.as_deref()),
+    let checked = match &info.authenticated_user {
+        Some(name) => {
+            Some(authenticate_by_transport(shared, name, user).map_err(LoginRefusal::from))
+        }
         None => {
-            shared
-                .check_password(connect.username.as_deref(), connect.password.as_deref())
-                .await
+            let check = shared.check_password(peer.ip(), user, connect.password.as_deref());
+            timeout_at(deadline, check).await.ok()
         }
     };
-    let identity = match verdict {
-        Ok(identity) => identity,
-        Err(failure) => {
-            let why = format!(
-                "{failure} (user {:?})",
-                connect.username.as_deref().unwrap_or("")
+    let identity = match checked {
+        Some(Ok(identity)) => identity,
+        Some(Err(LoginRefusal::BadCredentials)) => {
+            let packet = refusal(
+                ReasonCode::BadUserNameOrPassword,
+                "bad user name or password",
             );
-            let packet = refuse(ReasonCode::BadUserNameOrPassword, &why);
-            send_and_close(writer, &packet, protocol).await;
+            refuse(writer, &packet, protocol).await;
+            return None;
+        }
+        refused => {
+            // Refused unchecked: counted, and logged below info (a flood would fill the log).
+            let refused = refused.and_then(Result::err);
+            if refused.is_none() {
+                stats::add(&shared.stats().connect_timeouts, 1);
+            }
+            let why = refused.map_or_else(
+                || "no password check within limits.connect_timeout_secs".to_owned(),
+                |refused| refused.to_string(),
+            );
+            debug!(%peer, client = ?connect.client_id, user = ?user.unwrap_or(""),
+                "refused CONNECT: {why}");
+            refuse(writer, &connack(refusal_reason(refused)), protocol).await;
             return None;
         }
     };
     let mut assigned = None;
     let client_id: Arc<str> = if connect.client_id.is_empty() {
         if protocol == Protocol::V311 && !connect.clean_start {
-            let packet = refuse(
+            let packet = refusal(
                 ReasonCode::ClientIdentifierNotValid,
                 "an empty client id needs clean session (MQTT 3.1.1 section 3.1.3.1)",
             );
-            send_and_close(writer, &packet, protocol).await;
+            refuse(writer, &packet, protocol).await;
             return None;
         }
         let id = assign_client_id();
@@ -226,7 +252,7 @@ async fn handshake<W: AsyncWrite + Unpin>(
         Some(will) => match publish_verdict(limits, &identity, &will.topic) {
             ReasonCode::Success => Some(Box::new(will)),
             refused => {
-                debug!(%peer, client = %client_id, topic = %will.topic, reason = ?refused,
+                debug!(%peer, client = ?client_id, topic = ?will.topic, reason = ?refused,
                     "will refused (access model or limits.max_topic_levels): it will never be published");
                 None
             }
@@ -245,14 +271,14 @@ async fn handshake<W: AsyncWrite + Unpin>(
     };
     let attached = match shared.attach(&client_id, &identity, peer, request) {
         Ok(attached) => attached,
-        Err(refusal) => {
+        Err(refused) => {
             // Another identity's client id is logged like a bad password; a full quota was
             // logged once for its run of refusals.
-            let packet = match &refusal {
-                AttachRefusal::NotOwner(_) => refuse(refusal.reason(), &refusal.to_string()),
-                AttachRefusal::Quota(_) => connack(refusal.reason()),
+            let packet = match &refused {
+                AttachRefusal::NotOwner(_) => refusal(refused.reason(), &refused.to_string()),
+                AttachRefusal::Quota(_) => connack(refused.reason()),
             };
-            send_and_close(writer, &packet, protocol).await;
+            refuse(writer, &packet, protocol).await;
             return None;
         }
     };
@@ -320,11 +346,11 @@ async fn handshake<W: AsyncWrite + Unpin>(
     };
     stats::add(&shared.stats().clients_connected, 1);
     info!(
-        client = %conn.session.client_id,
+        client = ?conn.session.client_id,
         %peer,
         transport = info.transport,
         protocol = ?protocol,
-        user = conn.identity.name(),
+        user = ?conn.identity.name(),
         clean_start = connect.clean_start,
         session_present = attached.session_present,
         "client connected"
@@ -382,6 +408,57 @@ mod tests {
             "no maximum"
         );
         assert_eq!(granted_keep_alive(Protocol::V311, 0, 60), (0, None));
+    }
+
+    /// `limits.connect_timeout_secs` ends a login that waits for a password check too: it is
+    /// answered "Server unavailable" rather than left waiting.
+    #[tokio::test]
+    async fn the_deadline_covers_the_wait_for_a_password_check() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let hash = crate::auth::hash_password(b"secret").expect("hash");
+        let users = crate::auth::Users::parse(&format!(
+            "[[user]]\nname = \"pub\"\npassword = \"{hash}\"\npublish = [\"#\"]\n"
+        ))
+        .expect("users");
+        let limits = crate::config::Limits {
+            connect_timeout_secs: 1,
+            ..crate::config::Limits::default()
+        };
+        let (broker, _dir) = crate::broker::test_broker(limits, users);
+        let cores = broker.shared.passwords().hold_cores();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let info = ConnectionInfo::new(peer, "tcp");
+        tokio::spawn(super::super::run(broker.shared.clone(), stream, info, ()));
+        let connect = Packet::Connect(Box::new(Connect {
+            protocol: Protocol::V311,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: "waiting".into(),
+            will: None,
+            username: Some("pub".into()),
+            password: Some(bytes::Bytes::from_static(b"secret")),
+            properties: Default::default(),
+        }));
+        let mut bytes = BytesMut::new();
+        firehose_codec::encode(&connect, Protocol::V311, &mut bytes).expect("encode");
+        client.write_all(&bytes).await.expect("send CONNECT");
+        let mut answer = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut answer))
+            .await
+            .expect("answered before the check could run")
+            .expect("CONNACK");
+        assert_eq!(answer, [0x20, 2, 0, 3], "CONNACK: server unavailable");
+        let stats = broker.stats();
+        assert_eq!(stats::get(&stats.connect_timeouts), 1);
+        assert_eq!(stats::get(&stats.auth.checks), 0);
+        drop(cores);
     }
 
     #[test]

@@ -249,7 +249,7 @@ impl Connection {
     /// [`Connection::push`], logging a packet that cannot be encoded (it is not sent).
     fn push_or_log(&self, outbox: &mut Outbox, packet: &Packet) {
         if let Err(error) = self.push(outbox, packet) {
-            warn!(client = %self.session.client_id, "cannot encode {}: {error}", packet.name());
+            warn!(client = ?self.session.client_id, "cannot encode {}: {error}", packet.name());
         }
     }
 }

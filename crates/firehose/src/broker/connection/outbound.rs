@@ -41,7 +41,7 @@ impl Connection {
                 }
             }
             if let Err(error) = result {
-                warn!(client = %self.session.client_id, "cannot resend message {id}: {error}");
+                warn!(client = ?self.session.client_id, "cannot resend message {id}: {error}");
             }
         }
     }
@@ -103,7 +103,7 @@ impl Connection {
                 }
                 Ok(false) => stats::add(&self.shared.stats().dropped_too_large, 1),
                 Err(error) => {
-                    warn!(client = %self.session.client_id, topic = %delivery.message.topic,
+                    warn!(client = ?self.session.client_id, topic = ?delivery.message.topic,
                         "cannot encode PUBLISH: {error}");
                 }
             }

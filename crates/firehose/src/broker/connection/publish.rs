@@ -87,11 +87,11 @@ impl Connection {
         let mut reason = verdict;
         if reason == ReasonCode::NotAuthorized {
             stats::add(&self.shared.stats().publish_denied, 1);
-            debug!(client = %self.session.client_id, user = self.identity.name(), %topic,
+            debug!(client = ?self.session.client_id, user = ?self.identity.name(), ?topic,
                 "PUBLISH refused by the access model");
         } else if reason == ReasonCode::TopicNameInvalid {
             stats::add(&self.shared.stats().publish_over_limits, 1);
-            debug!(client = %self.session.client_id, user = self.identity.name(),
+            debug!(client = ?self.session.client_id, user = ?self.identity.name(),
                 "PUBLISH refused: its topic has more than limits.max_topic_levels levels");
         } else if self.is_v5()
             && publish.properties.payload_format_indicator == Some(1)
@@ -105,7 +105,7 @@ impl Connection {
             match self.shared.claim_retained(&topic, publish.payload.len()) {
                 Ok(claimed) => claim = claimed,
                 Err(full) => {
-                    debug!(client = %self.session.client_id, %topic, "PUBLISH refused: {full}");
+                    debug!(client = ?self.session.client_id, ?topic, "PUBLISH refused: {full}");
                     quota_full = Some(full);
                     reason = ReasonCode::QuotaExceeded;
                 }

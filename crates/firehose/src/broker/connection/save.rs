@@ -101,7 +101,7 @@ impl Connection {
                         Ok(true) => stats::add(&self.shared.stats().messages_sent, 1),
                         Ok(false) => stats::add(&self.shared.stats().dropped_too_large, 1),
                         Err(error) => {
-                            warn!(client = %self.session.client_id, "cannot encode PUBLISH: {error}")
+                            warn!(client = ?self.session.client_id, "cannot encode PUBLISH: {error}")
                         }
                     }
                 }
@@ -131,6 +131,6 @@ pub(super) async fn save_and_wait(shared: &Shared, session: &Arc<Session>, conne
         })),
     );
     if timeout(CLOSE_GRACE, saved_rx).await.is_err() {
-        warn!(client = %session.client_id, "session save not confirmed within {CLOSE_GRACE:?}");
+        warn!(client = ?session.client_id, "session save not confirmed within {CLOSE_GRACE:?}");
     }
 }

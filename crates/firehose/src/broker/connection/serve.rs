@@ -143,12 +143,12 @@ impl Connection {
                     match page {
                         Ok(Ok(page)) => self.apply_catchup(from, page),
                         Ok(Err(error)) => {
-                            warn!(client = %self.session.client_id, "cannot read the log to catch up: {error}");
+                            warn!(client = ?self.session.client_id, "cannot read the log to catch up: {error}");
                             turns.set_timer(Instant::now() + Duration::from_secs(1));
                             turns.paused = true;
                         }
                         Err(error) => {
-                            warn!(client = %self.session.client_id, "catch-up read failed: {error}")
+                            warn!(client = ?self.session.client_id, "catch-up read failed: {error}")
                         }
                     }
                 }

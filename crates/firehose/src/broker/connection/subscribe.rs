@@ -53,12 +53,12 @@ impl Connection {
                 ));
             }
             if !self.identity.may_subscribe(&sub.filter) {
-                debug!(client = %self.session.client_id, filter = %sub.filter, "SUBSCRIBE refused by the access model");
+                debug!(client = ?self.session.client_id, filter = ?sub.filter, "SUBSCRIBE refused by the access model");
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
             }
             if let Some(levels) = self.shared.limits().topic_too_deep(parsed.filter) {
-                debug!(client = %self.session.client_id, levels,
+                debug!(client = ?self.session.client_id, levels,
                     "SUBSCRIBE refused: the filter has more than limits.max_topic_levels levels");
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;

@@ -88,7 +88,7 @@ impl Append for Logged {
             }
             Err(error) => {
                 for Committed { message, done, .. } in entries {
-                    tracing::error!(topic = %message.topic, "cannot store event: {error}");
+                    tracing::error!(topic = ?message.topic, "cannot store event: {error}");
                     stats::add(&shared.stats().store_errors, 1);
                     if let Some(done) = done {
                         done(None);
@@ -135,7 +135,7 @@ impl CommittedGroup {
                 }
                 None => {
                     // Cannot happen: the group holds the only handle until it is routed.
-                    tracing::error!(topic = %entry.message.topic, "committed event shared before routing");
+                    tracing::error!(topic = ?entry.message.topic, "committed event shared before routing");
                     if let Some(done) = entry.done.take() {
                         done(None);
                     }
