@@ -50,6 +50,7 @@ both_versions! {
     max_connections_per_ip_refuses_extra => max_connections_per_ip_refuses_extra;
     max_subscriptions_per_client => max_subscriptions_per_client;
     outgoing_inflight_window => outgoing_inflight_window;
+    packets_pipelined_behind_connect_are_served => packets_pipelined_behind_connect_are_served;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -778,6 +779,20 @@ fn packet_before_connect_closes(v5: bool) {
         &[],
     );
     assert_serves(server.addr);
+}
+
+/// A client may send packets right behind its CONNECT, in the same write, before the CONNACK
+/// (MQTT allows it, and clients that pipeline do): they are served at once, not left in the
+/// read buffer until the client next sends something.
+fn packets_pipelined_behind_connect_are_served(v5: bool) {
+    let server = Server::standard();
+    let mut bytes = ConnectOpts::new(v5, &Server::client_id("pipelined")).encode();
+    bytes.extend(wire::subscribe(v5, 1, &[("test/pipelined", 0)], None));
+    bytes.extend(wire::pingreq());
+    let mut client = RawClient::tcp(server.addr);
+    client.send(&bytes);
+    let kinds: Vec<u8> = (0..3).map(|_| client.expect_packet().first >> 4).collect();
+    assert_eq!(kinds, [wire::CONNACK, wire::SUBACK, wire::PINGRESP]);
 }
 
 fn second_connect_closes(v5: bool) {

@@ -111,6 +111,9 @@ where
         conn.start(&mut outbox);
         io.outbox = Some(outbox);
         io.turns.last_seen = Instant::now();
+        // Packets that came in the same read as the CONNECT (a client may send them before
+        // its CONNACK) are decoded by the loop's first turn.
+        io.turns.unread = !io.rbuf.is_empty();
         let end = std::future::poll_fn(|cx| conn.poll_serve(cx, &mut io)).await;
         let mut outbox = io.outbox.take().unwrap_or_default();
         Box::pin(conn.finish(end, &mut io.stream, &mut outbox)).await;

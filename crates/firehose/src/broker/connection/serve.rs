@@ -65,6 +65,12 @@ impl Connection {
             outbox: outbox_slot,
             turns,
         } = served;
+        if std::mem::take(&mut turns.unread) {
+            let outbox = outbox_slot.get_or_insert_with(Box::default);
+            if let Some(end) = self.process(rbuf, outbox) {
+                return Poll::Ready(end);
+            }
+        }
         loop {
             if turns.paused {
                 // Nothing is polled meanwhile; what became ready is found afterwards.
@@ -213,6 +219,9 @@ pub(super) struct Turns {
     timer_armed: bool,
     /// Reading the log failed: nothing is done until the timer fires.
     paused: bool,
+    /// The read buffer holds bytes that came with the CONNECT, not yet decoded: the loop
+    /// decodes only after a read, and the client might not send again.
+    pub(super) unread: bool,
 }
 
 impl Turns {
@@ -227,6 +236,7 @@ impl Turns {
             timer: None,
             timer_armed: false,
             paused: false,
+            unread: false,
         }
     }
 
