@@ -18,6 +18,7 @@
 //! `[[bridge.mail]]`, and the table's checks are in [`config`].
 
 pub mod config;
+mod launchpad;
 mod parse;
 
 pub use config::{MailBridgeConfig, OnProcessed};
@@ -40,7 +41,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
-use super::{BridgeContext, BridgeError, BuiltBridge};
+use super::{BridgeContext, BridgeError, BuiltBridge, Throttle};
 
 /// Longest wait for a connection, the greeting, the login or one command.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,6 +76,7 @@ fn build(config: &MailBridgeConfig, cx: BridgeContext) -> Result<BuiltBridge, Br
         config,
         password,
         tls,
+        throttle: Throttle::default(),
     };
     Ok(BuiltBridge {
         task: Some(Box::pin(worker.run())),
@@ -191,6 +193,8 @@ struct Worker {
     password: String,
     /// The TLS connector, with `tls = true`.
     tls: Option<TlsConnector>,
+    /// Rations the warnings about dropped mail.
+    throttle: Throttle,
 }
 
 /// Bounds one IMAP step by [`STEP_TIMEOUT`].
@@ -339,7 +343,18 @@ impl Worker {
                     continue;
                 }
             };
-            let event = parse::to_event(&self.config.name, &raw);
+            let filter = parse::Filter {
+                other_mail: self.config.publish_other_mail,
+                sender_domains: &self.config.sender_domains,
+            };
+            let event = match parse::verdict(&self.config.name, &raw, filter) {
+                parse::Verdict::Publish(event) => event,
+                parse::Verdict::Drop(why) => {
+                    self.drop_message(uid, &why);
+                    self.mark(session, uid).await?;
+                    continue;
+                }
+            };
             if let Some(why) = event.malformed {
                 self.cx.rejected();
                 warn!(bridge = %self.config.name, uid, "malformed message ({why}), published best effort");
@@ -357,37 +372,47 @@ impl Worker {
                 // Left unseen: retried on the next pass (after a reconnection).
                 return Err(format!("publish of UID {uid} to {}: {error}", event.topic));
             }
-            match self.config.on_processed {
-                OnProcessed::Seen => {
-                    step("store \\Seen", async {
-                        session
-                            .uid_store(uid.to_string(), "+FLAGS.SILENT (\\Seen)")
-                            .await?
-                            .try_collect::<Vec<_>>()
-                            .await
-                    })
-                    .await?;
-                }
-                OnProcessed::Delete => {
-                    step("store \\Deleted", async {
-                        session
-                            .uid_store(uid.to_string(), "+FLAGS.SILENT (\\Seen \\Deleted)")
-                            .await?
-                            .try_collect::<Vec<_>>()
-                            .await
-                    })
-                    .await?;
-                    step("expunge", async {
-                        session
-                            .uid_expunge(uid.to_string())
-                            .await?
-                            .try_collect::<Vec<_>>()
-                            .await
-                    })
-                    .await?;
-                }
-            }
+            self.mark(session, uid).await?;
             debug!(bridge = %self.config.name, uid, topic = ?event.topic, "mail published");
+        }
+        Ok(())
+    }
+
+    /// Counts and logs a message that is not published: rationed, since anyone can send
+    /// mail, and without its text, which was not meant for the log either (the UID finds it
+    /// in the mailbox).
+    fn drop_message(&self, uid: u32, why: &str) {
+        self.cx.rejected();
+        match self.throttle.warning() {
+            Some(quiet) => warn!(bridge = %self.config.name, uid, also_dropped = quiet,
+                reason = ?why, "mail dropped, not published"),
+            None => debug!(bridge = %self.config.name, uid, reason = ?why, "mail dropped"),
+        }
+    }
+
+    /// Marks a message processed (`on_processed`): seen, or deleted and expunged.
+    async fn mark(&self, session: &mut Session<Stream>, uid: u32) -> Result<(), SessionError> {
+        let flags = match self.config.on_processed {
+            OnProcessed::Seen => "+FLAGS.SILENT (\\Seen)",
+            OnProcessed::Delete => "+FLAGS.SILENT (\\Seen \\Deleted)",
+        };
+        step("store flags", async {
+            session
+                .uid_store(uid.to_string(), flags)
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await?;
+        if self.config.on_processed == OnProcessed::Delete {
+            step("expunge", async {
+                session
+                    .uid_expunge(uid.to_string())
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .await?;
         }
         Ok(())
     }
