@@ -1,6 +1,8 @@
-//! JSON Schemas of the topic families that bridges publish, served at `GET /api/v1/schemas`
-//! (the list) and `GET /api/v1/schemas/<family>` (one schema). `docs/topics.md` explains the
-//! same families with examples.
+//! JSON Schemas of the topic families that bridges publish, and of those that the original
+//! OpenStack Firehose's external publishers wrote (`gearman-subunit`, `gearman-logstash`, the
+//! Ansible callback), served at `GET /api/v1/schemas` (the list) and
+//! `GET /api/v1/schemas/<family>` (one schema). `docs/topics.md` explains the same families
+//! with examples; the bridge tests check what is published against these schemas.
 
 use axum::extract::Path;
 use axum::http::{header, StatusCode};
@@ -17,7 +19,7 @@ struct Family {
 }
 
 /// Every family, in the order of `docs/topics.md`.
-const FAMILIES: [Family; 7] = [
+const FAMILIES: [Family; 9] = [
     Family {
         name: "gerrit",
         topic: "gerrit/<project>/<event-type>",
@@ -35,7 +37,7 @@ const FAMILIES: [Family; 7] = [
     },
     Family {
         name: "launchpad",
-        topic: "launchpad/<project>/<event-type>/<bug-number>",
+        topic: "launchpad/<project>/bug/<bug-number>",
         schema: include_str!("schemas/launchpad.json"),
     },
     Family {
@@ -47,6 +49,16 @@ const FAMILIES: [Family; 7] = [
         name: "ansible",
         topic: "ansible/playbook/<uuid>/...",
         schema: include_str!("schemas/ansible.json"),
+    },
+    Family {
+        name: "gearman-subunit",
+        topic: "gearman-subunit/<worker-host>/<project>/<change-number>",
+        schema: include_str!("schemas/gearman-subunit.json"),
+    },
+    Family {
+        name: "gearman-logstash",
+        topic: "gearman-logstash/<worker-host>/<project>/<change-number>/<action>",
+        schema: include_str!("schemas/gearman-logstash.json"),
     },
     Family {
         name: "bridge-status",
