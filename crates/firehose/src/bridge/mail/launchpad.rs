@@ -33,7 +33,8 @@
 //! without `X-Launchpad-Bug` or `-Commenters` has no pairs or `commenters: []`, and a subject
 //! whose bracketed group has one word has no `bug-number`.
 //!
-//! Pure: a parsed message in, topic and JSON out; depends on [`super::parse`]'s helpers.
+//! Pure: a parsed message in, topic and JSON out. Depends on `mail_parser` and
+//! [`super::parse`]'s helpers only.
 
 use mail_parser::{Header, Message};
 use serde_json::{Map, Value};

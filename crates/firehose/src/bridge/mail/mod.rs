@@ -8,11 +8,15 @@
 //! (or deleted and expunged, `on_processed = "delete"`): a crash in between leaves it unseen
 //! and it is published again, never lost; once marked, it is never published again.
 //!
-//! Launchpad bug notifications go to `launchpad/<project>/<event-type>/<bug>` with lpmqtt's
-//! fields; other mail to `mail/<bridge>/<sender-domain>`. A message that cannot be read as
-//! mail is counted as a refused input, logged and published best effort to
-//! `mail/<bridge>/malformed`; it never stops the bridge. A lost connection is retried with
-//! capped exponential backoff.
+//! Launchpad's notifications are published as lpmqtt published them ([`launchpad`]: to
+//! `launchpad/<project>/bug/<bug-number>` and `launchpad`); any other mail only with
+//! `publish_other_mail` (to `mail/<bridge>/<sender-domain>`), and with `sender_domains` only
+//! from those domains ([`parse`] decides). What is not published is dropped on purpose:
+//! counted as a refused input, logged without its text, and marked like published mail so
+//! that it is counted once. A message that cannot be read as mail is counted as a refused
+//! input and logged, and published best effort (to `mail/<bridge>/malformed` when other mail
+//! is); it never stops the bridge. A lost connection is retried with capped exponential
+//! backoff.
 //!
 //! Depends on the bridge framework ([`super`]) only. Its table,
 //! `[[bridge.mail]]`, and the table's checks are in [`config`].

@@ -4,7 +4,8 @@
 //! and only from `sender_domains` when that list is set. Everything else is dropped, with the
 //! reason, for the bridge to count and log.
 //!
-//! Pure: bytes in, a verdict out; the IMAP side is in [`super`].
+//! Pure: bytes in, a verdict out; the IMAP side is in [`super`]. Depends on `mail_parser` and
+//! [`super::launchpad`] only.
 
 use mail_parser::{Address, MessageParser, MimeHeaders};
 use serde_json::{json, Value};
