@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use bridge_support::{
-    assert_log_intact, event_lines, fingerprint, fixture, get, keygen, node_with, play_key,
+    assert_log_intact, event_lines, fingerprint, fixture, get, keygen, node_with, play_key, schema,
     user_toml, wait_until, Sshd,
 };
 use common::durable::http_json;
@@ -426,6 +426,64 @@ fn the_events_log_plugin_fills_the_gap_without_duplicates() {
 /// Issue 27: Gerrit can send the same line twice (replication events carry no revision, so two
 /// quick updates of one branch in one second give identical lines). Both are events: both
 /// are published, and the counters say so.
+/// germqtt's edge cases: an event without a project (`project-created` names it
+/// `projectName`, `dropped-output` has none) goes to `gerrit//<type>`, as germqtt's
+/// `get_topic` joined its empty project; and the bridge's QoS is its `qos` setting (germqtt's
+/// `[mqtt] qos`), 1 by default: a QoS 1 subscriber gets a `qos = 0` bridge's events at QoS 0.
+#[test]
+fn events_without_a_project_and_the_qos_as_germqtt_had_them() {
+    let stream = fixture("gerrit/stream-no-project.txt");
+    let sshd = Sshd::start(&[(&play_key(STREAM, None), &stream)]);
+    let pin = format!("host_key_fingerprint = \"{}\"", fingerprint(&sshd.host_pub));
+    let config = sshd.bridge_toml("review", &pin)
+        + &sshd.bridge_toml(
+            "germqtt",
+            &format!("{pin}\ntopic_prefix = \"mirror/gerrit\"\nqos = 0"),
+        );
+    let (_dir, node) = node_with(&user_toml("pub", "pw", None, &["#"]), &config);
+    let mut sub = subscriber(&node);
+    sshd.go();
+
+    let last = |prefix: &str| format!("{prefix}/openstack/new-service/ref-updated");
+    let got = collect(&mut sub, |got| {
+        got.iter().any(|p| p.topic == last("gerrit"))
+            && got.iter().any(|p| p.topic == last("mirror/gerrit"))
+    });
+    let events: Vec<(&str, u8)> = got
+        .iter()
+        .filter(|p| !p.topic.starts_with("firehose/"))
+        .map(|p| (p.topic.as_str(), p.qos))
+        .collect();
+    for (prefix, qos) in [("gerrit", 1), ("mirror/gerrit", 0)] {
+        let mine: Vec<(&str, u8)> = events
+            .iter()
+            .copied()
+            .filter(|(t, _)| t.starts_with(&format!("{prefix}/")))
+            .collect();
+        assert_eq!(
+            mine,
+            [
+                (format!("{prefix}//project-created").as_str(), qos),
+                (format!("{prefix}//dropped-output").as_str(), qos),
+                (last(prefix).as_str(), qos),
+            ],
+            "{events:?}"
+        );
+    }
+    assert_eq!(
+        gerrit_payloads(&got),
+        texts(event_lines(&stream).iter()),
+        "byte for byte"
+    );
+    let gerrit = schema::served(node.http, "gerrit");
+    for p in &got {
+        if !p.topic.starts_with("firehose/") {
+            let value: Value = serde_json::from_slice(&p.payload).expect("JSON");
+            schema::assert_valid(&gerrit, &value, &p.topic);
+        }
+    }
+}
+
 #[test]
 fn identical_live_events_are_all_published() {
     let stream = fixture("gerrit/stream-identical.txt");

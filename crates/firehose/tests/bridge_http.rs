@@ -558,6 +558,8 @@ fn unconfigured_sources_and_schemas() {
             "launchpad",
             "mail",
             "ansible",
+            "gearman-subunit",
+            "gearman-logstash",
             "bridge-status"
         ]
     );

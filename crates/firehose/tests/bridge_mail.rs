@@ -1,9 +1,11 @@
 //! The mail bridge against a real IMAP server: Debian's dovecot, started by the test as an
 //! unprivileged process on a free loopback port with its own config (passwd-file users with
-//! plain passwords, Maildir in a temp dir, no SSL). Fixture messages modelled on Launchpad bug
-//! notifications, ordinary mail and malformed MIME are delivered into the Maildir; the test
-//! checks the events, the `\Seen` flags dovecot stores (in the Maildir file names), a message
-//! delivered while the bridge is in IDLE, `on_processed = "delete"`, and that a restart of
+//! plain passwords, Maildir in a temp dir, no SSL). Fixture messages modelled on Launchpad's
+//! notifications (bug mail of every kind, a merge proposal, a forged one), ordinary mail and
+//! malformed MIME are delivered into the Maildir; the tests check the events against lpmqtt's
+//! rules and the served JSON Schemas, what is dropped and counted, the `\Seen` flags dovecot
+//! stores (in the Maildir file names), a message delivered while the bridge is in IDLE,
+//! `on_processed = "delete"`, `publish_other_mail`, `sender_domains`, and that a restart of
 //! Firehose publishes nothing twice.
 
 mod bridge_support;
@@ -17,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use bridge_support::{fixture, wait_until};
+use bridge_support::{fixture, schema, wait_until};
 use common::durable::{enc, history, http_json, DataDir, Node};
 
 /// Where Debian's `dovecot-core` puts the daemon.
@@ -238,36 +240,40 @@ fn seen(name: &str) -> bool {
         .is_some_and(|(_, flags)| flags.contains('S'))
 }
 
-/// The bridge config for dovecot on `port`.
-fn config(port: u16) -> String {
+/// One `[[bridge.mail]]` table for dovecot on `port`, IMAP user `user`, with `extra` settings.
+fn bridge_toml(name: &str, port: u16, user: &str, extra: &str) -> String {
     format!(
         r#"
 [[bridge.mail]]
-name = "lpmail"
+name = "{name}"
 host = "127.0.0.1"
 port = {port}
-user = "lp"
+user = "{user}"
 password = "secret"
 idle_secs = 3
 backoff_initial_ms = 100
 backoff_max_secs = 1
-
-[[bridge.mail]]
-name = "cleanup"
-host = "127.0.0.1"
-port = {port}
-user = "del"
-password = "secret"
-on_processed = "delete"
-idle_secs = 3
-backoff_initial_ms = 100
-backoff_max_secs = 1
+{extra}
 "#
     )
 }
 
-/// Every mail event (`launchpad/...` and `mail/...`), as (topic, payload JSON), oldest first.
-fn mail_events(node: &Node) -> Vec<(String, Value)> {
+/// The bridge config for dovecot on `port`: `lpmail` reads user `lp` with the defaults
+/// (Launchpad's mail only); `cleanup` reads user `del`, publishes other mail too and deletes
+/// what it processed.
+fn config(port: u16) -> String {
+    bridge_toml("lpmail", port, "lp", "")
+        + &bridge_toml(
+            "cleanup",
+            port,
+            "del",
+            "on_processed = \"delete\"\npublish_other_mail = true",
+        )
+}
+
+/// Every mail event (`launchpad/...` and `mail/...`), as (topic, payload JSON, publisher),
+/// oldest first.
+fn mail_events_by(node: &Node) -> Vec<(String, Value, String)> {
     let mut out = Vec::new();
     for filter in ["launchpad/#", "launchpad", "mail/#"] {
         for event in history(node.http, &format!("topic={}", enc(filter)), 200) {
@@ -278,12 +284,35 @@ fn mail_events(node: &Node) -> Vec<(String, Value)> {
                     .unwrap_or_else(|e| panic!("payload of {topic} is not JSON ({e}): {text}")),
                 other => other.clone(),
             };
-            out.push((id, topic, payload));
+            let publisher = event["publisher"].as_str().unwrap_or_default().to_owned();
+            out.push((id, topic, payload, publisher));
         }
     }
-    out.sort_by_key(|(id, _, _)| *id);
-    out.dedup_by_key(|(id, _, _)| *id);
-    out.into_iter().map(|(_, t, p)| (t, p)).collect()
+    out.sort_by_key(|(id, ..)| *id);
+    out.dedup_by_key(|(id, ..)| *id);
+    out.into_iter().map(|(_, t, p, by)| (t, p, by)).collect()
+}
+
+/// Every mail event, as (topic, payload JSON), oldest first.
+fn mail_events(node: &Node) -> Vec<(String, Value)> {
+    mail_events_by(node)
+        .into_iter()
+        .map(|(t, p, _)| (t, p))
+        .collect()
+}
+
+/// Checks every mail event against the schema the node serves for its family.
+fn assert_events_match_schemas(node: &Node) {
+    let launchpad = schema::served(node.http, "launchpad");
+    let mail = schema::served(node.http, "mail");
+    for (topic, payload) in mail_events(node) {
+        let family = if topic.starts_with("launchpad") {
+            &launchpad
+        } else {
+            &mail
+        };
+        schema::assert_valid(family, &payload, &topic);
+    }
 }
 
 /// The bridge `name` in `/healthz?format=json`.
@@ -304,81 +333,209 @@ fn wait_for_events(node: &Node, n: usize) -> Vec<(String, Value)> {
     })
 }
 
-const FIXTURES: [&str; 6] = [
+/// Waits until every message of `user`'s mailbox is marked seen.
+fn wait_all_seen(dovecot: &Dovecot, user: &str) -> Vec<(String, bool)> {
+    wait_until(&format!("every message of {user} marked seen"), || {
+        let files = dovecot.messages(user);
+        files
+            .iter()
+            .all(|(name, new)| !new && seen(name))
+            .then_some(files)
+    })
+}
+
+/// Launchpad's notifications of every kind, and mail that is not Launchpad's.
+const FIXTURES: [&str; 8] = [
     "lp-new-bug.eml",
     "lp-comment.eml",
     "lp-status-change.eml",
+    "lp-distro-task.eml",
+    "lp-merge-proposal.eml",
     "plain.eml",
     "malformed-multipart.eml",
     "garbage.eml",
 ];
 
+/// What the fixtures publish by default: Launchpad's five; the other three are dropped.
+const PUBLISHED: usize = 5;
+
+/// The mail bridge publishes Launchpad's notifications exactly as lpmqtt did (its keys, its
+/// values, still transfer-encoded bodies, its topics filled left to right), with Firehose's
+/// additions under keys of their own, and nothing else unless asked: mail that is not from
+/// Launchpad is dropped, counted and marked, not published.
 #[test]
-fn launchpad_and_other_mail_from_dovecot() {
+fn launchpad_mail_as_lpmqtt_published_it() {
     let (dovecot, _) = Dovecot::start(&FIXTURES, false);
     let dir = DataDir::standard(&config(dovecot.port));
     let node = dir.start();
 
-    let events = wait_for_events(&node, FIXTURES.len());
+    let events = wait_for_events(&node, PUBLISHED);
     let topics: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
         topics,
         [
-            "launchpad/nova/new/1987654",
-            "launchpad/nova/comment/1987654",
-            "launchpad/neutron/change/2001234",
-            "mail/lpmail/example.org",
-            "mail/lpmail/mailer.example.com",
-            "mail/lpmail/malformed",
+            "launchpad/nova/bug/1987654",
+            "launchpad/nova/bug/1987654",
+            "launchpad/neutron/bug/2001234",
+            // The first task is Ubuntu's: no product, so no project and no further level.
+            "launchpad",
+            // Not a bug notification.
+            "launchpad",
         ],
         "{events:#?}"
     );
 
     let new = &events[0].1;
+    assert_eq!(new["event-type"], "bug");
     assert_eq!(new["project"], "nova");
     assert_eq!(new["status"], "New");
     assert_eq!(new["importance"], "Undecided");
     assert_eq!(new["assignee"], "None");
-    assert_eq!(new["bug_number"], "1987654");
-    assert_eq!(new["event_type"], "new");
-    assert_eq!(new["tags"], "compute libvirt resize");
-    assert_eq!(new["commenters"], serde_json::json!(["jdoe"]));
-    assert_eq!(new["reporter"], "Jane Doe (jdoe)");
-    assert_eq!(new["modifier"], "Jane Doe (jdoe)");
+    assert_eq!(new["bug-number"], "1987654");
+    assert_eq!(new["tags"], json!(["compute", "libvirt", "resize"]));
+    assert_eq!(new["commenters"], json!(["jdoe"]));
+    assert_eq!(new["bug-reporter"], "Jane Doe (jdoe)");
+    assert_eq!(new["bug-modifier"], "Jane Doe (jdoe)");
+    assert!(new.get("product").is_none(), "{new}");
+    // lpmqtt's body: as the message carried it, quoted-printable, CRLF line ends.
+    let body = new["body"].as_str().expect("body");
+    assert!(body.starts_with("Public bug reported:\r\n\r\n"), "{body:?}");
+    assert!(body.contains("\r\n--=20\r\nYou received"), "{body:?}");
+    // Firehose's additions.
+    assert_eq!(new["bug-event"], "new");
     assert_eq!(
         new["subject"],
         "[Bug 1987654] [NEW] Instance fails to boot after resize with libvirt 9.0"
     );
-    let body = new["body"].as_str().expect("body");
-    assert!(body.starts_with("Public bug reported:"), "{body}");
+    assert_eq!(new["date"], "2026-11-24T09:12:45Z");
+    assert_eq!(
+        new["message-id"],
+        "176397556554.1201.5000000000000000001.malonedeb@juju-98d295-prod-launchpad-7"
+    );
+    let text = new["body-text"].as_str().expect("body-text");
     assert!(
-        body.contains("You received this bug notification"),
-        "{body}"
+        text.contains("\n-- \nYou received this bug notification"),
+        "{text:?}"
+    );
+    assert_eq!(
+        new["tasks"],
+        json!([{"project": "nova", "status": "New", "importance": "Undecided", "assignee": "None"}])
     );
 
     let comment = &events[1].1;
     assert_eq!(comment["status"], "Confirmed");
     assert_eq!(comment["assignee"], "bsmith@example.org");
-    assert_eq!(comment["commenters"], serde_json::json!(["bsmith", "jdoe"]));
-    assert_eq!(comment["modifier"], "Bob Smith (bsmith)");
+    assert_eq!(comment["commenters"], json!(["bsmith", "jdoe"]));
+    assert_eq!(comment["bug-modifier"], "Bob Smith (bsmith)");
+    assert_eq!(comment["bug-event"], "comment");
+    assert!(
+        comment.get("distribution").is_none(),
+        "lpmqtt read the first task only"
+    );
     assert_eq!(comment["tasks"][1]["distribution"], "ubuntu");
     assert!(
         comment["body"]
             .as_str()
             .expect("body")
+            .contains("9.0.0 =E2=80=94 the disk bus"),
+        "still quoted-printable: {comment}"
+    );
+    assert!(
+        comment["body-text"]
+            .as_str()
+            .expect("body-text")
             .contains("libvirt 9.0.0 \u{2014} the disk bus"),
-        "quoted-printable decoded: {comment}"
+        "decoded: {comment}"
     );
 
     let change = &events[2].1;
     assert_eq!(change["status"], "Fix Released");
     assert_eq!(change["assignee"], "Carol (carol)");
+    assert_eq!(change["tags"], json!(["ovs"]));
+    assert_eq!(change["bug-event"], "change");
+    // Raw as lpmqtt had it (an RFC 2047 word), but unfolded.
+    assert_eq!(
+        change["bug-modifier"],
+        "=?utf-8?q?Jos=C3=A9_Garc=C3=ADa_=28jgarcia?=\t=?utf-8?q?=29?="
+    );
+    assert!(change["body"]
+        .as_str()
+        .expect("body")
+        .contains("Fix Committed =3D> Fix Released"));
+    assert!(change["body-text"]
+        .as_str()
+        .expect("text")
+        .contains("Fix Committed => Fix Released"));
 
-    let plain = &events[3].1;
+    let distro = &events[3].1;
+    assert!(distro.get("project").is_none(), "{distro}");
+    assert_eq!(distro["distribution"], "ubuntu");
+    assert_eq!(distro["sourcepackage"], "nova");
+    assert_eq!(distro["bug-number"], "2004321");
+    assert_eq!(distro["tasks"][1]["project"], "nova");
+
+    let review = &events[4].1;
+    assert_eq!(review["X-Launchpad-Notification-Type"], "code-review");
+    assert_eq!(review["X-Launchpad-Project"], "nova");
+    assert_eq!(
+        review["X-Launchpad-Branch"],
+        "~jdoe/nova/+git/nova:fix-resize"
+    );
+    assert_eq!(
+        review["X-Launchpad-Message-Rationale"],
+        "Reviewer @nova-core"
+    );
+    assert!(review.get("event-type").is_none() && review.get("bug-event").is_none());
+    // A multipart body (lpmqtt died on it): the whole MIME body, boundaries and all.
+    let body = review["body"].as_str().expect("body");
+    assert!(
+        body.starts_with("--===============1184403571296547361==\r\n"),
+        "{body:?}"
+    );
+    assert!(body.contains("+        bus = 'virtio'\r\n"), "{body:?}");
+    assert!(review["body-text"]
+        .as_str()
+        .expect("text")
+        .starts_with("Jane Doe has proposed merging"));
+    assert_events_match_schemas(&node);
+
+    // Every message was marked seen, the three that are not Launchpad's too (dropped once).
+    let files = wait_all_seen(&dovecot, "lp");
+    assert_eq!(files.len(), FIXTURES.len());
+    let status = wait_until("the bridge in IDLE, connected", || {
+        bridge_status(&node, "lpmail").filter(|b| b["state"] == "connected")
+    });
+    assert_eq!(status["kind"], "mail");
+    assert_eq!(status["rejected"], 3, "{status}");
+    assert_eq!(status["events_in"], PUBLISHED, "{status}");
+    assert!(
+        node.log().contains("mail dropped, not published"),
+        "{}",
+        node.log()
+    );
+    assert!(
+        !node.log().contains("Maintenance window"),
+        "no mail text logged"
+    );
+
+    // A message delivered while the bridge waits in IDLE (and across an IDLE re-issue).
+    std::thread::sleep(Duration::from_secs(4));
+    dovecot.deliver("lp", "lp-comment.eml", 100);
+    let events = wait_for_events(&node, PUBLISHED + 1);
+    assert_eq!(events[PUBLISHED].0, "launchpad/nova/bug/1987654");
+
+    // publish_other_mail = true, on_processed = "delete": other mail is published, malformed
+    // bytes best effort, and each message is gone from the mailbox once published.
+    dovecot.deliver("del", "plain.eml", 200);
+    dovecot.deliver("del", "garbage.eml", 201);
+    let events = wait_for_events(&node, PUBLISHED + 3);
+    assert_eq!(events[PUBLISHED + 1].0, "mail/cleanup/example.org");
+    assert_eq!(events[PUBLISHED + 2].0, "mail/cleanup/malformed");
+    let plain = &events[PUBLISHED + 1].1;
     assert_eq!(plain["from"], "Ops Team <ops@Example.ORG>");
     assert_eq!(
         plain["to"],
-        serde_json::json!(["firehose@example.org", "Alice <alice@example.net>"])
+        json!(["firehose@example.org", "Alice <alice@example.net>"])
     );
     assert_eq!(plain["subject"], "Maintenance window tonight");
     assert_eq!(plain["date"], "2026-11-24T12:00:00+01:00");
@@ -387,37 +544,15 @@ fn launchpad_and_other_mail_from_dovecot() {
         plain["body"].as_str().map(str::trim_end),
         Some("The database cluster will be down from 22:00 to 23:00 UTC.")
     );
-    assert_eq!(events[4].1["subject"], "attachment with no boundary");
-    assert!(events[5].1["error"].is_string(), "{}", events[5].1);
-
-    // Every message was marked seen once published; nothing is left in new/.
-    let files = wait_until("every message marked seen", || {
-        let files = dovecot.messages("lp");
-        files
-            .iter()
-            .all(|(name, new)| !new && seen(name))
-            .then_some(files)
-    });
-    assert_eq!(files.len(), FIXTURES.len());
-    let status = wait_until("the bridge in IDLE, connected", || {
-        bridge_status(&node, "lpmail").filter(|b| b["state"] == "connected")
-    });
-    assert_eq!(status["kind"], "mail");
-    assert_eq!(status["rejected"], 2, "{status}");
-    assert!(node.log().contains("malformed message"), "{}", node.log());
-
-    // A message delivered while the bridge waits in IDLE (and across an IDLE re-issue).
-    std::thread::sleep(Duration::from_secs(4));
-    dovecot.deliver("lp", "lp-comment.eml", 100);
-    let events = wait_for_events(&node, FIXTURES.len() + 1);
-    assert_eq!(events[FIXTURES.len()].0, "launchpad/nova/comment/1987654");
-
-    // on_processed = "delete": the message is gone from the mailbox once published.
-    dovecot.deliver("del", "plain.eml", 200);
-    wait_for_events(&node, FIXTURES.len() + 2);
-    wait_until("the deleted message expunged", || {
+    assert!(
+        events[PUBLISHED + 2].1["error"].is_string(),
+        "{}",
+        events[PUBLISHED + 2].1
+    );
+    wait_until("the deleted messages expunged", || {
         dovecot.messages("del").is_empty().then_some(())
     });
+    assert_events_match_schemas(&node);
 
     // A restart publishes nothing twice: everything is seen (or gone) already.
     let status = node.terminate();
@@ -429,22 +564,89 @@ fn launchpad_and_other_mail_from_dovecot() {
         (lp["state"] == "connected" && del["state"] == "connected").then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(mail_events(&node).len(), FIXTURES.len() + 2);
+    assert_eq!(mail_events(&node).len(), PUBLISHED + 3);
     dovecot.deliver("lp", "lp-status-change.eml", 300);
-    let events = wait_for_events(&node, FIXTURES.len() + 3);
-    assert_eq!(events.len(), FIXTURES.len() + 3);
-    assert_eq!(
-        events[FIXTURES.len() + 2].0,
-        "launchpad/neutron/change/2001234"
-    );
+    let events = wait_for_events(&node, PUBLISHED + 4);
+    assert_eq!(events.len(), PUBLISHED + 4);
+    assert_eq!(events[PUBLISHED + 3].0, "launchpad/neutron/bug/2001234");
     let lp = bridge_status(&node, "lpmail").expect("lpmail status");
     assert_eq!(lp["events_in"], 1, "{lp}");
     assert_eq!(lp["errors"], 0, "{lp}");
+    assert_eq!(lp["rejected"], 0, "nothing dropped twice: {lp}");
     assert!(
         dovecot.log().contains("Login: user=<lp>"),
         "{}",
         dovecot.log()
     );
+}
+
+/// `sender_domains` narrows what is considered to mail from those domains (and their
+/// subdomains), Launchpad's included, by the From header; without it, anyone who writes
+/// Launchpad's headers is published: the check is a filter, not authentication.
+#[test]
+fn sender_domains_narrow_what_is_considered() {
+    let fixtures = [
+        "lp-new-bug.eml",
+        "lp-forged.eml",
+        "plain.eml",
+        "malformed-multipart.eml",
+        "garbage.eml",
+        "lp-merge-proposal.eml",
+    ];
+    let (dovecot, _) = Dovecot::start(&fixtures, false);
+    dovecot.deliver("del", "lp-forged.eml", 10);
+    let config = bridge_toml(
+        "narrow",
+        dovecot.port,
+        "lp",
+        "publish_other_mail = true\nsender_domains = [\"launchpad.net\", \"Example.org\"]",
+    ) + &bridge_toml("open", dovecot.port, "del", "");
+    let dir = DataDir::standard(&config);
+    let node = dir.start();
+
+    let events = wait_until("both mailboxes read", || {
+        let events = mail_events_by(&node);
+        (events.len() >= 4).then_some(events)
+    });
+    let got: Vec<(&str, &str)> = events
+        .iter()
+        .map(|(t, _, by)| (t.as_str(), by.as_str()))
+        .collect();
+    let narrow: Vec<&str> = got
+        .iter()
+        .filter(|(_, by)| *by == "bridge:narrow")
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(
+        narrow,
+        [
+            "launchpad/nova/bug/1987654",
+            "mail/narrow/example.org",
+            "launchpad"
+        ],
+        "{got:?}"
+    );
+    // The forged notification is published where no domain is required.
+    let open: Vec<&str> = got
+        .iter()
+        .filter(|(_, by)| *by == "bridge:open")
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(open, ["launchpad/nova/bug/1"], "{got:?}");
+    assert_events_match_schemas(&node);
+    wait_all_seen(&dovecot, "lp");
+    let status = bridge_status(&node, "narrow").expect("status");
+    assert_eq!(
+        status["rejected"], 3,
+        "forged, mailer.example.com, garbage: {status}"
+    );
+    assert!(
+        node.log()
+            .contains("launchpad-security.example.net) is not in sender_domains"),
+        "{}",
+        node.log()
+    );
+    assert_eq!(mail_events(&node).len(), 4, "nothing else was published");
 }
 
 #[test]
@@ -488,7 +690,7 @@ password = "secret"
     let dir = DataDir::standard(&config);
     let node = dir.start();
     let events = wait_for_events(&node, 1);
-    assert_eq!(events[0].0, "launchpad/nova/new/1987654");
+    assert_eq!(events[0].0, "launchpad/nova/bug/1987654");
     wait_until("the message marked seen", || {
         let files = dovecot.messages("lp");
         files

@@ -162,6 +162,24 @@ pub(crate) fn default_backoff_max_secs() -> u64 {
     60
 }
 
+/// `qos` of the bridges that have one: the QoS of their events.
+pub(crate) fn default_qos() -> u8 {
+    1
+}
+
+/// Checks a bridge's `qos` setting.
+///
+/// # Errors
+/// What is wrong, for [`BridgeConfig::validate`].
+pub(crate) fn check_qos(qos: u8) -> Result<(), String> {
+    if qos > 2 {
+        return Err(format!(
+            "qos {qos}: expected 0, 1 or 2 (the QoS of the bridge's events)"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a reconnecting bridge's backoff settings.
 ///
 /// # Errors
@@ -188,6 +206,34 @@ pub(crate) mod tests {
         assert!(err.contains(expected), "{err}");
     }
 
+    /// The commented-out `[[bridge.<kind>]]` table of `docs/firehose.example.toml`,
+    /// uncommented, so that the settings it documents are parsed and checked like any others.
+    pub(crate) fn example_table(kind: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/firehose.example.toml");
+        let text = std::fs::read_to_string(&path).expect("read the example config");
+        let header = format!("# [[bridge.{kind}]]");
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|line| *line != header)
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .collect();
+        assert!(!lines.is_empty(), "no {header} in {}", path.display());
+        lines.join("\n")
+    }
+
+    #[test]
+    fn the_example_config_s_bridge_tables_are_valid() {
+        for kind in ["gerrit", "syslog", "mail"] {
+            let config: Config = toml::from_str(&example_table(kind))
+                .unwrap_or_else(|e| panic!("example [[bridge.{kind}]]: {e}"));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("example [[bridge.{kind}]]: {e}"));
+        }
+    }
+
     #[test]
     fn bridges_parse_and_validate() {
         let text = r#"
@@ -207,6 +253,7 @@ secret = "s"
         assert_eq!(gerrit.port, 29418);
         assert_eq!(gerrit.topic_prefix, "gerrit");
         assert_eq!(gerrit.command, "gerrit stream-events");
+        assert_eq!(gerrit.qos(), firehose_codec::QoS::AtLeastOnce);
         let webhooks: Vec<String> = config
             .bridge
             .webhooks
@@ -240,6 +287,7 @@ secret = "s"
             &|c| c.bridge.gerrit[0].events_log_url = Some("ftp://x".into()),
             "events_log_url",
         );
+        check(&|c| c.bridge.gerrit[0].qos = 3, "qos 3: expected 0, 1 or 2");
         check(
             &|c| {
                 if let Some(github) = &mut c.bridge.webhooks.github {

@@ -151,9 +151,18 @@ pub struct BridgeContext {
     state: Arc<BridgeState>,
     status_topic: String,
     shutdown: watch::Receiver<bool>,
+    /// The QoS of the bridge's events (its status events are always QoS 1).
+    qos: QoS,
 }
 
 impl BridgeContext {
+    /// This context, publishing the bridge's events at `qos` instead of 1 (a bridge's `qos`
+    /// setting: germqtt published at the QoS its config said).
+    pub fn with_qos(mut self, qos: QoS) -> Self {
+        self.qos = qos;
+        self
+    }
+
     /// The bridge's state, for its counters.
     pub fn state(&self) -> &Arc<BridgeState> {
         &self.state
@@ -175,8 +184,9 @@ impl BridgeContext {
         *self.shutdown.borrow()
     }
 
-    /// Publishes one event (QoS 1, not retained) as the bridge, counting it; resolves once it
-    /// is durable, with its id.
+    /// Publishes one event (at the bridge's QoS, 1 unless [`BridgeContext::with_qos`] said
+    /// otherwise; not retained) as the bridge, counting it; resolves once it is durable, with
+    /// its id, whatever the QoS.
     ///
     /// # Errors
     /// [`PublishError`] from the broker (counted as an error of the bridge).
@@ -197,14 +207,7 @@ impl BridgeContext {
     ) -> Result<u64, PublishError> {
         match self
             .broker
-            .publish(
-                &self.identity,
-                topic,
-                payload,
-                QoS::AtLeastOnce,
-                false,
-                properties,
-            )
+            .publish(&self.identity, topic, payload, self.qos, false, properties)
             .await
         {
             Ok(id) => {
@@ -332,6 +335,7 @@ pub fn build(config: &BridgesConfig, broker: &Broker) -> Result<Built, BridgeErr
             state: state.clone(),
             status_topic,
             shutdown: stopped.clone(),
+            qos: QoS::AtLeastOnce,
         };
         let built = bridge.build(cx.clone())?;
         if let Some(router) = built.routes {

@@ -1,6 +1,8 @@
-//! JSON Schemas of the topic families that bridges publish, served at `GET /api/v1/schemas`
-//! (the list) and `GET /api/v1/schemas/<family>` (one schema). `docs/topics.md` explains the
-//! same families with examples.
+//! JSON Schemas of the topic families that bridges publish, and of those that the original
+//! OpenStack Firehose's external publishers wrote (`gearman-subunit`, `gearman-logstash`, the
+//! Ansible callback), served at `GET /api/v1/schemas` (the list) and
+//! `GET /api/v1/schemas/<family>` (one schema). `docs/topics.md` explains the same families
+//! with examples; the bridge tests check what is published against these schemas.
 
 use axum::extract::Path;
 use axum::http::{header, StatusCode};
@@ -16,43 +18,34 @@ struct Family {
     schema: &'static str,
 }
 
+/// One [`Family`] whose schema is `schemas/<name>.json`.
+macro_rules! family {
+    ($name:literal, $topic:literal) => {
+        Family {
+            name: $name,
+            topic: $topic,
+            schema: include_str!(concat!("schemas/", $name, ".json")),
+        }
+    };
+}
+
 /// Every family, in the order of `docs/topics.md`.
-const FAMILIES: [Family; 7] = [
-    Family {
-        name: "gerrit",
-        topic: "gerrit/<project>/<event-type>",
-        schema: include_str!("schemas/gerrit.json"),
-    },
-    Family {
-        name: "webhooks",
-        topic: "webhooks/<source>/<owner>/<repo>/<event>",
-        schema: include_str!("schemas/webhooks.json"),
-    },
-    Family {
-        name: "logs",
-        topic: "logs/<host>/<app>",
-        schema: include_str!("schemas/logs.json"),
-    },
-    Family {
-        name: "launchpad",
-        topic: "launchpad/<project>/<event-type>/<bug-number>",
-        schema: include_str!("schemas/launchpad.json"),
-    },
-    Family {
-        name: "mail",
-        topic: "mail/<bridge>/<sender-domain>",
-        schema: include_str!("schemas/mail.json"),
-    },
-    Family {
-        name: "ansible",
-        topic: "ansible/playbook/<uuid>/...",
-        schema: include_str!("schemas/ansible.json"),
-    },
-    Family {
-        name: "bridge-status",
-        topic: "firehose/bridges/<name>/status",
-        schema: include_str!("schemas/bridge-status.json"),
-    },
+const FAMILIES: [Family; 9] = [
+    family!("gerrit", "gerrit/<project>/<event-type>"),
+    family!("webhooks", "webhooks/<source>/<owner>/<repo>/<event>"),
+    family!("logs", "logs/<host>/<app>"),
+    family!("launchpad", "launchpad/<project>/bug/<bug-number>"),
+    family!("mail", "mail/<bridge>/<sender-domain>"),
+    family!("ansible", "ansible/playbook/<uuid>/..."),
+    family!(
+        "gearman-subunit",
+        "gearman-subunit/<worker-host>/<project>/<change-number>"
+    ),
+    family!(
+        "gearman-logstash",
+        "gearman-logstash/<worker-host>/<project>/<change-number>/<action>"
+    ),
+    family!("bridge-status", "firehose/bridges/<name>/status"),
 ];
 
 /// The routes, ready to merge into the HTTP server.

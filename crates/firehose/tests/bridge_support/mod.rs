@@ -7,7 +7,8 @@
 //!   authorized key made with `ssh-keygen`, and a `ForceCommand` that plays recorded Gerrit
 //!   `stream-events` output (see [`Sshd::start`]);
 //! - [`wait_until`]: polls a condition with a deadline;
-//! - [`assert_log_intact`]: no line of a server's log was forged by a peer.
+//! - [`assert_log_intact`]: no line of a server's log was forged by a peer;
+//! - [`schema`]: published payloads checked against the JSON Schemas the server serves.
 //!
 //! Every wait is bounded by `common::TIMEOUT`.
 
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::durable::{DataDir, Node};
 use crate::common::{run_with_timeout, User, TIMEOUT};
+
+pub(crate) mod schema;
 
 /// Where Debian's `openssh-server` puts the daemon.
 pub(crate) const SSHD: &str = "/usr/sbin/sshd";

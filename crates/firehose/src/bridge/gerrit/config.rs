@@ -7,9 +7,10 @@
 
 use std::path::PathBuf;
 
+use firehose_codec::QoS;
 use serde::Deserialize;
 
-use crate::bridge::config::check_backoff;
+use crate::bridge::config::{check_backoff, check_qos};
 use crate::bridge::{BridgeConfig, BridgeContext, BridgeError, BuiltBridge};
 
 /// One Gerrit server streamed over SSH (`gerrit stream-events`).
@@ -61,6 +62,19 @@ pub struct GerritBridgeConfig {
     /// random jitter).
     #[serde(default = "crate::bridge::config::default_backoff_max_secs")]
     pub backoff_max_secs: u64,
+    /// The QoS of the events, 0 to 2 (default 1). A subscriber gets an event at the lower of
+    /// this and its subscription's QoS, and a persistent session is replayed only what was
+    /// published at QoS 1 or 2: with 0 (what germqtt, whose `qos` setting defaulted to 0,
+    /// published as deployed) a subscriber that was away misses those events.
+    #[serde(default = "crate::bridge::config::default_qos")]
+    pub qos: u8,
+}
+
+impl GerritBridgeConfig {
+    /// The QoS of the events ([`GerritBridgeConfig::qos`], checked by `validate`).
+    pub fn qos(&self) -> QoS {
+        QoS::from_u8(self.qos).unwrap_or(QoS::AtLeastOnce)
+    }
 }
 
 fn default_gerrit_port() -> u16 {
@@ -147,6 +161,7 @@ impl BridgeConfig for GerritBridgeConfig {
         if self.keepalive_secs == 0 || self.keepalive_max == 0 {
             return Err("keepalive_secs and keepalive_max must be at least 1".into());
         }
+        check_qos(self.qos)?;
         check_backoff(self.backoff_initial_ms, self.backoff_max_secs)
     }
 

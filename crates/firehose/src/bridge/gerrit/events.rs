@@ -48,8 +48,9 @@ pub(crate) fn parse_line(prefix: &str, line: &[u8]) -> Line {
                 .collect::<Vec<_>>()
                 .join("/")
         })
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "-".to_owned());
+        // No project: an empty level, `gerrit//project-created`, as germqtt's `get_topic`
+        // joined its empty string.
+        .unwrap_or_default();
     Line::Event {
         topic: format!("{prefix}/{project}/{kind}"),
         created_on: value.get("eventCreatedOn").and_then(Value::as_i64),
@@ -57,8 +58,9 @@ pub(crate) fn parse_line(prefix: &str, line: &[u8]) -> Line {
     }
 }
 
-/// The project of an event: `project` (a string, or an object with `name` as some plugins
-/// send), else `change.project`, else `refUpdate.project`.
+/// The project of an event, as germqtt's `get_topic` looked for it: `project` (a string, or
+/// an object with `name` as some plugins send, on which germqtt failed), else
+/// `change.project`, else `refUpdate.project`.
 fn project_of(value: &Value) -> Option<&str> {
     fn name(v: &Value) -> Option<&str> {
         match v {
@@ -289,10 +291,16 @@ mod tests {
             topic(r#"{"type":"project-created","project":{"name":"p"}}"#),
             "gerrit/p/project-created"
         );
+        // germqtt's topic for events without a project: an empty level.
         assert_eq!(
             topic(r#"{"type":"dropped-output"}"#),
-            "gerrit/-/dropped-output"
+            "gerrit//dropped-output"
         );
+        assert_eq!(
+            topic(r#"{"type":"project-created","projectName":"a/b","projectHead":"x"}"#),
+            "gerrit//project-created"
+        );
+        assert_eq!(topic(r#"{"type":"x","project":"/"}"#), "gerrit//x");
         assert_eq!(topic(r#"{"type":"a+b","project":"x#y"}"#), "gerrit/x_y/a_b");
         assert_eq!(
             topic(r#"{"type":"a\u001b[2J","project":"x\ny/z\u0000"}"#),

@@ -35,7 +35,7 @@ pub(super) fn build(
         config: config.clone(),
         session: Arc::new(session),
         events_log,
-        cx,
+        cx: cx.with_qos(config.qos()),
     };
     Ok(BuiltBridge {
         task: Some(Box::pin(bridge.run())),

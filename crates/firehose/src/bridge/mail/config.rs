@@ -20,9 +20,10 @@ pub enum OnProcessed {
     Delete,
 }
 
-/// One IMAP mailbox watched with IDLE: unseen messages become events (Launchpad bug mail to
-/// `launchpad/<project>/<event-type>/<bug>`, other mail to `mail/<name>/...`), and each is
-/// marked seen (or deleted) only once its event is durable.
+/// One IMAP mailbox watched with IDLE: unseen Launchpad notifications become events as lpmqtt
+/// published them (`launchpad/<project>/bug/<bug-number>`, `launchpad`), other mail only with
+/// `publish_other_mail` (to `mail/<name>/...`); each message is marked seen (or deleted) once
+/// its event is durable, or once it is dropped.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MailBridgeConfig {
@@ -60,6 +61,19 @@ pub struct MailBridgeConfig {
     /// Longest delay between reconnection attempts, in seconds.
     #[serde(default = "crate::bridge::config::default_backoff_max_secs")]
     pub backoff_max_secs: u64,
+    /// Whether mail that is not a Launchpad notification is published (to
+    /// `mail/<name>/<sender-domain>`). Off by default: a mailbox fed by a public MX receives
+    /// whatever anyone sends, and publishing it to anonymous readers would leak private mail.
+    /// Off, such mail is dropped, counted (`rejected`) and logged, and marked like published
+    /// mail so that it is counted once.
+    #[serde(default)]
+    pub publish_other_mail: bool,
+    /// Sender domains whose mail is considered; empty (the default) considers every sender.
+    /// Compared with the domain of the first `From` address, case-insensitively; an entry
+    /// also admits its subdomains (`launchpad.net` admits `bugs.launchpad.net`). Anyone can
+    /// write any `From`: this narrows what is published, it authenticates nobody.
+    #[serde(default)]
+    pub sender_domains: Vec<String>,
 }
 
 fn default_mail_mailbox() -> String {
@@ -85,12 +99,14 @@ impl BridgeConfig for MailBridgeConfig {
         "mail"
     }
 
+    /// Launchpad's topics, and `mail/<name>/#` only when other mail is published: what the
+    /// bridge was not asked to publish, its identity may not publish either.
     fn topics(&self) -> Vec<String> {
-        vec![
-            "launchpad/#".into(),
-            "launchpad".into(),
-            format!("mail/{}/#", self.name),
-        ]
+        let mut topics = vec!["launchpad/#".into(), "launchpad".into()];
+        if self.publish_other_mail {
+            topics.push(format!("mail/{}/#", self.name));
+        }
+        topics
     }
 
     /// Checks the server, credentials and timers.
@@ -107,11 +123,35 @@ impl BridgeConfig for MailBridgeConfig {
                 self.idle_secs
             ));
         }
+        for domain in &self.sender_domains {
+            check_domain(domain)?;
+        }
         check_backoff(self.backoff_initial_ms, self.backoff_max_secs)
     }
 
     fn build(&self, cx: BridgeContext) -> Result<BuiltBridge, BridgeError> {
         super::build(self, cx)
+    }
+}
+
+/// Checks one `sender_domains` entry: a domain name, not an address or a pattern.
+fn check_domain(domain: &str) -> Result<(), String> {
+    let valid = !domain.is_empty()
+        && domain.len() <= 253
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "sender_domains entry {domain:?}: expected a domain name such as \
+             \"bugs.launchpad.net\" (no '@', no wildcard: an entry admits its subdomains)"
+        ))
     }
 }
 
@@ -131,6 +171,12 @@ mod tests {
         assert_eq!(mail.port(), 143);
         assert_eq!(mail.on_processed, OnProcessed::Seen);
         assert_eq!(mail.idle_secs, 1500);
+        assert!(
+            !mail.publish_other_mail,
+            "other mail is off unless asked for"
+        );
+        assert!(mail.sender_domains.is_empty());
+        assert_eq!(mail.topics(), ["launchpad/#", "launchpad"]);
         let check =
             |change: &dyn Fn(&mut Config), needle: &str| assert_refused(&config, change, needle);
         check(
@@ -143,6 +189,20 @@ mod tests {
         );
         check(&|c| c.bridge.mail[0].idle_secs = 0, "idle_secs");
         check(&|c| c.bridge.mail.push(c.bridge.mail[0].clone()), "unique");
+        for bad in ["", "*.launchpad.net", "bugs@launchpad.net", "a..b", "-a b"] {
+            check(
+                &|c| c.bridge.mail[0].sender_domains = vec![bad.into()],
+                "sender_domains entry",
+            );
+        }
+        let other =
+            format!("{text}publish_other_mail = true\nsender_domains = [\"bugs.launchpad.net\"]\n");
+        let config: Config = toml::from_str(&other).expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(
+            config.bridge.mail[0].topics(),
+            ["launchpad/#", "launchpad", "mail/lp/#"]
+        );
         let delete = format!("{text}on_processed = \"delete\"\ntls = true\n");
         let config: Config = toml::from_str(&delete).expect("parses");
         assert_eq!(config.bridge.mail[0].on_processed, OnProcessed::Delete);

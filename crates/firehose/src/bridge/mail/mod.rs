@@ -8,16 +8,21 @@
 //! (or deleted and expunged, `on_processed = "delete"`): a crash in between leaves it unseen
 //! and it is published again, never lost; once marked, it is never published again.
 //!
-//! Launchpad bug notifications go to `launchpad/<project>/<event-type>/<bug>` with lpmqtt's
-//! fields; other mail to `mail/<bridge>/<sender-domain>`. A message that cannot be read as
-//! mail is counted as a refused input, logged and published best effort to
-//! `mail/<bridge>/malformed`; it never stops the bridge. A lost connection is retried with
-//! capped exponential backoff.
+//! Launchpad's notifications are published as lpmqtt published them ([`launchpad`]: to
+//! `launchpad/<project>/bug/<bug-number>` and `launchpad`); any other mail only with
+//! `publish_other_mail` (to `mail/<bridge>/<sender-domain>`), and with `sender_domains` only
+//! from those domains ([`parse`] decides). What is not published is dropped on purpose:
+//! counted as a refused input, logged without its text, and marked like published mail so
+//! that it is counted once. A message that cannot be read as mail is counted as a refused
+//! input and logged, and published best effort (to `mail/<bridge>/malformed` when other mail
+//! is); it never stops the bridge. A lost connection is retried with capped exponential
+//! backoff.
 //!
 //! Depends on the bridge framework ([`super`]) only. Its table,
 //! `[[bridge.mail]]`, and the table's checks are in [`config`].
 
 pub mod config;
+mod launchpad;
 mod parse;
 
 pub use config::{MailBridgeConfig, OnProcessed};
@@ -40,7 +45,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
-use super::{BridgeContext, BridgeError, BuiltBridge};
+use super::{BridgeContext, BridgeError, BuiltBridge, Throttle};
 
 /// Longest wait for a connection, the greeting, the login or one command.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,6 +80,7 @@ fn build(config: &MailBridgeConfig, cx: BridgeContext) -> Result<BuiltBridge, Br
         config,
         password,
         tls,
+        throttle: Throttle::default(),
     };
     Ok(BuiltBridge {
         task: Some(Box::pin(worker.run())),
@@ -191,6 +197,8 @@ struct Worker {
     password: String,
     /// The TLS connector, with `tls = true`.
     tls: Option<TlsConnector>,
+    /// Rations the warnings about dropped mail.
+    throttle: Throttle,
 }
 
 /// Bounds one IMAP step by [`STEP_TIMEOUT`].
@@ -339,7 +347,18 @@ impl Worker {
                     continue;
                 }
             };
-            let event = parse::to_event(&self.config.name, &raw);
+            let filter = parse::Filter {
+                other_mail: self.config.publish_other_mail,
+                sender_domains: &self.config.sender_domains,
+            };
+            let event = match parse::verdict(&self.config.name, &raw, filter) {
+                parse::Verdict::Publish(event) => event,
+                parse::Verdict::Drop(why) => {
+                    self.drop_message(uid, &why);
+                    self.mark(session, uid).await?;
+                    continue;
+                }
+            };
             if let Some(why) = event.malformed {
                 self.cx.rejected();
                 warn!(bridge = %self.config.name, uid, "malformed message ({why}), published best effort");
@@ -357,37 +376,47 @@ impl Worker {
                 // Left unseen: retried on the next pass (after a reconnection).
                 return Err(format!("publish of UID {uid} to {}: {error}", event.topic));
             }
-            match self.config.on_processed {
-                OnProcessed::Seen => {
-                    step("store \\Seen", async {
-                        session
-                            .uid_store(uid.to_string(), "+FLAGS.SILENT (\\Seen)")
-                            .await?
-                            .try_collect::<Vec<_>>()
-                            .await
-                    })
-                    .await?;
-                }
-                OnProcessed::Delete => {
-                    step("store \\Deleted", async {
-                        session
-                            .uid_store(uid.to_string(), "+FLAGS.SILENT (\\Seen \\Deleted)")
-                            .await?
-                            .try_collect::<Vec<_>>()
-                            .await
-                    })
-                    .await?;
-                    step("expunge", async {
-                        session
-                            .uid_expunge(uid.to_string())
-                            .await?
-                            .try_collect::<Vec<_>>()
-                            .await
-                    })
-                    .await?;
-                }
-            }
+            self.mark(session, uid).await?;
             debug!(bridge = %self.config.name, uid, topic = ?event.topic, "mail published");
+        }
+        Ok(())
+    }
+
+    /// Counts and logs a message that is not published: rationed, since anyone can send
+    /// mail, and without its text, which was not meant for the log either (the UID finds it
+    /// in the mailbox).
+    fn drop_message(&self, uid: u32, why: &str) {
+        self.cx.rejected();
+        match self.throttle.warning() {
+            Some(quiet) => warn!(bridge = %self.config.name, uid, also_dropped = quiet,
+                reason = ?why, "mail dropped, not published"),
+            None => debug!(bridge = %self.config.name, uid, reason = ?why, "mail dropped"),
+        }
+    }
+
+    /// Marks a message processed (`on_processed`): seen, or deleted and expunged.
+    async fn mark(&self, session: &mut Session<Stream>, uid: u32) -> Result<(), SessionError> {
+        let flags = match self.config.on_processed {
+            OnProcessed::Seen => "+FLAGS.SILENT (\\Seen)",
+            OnProcessed::Delete => "+FLAGS.SILENT (\\Seen \\Deleted)",
+        };
+        step("store flags", async {
+            session
+                .uid_store(uid.to_string(), flags)
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await?;
+        if self.config.on_processed == OnProcessed::Delete {
+            step("expunge", async {
+                session
+                    .uid_expunge(uid.to_string())
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .await?;
         }
         Ok(())
     }

@@ -1,13 +1,20 @@
-//! Mail to events: Launchpad bug notifications to `launchpad/<project>/<event-type>/<bug>`
-//! (lpmqtt's payload fields), any other mail to `mail/<bridge>/<sender-domain>`.
+//! Mail to events, and which mail is not published: Launchpad notifications go to
+//! `launchpad/...` as lpmqtt made them ([`super::launchpad`]); any other mail to
+//! `mail/<bridge>/<sender-domain>` only when the bridge's `publish_other_mail` asks for it,
+//! and only from `sender_domains` when that list is set. Everything else is dropped, with the
+//! reason, for the bridge to count and log.
 //!
-//! Pure: bytes in, topic and JSON out; the IMAP side is in [`super`].
+//! Pure: bytes in, a verdict out; the IMAP side is in [`super`]. Depends on `mail_parser` and
+//! [`super::launchpad`] only.
 
 use mail_parser::{Address, MessageParser, MimeHeaders};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-/// Longest text body put in a payload, in bytes (cut at a character boundary).
-const MAX_BODY: usize = 256 * 1024;
+use super::launchpad::{self, Additions};
+
+/// Longest body put in a payload, in bytes (cut at a character boundary); each of a Launchpad
+/// payload's `body` and `body-text` may take this much.
+pub(super) const MAX_BODY: usize = 256 * 1024;
 
 /// What one message becomes.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,16 +27,47 @@ pub(super) struct MailEvent {
     pub(super) malformed: Option<&'static str>,
 }
 
-/// Turns one raw message into an event for bridge `bridge`.
-pub(super) fn to_event(bridge: &str, raw: &[u8]) -> MailEvent {
+/// Which mail the bridge publishes besides Launchpad's (see
+/// [`MailBridgeConfig`](super::MailBridgeConfig)).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Filter<'a> {
+    /// `publish_other_mail`: publish mail that is not from Launchpad.
+    pub(super) other_mail: bool,
+    /// `sender_domains`: when not empty, only mail whose first From address is in one of
+    /// these domains (or a subdomain) is considered.
+    pub(super) sender_domains: &'a [String],
+}
+
+/// What becomes of one message.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Verdict {
+    /// Publish this event.
+    Publish(MailEvent),
+    /// Publish nothing, for this reason (to count and log).
+    Drop(String),
+}
+
+/// Decides what one raw message becomes for bridge `bridge`.
+pub(super) fn verdict(bridge: &str, raw: &[u8], filter: Filter<'_>) -> Verdict {
     let Some(message) = MessageParser::default().parse(raw) else {
-        return malformed(bridge, raw, "not a mail message");
+        return malformed(bridge, raw, "not a mail message", filter);
     };
     let from = message.from().and_then(first_address);
     let subject = message.subject().map(str::to_owned);
     let message_id = message.message_id().map(str::to_owned);
     if from.is_none() && subject.is_none() && message_id.is_none() {
-        return malformed(bridge, raw, "no From, Subject or Message-ID header");
+        return malformed(bridge, raw, "no From, Subject or Message-ID header", filter);
+    }
+    let domain = from.as_deref().and_then(domain_of);
+    if !filter.sender_domains.is_empty()
+        && !domain
+            .as_deref()
+            .is_some_and(|d| allowed(d, filter.sender_domains))
+    {
+        return Verdict::Drop(format!(
+            "the sender's domain ({}) is not in sender_domains",
+            domain.as_deref().unwrap_or("none")
+        ));
     }
     let mut problem = None;
     if let Some(ct) = message.content_type() {
@@ -43,24 +81,35 @@ pub(super) fn to_event(bridge: &str, raw: &[u8]) -> MailEvent {
         .unwrap_or_default();
     let date = message.date().map(|d| d.to_rfc3339());
 
-    if let Some(event) = launchpad(&message, subject.as_deref(), &body, date.as_deref()) {
-        return MailEvent {
-            malformed: problem,
-            ..event
+    if launchpad::is_launchpad(&message) {
+        let additions = Additions {
+            subject,
+            date,
+            message_id,
+            body_text: body,
         };
+        let (topic, payload) = launchpad::event(&message, additions);
+        return Verdict::Publish(MailEvent {
+            topic,
+            payload,
+            malformed: problem,
+        });
+    }
+    if !filter.other_mail {
+        return Verdict::Drop(
+            "not from Launchpad (no X-Generated-By: Launchpad) and publish_other_mail is off"
+                .into(),
+        );
     }
     let to: Vec<String> = message
         .to()
         .map(|to| to.iter().filter_map(format_addr).collect())
         .unwrap_or_default();
-    let domain = from
-        .as_deref()
-        .and_then(|addr| addr.rsplit_once('@'))
-        .map(|(_, domain)| level(domain.trim_end_matches('>')))
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    MailEvent {
-        topic: format!("mail/{bridge}/{domain}"),
+    Verdict::Publish(MailEvent {
+        topic: format!(
+            "mail/{bridge}/{}",
+            domain.unwrap_or_else(|| "unknown".into())
+        ),
         payload: json!({
             "from": message.from().and_then(|a| a.first()).and_then(format_addr),
             "from_address": from,
@@ -71,138 +120,39 @@ pub(super) fn to_event(bridge: &str, raw: &[u8]) -> MailEvent {
             "body": body,
         }),
         malformed: problem,
-    }
-}
-
-/// A message that could not be read: published to `mail/<bridge>/malformed` with its start.
-fn malformed(bridge: &str, raw: &[u8], why: &'static str) -> MailEvent {
-    let text = String::from_utf8_lossy(&raw[..raw.len().min(4096)]).into_owned();
-    MailEvent {
-        topic: format!("mail/{bridge}/malformed"),
-        payload: json!({ "error": why, "raw": text, "size": raw.len() }),
-        malformed: Some(why),
-    }
-}
-
-/// A Launchpad bug notification (it has an `X-Launchpad-Bug` header), as lpmqtt made it.
-fn launchpad(
-    message: &mail_parser::Message<'_>,
-    subject: Option<&str>,
-    body: &str,
-    date: Option<&str>,
-) -> Option<MailEvent> {
-    let header = |name: &str| message.header_raw(name).map(unfold);
-    let bug_headers: Vec<String> = message
-        .headers()
-        .iter()
-        .filter(|h| h.name().eq_ignore_ascii_case("X-Launchpad-Bug"))
-        .filter_map(|h| {
-            let (start, end) = (h.offset_start() as usize, h.offset_end() as usize);
-            message
-                .raw_message()
-                .get(start..end)
-                .map(|raw| unfold(&String::from_utf8_lossy(raw)))
-        })
-        .collect();
-    if bug_headers.is_empty() {
-        return None;
-    }
-    let tasks: Vec<Map<String, Value>> = bug_headers.iter().map(|h| bug_fields(h)).collect();
-    let mut payload = tasks.first().cloned().unwrap_or_default();
-    let bug_number = subject.and_then(bug_number);
-    let event_type = event_type(subject.unwrap_or_default(), body);
-    for (key, name) in [
-        ("tags", "X-Launchpad-Bug-Tags"),
-        ("reporter", "X-Launchpad-Bug-Reporter"),
-        ("modifier", "X-Launchpad-Bug-Modifier"),
-    ] {
-        if let Some(value) = header(name) {
-            payload.insert(key.into(), Value::String(value));
-        }
-    }
-    if let Some(commenters) = header("X-Launchpad-Bug-Commenters") {
-        let list: Vec<Value> = commenters
-            .split_whitespace()
-            .map(|c| Value::String(c.into()))
-            .collect();
-        payload.insert("commenters".into(), Value::Array(list));
-    }
-    for (key, value) in [
-        ("bug_number", bug_number.clone()),
-        ("event_type", Some(event_type.to_owned())),
-        ("subject", subject.map(str::to_owned)),
-        ("date", date.map(str::to_owned)),
-        ("message_id", message.message_id().map(str::to_owned)),
-    ] {
-        payload.insert(key.into(), value.map_or(Value::Null, Value::String));
-    }
-    payload.insert("body".into(), Value::String(body.to_owned()));
-    if tasks.len() > 1 {
-        payload.insert(
-            "tasks".into(),
-            Value::Array(tasks.into_iter().map(Value::Object).collect()),
-        );
-    }
-    let mut topic = String::from("launchpad");
-    let project = payload.get("project").and_then(Value::as_str).map(level);
-    for part in [project, Some(event_type.to_owned()), bug_number] {
-        match part.filter(|p| !p.is_empty()) {
-            Some(part) => {
-                topic.push('/');
-                topic.push_str(&part);
-            }
-            None => break,
-        }
-    }
-    Some(MailEvent {
-        topic,
-        payload: Value::Object(payload),
-        malformed: None,
     })
 }
 
-/// `product=nova; status=New; importance=Undecided; assignee=None;` as JSON fields
-/// (`product` becomes `project`).
-fn bug_fields(header: &str) -> Map<String, Value> {
-    header
-        .split(';')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(key, value)| {
-            let key = match key.trim() {
-                "product" => "project",
-                other => other,
-            };
-            (key.to_owned(), Value::String(value.trim().to_owned()))
-        })
-        .filter(|(key, _)| !key.is_empty())
-        .collect()
-}
-
-/// The number in `[Bug 1234567]`.
-fn bug_number(subject: &str) -> Option<String> {
-    let start = subject.find("[Bug ")? + 5;
-    let digits: String = subject[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    (!digits.is_empty()).then_some(digits)
-}
-
-/// `new` for `[NEW]` subjects, `change` when the body starts with Launchpad's `** ` change
-/// lines, `comment` otherwise.
-fn event_type(subject: &str, body: &str) -> &'static str {
-    if subject.contains("[NEW]") {
-        "new"
-    } else if body.trim_start().starts_with("** ") {
-        "change"
-    } else {
-        "comment"
+/// A message that could not be read: with `publish_other_mail` (and no `sender_domains`, since
+/// it has no sender to check), published to `mail/<bridge>/malformed` with its start.
+fn malformed(bridge: &str, raw: &[u8], why: &'static str, filter: Filter<'_>) -> Verdict {
+    if !filter.other_mail || !filter.sender_domains.is_empty() {
+        return Verdict::Drop(format!("malformed ({why}), not from Launchpad"));
     }
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(4096)]).into_owned();
+    Verdict::Publish(MailEvent {
+        topic: format!("mail/{bridge}/malformed"),
+        payload: json!({ "error": why, "raw": text, "size": raw.len() }),
+        malformed: Some(why),
+    })
 }
 
-/// A header value on one line.
-fn unfold(value: &str) -> String {
-    value.split_whitespace().collect::<Vec<_>>().join(" ")
+/// The domain of an address, lower-cased, as one topic level; `None` when it has none.
+fn domain_of(address: &str) -> Option<String> {
+    let (_, domain) = address.rsplit_once('@')?;
+    let domain = level(domain.trim().trim_end_matches('>').trim()).to_lowercase();
+    (!domain.is_empty()).then_some(domain)
+}
+
+/// Whether `domain` (lower-case) is one of `allowed` or a subdomain of one.
+fn allowed(domain: &str, allowed: &[String]) -> bool {
+    allowed.iter().any(|entry| {
+        let entry = entry.to_ascii_lowercase();
+        domain == entry
+            || domain
+                .strip_suffix(entry.as_str())
+                .is_some_and(|head| head.ends_with('.'))
+    })
 }
 
 /// The first address of a header, bare.
@@ -221,20 +171,18 @@ fn format_addr(addr: &mail_parser::Addr<'_>) -> Option<String> {
 }
 
 /// One safe topic level: separators, wildcards and control characters become `_`.
-fn level(text: &str) -> String {
-    text.trim()
-        .chars()
+pub(super) fn level(text: &str) -> String {
+    text.chars()
         .map(|c| match c {
             '/' | '+' | '#' => '_',
             c if c.is_control() => '_',
             c => c,
         })
-        .collect::<String>()
-        .to_lowercase()
+        .collect()
 }
 
 /// At most [`MAX_BODY`] bytes of `text`.
-fn cut(text: &str) -> &str {
+pub(super) fn cut(text: &str) -> &str {
     if text.len() <= MAX_BODY {
         return text;
     }
@@ -249,52 +197,86 @@ fn cut(text: &str) -> &str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn launchpad_fields_and_topic() {
-        let raw = b"From: Jane <1234@bugs.launchpad.net>\r\nTo: me@example.org\r\n\
-Subject: [Bug 1234] [NEW] It broke\r\n\
-X-Launchpad-Bug: product=nova; status=New; importance=Undecided;\r\n assignee=None;\r\n\
-X-Launchpad-Bug-Tags: compute libvirt\r\n\
-X-Launchpad-Bug-Commenters: jane bob\r\n\
-X-Launchpad-Bug-Reporter: Jane (jane)\r\n\r\nPublic bug reported:\r\n\r\nIt broke.\r\n";
-        let event = to_event("lp", raw);
-        assert_eq!(event.topic, "launchpad/nova/new/1234");
-        let p = &event.payload;
-        assert_eq!(p["project"], "nova");
-        assert_eq!(p["assignee"], "None");
-        assert_eq!(p["tags"], "compute libvirt");
-        assert_eq!(p["commenters"], json!(["jane", "bob"]));
-        assert_eq!(p["bug_number"], "1234");
-        assert!(p["body"].as_str().unwrap_or_default().contains("It broke."));
-        assert_eq!(event.malformed, None);
+    const OTHER: Filter<'static> = Filter {
+        other_mail: true,
+        sender_domains: &[],
+    };
+
+    fn publish(verdict: Verdict) -> MailEvent {
+        match verdict {
+            Verdict::Publish(event) => event,
+            Verdict::Drop(why) => panic!("dropped: {why}"),
+        }
     }
 
-    #[test]
-    fn levels_stop_at_the_first_unknown() {
-        let raw = b"From: x@bugs.launchpad.net\r\nSubject: no number\r\n\
-X-Launchpad-Bug: status=New\r\n\r\n** Changed in: x\r\n";
-        let event = to_event("lp", raw);
-        assert_eq!(event.topic, "launchpad");
-        assert_eq!(event.payload["event_type"], "change");
+    fn dropped(verdict: Verdict) -> String {
+        match verdict {
+            Verdict::Publish(event) => panic!("published: {event:?}"),
+            Verdict::Drop(why) => why,
+        }
     }
 
     #[test]
     fn levels_hold_no_separator_wildcard_or_control_character() {
-        assert_eq!(level(" No/va+#\u{1b}[2J\n "), "no_va___[2j");
+        assert_eq!(level("No/va+#\u{1b}[2J\n"), "No_va___[2J_");
+        assert_eq!(
+            domain_of("a@ Example.ORG> ").as_deref(),
+            Some("example.org")
+        );
+        assert_eq!(domain_of("nobody"), None);
     }
 
-    #[test]
-    fn other_mail_and_garbage() {
-        let raw = b"From: A <a@Example.org>\r\nTo: b@x.org, C <c@y.org>\r\nSubject: hi\r\n\
+    const PLAIN: &[u8] = b"From: A <a@Example.org>\r\nTo: b@x.org, C <c@y.org>\r\nSubject: hi\r\n\
 Message-ID: <1@x>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\nhello\r\n";
-        let event = to_event("box", raw);
+
+    #[test]
+    fn other_mail_and_garbage_only_when_asked_for() {
+        let event = publish(verdict("box", PLAIN, OTHER));
         assert_eq!(event.topic, "mail/box/example.org");
         assert_eq!(event.payload["to"], json!(["b@x.org", "C <c@y.org>"]));
         assert_eq!(event.payload["message_id"], "1@x");
         assert_eq!(event.payload["date"], "2026-11-24T10:00:00Z");
-        let event = to_event("box", b"\xff\xfe garbage with no headers at all");
+        let garbage = b"\xff\xfe garbage with no headers at all";
+        let event = publish(verdict("box", garbage, OTHER));
         assert_eq!(event.topic, "mail/box/malformed");
         assert!(event.malformed.is_some());
-        assert!(to_event("box", b"").malformed.is_some());
+        assert!(publish(verdict("box", b"", OTHER)).malformed.is_some());
+
+        let off = Filter {
+            other_mail: false,
+            ..OTHER
+        };
+        assert!(dropped(verdict("box", PLAIN, off)).contains("not from Launchpad"));
+        assert!(dropped(verdict("box", garbage, off)).contains("malformed"));
+        let launchpad = b"From: J <1@bugs.launchpad.net>\r\nSubject: [Bug 1] x\r\n\
+X-Generated-By: Launchpad (canonical.com)\r\nX-Launchpad-Notification-Type: bug\r\n\
+X-Launchpad-Bug: product=nova\r\n\r\nhi\r\n";
+        assert_eq!(
+            publish(verdict("box", launchpad, off)).topic,
+            "launchpad/nova/bug/1"
+        );
+    }
+
+    #[test]
+    fn sender_domains_admit_their_subdomains_only() {
+        let domains = ["Launchpad.net".to_owned(), "example.org".to_owned()];
+        let only = Filter {
+            other_mail: true,
+            sender_domains: &domains,
+        };
+        assert_eq!(
+            publish(verdict("box", PLAIN, only)).topic,
+            "mail/box/example.org"
+        );
+        let other = b"From: a@evil-launchpad.net\r\nSubject: x\r\n\r\nhi\r\n";
+        assert!(dropped(verdict("box", other, only)).contains("(evil-launchpad.net)"));
+        let sub = b"From: a@bugs.launchpad.net\r\nSubject: x\r\n\r\nhi\r\n";
+        assert_eq!(
+            publish(verdict("box", sub, only)).topic,
+            "mail/box/bugs.launchpad.net"
+        );
+        let nobody = b"Subject: x\r\n\r\nhi\r\n";
+        assert!(dropped(verdict("box", nobody, only)).contains("(none)"));
+        assert!(dropped(verdict("box", b"", only)).contains("malformed"));
     }
 }
